@@ -1,0 +1,291 @@
+"""The SS2D cross selective scan: one op contract, several implementations.
+
+Contract (natural layout, see SPEC.md):
+    x          (B, D, h, w)      the low-frequency map fed to the scan (u)
+    delta      (B, 4D, h, w)     raw dt, before delta_bias and softplus
+    Bs, Cs     (B, 4, N, h, w)   per-direction input/output projections
+    A          (4D, N)           = -exp(A_logs)
+    Ds         (4D,)             skip weights
+    delta_bias (4D,)
+    ->  y      (B, D, h, w)      sum over the four scan orders (row-major,
+                                 column-major, and their reverses) of the
+                                 selective-scan outputs put back at their (h, w)
+                                 positions, D*u skip included.
+
+Direction k uses channels k*D:(k+1)*D of delta/A/Ds/delta_bias.
+The scan computes in float32 (the reference does so even under autocast; float64 stays
+float64);
+the result is cast back to x's dtype.
+
+Implementations (``scan_implementation(name)`` picks one):
+    sequential  the plain recurrence, one step per position: the reference.
+    parallel    a recursive-doubling (odd-even) prefix scan of log depth built from
+                Gather/Slice/Concat/Mul/Add/Exp only, so it exports to standard ONNX.
+                Decay factors exp(dt*A) lie in (0, 1] and are only ever multiplied,
+                never divided or exponentiated from a positive cumulative sum:
+                no overflow whatever the sequence length.
+    cuda        registered by tinyvim.plugins when the CUDA kernel is built.
+"""
+from __future__ import annotations
+
+import contextlib
+import functools
+import threading
+from typing import Callable, Iterator
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+ScanFn = Callable[[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor], Tensor]
+
+
+# --------------------------------------------------------------------- layout helpers
+@functools.lru_cache(maxsize=64)
+def _orders_cpu(h: int, w: int) -> tuple[Tensor, Tensor]:
+    """(order, inverse), each (4, L) int64: order[k, t] is the row-major position visited
+    at step t of direction k; inverse[k, p] the step at which position p is visited."""
+    pos = torch.arange(h * w).reshape(h, w)
+    k0 = pos.reshape(-1)
+    k1 = pos.t().reshape(-1)
+    order = torch.stack([k0, k1, k0.flip(0), k1.flip(0)])
+    inverse = torch.argsort(order, dim=1)
+    return order, inverse
+
+
+def scan_orders(h: int, w: int, device: torch.device | str = "cpu") -> tuple[Tensor, Tensor]:
+    order, inverse = _orders_cpu(h, w)
+    return order.to(device), inverse.to(device)
+
+
+def _flat_index(index: Tensor, stride: int | None = None) -> Tensor:
+    """(4, L) per-direction index -> (4, L) index into a flattened (4*stride) axis."""
+    stride = stride or index.shape[1]
+    return index + torch.arange(4, device=index.device).unsqueeze(1) * stride
+
+
+def _per_direction_to_steps(t: Tensor, flat: Tensor) -> Tensor:
+    """(B, 4, C, L) in row-major positions -> (B, 4, L, C) in each direction's step order.
+
+    One Gather on a (B, C, 4L) view: each direction reads its own order."""
+    b, _, c, L = t.shape
+    g = t.permute(0, 2, 1, 3).reshape(b, c, 4 * L)[:, :, flat]     # (B, C, 4, L)
+    return g.permute(0, 2, 3, 1)
+
+
+def compute_dtype(dtype: torch.dtype) -> torch.dtype:
+    """float64 stays float64 (for checks); everything else scans in float32."""
+    return torch.float64 if dtype == torch.float64 else torch.float32
+
+
+def _prepare(x, delta, Bs, Cs, A, Ds, delta_bias, padded_length: int | None = None):
+    """Everything in the compute dtype, arranged (B, 4, Lp, ·) in step order.
+
+    With padded_length Lp > L, steps L..Lp-1 get dt = 0, i.e. the identity map
+    (exp(0*A) = 1, dt*B*u = 0): they leave the state untouched and are dropped by the merge."""
+    b, d, h, w = x.shape
+    n = A.shape[1]
+    L = h * w
+    Lp = padded_length or L
+    order, inverse = scan_orders(h, w, x.device)
+    if Lp > L:
+        order = torch.cat([order, order[:, :1].expand(4, Lp - L)], dim=1)
+    ct = compute_dtype(x.dtype)
+    x, delta, Bs, Cs, A, Ds, delta_bias = (
+        t.to(ct) for t in (x, delta, Bs, Cs, A, Ds, delta_bias))
+    u = x.reshape(b, d, L)[:, :, order].permute(0, 2, 3, 1)                      # (B,4,Lp,D)
+    flat = _flat_index(order, L)
+    dt = _per_direction_to_steps(delta.reshape(b, 4, d, L), flat)                 # (B,4,Lp,D)
+    dt = softplus_stable(dt + delta_bias.reshape(4, 1, d))
+    if Lp > L:
+        dt = dt * (torch.arange(Lp, device=x.device) < L).to(ct).reshape(Lp, 1)
+    Bq = _per_direction_to_steps(Bs.reshape(b, 4, n, L), flat)                    # (B,4,Lp,N)
+    Cq = _per_direction_to_steps(Cs.reshape(b, 4, n, L), flat)                    # (B,4,Lp,N)
+    A4 = A.reshape(4, d, n).transpose(1, 2)                                       # (4,N,D)
+    return u, dt, Bq, Cq, A4, Ds.reshape(4, d), _flat_index(inverse, Lp)
+
+
+def _merge(y: Tensor, flat_inverse: Tensor, h: int, w: int, dtype: torch.dtype) -> Tensor:
+    """(B, 4, L, D) in step order -> (B, D, h, w): back to row-major, summed over k."""
+    b, _, Lp, d = y.shape
+    y_pos = y.reshape(b, 4 * Lp, d)[:, flat_inverse]                              # (B,4,L,D)
+    return y_pos.sum(1).transpose(1, 2).reshape(b, d, h, w).to(dtype)
+
+
+def softplus_stable(v: Tensor) -> Tensor:
+    """softplus without a threshold branch: relu(v) + log1p(exp(-|v|)).
+
+    Same value as F.softplus (whose threshold=20 shortcut differs by < 3e-9), and it
+    lowers to plain elementwise ONNX ops, which ONNX Runtime runs faster than Softplus."""
+    return torch.relu(v) + torch.log1p(torch.exp(-v.abs()))
+
+
+# --------------------------------------------------------------------- implementations
+def scan_sequential(x, delta, Bs, Cs, A, Ds, delta_bias) -> Tensor:
+    """The plain recurrence h_t = exp(dt_t A) h_{t-1} + dt_t B_t u_t, y_t = <C_t, h_t> + D u_t."""
+    b, d, h, w = x.shape
+    u, dt, Bq, Cq, A4, D4, flat_inv = _prepare(x, delta, Bs, Cs, A, Ds, delta_bias)
+    n = A4.shape[1]
+    state = u.new_zeros(b, 4, n, d)
+    ys = []
+    for t in range(h * w):
+        dt_t = dt[:, :, t].unsqueeze(2)                                            # (B,4,1,D)
+        state = torch.exp(dt_t * A4) * state + dt_t * Bq[:, :, t].unsqueeze(-1) * u[:, :, t].unsqueeze(2)
+        ys.append((state * Cq[:, :, t].unsqueeze(-1)).sum(2))                     # (B,4,D)
+    y = torch.stack(ys, dim=2) + D4.unsqueeze(1) * u
+    return _merge(y, flat_inv, h, w, x.dtype)
+
+
+def _odd_even_scan(a: Tensor, b: Tensor, dim: int) -> Tensor:
+    """States of h_t = a_t * h_{t-1} + b_t (h_{-1} = 0) along `dim`, by recursive doubling.
+
+    Pairs (2i, 2i+1) are composed into one affine map, the half-length sequence is
+    scanned recursively, and even positions are filled from their odd predecessor.
+    Depth 2*ceil(log2 n); total work ~7n element-ops (work-efficient, unlike
+    Hillis-Steele's n*log n), which matters on a 2-core CPU as much as on a GPU.
+    Odd lengths are padded with the identity map (a=1, b=0)."""
+    n = a.shape[dim]
+    if n == 1:
+        return b
+    if n % 2:
+        pad_shape = list(a.shape)
+        pad_shape[dim] = 1
+        a = torch.cat([a, a.new_ones(pad_shape)], dim)
+        b = torch.cat([b, b.new_zeros(pad_shape)], dim)
+    shape = list(a.shape)
+    pairs = shape[:dim] + [shape[dim] // 2, 2] + shape[dim + 1:]
+    a2, b2 = a.reshape(pairs), b.reshape(pairs)
+    a_even, a_odd = a2.select(dim + 1, 0), a2.select(dim + 1, 1)
+    b_even, b_odd = b2.select(dim + 1, 0), b2.select(dim + 1, 1)
+    s_odd = _odd_even_scan(a_odd * a_even, a_odd * b_even + b_odd, dim)
+    first = s_odd.narrow(dim, 0, 1)
+    prev = torch.cat([torch.zeros_like(first), s_odd.narrow(dim, 0, s_odd.shape[dim] - 1)], dim)
+    s_even = a_even * prev + b_even
+    states = torch.stack([s_even, s_odd], dim + 1).reshape(shape)
+    return states.narrow(dim, 0, n) if n % 2 else states
+
+
+def scan_parallel(x, delta, Bs, Cs, A, Ds, delta_bias) -> Tensor:
+    """Log-depth scan over all four directions at once (see `_odd_even_scan`).
+
+    The top level of the recursion is unrolled here so that the full-size states are
+    never interleaved: each parity is contracted with C first (N times less data),
+    and L is padded to a multiple of 8 through the gather (identity steps) so that
+    the three largest levels need no padding copies."""
+    b, d, h, w = x.shape
+    L = h * w
+    Lp = L if L % 2 == 0 and L <= 8 else -(-L // 8) * 8
+    u, dt, Bq, Cq, A4, D4, flat_inv = _prepare(x, delta, Bs, Cs, A, Ds, delta_bias, Lp)
+    if Lp == 1:
+        y = dt.unsqueeze(3) * u.unsqueeze(3) * Bq.unsqueeze(-1)
+        y = (y * Cq.unsqueeze(-1)).sum(3) + D4.unsqueeze(1) * u
+        return _merge(y, flat_inv, h, w, x.dtype)
+    n = A4.shape[1]
+    half = (b, 4, Lp // 2, 2)
+    dt2, u2 = dt.reshape(*half, d), u.reshape(*half, d)
+    B2, C2 = Bq.reshape(*half, n), Cq.reshape(*half, n)
+    A4 = A4.unsqueeze(1)                                                          # (4,1,N,D)
+    parts = []
+    for p in (0, 1):
+        dt_p = dt2[:, :, :, p].unsqueeze(3)                                        # (B,4,L/2,1,D)
+        dA_p = torch.exp(dt_p * A4)
+        dBu_p = dt_p * u2[:, :, :, p].unsqueeze(3) * B2[:, :, :, p].unsqueeze(-1)  # (B,4,L/2,N,D)
+        parts.append((dA_p, dBu_p))
+    (a_even, b_even), (a_odd, b_odd) = parts
+    s_odd = _odd_even_scan(a_odd * a_even, a_odd * b_even + b_odd, dim=2)
+    prev = torch.cat([torch.zeros_like(s_odd[:, :, :1]), s_odd[:, :, :-1]], dim=2)
+    s_even = a_even * prev + b_even
+    y_even = (s_even * C2[:, :, :, 0].unsqueeze(-1)).sum(3)                        # (B,4,L/2,D)
+    y_odd = (s_odd * C2[:, :, :, 1].unsqueeze(-1)).sum(3)
+    y = torch.stack([y_even, y_odd], dim=3).reshape(b, 4, Lp, d) + D4.unsqueeze(1) * u
+    return _merge(y, flat_inv, h, w, x.dtype)
+
+
+# --------------------------------------------------------------------- selection
+_IMPLEMENTATIONS: dict[str, ScanFn] = {"sequential": scan_sequential, "parallel": scan_parallel}
+_DEFAULT = "parallel"
+_local = threading.local()
+
+
+def register_scan_implementation(name: str, fn: ScanFn) -> None:
+    """Make `fn` selectable as scan implementation `name` (used by tinyvim.plugins for CUDA)."""
+    _IMPLEMENTATIONS[name] = fn
+
+
+def available_scan_implementations() -> list[str]:
+    return sorted(_IMPLEMENTATIONS)
+
+
+def _check_name(name: str) -> str:
+    if name not in _IMPLEMENTATIONS:
+        raise ValueError(f"unknown scan implementation {name!r}; choose one of "
+                         f"{', '.join(available_scan_implementations())}")
+    return name
+
+
+def set_default_scan_implementation(name: str) -> None:
+    """Process-wide default, used outside any `scan_implementation` block."""
+    global _DEFAULT
+    _DEFAULT = _check_name(name)
+
+
+def current_scan_implementation() -> str:
+    stack = getattr(_local, "stack", None)
+    return stack[-1][0] if stack else _DEFAULT
+
+
+def _inline() -> bool:
+    stack = getattr(_local, "stack", None)
+    return bool(stack) and stack[-1][1]
+
+
+@contextlib.contextmanager
+def scan_implementation(name: str, *, inline: bool = False) -> Iterator[None]:
+    """Run the scan with implementation `name` inside the block.
+
+    inline=True calls the implementation directly instead of through the
+    `tinyvim::cross_selective_scan` op, so that tracing (portable ONNX export)
+    sees its standard ops rather than one custom node."""
+    _check_name(name)
+    stack = getattr(_local, "stack", None)
+    if stack is None:
+        stack = _local.stack = []
+    stack.append((name, inline))
+    try:
+        yield
+    finally:
+        stack.pop()
+
+
+@torch.library.custom_op("tinyvim::cross_selective_scan", mutates_args=())
+def _cross_selective_scan_op(x: Tensor, delta: Tensor, Bs: Tensor, Cs: Tensor, A: Tensor,
+                             Ds: Tensor, delta_bias: Tensor) -> Tensor:
+    return _IMPLEMENTATIONS[current_scan_implementation()](x, delta, Bs, Cs, A, Ds, delta_bias)
+
+
+@_cross_selective_scan_op.register_fake
+def _(x, delta, Bs, Cs, A, Ds, delta_bias):
+    return torch.empty_like(x)
+
+
+def check_scan_inputs(x, delta, Bs, Cs, A, Ds, delta_bias) -> None:
+    """Shape contract of the op; raises ValueError naming the offending input."""
+    if x.dim() != 4:
+        raise ValueError(f"x must be (B, D, h, w), got {tuple(x.shape)}")
+    b, d, h, w = x.shape
+    n = A.shape[-1]
+    want = {"delta": (b, 4 * d, h, w), "Bs": (b, 4, n, h, w), "Cs": (b, 4, n, h, w),
+            "A": (4 * d, n), "Ds": (4 * d,), "delta_bias": (4 * d,)}
+    for name, t in zip(want, (delta, Bs, Cs, A, Ds, delta_bias)):
+        if tuple(t.shape) != want[name]:
+            raise ValueError(f"{name} must be {want[name]} for x of shape {tuple(x.shape)}, "
+                             f"got {tuple(t.shape)}")
+
+
+def cross_selective_scan(x: Tensor, delta: Tensor, Bs: Tensor, Cs: Tensor, A: Tensor,
+                         Ds: Tensor, delta_bias: Tensor) -> Tensor:
+    """The SS2D core (see module docstring). Goes through the custom op unless an
+    inline `scan_implementation` block is active."""
+    if _inline():
+        return _IMPLEMENTATIONS[current_scan_implementation()](x, delta, Bs, Cs, A, Ds, delta_bias)
+    return torch.ops.tinyvim.cross_selective_scan(x, delta, Bs, Cs, A, Ds, delta_bias)
