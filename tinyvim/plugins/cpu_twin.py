@@ -1,0 +1,135 @@
+"""CPU twin of the CUDA cross selective scan, through ctypes.
+
+The twin is the kernel's own arithmetic (csrc/scan_step.h) driven by a plain C++ loop
+(csrc/cross_scan_cpu.cpp) in the kernel's summation order. It is built on first use with
+a direct g++ call into a cache folder (no CMake needed), keyed by a hash of its sources so
+that an edited header is never served stale. Override with TINYVIM_SCAN_CPU_LIB=<path to a
+built libtinyvim_scan_cpu.so> (e.g. the CMake build), or TINYVIM_CACHE_DIR for the cache.
+"""
+from __future__ import annotations
+
+import ctypes
+import functools
+import hashlib
+import os
+import shutil
+import subprocess
+import tempfile
+from pathlib import Path
+
+import numpy as np
+
+from tinyvim.plugins.errors import PluginError
+
+CSRC = Path(__file__).resolve().parent / "csrc"
+SOURCES = (CSRC / "cross_scan_cpu.cpp", CSRC / "scan_step.h")
+_DTYPE_CODES = {np.dtype(np.float32): 0, np.dtype(np.float64): 3}
+_ORDER = ("x", "delta", "Bs", "Cs", "A", "Ds", "delta_bias")
+
+
+def cache_dir() -> Path:
+    env = os.environ.get("TINYVIM_CACHE_DIR")
+    base = Path(env) if env else Path.home() / ".cache" / "tinyvim"
+    return base / "plugins"
+
+
+def find_compiler() -> str:
+    for name in (os.environ.get("CXX"), "g++", "c++", "clang++"):
+        if name and shutil.which(name):
+            return shutil.which(name)
+    raise PluginError("no C++ compiler found (tried $CXX, g++, c++, clang++): "
+                      "install g++ to build the CPU twin of the scan kernel")
+
+
+def _source_hash() -> str:
+    h = hashlib.sha256()
+    for src in SOURCES:
+        h.update(src.name.encode())
+        h.update(src.read_bytes())
+    return h.hexdigest()[:16]
+
+
+def build_library(out_dir: Path | None = None) -> Path:
+    """Compile the twin (if not already cached) and return the .so path."""
+    out_dir = Path(out_dir) if out_dir else cache_dir()
+    target = out_dir / f"libtinyvim_scan_cpu-{_source_hash()}.so"
+    if target.exists():
+        return target
+    cxx = find_compiler()
+    out_dir.mkdir(parents=True, exist_ok=True)
+    # Compile to a private name, then rename: concurrent test processes never load a
+    # half-written library. -ffp-contract=off: the header writes its fmas explicitly,
+    # so the compiler must not fuse anything else (the kernel is built the same way).
+    fd, tmp = tempfile.mkstemp(suffix=".so", dir=out_dir)
+    os.close(fd)
+    cmd = [cxx, "-O2", "-std=c++17", "-shared", "-fPIC", "-fvisibility=hidden",
+           "-ffp-contract=off", "-Wall", "-Wextra", "-Werror", str(SOURCES[0]), "-o", tmp]
+    try:
+        proc = subprocess.run(cmd, capture_output=True, text=True)
+        if proc.returncode != 0:
+            first = (proc.stderr.strip().splitlines() or ["(no output)"])[0]
+            raise PluginError(f"building the CPU twin failed ({' '.join(cmd[:1])}): {first}")
+        os.replace(tmp, target)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+    return target
+
+
+@functools.lru_cache(maxsize=1)
+def load_library() -> ctypes.CDLL:
+    path = os.environ.get("TINYVIM_SCAN_CPU_LIB") or build_library()
+    if not Path(path).is_file():
+        raise PluginError(f"CPU twin library not found: {path} (unset TINYVIM_SCAN_CPU_LIB "
+                          "to build it on demand)")
+    lib = ctypes.CDLL(str(path))
+    lib.tinyvim_cross_scan_cpu.restype = ctypes.c_int
+    lib.tinyvim_cross_scan_cpu.argtypes = [ctypes.c_void_p] * 8 + [ctypes.c_int] * 6
+    lib.tinyvim_cross_scan_cpu_error_string.restype = ctypes.c_char_p
+    lib.tinyvim_cross_scan_cpu_error_string.argtypes = [ctypes.c_int]
+    return lib
+
+
+def cross_selective_scan_cpu(x, delta, Bs, Cs, A, Ds, delta_bias) -> np.ndarray:
+    """The op contract (tinyvim.ops.scan) on numpy arrays; float32 or float64.
+
+    All inputs are converted to x's dtype (float32 unless x is float64) and made
+    contiguous; the result has that dtype."""
+    x = np.asarray(x)
+    dtype = np.dtype(np.float64 if x.dtype == np.float64 else np.float32)
+    arrays = [np.ascontiguousarray(t, dtype=dtype) for t in (x, delta, Bs, Cs, A, Ds, delta_bias)]
+    x = arrays[0]
+    if x.ndim != 4:
+        raise ValueError(f"x must be (B, D, h, w), got {x.shape}")
+    b, d, h, w = x.shape
+    n = arrays[4].shape[-1] if arrays[4].ndim == 2 else -1
+    want = {"delta": (b, 4 * d, h, w), "Bs": (b, 4, n, h, w), "Cs": (b, 4, n, h, w),
+            "A": (4 * d, n), "Ds": (4 * d,), "delta_bias": (4 * d,)}
+    for name, t in zip(_ORDER[1:], arrays[1:]):
+        if t.shape != want[name]:
+            raise ValueError(f"{name} must be {want[name]} for x of shape {x.shape}, got {t.shape}")
+    y = np.empty_like(x)
+    lib = load_library()
+    ptrs = [t.ctypes.data for t in arrays] + [y.ctypes.data]
+    rc = lib.tinyvim_cross_scan_cpu(*ptrs, b, d, h, w, n, _DTYPE_CODES[dtype])
+    if rc != 0:
+        raise PluginError("CPU twin: " + lib.tinyvim_cross_scan_cpu_error_string(rc).decode())
+    return y
+
+
+def scan_cpu_twin_torch(x, delta, Bs, Cs, A, Ds, delta_bias):
+    """Torch-facing wrapper (CPU tensors), same signature as tinyvim.ops.scan_* so it can
+    be registered as a scan implementation; float64 stays float64, else float32 compute."""
+    import torch
+
+    ct = torch.float64 if x.dtype == torch.float64 else torch.float32
+    arrays = [t.detach().to("cpu", ct).contiguous().numpy() for t in (x, delta, Bs, Cs, A, Ds, delta_bias)]
+    y = cross_selective_scan_cpu(*arrays)
+    return torch.from_numpy(y).to(device=x.device, dtype=x.dtype)
+
+
+def register() -> None:
+    """Make the twin selectable as scan implementation "cpu_twin"."""
+    from tinyvim.ops import register_scan_implementation
+
+    register_scan_implementation("cpu_twin", scan_cpu_twin_torch)
