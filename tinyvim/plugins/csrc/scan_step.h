@@ -11,9 +11,17 @@
 
 #if defined(__CUDACC__)
 #define TV_HD __host__ __device__ __forceinline__
-#define TV_UNROLL _Pragma("unroll")
 #else
 #define TV_HD inline
+#endif
+// Unrolling the state loop keeps the state in registers. nvcc's host pass hands code to
+// g++, which rejects `#pragma unroll`, while nvcc's front end rejects `GCC unroll`: the
+// host pass of a .cu file gets neither (it never runs this code in a hot loop).
+#if defined(__CUDA_ARCH__)
+#define TV_UNROLL _Pragma("unroll")
+#elif defined(__CUDACC__)
+#define TV_UNROLL
+#else
 #define TV_UNROLL _Pragma("GCC unroll 16")
 #endif
 
@@ -28,7 +36,7 @@ constexpr int kMaxState = 16;
 // the next capacity up with A, B and C zero-padded: a padded state stays exactly 0
 // (exp(0)*0 + dt*u*0) and adds exactly +0 to y, so the result is bit-identical to an
 // exact-N kernel, at the price of two instantiations instead of sixteen.
-TV_HD int state_capacity(int n) { return n <= 0 ? 0 : n <= 8 ? 8 : n <= kMaxState ? 16 : 0; }
+TV_HD constexpr int state_capacity(int n) { return n <= 0 ? 0 : n <= 8 ? 8 : n <= kMaxState ? 16 : 0; }
 
 // I/O element types, shared by the C ABI, the plugin and the Python wrappers.
 enum DType : int { kF32 = 0, kF16 = 1, kBF16 = 2, kF64 = 3 /* CPU twin only */ };
