@@ -1,0 +1,144 @@
+"""ONNX Runtime runner: providers, intra-op threads, graph optimisation level, and no idle
+spinning (ORT's spinning worker threads otherwise steal the cores from whatever runs next in
+the process, which corrupts back-to-back benchmarks; see TOOLCHAIN.md)."""
+from __future__ import annotations
+
+import os
+import time
+from typing import Mapping, Sequence
+
+import numpy as np
+
+from tinyvim.engines.base import BaseRunner
+from tinyvim.errors import TinyvimError
+
+#: CLI spelling -> onnxruntime.GraphOptimizationLevel member name
+OPT_LEVELS = {
+    "disable": "ORT_DISABLE_ALL",
+    "basic": "ORT_ENABLE_BASIC",
+    "extended": "ORT_ENABLE_EXTENDED",
+    "all": "ORT_ENABLE_ALL",
+}
+
+#: op_type / domain of the scan node in plugin-flavour graphs (not runnable by stock ORT)
+PLUGIN_OP_TYPE = "CrossSelectiveScan"
+PLUGIN_DOMAIN = "tinyvim"
+
+_ORT_TO_NUMPY = {"tensor(float)": np.float32, "tensor(float16)": np.float16,
+                 "tensor(double)": np.float64, "tensor(bfloat16)": np.float32}
+
+
+def import_onnxruntime():
+    """onnxruntime, or a one-line error saying how to install it."""
+    try:
+        import onnxruntime
+    except ImportError as exc:
+        raise TinyvimError("onnxruntime is not installed: pip install 'tinyvim[cpu]' "
+                           "(or 'tinyvim[gpu]' for onnxruntime-gpu)") from exc
+    return onnxruntime
+
+
+def parse_providers(text: str | Sequence[str] | None) -> list[str]:
+    """'cuda,cpu' or ['CUDAExecutionProvider'] -> full provider names, CPU last as fallback.
+
+    Short names are accepted case-insensitively (cpu, cuda, tensorrt, dml, coreml, openvino)."""
+    if not text:
+        return ["CPUExecutionProvider"]
+    items = text.split(",") if isinstance(text, str) else list(text)
+    short = {"cpu": "CPUExecutionProvider", "cuda": "CUDAExecutionProvider",
+             "tensorrt": "TensorrtExecutionProvider", "trt": "TensorrtExecutionProvider",
+             "dml": "DmlExecutionProvider", "coreml": "CoreMLExecutionProvider",
+             "openvino": "OpenVINOExecutionProvider"}
+    names = []
+    for item in (i.strip() for i in items):
+        if item:
+            names.append(short.get(item.lower(), item))
+    return names or ["CPUExecutionProvider"]
+
+
+def has_plugin_nodes(graph) -> bool:
+    """True when an onnx GraphProto contains the custom scan node (plugin flavour)."""
+    return any(n.op_type == PLUGIN_OP_TYPE or n.domain == PLUGIN_DOMAIN for n in graph.node)
+
+
+class OrtRunner(BaseRunner):
+    """Runs an ONNX file (or serialized bytes) with onnxruntime."""
+
+    def __init__(self, model: str | os.PathLike | bytes, *, providers: str | Sequence[str] | None = None,
+                 threads: int | None = None, optimization_level: str = "all", name: str = "ort"):
+        super().__init__(name)
+        if optimization_level not in OPT_LEVELS:
+            raise TinyvimError(f"unknown graph optimisation level {optimization_level!r}; "
+                               f"choose {', '.join(OPT_LEVELS)}")
+        self.model = model
+        self.providers = parse_providers(providers)
+        self.threads = threads
+        self.optimization_level = optimization_level
+        self._session = None
+        self._inputs: list[str] = []
+        self._outputs: list[str] = []
+        self._input_dtypes: dict[str, type] = {}
+
+    @property
+    def input_names(self) -> list[str]:
+        return list(self._inputs)
+
+    @property
+    def output_names(self) -> list[str]:
+        return list(self._outputs)
+
+    def session_options(self):
+        ort = import_onnxruntime()
+        so = ort.SessionOptions()
+        so.graph_optimization_level = getattr(ort.GraphOptimizationLevel, OPT_LEVELS[self.optimization_level])
+        if self.threads:
+            so.intra_op_num_threads = int(self.threads)
+        # One graph, run sequentially: inter-op parallelism only adds threads that compete.
+        so.inter_op_num_threads = 1
+        so.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+        so.add_session_config_entry("session.intra_op.allow_spinning", "0")
+        so.add_session_config_entry("session.inter_op.allow_spinning", "0")
+        return so
+
+    def _check_plugin_graph(self) -> None:
+        import onnx
+        try:
+            proto = (onnx.load_from_string(self.model) if isinstance(self.model, bytes)
+                     else onnx.load(os.fspath(self.model), load_external_data=False))
+        except Exception:  # let ORT report unreadable files in its own words
+            return
+        if has_plugin_nodes(proto.graph):
+            raise TinyvimError(
+                f"this ONNX graph contains the custom {PLUGIN_DOMAIN}::{PLUGIN_OP_TYPE} node (exported "
+                "with --scan plugin), which stock ONNX Runtime cannot run: use --backend trt with an "
+                "engine built from it, or export with --scan portable for ONNX Runtime")
+
+    def activate_impl(self) -> None:
+        ort = import_onnxruntime()
+        available = ort.get_available_providers()
+        unknown = [p for p in self.providers if p not in available]
+        if unknown:
+            raise TinyvimError(f"ONNX Runtime provider(s) {', '.join(unknown)} not available in this "
+                               f"onnxruntime build; available: {', '.join(available)}")
+        self._check_plugin_graph()
+        model = self.model if isinstance(self.model, bytes) else os.fspath(self.model)
+        try:
+            self._session = ort.InferenceSession(model, sess_options=self.session_options(),
+                                                 providers=self.providers)
+        except Exception as exc:
+            first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            raise TinyvimError(f"ONNX Runtime could not load the model: {first}") from exc
+        self._inputs = [i.name for i in self._session.get_inputs()]
+        self._outputs = [o.name for o in self._session.get_outputs()]
+        self._input_dtypes = {i.name: _ORT_TO_NUMPY.get(i.type, np.float32) for i in self._session.get_inputs()}
+
+    def deactivate_impl(self) -> None:
+        self._session = None
+
+    def infer_impl(self, feed: Mapping[str, np.ndarray]):
+        # Cast to the graph's input type (an fp16 export takes float16 images).
+        cast = {n: np.ascontiguousarray(feed[n], dtype=self._input_dtypes[n]) for n in self._inputs}
+        start = time.perf_counter()
+        results = self._session.run(self._outputs, cast)
+        compute = time.perf_counter() - start
+        return dict(zip(self._outputs, results)), {"compute": compute}

@@ -1,0 +1,108 @@
+"""PyTorch runner: the reference (`torch`: unfused model, sequential scan, i.e. the original
+computation) and the fast eager path (`torch-fused`: re-parameterized model, parallel scan)."""
+from __future__ import annotations
+
+import time
+from typing import Callable, Mapping, Sequence
+
+import numpy as np
+
+from tinyvim.engines.base import BaseRunner
+from tinyvim.errors import TinyvimError
+
+#: backend name -> (fuse the model?, scan implementation)
+TORCH_BACKENDS = {"torch": (False, "sequential"), "torch-fused": (True, "parallel")}
+
+
+def output_names_for(backbone: bool) -> list[str]:
+    """Output names the ONNX export uses: `logits`, or `feat0..feat3` for the backbone."""
+    return [f"feat{i}" for i in range(4)] if backbone else ["logits"]
+
+
+def tinyvim_loader(variant: str, *, checkpoint: str | None = None, ema: bool = False,
+                   backbone: bool = False, seed: int = 0, fused: bool = False) -> Callable:
+    """A zero-argument callable building the TinyViM model (lazy, so that a runner can be
+    described before the model package is imported or the weights are read)."""
+
+    def load():
+        try:
+            import tinyvim
+            create_model = tinyvim.create_model
+        except (ImportError, AttributeError) as exc:
+            raise TinyvimError(f"the TinyViM model is not available in this installation "
+                               f"(tinyvim.create_model: {exc})") from exc
+        model = create_model(variant, checkpoint=checkpoint, backbone=backbone, ema=ema, seed=seed)
+        if fused:
+            model = tinyvim.reparameterize(model)
+        return model.eval()
+
+    return load
+
+
+class TorchRunner(BaseRunner):
+    """Runs an nn.Module (or a loader returning one) on CPU in float32 under inference_mode.
+
+    `scan` selects the scan implementation for the duration of each call; `threads` sets
+    torch's intra-op threads while the runner is active (restored on deactivate)."""
+
+    def __init__(self, model_or_loader, *, scan: str = "sequential", threads: int | None = None,
+                 input_names: Sequence[str] = ("images",), output_names: Sequence[str] = ("logits",),
+                 name: str = "torch"):
+        super().__init__(name)
+        self._source = model_or_loader
+        self.scan = scan
+        self.threads = threads
+        self._inputs = list(input_names)
+        self._outputs = list(output_names)
+        self._model = None
+        self._saved_threads: int | None = None
+
+    @classmethod
+    def for_backend(cls, backend: str, variant: str, *, checkpoint=None, ema=False, backbone=False,
+                    seed=0, threads=None) -> "TorchRunner":
+        """`torch` (reference) or `torch-fused` runner for a TinyViM variant."""
+        if backend not in TORCH_BACKENDS:
+            raise TinyvimError(f"unknown torch backend {backend!r}; choose {', '.join(TORCH_BACKENDS)}")
+        fused, scan = TORCH_BACKENDS[backend]
+        loader = tinyvim_loader(variant, checkpoint=checkpoint, ema=ema, backbone=backbone,
+                                seed=seed, fused=fused)
+        return cls(loader, scan=scan, threads=threads, output_names=output_names_for(backbone),
+                   name=backend)
+
+    @property
+    def input_names(self) -> list[str]:
+        return list(self._inputs)
+
+    @property
+    def output_names(self) -> list[str]:
+        return list(self._outputs)
+
+    def activate_impl(self) -> None:
+        import torch
+        self._saved_threads = torch.get_num_threads()
+        if self.threads:
+            torch.set_num_threads(int(self.threads))
+        model = self._source if isinstance(self._source, torch.nn.Module) else self._source()
+        self._model = model.eval().float()
+
+    def deactivate_impl(self) -> None:
+        import torch
+        self._model = None
+        if self._saved_threads:
+            torch.set_num_threads(self._saved_threads)
+
+    def infer_impl(self, feed: Mapping[str, np.ndarray]):
+        import torch
+        from tinyvim.ops import scan_implementation
+
+        args = [torch.from_numpy(np.ascontiguousarray(feed[n], dtype=np.float32)) for n in self._inputs]
+        start = time.perf_counter()
+        with torch.inference_mode(), scan_implementation(self.scan):
+            result = self._model(*args)
+        compute = time.perf_counter() - start
+        tensors = [result] if isinstance(result, torch.Tensor) else list(result)
+        if len(tensors) != len(self._outputs):
+            raise TinyvimError(f"runner {self.name!r}: model returned {len(tensors)} outputs, "
+                               f"expected {len(self._outputs)} ({', '.join(self._outputs)})")
+        outputs = {n: t.detach().float().numpy() for n, t in zip(self._outputs, tensors)}
+        return outputs, {"compute": compute}

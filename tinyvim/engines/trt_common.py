@@ -1,0 +1,189 @@
+"""TensorRT facts shared by the engine builder and the engine runner.
+
+Everything here except `import_tensorrt`, `load_plugin_library` and `gpu_info` is pure
+Python (no tensorrt, no CUDA) so that it is unit-tested on machines without a GPU.
+"""
+from __future__ import annotations
+
+import ctypes
+import hashlib
+import json
+import os
+import re
+from pathlib import Path
+
+from tinyvim.errors import TinyvimError
+
+MIN_TRT_MAJOR = 10
+SIDECAR_VERSION = 1
+
+INSTALL_HINT = ("install it on a machine with an NVIDIA GPU from NVIDIA's package index "
+                "(pip install tensorrt-cu12, or the TensorRT tarball / NGC container) - "
+                "it cannot be installed from PyPI alone")
+
+
+# --------------------------------------------------------------------- versions
+def version_tuple(version: str) -> tuple[int, ...]:
+    """'10.3.0.26' -> (10, 3, 0, 26); trailing text such as '10.0.0b6' or '+cuda12' is ignored."""
+    parts = []
+    for piece in str(version).split("."):
+        m = re.match(r"\d+", piece)
+        if not m:
+            break
+        parts.append(int(m.group()))
+        if m.end() != len(piece):
+            break
+    if not parts:
+        raise ValueError(f"not a version string: {version!r}")
+    return tuple(parts)
+
+
+def version_at_least(version: str, minimum: str) -> bool:
+    """Numeric comparison, missing components count as 0 ('10' >= '10.0.0')."""
+    a, b = version_tuple(version), version_tuple(minimum)
+    n = max(len(a), len(b))
+    return a + (0,) * (n - len(a)) >= b + (0,) * (n - len(b))
+
+
+def same_build_version(built: str, running: str) -> bool:
+    """A TensorRT engine (without the version-compatible flag) loads only in the exact
+    TensorRT major.minor.patch it was built with; the 4th (build) component may differ."""
+    return version_tuple(built)[:3] == version_tuple(running)[:3]
+
+
+def check_trt_version(version: str) -> None:
+    if not version_at_least(version, str(MIN_TRT_MAJOR)):
+        raise TinyvimError(f"TensorRT {version} is too old: tinyvim needs TensorRT >= {MIN_TRT_MAJOR} "
+                           f"(IPluginV3 scan plugin, named-tensor API); {INSTALL_HINT}")
+
+
+# --------------------------------------------------------------------- lazy imports
+def import_tensorrt():
+    """The tensorrt module (>= 10), or a one-line TinyvimError saying how to get it."""
+    try:
+        import tensorrt as trt
+    except ImportError as exc:
+        raise TinyvimError(f"TensorRT is not installed ({exc}): {INSTALL_HINT}") from exc
+    except OSError as exc:  # the bindings wheel without libnvinfer
+        raise TinyvimError(f"TensorRT is installed but its libraries do not load ({exc}): {INSTALL_HINT}") from exc
+    check_trt_version(trt.__version__)
+    return trt
+
+
+def default_plugin_path() -> str:
+    """Path of the scan plugin library from tinyvim.plugins, or a clear error."""
+    try:
+        from tinyvim.plugins import find_plugin_library
+    except ImportError as exc:
+        raise TinyvimError("the TensorRT scan plugin is not part of this installation "
+                           "(tinyvim.plugins.find_plugin_library missing): build it and pass --plugin PATH") from exc
+    try:
+        return os.fspath(find_plugin_library())
+    except TinyvimError:
+        raise
+    except Exception as exc:
+        raise TinyvimError(f"scan plugin library not found ({exc}): build it and pass --plugin PATH") from exc
+
+
+_loaded_plugins: dict[str, ctypes.CDLL] = {}
+
+
+def load_plugin_library(path: str | os.PathLike) -> str:
+    """dlopen the plugin with RTLD_GLOBAL, before parsing or deserialising, so that its
+    static initialiser registers the plugin creator where TensorRT's registry finds it."""
+    path = os.path.abspath(os.fspath(path))
+    if path in _loaded_plugins:
+        return path
+    if not os.path.isfile(path):
+        raise TinyvimError(f"plugin library {path} does not exist: build the scan plugin "
+                           "(see tinyvim/plugins) and pass its path with --plugin")
+    try:
+        _loaded_plugins[path] = ctypes.CDLL(path, mode=ctypes.RTLD_GLOBAL)
+    except OSError as exc:
+        raise TinyvimError(f"plugin library {path} does not load: {exc}") from exc
+    return path
+
+
+def gpu_info() -> dict:
+    """{'name', 'compute_capability' 'M.m'} of the current CUDA device, or a clear error."""
+    try:
+        import torch
+    except ImportError as exc:
+        raise TinyvimError("PyTorch is needed to query the GPU") from exc
+    if not torch.cuda.is_available():
+        raise TinyvimError("no CUDA GPU is available: TensorRT engines are built and run on an NVIDIA GPU "
+                           "(and this PyTorch must be a CUDA build)")
+    idx = torch.cuda.current_device()
+    major, minor = torch.cuda.get_device_capability(idx)
+    return {"name": torch.cuda.get_device_name(idx), "compute_capability": f"{major}.{minor}"}
+
+
+# --------------------------------------------------------------------- sidecar
+def sha256_file(path: str | os.PathLike, chunk: int = 1 << 20) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(chunk), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def sidecar_path(engine_path: str | os.PathLike) -> Path:
+    """`model.engine` -> `model.engine.json`."""
+    return Path(os.fspath(engine_path) + ".json")
+
+
+def make_sidecar(*, tinyvim_version: str, trt_version: str, gpu: dict, precision: str,
+                 profiles: list[dict], onnx_path: str, onnx_sha256: str, onnx_metadata: dict,
+                 build_seconds: float, strongly_typed: bool, plugin: str | None) -> dict:
+    """The JSON document written next to an engine. `profiles`: [{input: {min, opt, max}}].
+    `onnx_metadata` carries the ONNX's tinyvim metadata so that `validate` can rebuild the
+    PyTorch reference from an engine alone."""
+    return {
+        "sidecar_version": SIDECAR_VERSION,
+        "tinyvim_version": tinyvim_version,
+        "tensorrt_version": trt_version,
+        "gpu_name": gpu["name"],
+        "compute_capability": gpu["compute_capability"],
+        "precision": precision,
+        "strongly_typed": strongly_typed,
+        "profiles": profiles,
+        "onnx": {"path": onnx_path, "sha256": onnx_sha256},
+        "onnx_metadata": dict(onnx_metadata),
+        "plugin": plugin,
+        "build_seconds": round(float(build_seconds), 3),
+    }
+
+
+def read_sidecar(engine_path: str | os.PathLike) -> dict:
+    path = sidecar_path(engine_path)
+    if not path.is_file():
+        raise TinyvimError(f"{path} not found: engines are described by the JSON sidecar "
+                           "`tinyvim build-engine` writes next to them; rebuild the engine")
+    try:
+        return json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError) as exc:
+        raise TinyvimError(f"{path} is not a valid engine sidecar: {exc}") from exc
+
+
+def check_sidecar(sidecar: dict, *, trt_version: str, gpu: dict) -> tuple[list[str], list[str]]:
+    """(errors, warnings) of running an engine described by `sidecar` here.
+
+    Errors: a different TensorRT version or GPU compute capability (the engine's kernels and
+    format would not load or run). Warning: same capability, another GPU model (it runs, but
+    tactics were timed on the other card)."""
+    errors, warnings = [], []
+    missing = [k for k in ("tensorrt_version", "compute_capability", "gpu_name") if k not in sidecar]
+    if missing:
+        return [f"engine sidecar lacks {', '.join(missing)}: rebuild the engine"], []
+    built = sidecar["tensorrt_version"]
+    if not same_build_version(built, trt_version):
+        errors.append(f"engine was built with TensorRT {built} but TensorRT {trt_version} is installed: "
+                      "rebuild it with `tinyvim build-engine` on this machine")
+    if sidecar["compute_capability"] != gpu["compute_capability"]:
+        errors.append(f"engine was built for {sidecar['gpu_name']} (compute capability "
+                      f"{sidecar['compute_capability']}) but this GPU is {gpu['name']} "
+                      f"(compute capability {gpu['compute_capability']}): rebuild it on this GPU")
+    elif sidecar["gpu_name"] != gpu["name"]:
+        warnings.append(f"engine was built on {sidecar['gpu_name']}, running on {gpu['name']} "
+                        "(same compute capability): it runs, but rebuild for best performance")
+    return errors, warnings
