@@ -122,16 +122,18 @@ def softplus_stable(v: Tensor) -> Tensor:
 
 # --------------------------------------------------------------------- implementations
 def scan_sequential(x, delta, Bs, Cs, A, Ds, delta_bias) -> Tensor:
-    """The plain recurrence h_t = exp(dt_t A) h_{t-1} + dt_t B_t u_t, y_t = <C_t, h_t> + D u_t."""
+    """The plain recurrence h_t = exp(dt_t A) h_{t-1} + dt_t B_t u_t, y_t = <C_t, h_t> + D u_t,
+    one step per position, as the original selective_scan_ref computes it (decays and
+    inputs for all steps first, then a loop over the sequence)."""
     b, d, h, w = x.shape
     u, dt, Bq, Cq, A4, D4, flat_inv = _prepare(x, delta, Bs, Cs, A, Ds, delta_bias)
-    n = A4.shape[1]
-    state = u.new_zeros(b, 4, n, d)
+    dA = torch.exp(dt.unsqueeze(3) * A4.unsqueeze(1))                              # (B,4,L,N,D)
+    dBu = (dt * u).unsqueeze(3) * Bq.unsqueeze(-1)                                 # (B,4,L,N,D)
+    state = torch.zeros_like(dA[:, :, 0])
     ys = []
     for t in range(h * w):
-        dt_t = dt[:, :, t].unsqueeze(2)                                            # (B,4,1,D)
-        state = torch.exp(dt_t * A4) * state + dt_t * Bq[:, :, t].unsqueeze(-1) * u[:, :, t].unsqueeze(2)
-        ys.append((state * Cq[:, :, t].unsqueeze(-1)).sum(2))                     # (B,4,D)
+        state = dA[:, :, t] * state + dBu[:, :, t]
+        ys.append(torch.einsum("bknd,bkn->bkd", state, Cq[:, :, t]))
     y = torch.stack(ys, dim=2) + D4.unsqueeze(1) * u
     return _merge(y, flat_inv, h, w, x.dtype)
 

@@ -1,0 +1,12 @@
+#!/usr/bin/env bash
+# Create .venv with everything tinyvim and its tests need (CPU only).
+# torch is pinned to the CPU build: an unpinned torch can pull a multi-GB CUDA build.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+PY=${PYTHON:-python3}
+if [ ! -x .venv/bin/python ]; then
+    "$PY" -m venv .venv
+fi
+.venv/bin/python -m pip install -q --upgrade pip
+.venv/bin/python -m pip install -q "torch==2.13.0"
+.venv/bin/python -m pip install -q -e ".[cpu,test]"

@@ -1,0 +1,57 @@
+"""The TinyViM network, its checkpoints, and its re-parameterization."""
+from __future__ import annotations
+
+import os
+
+import torch
+from torch import nn
+
+from tinyvim.model.checkpoint import backbone_state, file_sha256, infer_variant, load_into, read_checkpoint
+from tinyvim.model.tinyvim import (
+    IMAGENET_MEAN, IMAGENET_STD, INPUT_MULTIPLE, VARIANTS, DeployTinyViM, TinyViM, check_input_size,
+    variant_config,
+)
+
+
+def create_model(variant: str = "s", *, checkpoint: str | os.PathLike | None = None, backbone: bool = False,
+                 ema: bool = False, seed: int = 0, num_classes: int = 1000) -> TinyViM:
+    """An eval-mode TinyViM (unfused, float32).
+
+    checkpoint: an official-format file (bare state dict, {'model'}, {'state_dict'},
+    {'model_ema'} with ema=True); None gives deterministic random weights from `seed`.
+    backbone: the detection/segmentation trunk with four outputs through norm0/2/4/6.
+    """
+    cfg = variant_config(variant)
+    state = read_checkpoint(checkpoint, ema=ema) if checkpoint is not None else None
+    distillation = True if state is None else any(k.startswith("dist_head.") for k in state)
+    if state is not None and not backbone and "head.weight" in state:
+        num_classes = state["head.weight"].shape[0]
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        model = TinyViM(cfg.name, num_classes=num_classes, distillation=distillation, fork_feat=backbone)
+    if state is not None:
+        allowed: tuple[str, ...] = ()
+        if backbone:
+            state, allowed = backbone_state(state)
+        load_into(model, state, cfg.name, str(checkpoint), allowed_missing=allowed)
+    return model.eval()
+
+
+def reparameterize(model: nn.Module) -> nn.Module:
+    """A new, fused deploy model (the input is left untouched), in eval mode."""
+    if isinstance(model, DeployTinyViM):
+        return model
+    if not isinstance(model, TinyViM):
+        raise TypeError(f"reparameterize expects a TinyViM model, got {type(model).__name__}")
+    return model.fuse().eval()
+
+
+def count_parameters(model: nn.Module) -> int:
+    return sum(p.numel() for p in model.parameters())
+
+
+__all__ = [
+    "IMAGENET_MEAN", "IMAGENET_STD", "INPUT_MULTIPLE", "VARIANTS", "DeployTinyViM", "TinyViM",
+    "backbone_state", "check_input_size", "count_parameters", "create_model", "file_sha256",
+    "infer_variant", "load_into", "read_checkpoint", "reparameterize", "variant_config",
+]
