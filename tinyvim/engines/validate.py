@@ -1,0 +1,204 @@
+"""Validation of an exported model (ONNX now, TensorRT engine too) against the PyTorch reference.
+
+The reference is the UNFUSED model with the sequential scan in float32 - the original
+computation - built from the same variant / checkpoint / init seed as the export, which are
+read from the model's metadata (ONNX metadata_props, or the engine's JSON sidecar) and can be
+overridden or filled in by the caller. The same input batches go through both; outputs are
+concatenated over batches and compared with `tinyvim.engines.compare`.
+
+JSON report (`tinyvim validate --json PATH`), schema_version 1:
+
+    {
+      "schema_version": 1,
+      "tinyvim_version": "0.1.0",
+      "passed": true,                           # every output passed
+      "model": {"path": str, "kind": "onnx" | "engine", "metadata": {str: str}},
+      "reference": {"backend": "torch", "variant": "s", "checkpoint": str | null, "ema": bool,
+                    "backbone": bool, "img_size": [H, W], "init_seed": int},
+      "backend": {"name": "ort" | "trt", "providers": [str] | null},
+      "inputs": {"source": "random" | "images", "num_batches": int, "batch": int,
+                 "seed": int | null, "images": [file name] | null},
+      "tolerance": {"precision": "fp32" | "fp16" | "bf16", "atol": float, "rtol": float,
+                    "min_cosine": float | null},
+      "outputs": [{"name": str, "shape": [int], "max_abs_err": float, "max_rel_err": float,
+                   "mean_abs_err": float, "cosine": float, "top1": float | null,
+                   "top5": float | null, "mismatches": int, "passed": bool, "reason": str}],
+      "warnings": [str],
+      "seconds": {"reference": float, "backend": float}
+    }
+"""
+from __future__ import annotations
+
+import os
+import time
+from dataclasses import asdict, dataclass
+
+import numpy as np
+
+from tinyvim.engines.base import BaseRunner
+from tinyvim.engines.compare import Comparison, Tolerance, compare_outputs
+from tinyvim.engines.model_info import VARIANTS, ModelInfo, parse_size
+from tinyvim.errors import TinyvimError
+
+SCHEMA_VERSION = 1
+
+
+@dataclass
+class ReferenceConfig:
+    """Everything needed to rebuild the PyTorch model an export came from."""
+    variant: str
+    checkpoint: str | None
+    ema: bool
+    backbone: bool
+    img_size: tuple[int, int]
+    init_seed: int
+    batch: int
+
+
+def _flag(value: str | None) -> bool | None:
+    return None if value in (None, "") else value.lower() == "true"
+
+
+def resolve_reference(info: ModelInfo, *, variant: str | None = None, checkpoint: str | None = None,
+                      ema: bool | None = None, backbone: bool | None = None, img_size: str | None = None,
+                      init_seed: int | None = None, batch: int | None = None) -> tuple[ReferenceConfig, list[str]]:
+    """Reference configuration from the model's metadata, arguments overriding / filling in.
+
+    Returns (config, warnings); raises TinyvimError when the arguments contradict the model."""
+    from tinyvim.engines.trt_common import sha256_file
+
+    meta = info.metadata
+    warnings: list[str] = []
+    variant = (variant or meta.get("variant") or "").lower()
+    if not variant:
+        raise TinyvimError(f"{info.path} carries no tinyvim metadata naming its variant: pass --variant s|b|l")
+    if variant not in VARIANTS:
+        raise TinyvimError(f"unknown variant {variant!r}: choose s, b or l")
+
+    if backbone is not None and backbone != info.backbone:
+        raise TinyvimError(f"--{'' if backbone else 'no-'}backbone contradicts the model, whose outputs are "
+                           f"{', '.join(info.output_names)}")
+    backbone = info.backbone
+
+    if img_size is not None:
+        size = parse_size(img_size)
+        if info.fixed_size and size != info.fixed_size:
+            raise TinyvimError(f"--img-size {size[0]}x{size[1]} does not match the model's input "
+                               f"{info.fixed_size[0]}x{info.fixed_size[1]}")
+    elif info.fixed_size:
+        size = info.fixed_size
+    else:
+        size = parse_size(meta.get("input_size") or "224")
+
+    if batch is not None:
+        if batch < 1:
+            raise TinyvimError(f"--batch must be >= 1, got {batch}")
+        if info.fixed_batch and batch != info.fixed_batch:
+            raise TinyvimError(f"--batch {batch}: the model has a fixed batch of {info.fixed_batch} "
+                               "(export with --dynamic-batch for others)")
+        hi = meta.get("max_batch")
+        if hi and batch > int(hi):
+            raise TinyvimError(f"--batch {batch} exceeds the engine's max batch {hi}")
+    else:
+        batch = info.fixed_batch or int(meta.get("min_batch") or 1)
+
+    recorded_ckpt = meta.get("checkpoint") or None
+    recorded_sha = meta.get("checkpoint_sha256") or ""
+    if checkpoint is None and recorded_ckpt:
+        if not os.path.isfile(recorded_ckpt):
+            raise TinyvimError(f"the model was exported from checkpoint {recorded_ckpt}, which is not found "
+                               "here: pass it with --checkpoint")
+        checkpoint = recorded_ckpt
+    if checkpoint is not None:
+        if not os.path.isfile(checkpoint):
+            raise TinyvimError(f"--checkpoint {checkpoint}: no such file")
+        if recorded_sha and sha256_file(checkpoint) != recorded_sha:
+            warnings.append(f"checkpoint {checkpoint} differs from the one the model was exported from "
+                            f"(sha256 {recorded_sha[:12]}...): expect a mismatch")
+        if "checkpoint_sha256" in meta and not recorded_sha:
+            warnings.append("the model was exported with random weights, but --checkpoint was given")
+    elif recorded_sha:
+        raise TinyvimError("the model was exported from a checkpoint: pass it with --checkpoint")
+
+    ema = ema if ema is not None else bool(_flag(meta.get("ema")))
+    init_seed = init_seed if init_seed is not None else int(meta.get("init_seed") or 0)
+    return ReferenceConfig(variant, checkpoint, ema, backbone, size, init_seed, batch), warnings
+
+
+def run_all(runner: BaseRunner, batches: list[np.ndarray], input_name: str = "images") -> tuple[dict, float]:
+    """Run every batch through an activated-on-demand runner; outputs concatenated on axis 0."""
+    collected: dict[str, list[np.ndarray]] = {}
+    start = time.perf_counter()
+    with runner:
+        for batch in batches:
+            for name, value in runner.infer({input_name: batch}).items():
+                collected.setdefault(name, []).append(np.asarray(value))
+    seconds = time.perf_counter() - start
+    return {k: np.concatenate(v, axis=0) for k, v in collected.items()}, seconds
+
+
+@dataclass
+class ValidationResult:
+    comparison: Comparison
+    seconds: dict
+
+    @property
+    def passed(self) -> bool:
+        return self.comparison.passed
+
+
+def validate_runner(target: BaseRunner, reference: BaseRunner, batches: list[np.ndarray],
+                    tolerance: Tolerance) -> ValidationResult:
+    """Compare `target` with `reference` on the same batches (B, 3, H, W)."""
+    if not batches:
+        raise TinyvimError("no inputs to validate with")
+    out, t_target = run_all(target, batches)
+    ref, t_ref = run_all(reference, batches)
+    comparison = compare_outputs(ref, out, tolerance)
+    return ValidationResult(comparison, {"reference": round(t_ref, 3), "backend": round(t_target, 3)})
+
+
+def make_report(result: ValidationResult, *, info: ModelInfo, config: ReferenceConfig, backend: str,
+                providers: list[str] | None, inputs: dict, precision: str, warnings: list[str]) -> dict:
+    """The JSON document described in this module's docstring."""
+    import tinyvim
+
+    tol = result.comparison.tolerance
+    return {
+        "schema_version": SCHEMA_VERSION,
+        "tinyvim_version": tinyvim.__version__,
+        "passed": result.passed,
+        "model": {"path": info.path, "kind": info.kind, "metadata": dict(info.metadata)},
+        "reference": {"backend": "torch", "variant": config.variant, "checkpoint": config.checkpoint,
+                      "ema": config.ema, "backbone": config.backbone, "img_size": list(config.img_size),
+                      "init_seed": config.init_seed},
+        "backend": {"name": backend, "providers": providers},
+        "inputs": inputs,
+        "tolerance": {"precision": precision, **asdict(tol)},
+        "outputs": [o.to_dict() for o in result.comparison.outputs],
+        "warnings": list(warnings),
+        "seconds": result.seconds,
+    }
+
+
+def _fmt(v, spec: str) -> str:
+    return "-" if v is None else format(v, spec)
+
+
+def format_table(report: dict) -> str:
+    """Human-readable table of a report plus one summary line."""
+    header = f"{'output':<8} {'shape':<18} {'max abs':>9} {'max rel':>9} {'mean abs':>9} {'cosine':>10} " \
+             f"{'top1':>6} {'top5':>6}  result"
+    lines = [header, "-" * len(header)]
+    for o in report["outputs"]:
+        lines.append(f"{o['name']:<8} {'x'.join(map(str, o['shape'])):<18} {_fmt(o['max_abs_err'], '9.2e')} "
+                     f"{_fmt(o['max_rel_err'], '9.2e')} {_fmt(o['mean_abs_err'], '9.2e')} "
+                     f"{_fmt(o['cosine'], '10.7f')} {_fmt(o['top1'], '6.3f')} {_fmt(o['top5'], '6.3f')}  "
+                     f"{'PASS' if o['passed'] else 'FAIL: ' + o['reason']}")
+    tol = report["tolerance"]
+    n = report["inputs"]["num_batches"] * report["inputs"]["batch"]
+    verdict = "PASSED" if report["passed"] else "FAILED"
+    lines.append(f"{verdict}: {report['backend']['name']} vs PyTorch reference (TinyViM-"
+                 f"{report['reference']['variant'].upper()}, {n} images, {tol['precision']} tolerance "
+                 f"atol={tol['atol']:g} rtol={tol['rtol']:g})")
+    return "\n".join(lines)
