@@ -1,0 +1,158 @@
+"""TensorRT build/run logic that needs no TensorRT (always runs), plus the checks that need it
+(skipped, with the reason, where tensorrt is absent)."""
+from __future__ import annotations
+
+import json
+
+import pytest
+from click.testing import CliRunner
+
+from tinyvim.engines import trt_build as tb
+from tinyvim.engines import trt_common as tc
+from tinyvim.errors import TinyvimError
+
+try:
+    import tensorrt  # noqa: F401
+    HAVE_TRT = True
+except ImportError:
+    HAVE_TRT = False
+needs_trt = pytest.mark.skipif(not HAVE_TRT, reason="tensorrt is not installed (NVIDIA index / GPU machine only)")
+
+
+def test_version_parsing_and_comparison():
+    assert tc.version_tuple("10.3.0.26") == (10, 3, 0, 26)
+    assert tc.version_tuple("10.0.0b6") == (10, 0, 0)
+    assert tc.version_at_least("10", "10.0.0") and tc.version_at_least("10.10.0", "10.9")
+    assert not tc.version_at_least("9.3.0", "10")
+    assert tc.same_build_version("10.3.0.26", "10.3.0.30")
+    assert not tc.same_build_version("10.3.0", "10.4.0")
+    with pytest.raises(ValueError):
+        tc.version_tuple("abc")
+    with pytest.raises(TinyvimError, match="too old"):
+        tc.check_trt_version("8.6.1")
+
+
+def test_profile_shapes_from_flags():
+    p = tb.profile_shapes((224, 224), 1, 8, 32)["images"]
+    assert p == {"min": [1, 3, 224, 224], "opt": [8, 3, 224, 224], "max": [32, 3, 224, 224]}
+    # opt defaults to max, max to opt or min
+    assert tb.profile_shapes((224, 192), 1, None, 16)["images"]["opt"] == [16, 3, 224, 192]
+    assert tb.profile_shapes((224, 224), 4)["images"]["max"] == [4, 3, 224, 224]
+    with pytest.raises(TinyvimError, match="min"):
+        tb.profile_shapes((224, 224), 8, 4, 16)
+    # a fixed-batch ONNX only builds for its batch
+    assert tb.profile_shapes((224, 224), fixed_batch=1)["images"]["max"] == [1, 3, 224, 224]
+    with pytest.raises(TinyvimError, match="dynamic-batch"):
+        tb.profile_shapes((224, 224), 1, None, 8, fixed_batch=1)
+
+
+def test_precision_policy_by_trt_version():
+    fp32 = tb.precision_policy("fp32", "10.3.0")
+    assert not fp32.strongly_typed and "TF32" in fp32.clear_flags and not fp32.pin_fp32
+    fp16 = tb.precision_policy("fp16", "10.3.0")
+    assert fp16.set_flags == ("FP16", "OBEY_PRECISION_CONSTRAINTS") and fp16.pin_fp32 and not fp16.strongly_typed
+    assert tb.precision_policy("bf16", "10.8").set_flags[0] == "BF16"
+    # TensorRT 11: strongly typed; reduced precision must come from the ONNX
+    with pytest.raises(TinyvimError, match="export .*--precision fp16"):
+        tb.precision_policy("fp16", "11.0.0", onnx_precision="fp32")
+    p = tb.precision_policy("fp16", "11.2.0", onnx_precision="fp16")
+    assert p.strongly_typed and not p.set_flags
+    assert tb.precision_policy("fp32", "11.0", onnx_precision="fp32").strongly_typed
+    # an fp16 ONNX is strongly typed on 10.x as well
+    assert tb.precision_policy("fp16", "10.3", onnx_precision="fp16").strongly_typed
+    with pytest.raises(TinyvimError, match="too old"):
+        tb.precision_policy("fp16", "8.6.1")
+    with pytest.raises(TinyvimError, match="unknown precision"):
+        tb.precision_policy("int8", "10.3")
+
+
+@pytest.mark.parametrize("name,kind,act,pinned", [
+    ("/network.4/op/CrossSelectiveScan", "PLUGIN_V3", None, True),
+    ("scan_plugin", "PLUGIN_V2", None, True),
+    ("/out_norm/LayerNormalization", "NORMALIZATION", None, True),
+    ("act", "ACTIVATION", "SOFTPLUS", True),
+    ("/network.2/op/softplus_stable/Relu", "ACTIVATION", "RELU", True),   # part of the stable softplus
+    ("/network.0/mlp/fc1/Conv", "CONVOLUTION", None, False),
+    ("gelu", "ACTIVATION", "GELU_ERF", False),
+])
+def test_layers_pinned_to_fp32(name, kind, act, pinned):
+    assert tb.should_pin_fp32(name, kind, act) is pinned
+
+
+def test_sidecar_roundtrip_and_mismatch_messages(tmp_path):
+    engine = tmp_path / "m.engine"
+    engine.write_bytes(b"engine")
+    onnx_file = tmp_path / "m.onnx"
+    onnx_file.write_bytes(b"onnx")
+    gpu = {"name": "NVIDIA H100 80GB HBM3", "compute_capability": "9.0"}
+    side = tc.make_sidecar(tinyvim_version="0.1.0", trt_version="10.3.0.26", gpu=gpu, precision="fp16",
+                           profiles=[tb.profile_shapes((224, 224), 1, 8, 32)], onnx_path=str(onnx_file),
+                           onnx_sha256=tc.sha256_file(onnx_file), onnx_metadata={"variant": "s"},
+                           build_seconds=12.3456, strongly_typed=False, plugin=None)
+    import hashlib
+    assert side["onnx"]["sha256"] == hashlib.sha256(b"onnx").hexdigest()
+    tc.sidecar_path(engine).write_text(json.dumps(side))
+    assert tc.read_sidecar(engine) == side
+    assert tc.check_sidecar(side, trt_version="10.3.0.30", gpu=gpu) == ([], [])
+    errors, _ = tc.check_sidecar(side, trt_version="10.5.0", gpu=gpu)
+    assert len(errors) == 1 and "built with TensorRT 10.3.0.26" in errors[0]
+    errors, _ = tc.check_sidecar(side, trt_version="10.3.0", gpu={"name": "NVIDIA A100", "compute_capability": "8.0"})
+    assert len(errors) == 1 and "compute capability 9.0" in errors[0] and "rebuild" in errors[0]
+    errors, warnings = tc.check_sidecar(side, trt_version="10.3.0",
+                                        gpu={"name": "NVIDIA H100 PCIe", "compute_capability": "9.0"})
+    assert errors == [] and "same compute capability" in warnings[0]
+    assert tc.check_sidecar({}, trt_version="10.3", gpu=gpu)[0]
+
+
+def test_missing_sidecar_is_a_clear_error(tmp_path):
+    with pytest.raises(TinyvimError, match="sidecar"):
+        tc.read_sidecar(tmp_path / "none.engine")
+
+
+def test_parser_errors_explain_the_plugin():
+    msg = tb.explain_parser_errors(["ModelImporter.cpp:771: ... Plugin not found, are the plugin name, "
+                                    "version, and namespace correct?"])
+    assert "--plugin" in msg and "Plugin not found" in msg
+    assert "--plugin" not in tb.explain_parser_errors(["Unsupported ONNX data type: UINT8"])
+
+
+def test_write_atomically_replaces_and_cleans_up(tmp_path):
+    target = tmp_path / "sub" / "x.engine"
+    tb.write_atomically(target, b"one")
+    tb.write_atomically(target, b"two")
+    assert target.read_bytes() == b"two"
+    assert [p.name for p in target.parent.iterdir()] == ["x.engine"]
+
+
+def test_default_engine_path():
+    assert str(tb.default_engine_path("/a/m.onnx", "fp16")) == "/a/m.fp16.engine"
+
+
+def test_plugin_library_errors(tmp_path):
+    with pytest.raises(TinyvimError, match="does not exist"):
+        tc.load_plugin_library(tmp_path / "missing.so")
+    bad = tmp_path / "bad.so"
+    bad.write_bytes(b"not an ELF")
+    with pytest.raises(TinyvimError, match="does not load"):
+        tc.load_plugin_library(bad)
+
+
+@pytest.mark.skipif(HAVE_TRT, reason="tensorrt is installed: the missing-TensorRT path cannot be checked")
+def test_build_engine_cli_without_tensorrt_exits_2_with_one_line(tmp_path):
+    import onnx
+
+    from test_engines_runners import tiny_onnx, tiny_torch
+    from tinyvim.commands.engines import build_engine
+    path = tmp_path / "m.onnx"
+    proto = tiny_onnx(tiny_torch(), batch=1)
+    onnx.save(proto, path)
+    result = CliRunner().invoke(build_engine, [str(path)])
+    assert result.exit_code == 2, result.output
+    lines = [ln for ln in result.output.splitlines() if ln.strip()]
+    assert len(lines) == 1 and "TensorRT is not installed" in lines[0] and "pip install" in lines[0]
+
+
+@needs_trt
+def test_tensorrt_version_supported():
+    import tensorrt as trt
+    tc.check_trt_version(trt.__version__)
