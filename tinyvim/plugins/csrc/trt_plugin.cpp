@@ -2,10 +2,13 @@
 // TensorRT's interfaces and plugin_logic.h (rules, tested without TensorRT) and the CUDA
 // kernel's C ABI (tinyvim_scan.h). Built only when NvInfer.h is found (CMakeLists.txt).
 //
-// Loading: the library exports getCreators()/setLoggerFinder(), the entry points of
-// IPluginRegistry::loadLibrary (Python: trt.get_plugin_registry().load_library(path)) and
-// trtexec --dynamicPlugins / --setPluginsToSerialize. It does not self-register at load
-// time, so loading it through both routes cannot register the creator twice.
+// Loading, two ways (use one per process; both register the same creator):
+//  * dlopen (Python: ctypes.CDLL(path, mode=ctypes.RTLD_GLOBAL); trtexec --staticPlugins):
+//    a static initialiser registers the creator with getPluginRegistry(). Needs the
+//    library linked to libnvinfer (CMake does so when it finds it; otherwise it defines
+//    TINYVIM_TRT_NO_SELF_REGISTER and says so).
+//  * IPluginRegistry::loadLibrary (Python: trt.get_plugin_registry().load_library(path);
+//    trtexec --dynamicPlugins): TensorRT calls the exported getCreators()/setLoggerFinder().
 #include <NvInfer.h>
 #include <NvInferRuntime.h>
 #include <cuda_runtime_api.h>
@@ -255,3 +258,20 @@ __attribute__((visibility("default"))) nvinfer1::IPluginCreatorInterface* const*
 }
 
 }  // extern "C"
+
+#ifndef TINYVIM_TRT_NO_SELF_REGISTER
+namespace {
+// Registers the creator when the library is loaded (what REGISTER_TENSORRT_PLUGIN does
+// for older plugin generations), under the namespace the ONNX node names.
+struct SelfRegister {
+    SelfRegister() {
+        int32_t n = 0;
+        nvinfer1::IPluginCreatorInterface* const* creators = getCreators(n);
+        nvinfer1::IPluginRegistry* registry = getPluginRegistry();
+        for (int32_t i = 0; registry && i < n; ++i)
+            registry->registerCreator(*creators[i], tinyvim::plugin::kPluginNamespace);
+    }
+};
+const SelfRegister g_self_register;
+}  // namespace
+#endif

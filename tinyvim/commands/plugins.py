@@ -1,0 +1,52 @@
+"""`tinyvim build-plugin`: CMake configure + build of the scan's native libraries."""
+from __future__ import annotations
+
+import os
+import re
+
+import click
+
+
+@click.command("build-plugin")
+@click.option("--build-dir", type=click.Path(file_okay=False), default=None,
+              help="Build folder [default: $TINYVIM_PLUGIN_BUILD_DIR or ~/.cache/tinyvim/plugins/build].")
+@click.option("--tensorrt-root", type=click.Path(file_okay=False), default=None,
+              help="TensorRT prefix holding include/NvInfer.h [default: $TENSORRT_ROOT, CPATH, system paths].")
+@click.option("--cuda-arch", default=None, metavar="ARCHS",
+              help="CUDA architectures in CMake syntax, e.g. 90 or '80;90' "
+                   "[default: fat binary sm_75..sm_120 + PTX].")
+@click.option("--jobs", "-j", type=click.IntRange(min=1), default=None, help="Parallel compile jobs [default: CPU count].")
+@click.option("--cpu-only", is_flag=True, help="Build only the CPU twin and the host-logic tests (no nvcc needed).")
+@click.option("--verbose", is_flag=True, help="Show the full CMake/compiler output.")
+def build_plugin(build_dir, tensorrt_root, cuda_arch, jobs, cpu_only, verbose):
+    """Build the CUDA scan kernel, its CPU twin and the TensorRT plugin (when TensorRT's
+    headers are found) with CMake, then list what was built and what was skipped."""
+    from tinyvim.plugins.build import build, default_build_dir
+    from tinyvim.plugins.errors import PluginError
+
+    build_dir = build_dir or os.fspath(default_build_dir())
+    percent = re.compile(r"^\[\s*(\d+)%\]\s+(.*)$")
+
+    def progress(line: str) -> None:
+        if verbose:
+            click.echo(line, err=True)
+            return
+        m = percent.match(line)
+        if m and ("Building" in m.group(2) or "Linking" in m.group(2)):
+            click.echo(f"  [{m.group(1):>3}%] {m.group(2)}", err=True)
+        elif line.startswith("-- tinyvim:"):
+            click.echo("  " + line[3:], err=True)
+
+    click.echo(f"building tinyvim plugins in {build_dir}", err=True)
+    try:
+        result = build(build_dir, tensorrt_root=tensorrt_root, cuda_arch=cuda_arch, jobs=jobs,
+                       cpu_only=cpu_only, progress=progress)
+    except PluginError as exc:
+        # Raised again as a ClickException so that the command prints one line and exits 1
+        # also when it is used on its own, outside the tinyvim group.
+        raise click.ClickException(str(exc)) from None
+    for target, path in sorted(result.built.items()):
+        click.echo(f"built    {target:<26} {path}")
+    for target, reason in sorted(result.skipped.items()):
+        click.echo(f"skipped  {target:<26} {reason}")
+    click.echo(f"log: {result.log}", err=True)
