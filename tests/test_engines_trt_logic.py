@@ -156,3 +156,38 @@ def test_build_engine_cli_without_tensorrt_exits_2_with_one_line(tmp_path):
 def test_tensorrt_version_supported():
     import tensorrt as trt
     tc.check_trt_version(trt.__version__)
+
+
+def _fake_engine(tmp_path, metadata):
+    engine = tmp_path / "m.fp16.engine"
+    engine.write_bytes(b"not really an engine")
+    side = tc.make_sidecar(tinyvim_version="0.1.0", trt_version="10.3.0", gpu={"name": "H100", "compute_capability": "9.0"},
+                           precision="fp16", profiles=[tb.profile_shapes((64, 64), 1, 4, 8)], onnx_path="m.onnx",
+                           onnx_sha256="0" * 64, onnx_metadata=metadata, build_seconds=1.0, strongly_typed=False,
+                           plugin=None)
+    tc.sidecar_path(engine).write_text(json.dumps(side))
+    return engine
+
+
+def test_engine_info_comes_from_the_sidecar(tmp_path):
+    from tinyvim.engines.model_info import read_model_info
+    from tinyvim.engines.validate import resolve_reference
+    engine = _fake_engine(tmp_path, {"variant": "b", "backbone": "true", "input_size": "64x64", "init_seed": "3"})
+    info = read_model_info(engine)
+    assert info.kind == "engine" and info.backbone and info.output_names == ["feat0", "feat1", "feat2", "feat3"]
+    assert info.fixed_size == (64, 64) and info.fixed_batch is None and info.metadata["precision"] == "fp16"
+    cfg, _ = resolve_reference(info)
+    assert (cfg.variant, cfg.backbone, cfg.init_seed, cfg.batch) == ("b", True, 3, 1)
+    with pytest.raises(TinyvimError, match="max batch 8"):
+        resolve_reference(info, batch=16)
+
+
+@pytest.mark.skipif(HAVE_TRT, reason="tensorrt is installed: the missing-TensorRT path cannot be checked")
+def test_validate_engine_without_tensorrt_exits_2(tmp_path):
+    from tinyvim.commands.engines import validate
+    engine = _fake_engine(tmp_path, {"variant": "s", "backbone": "false", "input_size": "64x64"})
+    r = CliRunner().invoke(validate, [str(engine), "--num-inputs", "1"])
+    assert r.exit_code == 2, r.output
+    assert "error: TensorRT is not installed" in r.output and "Traceback" not in r.output
+    r = CliRunner().invoke(validate, [str(engine), "--backend", "ort"])
+    assert r.exit_code == 2 and "--backend trt" in r.output
