@@ -97,3 +97,29 @@ def test_profile_cli_bad_input_exit_2(tmp_path):
     assert r.exit_code == 2 and "multiple of 32" in r.output
     r = CliRunner().invoke(profile, ["--batch", "1,x"])
     assert r.exit_code == 2 and "--batch" in r.output
+
+
+def test_profile_ort_without_model_exports_a_dynamic_batch_onnx(tmp_path, monkeypatch):
+    import onnx
+
+    import tinyvim.export
+    from test_engines_runners import tiny_onnx, tiny_torch
+    from tinyvim.commands.engines import profile
+    calls = []
+
+    def fake_export(output, **kwargs):  # the tiny net stands in for TinyViM: only the plumbing is tested
+        calls.append(kwargs)
+        onnx.save(tiny_onnx(tiny_torch(), size=64), output)
+
+        class Result:
+            path = output
+        return Result()
+
+    monkeypatch.setattr(tinyvim.export, "export_onnx", fake_export)
+    out = tmp_path / "p.json"
+    r = CliRunner().invoke(profile, ["--backend", "ort", "--img-size", "64", "--batch", "1,3", "--warmup", "0",
+                                     "--iters", "3", "--json", str(out)])
+    assert r.exit_code == 0, r.output
+    assert calls == [{"variant": "s", "checkpoint": None, "ema": False, "img_size": (64, 64), "dynamic_batch": True}]
+    doc = json.loads(out.read_text())
+    assert [(e["backend"], e["batch"], e["latency_ms"]["iters"]) for e in doc["results"]] == [("ort", 1, 3), ("ort", 3, 3)]
