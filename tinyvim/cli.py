@@ -14,6 +14,7 @@ from tinyvim.errors import TinyvimError
 # and a missing optional dependency of one command cannot break the others.
 COMMANDS = {
     "info": ("tinyvim.commands.info", "info"),
+    "export": ("tinyvim.commands.export", "export"),
 }
 
 

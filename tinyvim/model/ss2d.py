@@ -27,11 +27,14 @@ class ChannelLayerNorm(nn.LayerNorm):
     nodes here. Parameters are LayerNorm's (`weight`, `bias`)."""
 
     def forward(self, x):
+        dtype = x.dtype
+        x = x.float() if dtype in (torch.float16, torch.bfloat16) else x   # statistics in fp32 under fp16
         mean = x.mean(1, keepdim=True)
         centred = x - mean
         var = (centred * centred).mean(1, keepdim=True)
         y = centred * torch.rsqrt(var + self.eps)
-        return y * self.weight.reshape(1, -1, 1, 1) + self.bias.reshape(1, -1, 1, 1)
+        y = y * self.weight.to(x.dtype).reshape(1, -1, 1, 1) + self.bias.to(x.dtype).reshape(1, -1, 1, 1)
+        return y.to(dtype)
 
 
 class SS2D(nn.Module):

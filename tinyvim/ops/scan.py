@@ -33,8 +33,8 @@ import functools
 import threading
 from typing import Callable, Iterator
 
+import numpy as np
 import torch
-import torch.nn.functional as F
 from torch import Tensor
 
 ScanFn = Callable[[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor], Tensor]
@@ -42,26 +42,37 @@ ScanFn = Callable[[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor], Tens
 
 # --------------------------------------------------------------------- layout helpers
 @functools.lru_cache(maxsize=64)
-def _orders_cpu(h: int, w: int) -> tuple[Tensor, Tensor]:
+def _orders_np(h: int, w: int) -> tuple[np.ndarray, np.ndarray]:
     """(order, inverse), each (4, L) int64: order[k, t] is the row-major position visited
-    at step t of direction k; inverse[k, p] the step at which position p is visited."""
-    pos = torch.arange(h * w).reshape(h, w)
+    at step t of direction k; inverse[k, p] the step at which position p is visited.
+    Built with numpy, not torch: under tracing these must stay constants, not graph ops."""
+    pos = np.arange(h * w).reshape(h, w)
     k0 = pos.reshape(-1)
-    k1 = pos.t().reshape(-1)
-    order = torch.stack([k0, k1, k0.flip(0), k1.flip(0)])
-    inverse = torch.argsort(order, dim=1)
+    k1 = pos.T.reshape(-1)
+    order = np.stack([k0, k1, k0[::-1], k1[::-1]])
+    inverse = np.argsort(order, axis=1)
     return order, inverse
 
 
 def scan_orders(h: int, w: int, device: torch.device | str = "cpu") -> tuple[Tensor, Tensor]:
-    order, inverse = _orders_cpu(h, w)
-    return order.to(device), inverse.to(device)
+    order, inverse = _orders_np(h, w)
+    return torch.tensor(order, device=device), torch.tensor(inverse, device=device)
 
 
-def _flat_index(index: Tensor, stride: int | None = None) -> Tensor:
-    """(4, L) per-direction index -> (4, L) index into a flattened (4*stride) axis."""
-    stride = stride or index.shape[1]
-    return index + torch.arange(4, device=index.device).unsqueeze(1) * stride
+@functools.lru_cache(maxsize=64)
+def _layout(h: int, w: int, Lp: int) -> tuple[np.ndarray, ...]:
+    """Index constants for a scan over an h×w grid padded to Lp steps:
+    order (4, Lp) positions gathered for each step (padding repeats position 0);
+    flat_in (4, Lp) the same into a flattened (4·L) axis, direction k reading block k;
+    flat_out (4, L) step of each position into a flattened (4·Lp) axis;
+    valid (Lp, 1) 1 for real steps, 0 for padding."""
+    L = h * w
+    order, inverse = _orders_np(h, w)
+    order = np.concatenate([order, np.repeat(order[:, :1], Lp - L, axis=1)], axis=1)
+    flat_in = order + np.arange(4)[:, None] * L
+    flat_out = inverse + np.arange(4)[:, None] * Lp
+    valid = (np.arange(Lp) < L).astype(np.float32).reshape(Lp, 1)
+    return order, flat_in, flat_out, valid
 
 
 def _per_direction_to_steps(t: Tensor, flat: Tensor) -> Tensor:
@@ -87,22 +98,19 @@ def _prepare(x, delta, Bs, Cs, A, Ds, delta_bias, padded_length: int | None = No
     n = A.shape[1]
     L = h * w
     Lp = padded_length or L
-    order, inverse = scan_orders(h, w, x.device)
-    if Lp > L:
-        order = torch.cat([order, order[:, :1].expand(4, Lp - L)], dim=1)
+    order, flat_in, flat_out, valid = (torch.tensor(a, device=x.device) for a in _layout(h, w, Lp))
     ct = compute_dtype(x.dtype)
     x, delta, Bs, Cs, A, Ds, delta_bias = (
         t.to(ct) for t in (x, delta, Bs, Cs, A, Ds, delta_bias))
     u = x.reshape(b, d, L)[:, :, order].permute(0, 2, 3, 1)                      # (B,4,Lp,D)
-    flat = _flat_index(order, L)
-    dt = _per_direction_to_steps(delta.reshape(b, 4, d, L), flat)                 # (B,4,Lp,D)
+    dt = _per_direction_to_steps(delta.reshape(b, 4, d, L), flat_in)              # (B,4,Lp,D)
     dt = softplus_stable(dt + delta_bias.reshape(4, 1, d))
     if Lp > L:
-        dt = dt * (torch.arange(Lp, device=x.device) < L).to(ct).reshape(Lp, 1)
-    Bq = _per_direction_to_steps(Bs.reshape(b, 4, n, L), flat)                    # (B,4,Lp,N)
-    Cq = _per_direction_to_steps(Cs.reshape(b, 4, n, L), flat)                    # (B,4,Lp,N)
+        dt = dt * valid.to(ct)
+    Bq = _per_direction_to_steps(Bs.reshape(b, 4, n, L), flat_in)                 # (B,4,Lp,N)
+    Cq = _per_direction_to_steps(Cs.reshape(b, 4, n, L), flat_in)                 # (B,4,Lp,N)
     A4 = A.reshape(4, d, n).transpose(1, 2)                                       # (4,N,D)
-    return u, dt, Bq, Cq, A4, Ds.reshape(4, d), _flat_index(inverse, Lp)
+    return u, dt, Bq, Cq, A4, Ds.reshape(4, d), flat_out
 
 
 def _merge(y: Tensor, flat_inverse: Tensor, h: int, w: int, dtype: torch.dtype) -> Tensor:
@@ -290,4 +298,9 @@ def cross_selective_scan(x: Tensor, delta: Tensor, Bs: Tensor, Cs: Tensor, A: Te
     inline `scan_implementation` block is active."""
     if _inline():
         return _IMPLEMENTATIONS[current_scan_implementation()](x, delta, Bs, Cs, A, Ds, delta_bias)
+    if torch.onnx.is_in_onnx_export() and x.dtype != torch.float32:
+        # The plugin node's contract in ONNX is float32 in, float32 out (the scan computes
+        # in float32 anyway); reduced-precision graphs get explicit casts around it.
+        args = [t.float() for t in (x, delta, Bs, Cs, A, Ds, delta_bias)]
+        return torch.ops.tinyvim.cross_selective_scan(*args).to(x.dtype)
     return torch.ops.tinyvim.cross_selective_scan(x, delta, Bs, Cs, A, Ds, delta_bias)

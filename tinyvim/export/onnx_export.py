@@ -1,0 +1,219 @@
+"""Export a re-parameterized TinyViM to ONNX: portable (standard ops) or plugin flavour."""
+from __future__ import annotations
+
+import collections
+import contextlib
+import io
+import logging
+import os
+import time
+import warnings
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+import onnx
+import torch
+from torch import nn
+
+from tinyvim import __version__
+from tinyvim.errors import TinyvimError
+from tinyvim.model import IMAGENET_MEAN, IMAGENET_STD, check_input_size, create_model, file_sha256, reparameterize
+from tinyvim.ops import scan_implementation
+from tinyvim.utils import atomic_output
+
+SCAN_FLAVOURS = ("portable", "plugin")
+PRECISIONS = ("fp32", "fp16")
+DEFAULT_OPSET = 20          # torch 2.13's dynamo exporter default; has Gelu as one op
+MIN_OPSET = 18
+MAX_DYNAMIC_BATCH = 4096
+
+
+@dataclass
+class ExportResult:
+    path: Path
+    metadata: dict[str, str]
+    num_nodes: int
+    op_counts: dict[str, int]
+    seconds: float
+    size_bytes: int
+    input_names: list[str] = field(default_factory=list)
+    output_names: list[str] = field(default_factory=list)
+
+
+class _FP16Wrapper(nn.Module):
+    """float32 images in, float32 outputs out, float16 inside: runners and validation
+    stay dtype-agnostic; the scan and LayerNorm statistics still compute in float32."""
+
+    def __init__(self, model: nn.Module):
+        super().__init__()
+        self.model = model.half()
+
+    def forward(self, x):
+        out = self.model(x.half())
+        return tuple(o.float() for o in out) if isinstance(out, tuple) else out.float()
+
+
+def output_names_for(backbone: bool) -> list[str]:
+    return [f"feat{i}" for i in range(4)] if backbone else ["logits"]
+
+
+def build_metadata(*, variant, backbone, ema, checkpoint, seed, img_size, batch, dynamic_batch, scan,
+                   opset, precision) -> dict[str, str]:
+    """metadata_props written into every export; `validate` reads them back."""
+    return {
+        "tinyvim_version": __version__,
+        "variant": variant,
+        "backbone": str(bool(backbone)).lower(),
+        "ema": str(bool(ema)).lower(),
+        "checkpoint": str(Path(checkpoint).resolve()) if checkpoint else "",
+        "checkpoint_sha256": file_sha256(checkpoint) if checkpoint else "",
+        "init_seed": str(seed),
+        "input_size": f"{img_size[0]}x{img_size[1]}",
+        "batch": "dynamic" if dynamic_batch else str(batch),
+        "mean": ",".join(map(str, IMAGENET_MEAN)),
+        "std": ",".join(map(str, IMAGENET_STD)),
+        "scan": scan,
+        "opset": str(opset),
+        "precision": precision,
+    }
+
+
+def read_metadata(model: onnx.ModelProto | str | os.PathLike) -> dict[str, str]:
+    if not isinstance(model, onnx.ModelProto):
+        model = onnx.load(str(model), load_external_data=False)
+    return {p.key: p.value for p in model.metadata_props}
+
+
+def op_counts(model: onnx.ModelProto) -> dict[str, int]:
+    """Nodes by op type (custom-domain ops as domain::type), most frequent first."""
+    c = collections.Counter((f"{n.domain}::{n.op_type}" if n.domain not in ("", "ai.onnx") else n.op_type)
+                            for n in model.graph.node)
+    return dict(c.most_common())
+
+
+def _check_args(scan, precision, img_size, batch, opset):
+    if scan not in SCAN_FLAVOURS:
+        raise TinyvimError(f"unknown --scan {scan!r}: choose portable (standard ONNX ops) or plugin (TensorRT)")
+    if precision not in PRECISIONS:
+        raise TinyvimError(f"unknown --precision {precision!r}: choose fp32 or fp16")
+    check_input_size(*img_size)
+    if batch < 1:
+        raise TinyvimError(f"--batch must be at least 1, got {batch}")
+    if opset < MIN_OPSET:
+        raise TinyvimError(f"--opset {opset} is too old: TinyViM needs opset {MIN_OPSET} or newer")
+
+
+def _torch_export(model: nn.Module, example: torch.Tensor, *, scan: str, dynamic_batch: bool, opset: int,
+                  output_names: list[str]) -> onnx.ModelProto:
+    from tinyvim.export.plugin_op import cross_selective_scan_node
+    kwargs = dict(dynamo=True, opset_version=opset, input_names=["images"], output_names=output_names,
+                  optimize=True, verbose=False)
+    if dynamic_batch:
+        kwargs["dynamic_shapes"] = {"x": {0: torch.export.Dim("batch", min=1, max=MAX_DYNAMIC_BATCH)}}
+    if scan == "plugin":
+        kwargs["custom_translation_table"] = {torch.ops.tinyvim.cross_selective_scan.default: cross_selective_scan_node}
+        ctx = contextlib.nullcontext()
+    else:
+        ctx = scan_implementation("parallel", inline=True)   # trace the scan's standard ops
+    # The exporter is chatty (progress lines, deprecation and torchvision warnings): keep
+    # our own summary readable, and surface its text only if it fails.
+    sink = io.StringIO()
+    with ctx, torch.no_grad(), warnings.catch_warnings(), contextlib.redirect_stdout(sink), \
+            _quiet_loggers("torch.onnx", "torch.export", "torch._dynamo", "onnxscript"):
+        warnings.simplefilter("ignore")
+        try:
+            program = torch.onnx.export(model, (example,), **kwargs)
+        except Exception as exc:  # noqa: BLE001 - the exporter raises many types; all mean "export failed"
+            raise TinyvimError(f"ONNX export failed: {str(exc).strip().splitlines()[0][:300]}") from exc
+    return program.model_proto
+
+
+@contextlib.contextmanager
+def _quiet_loggers(*names):
+    saved = [(logging.getLogger(n), logging.getLogger(n).level) for n in names]
+    for logger, _ in saved:
+        logger.setLevel(logging.ERROR)
+    try:
+        yield
+    finally:
+        for logger, level in saved:
+            logger.setLevel(level)
+
+
+def cleanup_graph(model: onnx.ModelProto) -> onnx.ModelProto:
+    """Constant folding, dead-node and identity-chain removal with onnxslim.
+
+    onnxslim was picked over onnxsim (needs onnxruntime at simplify time and a compiled
+    wheel) and onnx-graphsurgeon (folding only, no pattern clean-up): it is pure Python,
+    keeps custom-domain nodes, and on TinyViM removes what the exporter leaves behind."""
+    import onnxslim
+    sink = io.StringIO()
+    with contextlib.redirect_stdout(sink), warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        try:
+            return onnxslim.slim(model, skip_fusion_patterns=None)
+        except Exception as exc:  # noqa: BLE001 - keep the unslimmed graph rather than fail the export
+            logging.getLogger(__name__).warning("onnxslim clean-up skipped: %s", exc)
+            return model
+
+
+def export_onnx(output: str | os.PathLike, *, variant: str = "s", checkpoint: str | os.PathLike | None = None,
+                ema: bool = False, backbone: bool = False, img_size: tuple[int, int] = (224, 224), batch: int = 1,
+                dynamic_batch: bool = False, scan: str = "portable", opset: int | None = None,
+                precision: str = "fp32", seed: int = 0, model: nn.Module | None = None, cleanup: bool = True,
+                log: Callable[[str], None] | None = None) -> ExportResult:
+    """Export the re-parameterized TinyViM to `output` (written atomically).
+
+    Input `images` (B, 3, H, W) float32; outputs `logits` (B, 1000) or `feat0..feat3`.
+    `model` may pass an already-built unfused TinyViM (then variant/checkpoint only
+    feed the metadata). Returns an ExportResult with the node census."""
+    opset = opset or DEFAULT_OPSET
+    img_size = tuple(img_size)
+    _check_args(scan, precision, img_size, batch, opset)
+    log = log or (lambda msg: None)
+    start = time.perf_counter()
+    if model is None:
+        model = create_model(variant, checkpoint=checkpoint, backbone=backbone, ema=ema, seed=seed)
+    deploy = reparameterize(model)
+    if precision == "fp16":
+        deploy = _FP16Wrapper(deploy)
+    names = output_names_for(backbone)
+    example_batch = max(batch, 2) if dynamic_batch else batch   # batch 1 would pin the dimension
+    example = torch.randn(example_batch, 3, *img_size, generator=torch.Generator().manual_seed(0))
+    log(f"tracing TinyViM-{variant.upper()} ({scan} scan, {precision}, {img_size[0]}x{img_size[1]}, "
+        f"batch {'dynamic' if dynamic_batch else batch}, opset {opset})")
+    proto = _torch_export(deploy, example, scan=scan, dynamic_batch=dynamic_batch, opset=opset, output_names=names)
+    if cleanup:
+        log(f"cleaning up the graph ({len(proto.graph.node)} nodes)")
+        proto = cleanup_graph(proto)
+    proto = onnx.shape_inference.infer_shapes(proto, strict_mode=False)
+    metadata = build_metadata(variant=variant, backbone=backbone, ema=ema, checkpoint=checkpoint, seed=seed,
+                              img_size=img_size, batch=batch, dynamic_batch=dynamic_batch, scan=scan,
+                              opset=opset, precision=precision)
+    del proto.metadata_props[:]
+    for key, value in metadata.items():
+        proto.metadata_props.add(key=key, value=value)
+    proto.producer_name, proto.producer_version = "tinyvim", __version__
+    _verify(proto, scan, names)
+    with atomic_output(output, suffix=".onnx") as tmp:
+        onnx.save(proto, str(tmp))
+        onnx.checker.check_model(str(tmp), full_check=True)
+    path = Path(output)
+    return ExportResult(path=path, metadata=metadata, num_nodes=len(proto.graph.node), op_counts=op_counts(proto),
+                        seconds=time.perf_counter() - start, size_bytes=path.stat().st_size,
+                        input_names=[i.name for i in proto.graph.input], output_names=names)
+
+
+def _verify(proto: onnx.ModelProto, scan: str, names: list[str]) -> None:
+    """The flavour's promises, checked on the graph itself before anything is written."""
+    from tinyvim.export.plugin_op import PLUGIN_DOMAIN, PLUGIN_OP_TYPE
+    custom = [n for n in proto.graph.node if n.domain not in ("", "ai.onnx")]
+    if scan == "portable" and custom:
+        raise TinyvimError(f"internal: portable export produced non-standard nodes {sorted({n.op_type for n in custom})}")
+    if scan == "plugin":
+        odd = [n for n in custom if (n.domain, n.op_type) != (PLUGIN_DOMAIN, PLUGIN_OP_TYPE)]
+        if odd or not custom:
+            raise TinyvimError(f"internal: plugin export has unexpected custom nodes {[n.op_type for n in odd]}")
+    if [i.name for i in proto.graph.input] != ["images"] or [o.name for o in proto.graph.output] != names:
+        raise TinyvimError("internal: exported graph has unexpected input/output names")
