@@ -79,6 +79,20 @@ def test_layers_pinned_to_fp32(name, kind, act, pinned):
     assert tb.should_pin_fp32(name, kind, act) is pinned
 
 
+def test_layers_pinned_by_onnx_op_type():
+    from onnx import helper
+    graph = helper.make_graph([helper.make_node("Exp", ["a"], ["b"], name="node_exp"),
+                               helper.make_node("Conv", ["b", "w"], ["c"], name="node_Conv_1"),
+                               helper.make_node("ReduceMean", ["c"], ["d"], name="n3"),
+                               helper.make_node("Log", ["d"], ["e"], name="n4")], "g", [], [])
+    nodes = tb.fp32_node_names(graph)
+    assert nodes == {"node_exp", "n3", "n4"}
+    assert tb.should_pin_fp32("node_exp", "UNARY", fp32_nodes=nodes)
+    assert tb.should_pin_fp32("layer_17", "REDUCE", layer_metadata="[ONNX Layer: n3]", fp32_nodes=nodes)
+    assert not tb.should_pin_fp32("node_Conv_1", "CONVOLUTION", layer_metadata="[ONNX Layer: node_Conv_1]",
+                                  fp32_nodes=nodes)
+
+
 def test_sidecar_roundtrip_and_mismatch_messages(tmp_path):
     engine = tmp_path / "m.engine"
     engine.write_bytes(b"engine")

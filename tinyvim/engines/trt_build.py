@@ -7,7 +7,8 @@ the TensorRT work and imports tensorrt lazily.
 Precision policy:
 - TensorRT 10.x, fp32 ONNX: weakly typed network; --precision fp16/bf16 set the builder flag,
   and the scan plugin, softplus and LayerNorm layers are pinned to fp32 (layer precision +
-  output type, with OBEY_PRECISION_CONSTRAINTS) because the recurrence exp(delta*A)*h
+  output type, with OBEY_PRECISION_CONSTRAINTS; found by layer type and, for the portable
+  scan's elementary ops, by ONNX op type - see FP32_OP_TYPES) because the recurrence exp(delta*A)*h
   accumulates over 49 steps and softplus/normalisation lose too much in 16 bits. TF32 is
   cleared for fp32 so that "fp32" really means fp32 (TensorRT enables TF32 by default, which
   would put ~1e-3 relative error on every convolution).
@@ -101,18 +102,34 @@ def precision_policy(precision: str, trt_version: str, onnx_precision: str = "fp
 _PIN_NAME = re.compile(r"crossselectivescan|selective_scan|cross_selective|softplus|layernorm|layer_norm|out_norm",
                        re.IGNORECASE)
 _PIN_KINDS = {"PLUGIN", "PLUGIN_V2", "PLUGIN_V3", "NORMALIZATION"}
+#: ONNX ops kept in fp32 under an fp16/bf16 builder flag. The dynamo exporter names nodes
+#: generically (node_exp, n3, ...), so the portable scan's exp(delta*A), the stable softplus
+#: (relu + log1p(exp(-|x|))) and the decomposed LayerNorm (ReduceMean, Sqrt, Reciprocal) are
+#: found by op type, not by name. Only SS2D uses these ops (plus the head's one ReduceMean),
+#: so convolutions and GELUs - nearly all the time - still run in reduced precision.
+FP32_OP_TYPES = frozenset({"CrossSelectiveScan", "Softplus", "Exp", "Log", "LayerNormalization", "ReduceMean",
+                           "ReduceSum", "Sqrt", "Reciprocal", "Pow", "CumSum"})
+_ONNX_LAYER = re.compile(r"ONNX Layer:\s*([^\]]+)\]")
 
 
-def should_pin_fp32(layer_name: str, layer_kind: str, activation_kind: str | None = None) -> bool:
+def fp32_node_names(graph) -> frozenset[str]:
+    """Names of the nodes of an onnx GraphProto whose op type is in FP32_OP_TYPES."""
+    return frozenset(n.name for n in graph.node if n.op_type in FP32_OP_TYPES and n.name)
+
+
+def should_pin_fp32(layer_name: str, layer_kind: str, activation_kind: str | None = None,
+                    layer_metadata: str = "", fp32_nodes: frozenset[str] = frozenset()) -> bool:
     """Whether a layer must compute in fp32 under an fp16/bf16 builder flag.
 
     layer_kind: TensorRT LayerType name (e.g. 'PLUGIN_V3', 'NORMALIZATION', 'ACTIVATION');
-    activation_kind: ActivationType name for activation layers (e.g. 'SOFTPLUS'). The name
-    pattern catches the portable scan lowering and softplus written as relu+log1p(exp(-|x|)),
-    whose layers carry the ONNX node names (the exporter names them after the module)."""
+    activation_kind: ActivationType name for activation layers (e.g. 'SOFTPLUS');
+    layer_metadata: ILayer.metadata, where TensorRT's ONNX parser writes '[ONNX Layer: <node>]';
+    fp32_nodes: `fp32_node_names` of the parsed graph (the parser names layers after nodes)."""
     if layer_kind in _PIN_KINDS:
         return True
     if layer_kind == "ACTIVATION" and activation_kind == "SOFTPLUS":
+        return True
+    if layer_name in fp32_nodes or any(m.strip() in fp32_nodes for m in _ONNX_LAYER.findall(layer_metadata or "")):
         return True
     return bool(_PIN_NAME.search(layer_name or ""))
 
@@ -215,7 +232,9 @@ def build_engine(onnx_path: str | os.PathLike, output: str | os.PathLike | None 
     trt.init_libnvinfer_plugins(logger, "")
 
     builder = trt.Builder(logger)
-    flags = 1 << int(trt.NetworkDefinitionCreationFlag.STRONGLY_TYPED) if policy.strongly_typed else 0
+    # TensorRT releases that drop the flag build strongly typed networks anyway.
+    typed = getattr(trt.NetworkDefinitionCreationFlag, "STRONGLY_TYPED", None)
+    flags = 1 << int(typed) if policy.strongly_typed and typed is not None else 0
     network = builder.create_network(flags)
     parser = trt.OnnxParser(network, logger)
     if not parser.parse_from_file(os.fspath(onnx_path)):
@@ -233,6 +252,8 @@ def build_engine(onnx_path: str | os.PathLike, output: str | os.PathLike | None 
         if hasattr(trt.BuilderFlag, name):
             config.clear_flag(getattr(trt.BuilderFlag, name))
     if policy.pin_fp32:
+        import onnx
+        fp32_nodes = fp32_node_names(onnx.load(os.fspath(onnx_path), load_external_data=False).graph)
         pinned = 0
         for i in range(network.num_layers):
             layer = network.get_layer(i)
@@ -243,7 +264,7 @@ def build_engine(onnx_path: str | os.PathLike, output: str | os.PathLike | None 
                 # once the layer is viewed as what it is.
                 layer.__class__ = trt.IActivationLayer
                 act = layer.type.name
-            if should_pin_fp32(layer.name, kind, act):
+            if should_pin_fp32(layer.name, kind, act, getattr(layer, "metadata", "") or "", fp32_nodes):
                 layer.precision = trt.float32
                 for j in range(layer.num_outputs):
                     layer.set_output_type(j, trt.float32)
