@@ -110,7 +110,7 @@ def test_ort_runner_refuses_plugin_graph_clearly(tmp_path):
     assert has_plugin_nodes(proto.graph)
     onnx.save(proto, path)
     with pytest.raises(TinyvimError, match="--backend trt"):
-        OrtRunner(path).activate()
+        OrtRunner(path, allow_plugin_cpu=False).activate()
 
 
 def test_unknown_provider_names_the_available_ones(tiny):

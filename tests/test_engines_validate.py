@@ -190,3 +190,17 @@ def test_resolve_reference_rejects_contradictions(tinyvim_onnx):
     info.metadata["checkpoint_sha256"] = "ab" * 32
     with pytest.raises(TinyvimError, match="pass it with --checkpoint"):
         resolve_reference(info)
+
+
+def test_plugin_flavour_validates_through_the_cpu_custom_op(tmp_path_factory):
+    pytest.importorskip("onnxruntime_extensions", reason="onnxruntime-extensions runs the plugin node on CPU")
+    export = pytest.importorskip("tinyvim.export", reason="the ONNX export module is not available")
+    path = tmp_path_factory.mktemp("plugin") / "plugin.onnx"
+    export.export_onnx(path, variant="s", img_size=(SIZE, SIZE), batch=1, scan="plugin")
+    assert read_onnx_info(path).plugin_nodes
+    r = run([path, "--num-inputs", 1])
+    assert r.exit_code == 0, r.output
+    # profiling refuses it: the CPU path runs the scan in Python and its speed means nothing
+    from tinyvim.commands.engines import profile
+    r = CliRunner().invoke(profile, ["--backend", "ort", "--model", str(path), "--iters", "1", "--warmup", "0"])
+    assert r.exit_code == 2 and "--backend trt" in r.output

@@ -225,7 +225,9 @@ def profile(backends, models, variant, checkpoint, ema, img_size, batch_text, wa
                 factories[name] = functools.partial(TorchRunner.for_backend, name, variant, checkpoint=checkpoint,
                                                     ema=ema, seed=int(meta.get("init_seed") or 0), threads=threads)
             elif name == "ort":
-                factories[name] = functools.partial(OrtRunner, onnx_path, providers=providers, threads=threads)
+                # The plugin graph's CPU path runs the scan in Python: not a speed worth reporting.
+                factories[name] = functools.partial(OrtRunner, onnx_path, providers=providers, threads=threads,
+                                                    allow_plugin_cpu=False)
             else:
                 from tinyvim.engines.trt_runner import TrtRunner
                 factories[name] = functools.partial(TrtRunner, engine_info.path, plugin=plugin,

@@ -1,6 +1,10 @@
 """ONNX Runtime runner: providers, intra-op threads, graph optimisation level, and no idle
 spinning (ORT's spinning worker threads otherwise steal the cores from whatever runs next in
-the process, which corrupts back-to-back benchmarks; see TOOLCHAIN.md)."""
+the process, which corrupts back-to-back benchmarks; see TOOLCHAIN.md).
+
+A plugin-flavour graph (custom tinyvim::CrossSelectiveScan node) runs through the CPU
+custom-op path of tinyvim.export.ort_custom_ops (onnxruntime-extensions + the PyTorch scan):
+right for validation, meaningless for timing, so profiling turns it off."""
 from __future__ import annotations
 
 import os
@@ -65,7 +69,8 @@ class OrtRunner(BaseRunner):
     """Runs an ONNX file (or serialized bytes) with onnxruntime."""
 
     def __init__(self, model: str | os.PathLike | bytes, *, providers: str | Sequence[str] | None = None,
-                 threads: int | None = None, optimization_level: str = "all", name: str = "ort"):
+                 threads: int | None = None, optimization_level: str = "all", allow_plugin_cpu: bool = True,
+                 name: str = "ort"):
         super().__init__(name)
         if optimization_level not in OPT_LEVELS:
             raise TinyvimError(f"unknown graph optimisation level {optimization_level!r}; "
@@ -74,6 +79,8 @@ class OrtRunner(BaseRunner):
         self.providers = parse_providers(providers)
         self.threads = threads
         self.optimization_level = optimization_level
+        self.allow_plugin_cpu = allow_plugin_cpu
+        self.uses_plugin_cpu = False
         self._session = None
         self._inputs: list[str] = []
         self._outputs: list[str] = []
@@ -100,18 +107,14 @@ class OrtRunner(BaseRunner):
         so.add_session_config_entry("session.inter_op.allow_spinning", "0")
         return so
 
-    def _check_plugin_graph(self) -> None:
+    def _has_plugin_nodes(self) -> bool:
         import onnx
         try:
             proto = (onnx.load_from_string(self.model) if isinstance(self.model, bytes)
                      else onnx.load(os.fspath(self.model), load_external_data=False))
         except Exception:  # let ORT report unreadable files in its own words
-            return
-        if has_plugin_nodes(proto.graph):
-            raise TinyvimError(
-                f"this ONNX graph contains the custom {PLUGIN_DOMAIN}::{PLUGIN_OP_TYPE} node (exported "
-                "with --scan plugin), which stock ONNX Runtime cannot run: use --backend trt with an "
-                "engine built from it, or export with --scan portable for ONNX Runtime")
+            return False
+        return has_plugin_nodes(proto.graph)
 
     def activate_impl(self) -> None:
         ort = import_onnxruntime()
@@ -120,17 +123,38 @@ class OrtRunner(BaseRunner):
         if unknown:
             raise TinyvimError(f"ONNX Runtime provider(s) {', '.join(unknown)} not available in this "
                                f"onnxruntime build; available: {', '.join(available)}")
-        self._check_plugin_graph()
+        self.uses_plugin_cpu = self._has_plugin_nodes()
+        if self.uses_plugin_cpu and not self.allow_plugin_cpu:
+            raise TinyvimError(
+                f"this ONNX graph contains the custom {PLUGIN_DOMAIN}::{PLUGIN_OP_TYPE} node (exported with "
+                "--scan plugin), which stock ONNX Runtime cannot run fast: use --backend trt with an engine "
+                "built from it, or export with --scan portable for ONNX Runtime")
         model = self.model if isinstance(self.model, bytes) else os.fspath(self.model)
         try:
-            self._session = ort.InferenceSession(model, sess_options=self.session_options(),
-                                                 providers=self.providers)
+            if self.uses_plugin_cpu:
+                session = self._plugin_session(model)
+            else:
+                session = ort.InferenceSession(model, sess_options=self.session_options(), providers=self.providers)
+        except TinyvimError:
+            raise
         except Exception as exc:
             first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
             raise TinyvimError(f"ONNX Runtime could not load the model: {first}") from exc
+        self._session = session
         self._inputs = [i.name for i in self._session.get_inputs()]
         self._outputs = [o.name for o in self._session.get_outputs()]
         self._input_dtypes = {i.name: _ORT_TO_NUMPY.get(i.type, np.float32) for i in self._session.get_inputs()}
+
+    def _plugin_session(self, model):
+        try:
+            from tinyvim.export.ort_custom_ops import plugin_session
+        except ImportError as exc:
+            raise TinyvimError("this ONNX graph has the custom CrossSelectiveScan node and this installation "
+                               "has no CPU path for it: use --backend trt, or export with --scan portable") from exc
+        if isinstance(model, bytes):
+            import onnx
+            model = onnx.load_from_string(model)
+        return plugin_session(model, sess_options=self.session_options(), providers=self.providers)
 
     def deactivate_impl(self) -> None:
         self._session = None
