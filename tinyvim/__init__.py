@@ -7,3 +7,6 @@ from tinyvim.ops import scan_implementation, set_default_scan_implementation  # 
 
 __all__ = ["TinyvimError", "create_model", "reparameterize", "scan_implementation",
            "set_default_scan_implementation", "__version__"]
+
+# Registers the "cuda" scan implementation (loads nothing until a CUDA tensor asks for it).
+import tinyvim.plugins.torch_cuda  # noqa: E402,F401

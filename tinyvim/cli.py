@@ -15,6 +15,10 @@ from tinyvim.errors import TinyvimError
 COMMANDS = {
     "info": ("tinyvim.commands.info", "info"),
     "export": ("tinyvim.commands.export", "export"),
+    "validate": ("tinyvim.commands.engines", "validate"),
+    "profile": ("tinyvim.commands.engines", "profile"),
+    "build-engine": ("tinyvim.commands.engines", "build_engine"),
+    "build-plugin": ("tinyvim.commands.plugins", "build_plugin"),
 }
 
 

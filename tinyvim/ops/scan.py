@@ -60,18 +60,26 @@ def scan_orders(h: int, w: int, device: torch.device | str = "cpu") -> tuple[Ten
 
 
 @functools.lru_cache(maxsize=64)
-def _layout(h: int, w: int, Lp: int) -> tuple[np.ndarray, ...]:
+def _layout(h: int, w: int, Lp: int, parity_split: bool = False) -> tuple[np.ndarray, ...]:
     """Index constants for a scan over an h×w grid padded to Lp steps:
-    order (4, Lp) positions gathered for each step (padding repeats position 0);
+    order (4, Lp) positions gathered for each slot (padding repeats position 0);
     flat_in (4, Lp) the same into a flattened (4·L) axis, direction k reading block k;
-    flat_out (4, L) step of each position into a flattened (4·Lp) axis;
-    valid (Lp, 1) 1 for real steps, 0 for padding."""
+    flat_out (4, L) slot of each position into a flattened (4·Lp) axis;
+    valid (Lp, 1) 1 for real steps, 0 for padding.
+    parity_split lays the steps out as [0, 2, 4, …, 1, 3, 5, …] so that the parallel
+    scan's first level reads its even and odd halves as contiguous blocks."""
     L = h * w
     order, inverse = _orders_np(h, w)
     order = np.concatenate([order, np.repeat(order[:, :1], Lp - L, axis=1)], axis=1)
+    steps = np.arange(Lp)
+    slot_of_step = steps
+    if parity_split:
+        slot_of_step = np.where(steps % 2 == 0, steps // 2, Lp // 2 + steps // 2)
+    step_in_slot = np.argsort(slot_of_step)
+    order = order[:, step_in_slot]
     flat_in = order + np.arange(4)[:, None] * L
-    flat_out = inverse + np.arange(4)[:, None] * Lp
-    valid = (np.arange(Lp) < L).astype(np.float32).reshape(Lp, 1)
+    flat_out = slot_of_step[inverse] + np.arange(4)[:, None] * Lp
+    valid = (step_in_slot < L).astype(np.float32).reshape(Lp, 1)
     return order, flat_in, flat_out, valid
 
 
@@ -89,7 +97,7 @@ def compute_dtype(dtype: torch.dtype) -> torch.dtype:
     return torch.float64 if dtype == torch.float64 else torch.float32
 
 
-def _prepare(x, delta, Bs, Cs, A, Ds, delta_bias, padded_length: int | None = None):
+def _prepare(x, delta, Bs, Cs, A, Ds, delta_bias, padded_length: int | None = None, parity_split: bool = False):
     """Everything in the compute dtype, arranged (B, 4, Lp, ·) in step order.
 
     With padded_length Lp > L, steps L..Lp-1 get dt = 0, i.e. the identity map
@@ -98,7 +106,7 @@ def _prepare(x, delta, Bs, Cs, A, Ds, delta_bias, padded_length: int | None = No
     n = A.shape[1]
     L = h * w
     Lp = padded_length or L
-    order, flat_in, flat_out, valid = (torch.tensor(a, device=x.device) for a in _layout(h, w, Lp))
+    order, flat_in, flat_out, valid = (torch.tensor(a, device=x.device) for a in _layout(h, w, Lp, parity_split))
     ct = compute_dtype(x.dtype)
     x, delta, Bs, Cs, A, Ds, delta_bias = (
         t.to(ct) for t in (x, delta, Bs, Cs, A, Ds, delta_bias))
@@ -167,48 +175,57 @@ def _odd_even_scan(a: Tensor, b: Tensor, dim: int) -> Tensor:
     a2, b2 = a.reshape(pairs), b.reshape(pairs)
     a_even, a_odd = a2.select(dim + 1, 0), a2.select(dim + 1, 1)
     b_even, b_odd = b2.select(dim + 1, 0), b2.select(dim + 1, 1)
-    s_odd = _odd_even_scan(a_odd * a_even, a_odd * b_even + b_odd, dim)
-    first = s_odd.narrow(dim, 0, 1)
-    prev = torch.cat([torch.zeros_like(first), s_odd.narrow(dim, 0, s_odd.shape[dim] - 1)], dim)
-    s_even = a_even * prev + b_even
+    s_odd = _odd_even_scan(a_odd * a_even, torch.addcmul(b_odd, a_odd, b_even), dim)
+    s_even = _fill_even(a_even, b_even, s_odd, dim)
     states = torch.stack([s_even, s_odd], dim + 1).reshape(shape)
     return states.narrow(dim, 0, n) if n % 2 else states
+
+
+def _fill_even(a_even: Tensor, b_even: Tensor, s_odd: Tensor, dim: int) -> Tensor:
+    """s_even[i] = a_even[i] * s_odd[i-1] + b_even[i], with s_odd[-1] = 0."""
+    m = s_odd.shape[dim]
+    rest = torch.addcmul(b_even.narrow(dim, 1, m - 1), a_even.narrow(dim, 1, m - 1), s_odd.narrow(dim, 0, m - 1))
+    return torch.cat([b_even.narrow(dim, 0, 1), rest], dim)
+
+
+def _contract_c(states: Tensor, c: Tensor) -> Tensor:
+    """y[..., d] = sum_n c[..., n] * states[..., n, d] as one batched matmul: the
+    (…, N, D) product is never materialised."""
+    return torch.matmul(c.unsqueeze(-2), states).squeeze(-2)
 
 
 def scan_parallel(x, delta, Bs, Cs, A, Ds, delta_bias) -> Tensor:
     """Log-depth scan over all four directions at once (see `_odd_even_scan`).
 
-    The top level of the recursion is unrolled here so that the full-size states are
-    never interleaved: each parity is contracted with C first (N times less data),
-    and L is padded to a multiple of 8 through the gather (identity steps) so that
-    the three largest levels need no padding copies."""
+    The top level of the recursion is unrolled here: the gather lays even steps before
+    odd ones, so both halves are contiguous blocks, and the results are contracted with
+    C per half (N times less data) and put back in place by the merge's own index, so
+    the full-size states are never interleaved. L is padded to a multiple of 8 through
+    the gather (identity steps) so the three largest levels need no padding copies."""
     b, d, h, w = x.shape
     L = h * w
     Lp = L if L % 2 == 0 and L <= 8 else -(-L // 8) * 8
-    u, dt, Bq, Cq, A4, D4, flat_inv = _prepare(x, delta, Bs, Cs, A, Ds, delta_bias, Lp)
     if Lp == 1:
-        y = dt.unsqueeze(3) * u.unsqueeze(3) * Bq.unsqueeze(-1)
-        y = (y * Cq.unsqueeze(-1)).sum(3) + D4.unsqueeze(1) * u
-        return _merge(y, flat_inv, h, w, x.dtype)
-    n = A4.shape[1]
-    half = (b, 4, Lp // 2, 2)
-    dt2, u2 = dt.reshape(*half, d), u.reshape(*half, d)
-    B2, C2 = Bq.reshape(*half, n), Cq.reshape(*half, n)
+        u, dt, Bq, Cq, A4, D4, flat_out = _prepare(x, delta, Bs, Cs, A, Ds, delta_bias)
+        y = _contract_c((dt * u).unsqueeze(3) * Bq.unsqueeze(-1), Cq) + D4.unsqueeze(1) * u
+        return _merge(y, flat_out, h, w, x.dtype)
+    u, dt, Bq, Cq, A4, D4, flat_out = _prepare(x, delta, Bs, Cs, A, Ds, delta_bias, Lp, parity_split=True)
+    half = Lp // 2
     A4 = A4.unsqueeze(1)                                                          # (4,1,N,D)
+    dt_u = dt * u
     parts = []
-    for p in (0, 1):
-        dt_p = dt2[:, :, :, p].unsqueeze(3)                                        # (B,4,L/2,1,D)
-        dA_p = torch.exp(dt_p * A4)
-        dBu_p = dt_p * u2[:, :, :, p].unsqueeze(3) * B2[:, :, :, p].unsqueeze(-1)  # (B,4,L/2,N,D)
-        parts.append((dA_p, dBu_p))
+    for sl in (slice(0, half), slice(half, Lp)):                                  # even steps, odd steps
+        dt_p = dt[:, :, sl].unsqueeze(3)                                           # (B,4,L/2,1,D)
+        parts.append((torch.exp(dt_p * A4), dt_u[:, :, sl].unsqueeze(3) * Bq[:, :, sl].unsqueeze(-1)))
     (a_even, b_even), (a_odd, b_odd) = parts
-    s_odd = _odd_even_scan(a_odd * a_even, a_odd * b_even + b_odd, dim=2)
-    prev = torch.cat([torch.zeros_like(s_odd[:, :, :1]), s_odd[:, :, :-1]], dim=2)
-    s_even = a_even * prev + b_even
-    y_even = (s_even * C2[:, :, :, 0].unsqueeze(-1)).sum(3)                        # (B,4,L/2,D)
-    y_odd = (s_odd * C2[:, :, :, 1].unsqueeze(-1)).sum(3)
-    y = torch.stack([y_even, y_odd], dim=3).reshape(b, 4, Lp, d) + D4.unsqueeze(1) * u
-    return _merge(y, flat_inv, h, w, x.dtype)
+    s_odd = _odd_even_scan(a_odd * a_even, torch.addcmul(b_odd, a_odd, b_even), dim=2)
+    # even states: step 0 is b_even[0]; the rest from the odd state before them. Each
+    # piece is contracted with C before concatenating, so only (B,4,·,D) data is copied.
+    c_even, c_odd = Cq[:, :, :half], Cq[:, :, half:]
+    s_even_rest = torch.addcmul(b_even[:, :, 1:], a_even[:, :, 1:], s_odd[:, :, :-1])
+    y = torch.cat([_contract_c(b_even[:, :, :1], c_even[:, :, :1]), _contract_c(s_even_rest, c_even[:, :, 1:]),
+                   _contract_c(s_odd, c_odd)], dim=2) + D4.unsqueeze(1) * u
+    return _merge(y, flat_out, h, w, x.dtype)
 
 
 # --------------------------------------------------------------------- selection

@@ -1,0 +1,78 @@
+"""Eager PyTorch on the CPU: the original computation vs the deployment model.
+
+    unfused + sequential scan  (what the official code computes)
+    fused   + parallel scan    (tinyvim.reparameterize + the log-depth scan)
+
+for S/B/L at batch 1 and 8 on 2 threads. The two configurations are timed interleaved
+(one call of each in turn), so drift in machine load hits both alike. Prints median and
+p90 latency per configuration and the ratio of medians.
+
+    python bench/cpu_eager.py [--variants s,b,l] [--batches 1,8] [--iters 20] [--threads 2]
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import time
+
+import torch
+
+import tinyvim
+
+
+def percentile(values, q):
+    values = sorted(values)
+    return values[min(len(values) - 1, int(round(q / 100 * (len(values) - 1))))]
+
+
+def bench(variant: str, batch: int, iters: int, warmup: int) -> dict:
+    model = tinyvim.create_model(variant)
+    fused = tinyvim.reparameterize(model)
+    x = torch.randn(batch, 3, 224, 224)
+    configs = {"unfused+sequential": (model, "sequential"), "fused+parallel": (fused, "parallel")}
+    times = {name: [] for name in configs}
+    with torch.inference_mode():
+        for i in range(warmup + iters):
+            for name, (m, impl) in configs.items():
+                with tinyvim.scan_implementation(impl):
+                    t0 = time.perf_counter()
+                    m(x)
+                    dt = time.perf_counter() - t0
+                if i >= warmup:
+                    times[name].append(dt * 1e3)
+    row = {"variant": variant, "batch": batch}
+    for name, ts in times.items():
+        row[name] = {"median_ms": statistics.median(ts), "p90_ms": percentile(ts, 90)}
+    row["speedup"] = row["unfused+sequential"]["median_ms"] / row["fused+parallel"]["median_ms"]
+    return row
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--variants", default="s,b,l")
+    ap.add_argument("--batches", default="1,8")
+    ap.add_argument("--iters", type=int, default=20)
+    ap.add_argument("--warmup", type=int, default=3)
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--json", default=None)
+    args = ap.parse_args()
+    torch.set_num_threads(args.threads)
+    rows = []
+    print(f"torch {torch.__version__}, {args.threads} threads, 224x224, fp32, {args.iters} interleaved iterations")
+    print(f"{'variant':8}{'batch':>6}  {'unfused+seq median/p90 ms':>27}  {'fused+par median/p90 ms':>25}  {'speedup':>8}")
+    for v in args.variants.split(","):
+        for b in map(int, args.batches.split(",")):
+            iters = args.iters if b == 1 else max(5, args.iters // 2)
+            r = bench(v, b, iters, args.warmup)
+            rows.append(r)
+            u, f = r["unfused+sequential"], r["fused+parallel"]
+            print(f"{v.upper():8}{b:>6}  {u['median_ms']:>13.1f} / {u['p90_ms']:>9.1f}  "
+                  f"{f['median_ms']:>11.1f} / {f['p90_ms']:>9.1f}  {r['speedup']:>7.2f}x", flush=True)
+    if args.json:
+        with open(args.json, "w") as fh:
+            json.dump(rows, fh, indent=2)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,165 @@
+"""ONNX export: both flavours against PyTorch, the graph's promises, metadata, atomicity."""
+import numpy as np
+import onnx
+import onnxruntime as ort
+import pytest
+import torch
+
+import tinyvim
+from helpers import make_model
+from tinyvim.errors import TinyvimError
+from tinyvim.export import export_onnx, read_metadata
+from tinyvim.export.ort_custom_ops import plugin_session
+
+# ORT vs PyTorch fp32: same function, different kernels and summation order; observed
+# ~5e-7 on logits of magnitude ~1. 5e-5 is the acceptance bound.
+ATOL = 5e-5
+
+
+def _ort(path, threads=2):
+    so = ort.SessionOptions()
+    so.intra_op_num_threads = threads
+    so.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    return ort.InferenceSession(str(path), so, providers=["CPUExecutionProvider"])
+
+
+def _torch_ref(model, x):
+    """The original computation: unfused model, sequential scan, float32."""
+    with torch.no_grad(), tinyvim.scan_implementation("sequential"):
+        out = model(torch.from_numpy(x))
+    return [o.numpy() for o in out] if isinstance(out, tuple) else [out.numpy()]
+
+
+def _images(batch, size=224, seed=0):
+    return np.random.default_rng(seed).standard_normal((batch, 3, size, size)).astype(np.float32)
+
+
+@pytest.fixture(scope="module")
+def model_s():
+    return make_model("s")
+
+
+@pytest.fixture(scope="module")
+def portable_s(tmp_path_factory, model_s):
+    path = tmp_path_factory.mktemp("onnx") / "s.onnx"
+    return export_onnx(path, variant="s", model=model_s, dynamic_batch=True)
+
+
+@pytest.fixture(scope="module")
+def plugin_s(tmp_path_factory, model_s):
+    path = tmp_path_factory.mktemp("onnx") / "s_plugin.onnx"
+    return export_onnx(path, variant="s", model=model_s, dynamic_batch=True, scan="plugin")
+
+
+def test_portable_graph_is_standard_onnx_with_names_and_metadata(portable_s):
+    proto = onnx.load(str(portable_s.path))
+    onnx.checker.check_model(proto, full_check=True)
+    assert {n.domain for n in proto.graph.node} <= {"", "ai.onnx"}
+    assert [i.name for i in proto.graph.input] == ["images"]
+    assert [o.name for o in proto.graph.output] == ["logits"]
+    meta = read_metadata(proto)
+    assert meta["variant"] == "s" and meta["scan"] == "portable" and meta["batch"] == "dynamic"
+    assert meta["input_size"] == "224x224" and meta["opset"] == "20" and meta["tinyvim_version"] == tinyvim.__version__
+    assert meta["mean"] == "0.485,0.456,0.406" and meta["checkpoint_sha256"] == ""
+    assert portable_s.num_nodes == len(proto.graph.node) == sum(portable_s.op_counts.values())
+
+
+@pytest.mark.parametrize("batch", [1, 3, 64])
+def test_portable_matches_pytorch_for_any_batch(portable_s, model_s, batch):
+    x = _images(batch, seed=batch)
+    out = _ort(portable_s.path).run(None, {"images": x})[0]
+    ref = _torch_ref(model_s, x)[0]
+    assert out.shape == (batch, 1000)
+    assert np.abs(out - ref).max() <= ATOL
+
+
+def test_plugin_graph_has_five_scan_nodes_and_matches(plugin_s, portable_s, model_s):
+    proto = onnx.load(str(plugin_s.path))
+    custom = [n for n in proto.graph.node if n.domain not in ("", "ai.onnx")]
+    assert len(custom) == 5
+    inits = {i.name for i in proto.graph.initializer}
+    for node in custom:
+        assert (node.domain, node.op_type) == ("tinyvim", "CrossSelectiveScan")
+        attrs = {a.name: onnx.helper.get_attribute_value(a) for a in node.attribute}
+        assert attrs["plugin_version"] == b"1" and attrs["plugin_namespace"] == b"tinyvim"
+        assert list(node.input[4:]) and all(name in inits for name in node.input[4:])   # A, Ds, delta_bias
+    assert {o.domain: o.version for o in proto.opset_import}["tinyvim"] == 1
+    x = _images(2, seed=7)
+    out = plugin_session(plugin_s.path).run(None, {"images": x})[0]
+    assert np.abs(out - _torch_ref(model_s, x)[0]).max() <= ATOL
+    assert np.abs(out - _ort(portable_s.path).run(None, {"images": x})[0]).max() <= ATOL
+
+
+@pytest.mark.parametrize("variant", ["b", "l"])
+def test_other_variants_match(tmp_path, variant):
+    model = make_model(variant)
+    result = export_onnx(tmp_path / f"{variant}.onnx", variant=variant, model=model, batch=2)
+    x = _images(2, seed=3)
+    assert np.abs(_ort(result.path).run(None, {"images": x})[0] - _torch_ref(model, x)[0]).max() <= ATOL
+
+
+def test_256_input(tmp_path, model_s):
+    result = export_onnx(tmp_path / "s256.onnx", variant="s", model=model_s, img_size=(256, 256), batch=2)
+    assert read_metadata(result.path)["input_size"] == "256x256"
+    x = _images(2, size=256)
+    assert np.abs(_ort(result.path).run(None, {"images": x})[0] - _torch_ref(model_s, x)[0]).max() <= ATOL
+
+
+def test_backbone_exports_four_feature_maps(tmp_path):
+    model = make_model("s", backbone=True)
+    result = export_onnx(tmp_path / "bb.onnx", variant="s", model=model, backbone=True, img_size=(256, 256), batch=2)
+    assert result.output_names == ["feat0", "feat1", "feat2", "feat3"]
+    x = _images(2, size=256)
+    outs = _ort(result.path).run(None, {"images": x})
+    for out, ref in zip(outs, _torch_ref(model, x)):
+        assert out.shape == ref.shape
+        assert np.abs(out - ref).max() <= ATOL * max(1.0, np.abs(ref).max())   # maps are O(10), not averaged
+
+
+def test_fp16_export_keeps_fp32_io_and_is_close(tmp_path, model_s):
+    result = export_onnx(tmp_path / "s16.onnx", variant="s", model=model_s, batch=2, precision="fp16")
+    proto = onnx.load(str(result.path))
+    assert proto.graph.input[0].type.tensor_type.elem_type == onnx.TensorProto.FLOAT
+    inits = [i for i in proto.graph.initializer if i.data_type == onnx.TensorProto.FLOAT16]
+    assert len(inits) > 50                      # the weights really are half precision
+    x = _images(2, seed=1)
+    out = _ort(result.path).run(None, {"images": x})[0]
+    ref = _torch_ref(model_s, x)[0]
+    # fp16 weights/activations: ~1e-3 relative per layer; logits O(1) -> bound 5e-2 absolute
+    assert np.abs(out - ref).max() <= 5e-2
+    assert (out.argmax(1) == ref.argmax(1)).all()
+
+
+def test_checkpoint_hash_in_metadata(tmp_path, model_s):
+    ckpt = tmp_path / "m.pth"
+    torch.save({"model": model_s.state_dict()}, ckpt)
+    result = export_onnx(tmp_path / "c.onnx", variant="s", checkpoint=ckpt, scan="plugin")
+    meta = read_metadata(result.path)
+    import hashlib
+    assert meta["checkpoint_sha256"] == hashlib.sha256(ckpt.read_bytes()).hexdigest()
+    assert meta["checkpoint"].endswith("m.pth")
+
+
+def test_failed_export_leaves_no_file(tmp_path, monkeypatch, model_s):
+    target = tmp_path / "out.onnx"
+    target.write_bytes(b"previous good file")
+
+    def broken_check(*args, **kwargs):
+        raise onnx.checker.ValidationError("simulated failure")
+    monkeypatch.setattr(onnx.checker, "check_model", broken_check)
+    with pytest.raises(onnx.checker.ValidationError):
+        export_onnx(target, variant="s", model=model_s, scan="plugin")
+    assert target.read_bytes() == b"previous good file"
+    assert [p.name for p in tmp_path.iterdir()] == ["out.onnx"]
+
+
+@pytest.mark.parametrize("kwargs,match", [
+    ({"img_size": (230, 230)}, "230x230 is not divisible by 32"),
+    ({"scan": "magic"}, "unknown --scan 'magic'"),
+    ({"opset": 11}, "--opset 11 is too old"),
+    ({"batch": 0}, "--batch must be at least 1"),
+])
+def test_bad_arguments(tmp_path, kwargs, match):
+    with pytest.raises(TinyvimError, match=match):
+        export_onnx(tmp_path / "x.onnx", **kwargs)
+    assert not (tmp_path / "x.onnx").exists()
