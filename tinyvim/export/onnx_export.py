@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Callable
 
 import onnx
+import onnxscript.optimizer
 import torch
 from torch import nn
 
@@ -105,17 +106,17 @@ def _check_args(scan, precision, img_size, batch, opset):
 
 
 def _torch_export(model: nn.Module, example: torch.Tensor, *, scan: str, dynamic_batch: bool, opset: int,
-                  output_names: list[str]) -> onnx.ModelProto:
+                  output_names: list[str], lowering: str = "parallel") -> onnx.ModelProto:
     from tinyvim.export.plugin_op import cross_selective_scan_node
     kwargs = dict(dynamo=True, opset_version=opset, input_names=["images"], output_names=output_names,
-                  optimize=True, verbose=False)
+                  optimize=False, verbose=False)
     if dynamic_batch:
         kwargs["dynamic_shapes"] = {"x": {0: torch.export.Dim("batch", min=1, max=MAX_DYNAMIC_BATCH)}}
     if scan == "plugin":
         kwargs["custom_translation_table"] = {torch.ops.tinyvim.cross_selective_scan.default: cross_selective_scan_node}
         ctx = contextlib.nullcontext()
     else:
-        ctx = scan_implementation("parallel", inline=True)   # trace the scan's standard ops
+        ctx = scan_implementation(lowering, inline=True)   # trace the scan's standard ops
     # The exporter is chatty (progress lines, deprecation and torchvision warnings): keep
     # our own summary readable, and surface its text only if it fails.
     sink = io.StringIO()
@@ -124,6 +125,11 @@ def _torch_export(model: nn.Module, example: torch.Tensor, *, scan: str, dynamic
         warnings.simplefilter("ignore")
         try:
             program = torch.onnx.export(model, (example,), **kwargs)
+            # The exporter's full optimizer spends most of an export (minutes on 2 cores)
+            # in pattern rewrites that onnxslim repeats anyway; constant folding is the
+            # part we need (it also turns the exporter's float64 Resize scales into float32).
+            onnxscript.optimizer.fold_constants(program.model)
+            onnxscript.optimizer.remove_unused_nodes(program.model)
         except Exception as exc:  # noqa: BLE001 - the exporter raises many types; all mean "export failed"
             raise TinyvimError(f"ONNX export failed: {str(exc).strip().splitlines()[0][:300]}") from exc
     return program.model_proto
@@ -162,12 +168,14 @@ def export_onnx(output: str | os.PathLike, *, variant: str = "s", checkpoint: st
                 ema: bool = False, backbone: bool = False, img_size: tuple[int, int] = (224, 224), batch: int = 1,
                 dynamic_batch: bool = False, scan: str = "portable", opset: int | None = None,
                 precision: str = "fp32", seed: int = 0, model: nn.Module | None = None, cleanup: bool = True,
-                log: Callable[[str], None] | None = None) -> ExportResult:
+                lowering: str = "parallel", log: Callable[[str], None] | None = None) -> ExportResult:
     """Export the re-parameterized TinyViM to `output` (written atomically).
 
     Input `images` (B, 3, H, W) float32; outputs `logits` (B, 1000) or `feat0..feat3`.
     `model` may pass an already-built unfused TinyViM (then variant/checkpoint only
-    feed the metadata). Returns an ExportResult with the node census."""
+    feed the metadata). `lowering` picks the scan implementation traced into a portable
+    graph: "parallel" (log depth, the default) or "sequential" (one unrolled step per
+    position; bench/onnx_cpu.py compares them). Returns an ExportResult with the node census."""
     opset = opset or DEFAULT_OPSET
     img_size = tuple(img_size)
     _check_args(scan, precision, img_size, batch, opset)
@@ -183,7 +191,8 @@ def export_onnx(output: str | os.PathLike, *, variant: str = "s", checkpoint: st
     example = torch.randn(example_batch, 3, *img_size, generator=torch.Generator().manual_seed(0))
     log(f"tracing TinyViM-{variant.upper()} ({scan} scan, {precision}, {img_size[0]}x{img_size[1]}, "
         f"batch {'dynamic' if dynamic_batch else batch}, opset {opset})")
-    proto = _torch_export(deploy, example, scan=scan, dynamic_batch=dynamic_batch, opset=opset, output_names=names)
+    proto = _torch_export(deploy, example, scan=scan, dynamic_batch=dynamic_batch, opset=opset, output_names=names,
+                          lowering=lowering)
     if cleanup:
         log(f"cleaning up the graph ({len(proto.graph.node)} nodes)")
         proto = cleanup_graph(proto)
