@@ -131,9 +131,10 @@ def test_parser_errors_explain_the_plugin():
 
 
 def test_write_atomically_replaces_and_cleans_up(tmp_path):
+    from tinyvim.utils import atomic_write_bytes
     target = tmp_path / "sub" / "x.engine"
-    tb.write_atomically(target, b"one")
-    tb.write_atomically(target, b"two")
+    atomic_write_bytes(target, b"one")
+    atomic_write_bytes(target, b"two")
     assert target.read_bytes() == b"two"
     assert [p.name for p in target.parent.iterdir()] == ["x.engine"]
 

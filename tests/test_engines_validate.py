@@ -139,7 +139,7 @@ def test_bad_inputs_exit_2_with_one_line(tinyvim_onnx, tmp_path):
     assert r.exit_code == 2 and "does not look like a TinyViM model" in _one_error_line(r)
 
     r = run([tinyvim_onnx, "--img-size", "100"])
-    assert r.exit_code == 2 and "not a multiple of 32" in _one_error_line(r)
+    assert r.exit_code == 2 and "not divisible by 32" in _one_error_line(r)
     r = run([tinyvim_onnx, "--img-size", "96"])
     assert r.exit_code == 2 and "does not match the model's input 64x64" in _one_error_line(r)
     r = run([tinyvim_onnx, "--batch", "3"])

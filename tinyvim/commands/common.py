@@ -3,34 +3,13 @@ from __future__ import annotations
 
 import click
 
-from tinyvim.errors import TinyvimError
-
-
-def parse_img_size(values: tuple[int, ...] | list[int] | None, default: int = 224) -> tuple[int, int]:
-    """`--img-size 224` or `--img-size 224 256` -> (H, W)."""
-    values = tuple(values or ())
-    if not values:
-        return default, default
-    if len(values) == 1:
-        return values[0], values[0]
-    if len(values) == 2:
-        return values[0], values[1]
-    raise TinyvimError(f"--img-size takes one or two numbers (H [W]), got {len(values)}")
+from tinyvim.utils import parse_size
 
 
 def img_size_option(**kwargs):
     """`--img-size H [W]`: click cannot take 1-or-2 values, so accept a string like 224 or 224,256."""
     def callback(ctx, param, value):
-        if value is None:
-            return None
-        try:
-            parts = [int(v) for v in str(value).replace("x", ",").split(",") if v.strip()]
-        except ValueError:
-            raise click.BadParameter(f"{value!r} is not a size: use 224 or 224,256 (H,W)") from None
-        try:
-            return parse_img_size(parts)
-        except TinyvimError as exc:
-            raise click.BadParameter(str(exc)) from None
+        return None if value is None else parse_size(value)
     return click.option("--img-size", default=None, callback=callback, metavar="H[,W]",
                         help="Input size, e.g. 224 or 224,256 (multiples of 32). Default 224.", **kwargs)
 

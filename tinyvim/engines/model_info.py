@@ -7,6 +7,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from tinyvim.errors import TinyvimError
+from tinyvim.utils import parse_size  # noqa: F401  (re-exported for validate/commands)
 
 CLASSIFIER_OUTPUTS = ["logits"]
 BACKBONE_OUTPUTS = [f"feat{i}" for i in range(4)]
@@ -46,23 +47,6 @@ def _dims(value_info) -> list:
     for d in value_info.type.tensor_type.shape.dim:
         dims.append(d.dim_value if d.HasField("dim_value") else None)
     return dims
-
-
-def parse_size(text: str) -> tuple[int, int]:
-    """'224' or '224x192' or '224,192' -> (H, W), both multiples of 32."""
-    parts = str(text).lower().replace(",", "x").split("x")
-    try:
-        size = tuple(int(p) for p in parts if p.strip())
-    except ValueError:
-        raise TinyvimError(f"image size {text!r} is not a number or HxW") from None
-    if len(size) == 1:
-        size = size * 2
-    if len(size) != 2 or min(size) <= 0:
-        raise TinyvimError(f"image size {text!r} must be N or HxW")
-    if size[0] % 32 or size[1] % 32:
-        raise TinyvimError(f"image size {size[0]}x{size[1]} is not a multiple of 32 "
-                           "(TinyViM downsamples by 32), e.g. 224 or 256")
-    return size
 
 
 def check_signature(info: ModelInfo) -> None:

@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import os
 import re
-import tempfile
 import threading
 import time
 from dataclasses import dataclass, field
@@ -28,6 +27,7 @@ from pathlib import Path
 from typing import Callable
 
 from tinyvim.errors import TinyvimError
+from tinyvim.utils import atomic_write_bytes
 
 PRECISIONS = ("fp32", "fp16", "bf16")
 
@@ -148,22 +148,6 @@ def explain_parser_errors(errors: list[str]) -> str:
                 "plugin: build the plugin (tinyvim/plugins) and pass its library with --plugin PATH, "
                 "or export with --scan portable")
     return f"TensorRT could not parse the ONNX: {text}"
-
-
-def write_atomically(path: str | os.PathLike, data: bytes) -> None:
-    """Write to a temporary file in the same folder, then os.replace: readers never see
-    a half-written engine, and an interrupted build leaves the old file intact."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
 
 
 # --------------------------------------------------------------------- TensorRT work
@@ -296,13 +280,13 @@ def build_engine(onnx_path: str | os.PathLike, output: str | os.PathLike | None 
         raise TinyvimError("TensorRT failed to build the engine (see the TensorRT messages above)")
 
     out = Path(output) if output is not None else default_engine_path(onnx_path, precision)
-    write_atomically(out, bytes(serialized))
+    atomic_write_bytes(out, bytes(serialized))
     if timing_cache is not None:
-        write_atomically(timing_cache, bytes(config.get_timing_cache().serialize()))
+        atomic_write_bytes(timing_cache, bytes(config.get_timing_cache().serialize()))
     sidecar = make_sidecar(tinyvim_version=tinyvim.__version__, trt_version=trt.__version__, gpu=gpu,
                            precision=precision, profiles=[shapes], onnx_path=os.fspath(onnx_path),
                            onnx_sha256=sha256_file(onnx_path), onnx_metadata=info.metadata,
                            build_seconds=seconds, strongly_typed=policy.strongly_typed, plugin=plugin_path)
     side = sidecar_path(out)
-    write_atomically(side, (json.dumps(sidecar, indent=2) + "\n").encode())
+    atomic_write_bytes(side, (json.dumps(sidecar, indent=2) + "\n").encode())
     return BuildResult(out, side, sidecar, seconds)
