@@ -80,7 +80,7 @@ def test_op_dispatch_follows_the_selected_implementation(monkeypatch):
         out = torch.ops.tinyvim.cross_selective_scan(*inputs.values())
     assert calls == [1]
     assert torch.allclose(out, scan_parallel(*inputs.values()), atol=1e-6)
-    assert current_scan_implementation() == "parallel"
+    assert current_scan_implementation() == "auto"
 
 
 def test_default_implementation_is_process_wide():
@@ -91,7 +91,17 @@ def test_default_implementation_is_process_wide():
             assert current_scan_implementation() == "parallel"
         assert current_scan_implementation() == "sequential"
     finally:
-        set_default_scan_implementation("parallel")
+        set_default_scan_implementation("auto")
+
+
+def test_auto_uses_parallel_on_cpu(monkeypatch):
+    from tinyvim.ops import scan as scan_module
+    calls = []
+    monkeypatch.setitem(scan_module._IMPLEMENTATIONS, "cuda", lambda *a: calls.append(1))
+    inputs = tuple(torch.tensor(v, dtype=torch.float32) for v in random_scan_inputs(1, 4, 3, 3).values())
+    with scan_implementation("auto"):
+        out = cross_selective_scan(*inputs)
+    assert calls == [] and torch.equal(out, scan_parallel(*inputs))
 
 
 def test_unknown_implementation_is_a_clear_error():

@@ -9,14 +9,11 @@ import numpy as np
 
 from tinyvim.engines.base import BaseRunner
 from tinyvim.errors import TinyvimError
+from tinyvim.export.onnx_export import output_names_for  # one naming rule for export and runners
 
-#: backend name -> (fuse the model?, scan implementation)
-TORCH_BACKENDS = {"torch": (False, "sequential"), "torch-fused": (True, "parallel")}
-
-
-def output_names_for(backbone: bool) -> list[str]:
-    """Output names the ONNX export uses: `logits`, or `feat0..feat3` for the backbone."""
-    return [f"feat{i}" for i in range(4)] if backbone else ["logits"]
+#: backend name -> (fuse the model?, scan implementation). "auto" is the parallel scan on
+#: the CPU and our CUDA kernel on a GPU where it is built.
+TORCH_BACKENDS = {"torch": (False, "sequential"), "torch-fused": (True, "auto")}
 
 
 def tinyvim_loader(variant: str, *, checkpoint: str | None = None, ema: bool = False,

@@ -24,7 +24,8 @@ Implementations (``scan_implementation(name)`` picks one):
                 Decay factors exp(dt*A) lie in (0, 1] and are only ever multiplied,
                 never divided or exponentiated from a positive cumulative sum:
                 no overflow whatever the sequence length.
-    cuda        registered by tinyvim.plugins when the CUDA kernel is built.
+    cuda        registered by tinyvim.plugins (our CUDA kernel through ctypes).
+    auto        the default: cuda for CUDA tensors when the kernel is built, else parallel.
 """
 from __future__ import annotations
 
@@ -229,14 +230,28 @@ def scan_parallel(x, delta, Bs, Cs, A, Ds, delta_bias) -> Tensor:
 
 
 # --------------------------------------------------------------------- selection
-_IMPLEMENTATIONS: dict[str, ScanFn] = {"sequential": scan_sequential, "parallel": scan_parallel}
-_DEFAULT = "parallel"
+_AVAILABLE: dict[str, Callable[[], bool]] = {}
+
+
+def scan_auto(x, delta, Bs, Cs, A, Ds, delta_bias) -> Tensor:
+    """The default: our CUDA kernel for CUDA tensors when it is built and loadable,
+    otherwise the parallel scan."""
+    if x.is_cuda and "cuda" in _IMPLEMENTATIONS and _AVAILABLE.get("cuda", lambda: False)():
+        return _IMPLEMENTATIONS["cuda"](x, delta, Bs, Cs, A, Ds, delta_bias)
+    return scan_parallel(x, delta, Bs, Cs, A, Ds, delta_bias)
+
+
+_IMPLEMENTATIONS: dict[str, ScanFn] = {"sequential": scan_sequential, "parallel": scan_parallel, "auto": scan_auto}
+_DEFAULT = "auto"
 _local = threading.local()
 
 
-def register_scan_implementation(name: str, fn: ScanFn) -> None:
-    """Make `fn` selectable as scan implementation `name` (used by tinyvim.plugins for CUDA)."""
+def register_scan_implementation(name: str, fn: ScanFn, available: Callable[[], bool] | None = None) -> None:
+    """Make `fn` selectable as scan implementation `name` (used by tinyvim.plugins for CUDA).
+    `available` tells `auto` whether it can be used here (called lazily, cache it)."""
     _IMPLEMENTATIONS[name] = fn
+    if available is not None:
+        _AVAILABLE[name] = available
 
 
 def available_scan_implementations() -> list[str]:

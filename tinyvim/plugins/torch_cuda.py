@@ -91,4 +91,9 @@ def scan_cuda(x: Tensor, delta: Tensor, Bs: Tensor, Cs: Tensor, A: Tensor, Ds: T
     return y
 
 
-register_scan_implementation("cuda", scan_cuda)
+@functools.lru_cache(maxsize=1)
+def _usable() -> bool:
+    return cuda_scan_available()[0]
+
+
+register_scan_implementation("cuda", scan_cuda, available=_usable)
