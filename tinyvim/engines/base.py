@@ -27,6 +27,8 @@ class BaseRunner(abc.ABC):
         self.is_active = False
         self._timings: dict[str, float] = {}
         self._hooks: list[TimingHook] = []
+        self._inputs: list[str] = []     # filled by activate_impl
+        self._outputs: list[str] = []
 
     # ------------------------------------------------------------------ lifecycle
     def activate(self) -> "BaseRunner":
@@ -58,14 +60,14 @@ class BaseRunner(abc.ABC):
         """Release what activate_impl acquired."""
 
     @property
-    @abc.abstractmethod
     def input_names(self) -> list[str]:
         """Names of the model inputs (valid after activate)."""
+        return list(self._inputs)
 
     @property
-    @abc.abstractmethod
     def output_names(self) -> list[str]:
         """Names of the model outputs, in the model's order (valid after activate)."""
+        return list(self._outputs)
 
     @abc.abstractmethod
     def infer_impl(self, feed: Mapping[str, np.ndarray]) -> tuple[dict[str, np.ndarray], dict[str, float]]:

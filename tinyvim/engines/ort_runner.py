@@ -82,17 +82,7 @@ class OrtRunner(BaseRunner):
         self.allow_plugin_cpu = allow_plugin_cpu
         self.uses_plugin_cpu = False
         self._session = None
-        self._inputs: list[str] = []
-        self._outputs: list[str] = []
         self._input_dtypes: dict[str, type] = {}
-
-    @property
-    def input_names(self) -> list[str]:
-        return list(self._inputs)
-
-    @property
-    def output_names(self) -> list[str]:
-        return list(self._outputs)
 
     def session_options(self):
         ort = import_onnxruntime()

@@ -66,14 +66,6 @@ class TorchRunner(BaseRunner):
         return cls(loader, scan=scan, threads=threads, output_names=output_names_for(backbone),
                    name=backend)
 
-    @property
-    def input_names(self) -> list[str]:
-        return list(self._inputs)
-
-    @property
-    def output_names(self) -> list[str]:
-        return list(self._outputs)
-
     def activate_impl(self) -> None:
         import torch
         self._saved_threads = torch.get_num_threads()

@@ -30,16 +30,6 @@ class TrtRunner(BaseRunner):
         self.cuda_graph = cuda_graph
         self.check_sidecar = check_sidecar
         self.log = log
-        self._inputs: list[str] = []
-        self._outputs: list[str] = []
-
-    @property
-    def input_names(self) -> list[str]:
-        return list(self._inputs)
-
-    @property
-    def output_names(self) -> list[str]:
-        return list(self._outputs)
 
     def activate_impl(self) -> None:
         from tinyvim.engines.trt_common import (check_sidecar, default_plugin_path, gpu_info, import_tensorrt,

@@ -106,15 +106,9 @@ class TinyViM(nn.Module):
             nn.init.zeros_(m.bias)
 
     def forward(self, x):
-        check_input_size(*x.shape[2:])
-        x = self.patch_embed(x)
-        outs = []
-        for idx, block in enumerate(self.network):
-            x = block(x)
-            if self.fork_feat and idx % 2 == 0:
-                outs.append(getattr(self, f"norm{idx}")(x))
+        x = run_trunk(self, x, [getattr(self, f"norm{i}") for i in (0, 2, 4, 6)] if self.fork_feat else None)
         if self.fork_feat:
-            return tuple(outs)
+            return x
         x = self.norm(x).flatten(2).mean(-1)
         if self.dist_head is None:
             return self.head(x)
@@ -125,6 +119,19 @@ class TinyViM(nn.Module):
     @torch.no_grad()
     def fuse(self) -> "DeployTinyViM":
         return DeployTinyViM(self)
+
+
+def run_trunk(model: nn.Module, x, out_norms: list[nn.Module] | None):
+    """Stem and stages. With out_norms (backbone), the four stage outputs through their
+    norms as a tuple; otherwise the last stage's map."""
+    check_input_size(*x.shape[2:])
+    x = model.patch_embed(x)
+    outs = []
+    for idx, block in enumerate(model.network):
+        x = block(x)
+        if out_norms is not None and idx % 2 == 0:
+            outs.append(out_norms[idx // 2](x))
+    return tuple(outs) if out_norms is not None else x
 
 
 def _fuse_tree(module: nn.Module) -> nn.Module:
@@ -167,13 +174,5 @@ class DeployTinyViM(nn.Module):
         return head
 
     def forward(self, x):
-        check_input_size(*x.shape[2:])
-        x = self.patch_embed(x)
-        outs = []
-        for idx, block in enumerate(self.network):
-            x = block(x)
-            if self.fork_feat and idx % 2 == 0:
-                outs.append(self.norms[idx // 2](x))
-        if self.fork_feat:
-            return tuple(outs)
-        return self.head(x.flatten(2).mean(-1))
+        x = run_trunk(self, x, list(self.norms) if self.fork_feat else None)
+        return x if self.fork_feat else self.head(x.flatten(2).mean(-1))
