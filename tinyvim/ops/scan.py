@@ -155,14 +155,22 @@ def scan_sequential(x, delta, Bs, Cs, A, Ds, delta_bias) -> Tensor:
     return _merge(y, flat_inv, h, w, x.dtype)
 
 
-def _odd_even_scan(a: Tensor, b: Tensor, dim: int) -> Tensor:
+def _in_place_ok() -> bool:
+    """Eager calls update the scan's own temporaries in place (half the allocations and
+    copies on a memory-bound 2-core CPU); traced calls (ONNX export, torch.compile) keep
+    the functional form, which exports to plain Mul/Add/Concat."""
+    return not torch.compiler.is_compiling() and not torch.jit.is_tracing()
+
+
+def _odd_even_scan(a: Tensor, b: Tensor, dim: int, in_place: bool = False) -> Tensor:
     """States of h_t = a_t * h_{t-1} + b_t (h_{-1} = 0) along `dim`, by recursive doubling.
 
     Pairs (2i, 2i+1) are composed into one affine map, the half-length sequence is
     scanned recursively, and even positions are filled from their odd predecessor.
     Depth 2*ceil(log2 n); total work ~7n element-ops (work-efficient, unlike
     Hillis-Steele's n*log n), which matters on a 2-core CPU as much as on a GPU.
-    Odd lengths are padded with the identity map (a=1, b=0)."""
+    Odd lengths are padded with the identity map (a=1, b=0).
+    in_place: a and b are temporaries the caller gives up; the states are written into b."""
     n = a.shape[dim]
     if n == 1:
         return b
@@ -176,9 +184,18 @@ def _odd_even_scan(a: Tensor, b: Tensor, dim: int) -> Tensor:
     a2, b2 = a.reshape(pairs), b.reshape(pairs)
     a_even, a_odd = a2.select(dim + 1, 0), a2.select(dim + 1, 1)
     b_even, b_odd = b2.select(dim + 1, 0), b2.select(dim + 1, 1)
-    s_odd = _odd_even_scan(a_odd * a_even, torch.addcmul(b_odd, a_odd, b_even), dim)
-    s_even = _fill_even(a_even, b_even, s_odd, dim)
-    states = torch.stack([s_even, s_odd], dim + 1).reshape(shape)
+    if in_place:
+        b_pair = b_odd.addcmul_(a_odd, b_even)           # before a_odd is overwritten
+        s_odd = _odd_even_scan(a_odd.mul_(a_even), b_pair, dim, in_place=True)
+        if s_odd.data_ptr() != b_odd.data_ptr():          # the recursion had to pad: copy back
+            b_odd.copy_(s_odd)
+        m = b_even.shape[dim]
+        b_even.narrow(dim, 1, m - 1).addcmul_(a_even.narrow(dim, 1, m - 1), b_odd.narrow(dim, 0, m - 1))
+        states = b2.reshape(shape)
+    else:
+        s_odd = _odd_even_scan(a_odd * a_even, torch.addcmul(b_odd, a_odd, b_even), dim)
+        s_even = _fill_even(a_even, b_even, s_odd, dim)
+        states = torch.stack([s_even, s_odd], dim + 1).reshape(shape)
     return states.narrow(dim, 0, n) if n % 2 else states
 
 
@@ -213,19 +230,31 @@ def scan_parallel(x, delta, Bs, Cs, A, Ds, delta_bias) -> Tensor:
     u, dt, Bq, Cq, A4, D4, flat_out = _prepare(x, delta, Bs, Cs, A, Ds, delta_bias, Lp, parity_split=True)
     half = Lp // 2
     A4 = A4.unsqueeze(1)                                                          # (4,1,N,D)
+    # in place only where nothing records the graph for a backward pass
+    in_place = _in_place_ok() and not (torch.is_grad_enabled() and any(
+        t.requires_grad for t in (x, delta, Bs, Cs, A, Ds, delta_bias)))
     dt_u = dt * u
     parts = []
     for sl in (slice(0, half), slice(half, Lp)):                                  # even steps, odd steps
         dt_p = dt[:, :, sl].unsqueeze(3)                                           # (B,4,L/2,1,D)
-        parts.append((torch.exp(dt_p * A4), dt_u[:, :, sl].unsqueeze(3) * Bq[:, :, sl].unsqueeze(-1)))
+        decay = dt_p * A4
+        decay = decay.exp_() if in_place else torch.exp(decay)
+        parts.append((decay, dt_u[:, :, sl].unsqueeze(3) * Bq[:, :, sl].unsqueeze(-1)))
     (a_even, b_even), (a_odd, b_odd) = parts
-    s_odd = _odd_even_scan(a_odd * a_even, torch.addcmul(b_odd, a_odd, b_even), dim=2)
-    # even states: step 0 is b_even[0]; the rest from the odd state before them. Each
-    # piece is contracted with C before concatenating, so only (B,4,·,D) data is copied.
     c_even, c_odd = Cq[:, :, :half], Cq[:, :, half:]
-    s_even_rest = torch.addcmul(b_even[:, :, 1:], a_even[:, :, 1:], s_odd[:, :, :-1])
-    y = torch.cat([_contract_c(b_even[:, :, :1], c_even[:, :, :1]), _contract_c(s_even_rest, c_even[:, :, 1:]),
-                   _contract_c(s_odd, c_odd)], dim=2) + D4.unsqueeze(1) * u
+    if in_place:
+        b_pair = b_odd.addcmul_(a_odd, b_even)
+        s_odd = _odd_even_scan(a_odd.mul_(a_even), b_pair, dim=2, in_place=True)
+        b_even[:, :, 1:].addcmul_(a_even[:, :, 1:], s_odd[:, :, :-1])             # b_even now holds s_even
+        y = torch.cat([_contract_c(b_even, c_even), _contract_c(s_odd, c_odd)], dim=2)
+    else:
+        s_odd = _odd_even_scan(a_odd * a_even, torch.addcmul(b_odd, a_odd, b_even), dim=2)
+        # even states: step 0 is b_even[0]; the rest from the odd state before them. Each
+        # piece is contracted with C before concatenating, so only (B,4,·,D) data is copied.
+        s_even_rest = torch.addcmul(b_even[:, :, 1:], a_even[:, :, 1:], s_odd[:, :, :-1])
+        y = torch.cat([_contract_c(b_even[:, :, :1], c_even[:, :, :1]), _contract_c(s_even_rest, c_even[:, :, 1:]),
+                       _contract_c(s_odd, c_odd)], dim=2)
+    y = y + D4.unsqueeze(1) * u
     return _merge(y, flat_out, h, w, x.dtype)
 
 
