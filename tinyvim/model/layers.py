@@ -154,7 +154,12 @@ class Residual(nn.Module):
         self.fn = fn
 
     def forward(self, x):
-        return x + self.fn(x)
+        y = self.fn(x)
+        if torch.compiler.is_compiling() or torch.jit.is_tracing():
+            return x + y
+        # fn's output is a fresh temporary: adding in place saves allocating (and page-
+        # faulting) a full feature map per block in eager inference.
+        return y.add_(x)
 
 
 class LocalBlock(nn.Module):
