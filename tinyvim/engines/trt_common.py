@@ -6,13 +6,13 @@ Python (no tensorrt, no CUDA) so that it is unit-tested on machines without a GP
 from __future__ import annotations
 
 import ctypes
-import hashlib
 import json
 import os
 import re
 from pathlib import Path
 
 from tinyvim.errors import TinyvimError
+from tinyvim.utils import file_sha256 as sha256_file  # noqa: F401  (used by build and validate)
 
 MIN_TRT_MAJOR = 10
 SIDECAR_VERSION = 1
@@ -119,14 +119,6 @@ def gpu_info() -> dict:
 
 
 # --------------------------------------------------------------------- sidecar
-def sha256_file(path: str | os.PathLike, chunk: int = 1 << 20) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(chunk), b""):
-            h.update(block)
-    return h.hexdigest()
-
-
 def sidecar_path(engine_path: str | os.PathLike) -> Path:
     """`model.engine` -> `model.engine.json`."""
     return Path(os.fspath(engine_path) + ".json")

@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import argparse
-import hashlib
 import os
 from pathlib import Path
 
@@ -11,17 +10,10 @@ from torch import nn
 
 from tinyvim.errors import TinyvimError
 from tinyvim.model.tinyvim import VARIANTS
+from tinyvim.utils import file_sha256  # noqa: F401  (part of this module's API)
 
 CLASSIFIER_ONLY_PREFIXES = ("norm.", "head.", "dist_head.")
 BACKBONE_NORMS = ("norm0.", "norm2.", "norm4.", "norm6.")
-
-
-def file_sha256(path: str | os.PathLike) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def read_checkpoint(path: str | os.PathLike, *, ema: bool = False) -> dict[str, torch.Tensor]:
