@@ -11,14 +11,13 @@ p90 latency per configuration and the ratio of medians.
 """
 from __future__ import annotations
 
-import argparse
 import json
 import statistics
-import time
 
 import torch
 
 import tinyvim
+from _common import bench_parser, interleaved
 
 
 def percentile(values, q):
@@ -30,17 +29,14 @@ def bench(variant: str, batch: int, iters: int, warmup: int) -> dict:
     model = tinyvim.create_model(variant)
     fused = tinyvim.reparameterize(model)
     x = torch.randn(batch, 3, 224, 224)
-    configs = {"unfused+sequential": (model, "sequential"), "fused+parallel": (fused, "parallel")}
-    times = {name: [] for name in configs}
-    with torch.inference_mode():
-        for i in range(warmup + iters):
-            for name, (m, impl) in configs.items():
-                with tinyvim.scan_implementation(impl):
-                    t0 = time.perf_counter()
-                    m(x)
-                    dt = time.perf_counter() - t0
-                if i >= warmup:
-                    times[name].append(dt * 1e3)
+
+    def run(m, impl):
+        def call():
+            with torch.inference_mode(), tinyvim.scan_implementation(impl):
+                m(x)
+        return call
+    times = interleaved({"unfused+sequential": run(model, "sequential"), "fused+parallel": run(fused, "parallel")},
+                        iters, warmup)
     row = {"variant": variant, "batch": batch}
     for name, ts in times.items():
         row[name] = {"median_ms": statistics.median(ts), "p90_ms": percentile(ts, 90)}
@@ -49,14 +45,7 @@ def bench(variant: str, batch: int, iters: int, warmup: int) -> dict:
 
 
 def main():
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--variants", default="s,b,l")
-    ap.add_argument("--batches", default="1,8")
-    ap.add_argument("--iters", type=int, default=20)
-    ap.add_argument("--warmup", type=int, default=3)
-    ap.add_argument("--threads", type=int, default=2)
-    ap.add_argument("--json", default=None)
-    args = ap.parse_args()
+    args = bench_parser(__doc__).parse_args()
     torch.set_num_threads(args.threads)
     rows = []
     print(f"torch {torch.__version__}, {args.threads} threads, 224x224, fp32, {args.iters} interleaved iterations")

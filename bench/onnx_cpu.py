@@ -13,11 +13,9 @@ batch 1 and 8, and max |Δ logits| against PyTorch.
 """
 from __future__ import annotations
 
-import argparse
 import json
 import statistics
 import tempfile
-import time
 from pathlib import Path
 
 import numpy as np
@@ -26,6 +24,7 @@ import torch
 
 import tinyvim
 from tinyvim.export import export_onnx
+from _common import bench_parser, interleaved
 
 
 def session(path: Path, threads: int) -> ort.InferenceSession:
@@ -36,27 +35,13 @@ def session(path: Path, threads: int) -> ort.InferenceSession:
     return ort.InferenceSession(str(path), so, providers=["CPUExecutionProvider"])
 
 
-def interleaved(fns: dict, iters: int, warmup: int) -> dict[str, float]:
-    """Median ms of each callable, calls interleaved."""
-    times = {k: [] for k in fns}
-    for i in range(warmup + iters):
-        for name, fn in fns.items():
-            t0 = time.perf_counter()
-            fn()
-            if i >= warmup:
-                times[name].append((time.perf_counter() - t0) * 1e3)
-    return {k: statistics.median(v) for k, v in times.items()}
+def medians(fns: dict, iters: int, warmup: int) -> dict[str, float]:
+    return {k: statistics.median(v) for k, v in interleaved(fns, iters, warmup).items()}
 
 
 def main():
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--variants", default="s,b,l")
-    ap.add_argument("--batches", default="1,8")
-    ap.add_argument("--iters", type=int, default=20)
-    ap.add_argument("--warmup", type=int, default=3)
-    ap.add_argument("--threads", type=int, default=2)
+    ap = bench_parser(__doc__)
     ap.add_argument("--lowerings", default="parallel,sequential")
-    ap.add_argument("--json", default=None)
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     batches = [int(b) for b in args.batches.split(",")]
@@ -79,7 +64,7 @@ def main():
                 with torch.inference_mode(), tinyvim.scan_implementation("sequential"):
                     model(xt)
             iters = args.iters if b == 1 else max(5, args.iters // 2)
-            t = interleaved({"torch": run_torch, "ort": lambda: sess.run(None, {"images": x})}, iters, args.warmup)
+            t = medians({"torch": run_torch, "ort": lambda: sess.run(None, {"images": x})}, iters, args.warmup)
             row = {"variant": v, "batch": b, "torch_ms": t["torch"], "ort_ms": t["ort"], "speedup": t["torch"] / t["ort"]}
             report["backends"].append(row)
             print(f"{v.upper():8}{b:>6}  {t['torch']:>22.1f}  {t['ort']:>16.1f}  {row['speedup']:>7.2f}x", flush=True)
@@ -97,7 +82,7 @@ def main():
         lat = {}
         for b in batches:
             xb = x8[:b]
-            lat[b] = interleaved({"ort": lambda: sess.run(None, {"images": xb})}, max(5, args.iters // 2), args.warmup)["ort"]
+            lat[b] = medians({"ort": lambda: sess.run(None, {"images": xb})}, max(5, args.iters // 2), args.warmup)["ort"]
         report["lowerings"].append({"lowering": lowering, "nodes": res.num_nodes, "latency_ms": lat, "max_abs_err": err})
         print(f"{lowering:12}{res.num_nodes:>7}  " + "  ".join(f"{lat[b]:>8.1f}" for b in batches) + f"  {err:>16.2e}",
               flush=True)

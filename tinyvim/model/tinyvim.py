@@ -5,7 +5,6 @@ import copy
 from dataclasses import dataclass
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from tinyvim.errors import TinyvimError

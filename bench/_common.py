@@ -1,0 +1,30 @@
+"""What the benchmarks share: their common flags and the interleaved timing loop."""
+from __future__ import annotations
+
+import argparse
+import time
+from typing import Callable
+
+
+def bench_parser(doc: str) -> argparse.ArgumentParser:
+    ap = argparse.ArgumentParser(description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--variants", default="s,b,l")
+    ap.add_argument("--batches", default="1,8")
+    ap.add_argument("--iters", type=int, default=20)
+    ap.add_argument("--warmup", type=int, default=3)
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--json", default=None)
+    return ap
+
+
+def interleaved(fns: dict[str, Callable[[], object]], iters: int, warmup: int) -> dict[str, list[float]]:
+    """Milliseconds of each callable per call, the callables run in turn (a, b, a, b, …)
+    so that drift in machine load hits all of them alike."""
+    times: dict[str, list[float]] = {k: [] for k in fns}
+    for i in range(warmup + iters):
+        for name, fn in fns.items():
+            t0 = time.perf_counter()
+            fn()
+            if i >= warmup:
+                times[name].append((time.perf_counter() - t0) * 1e3)
+    return times
