@@ -169,7 +169,11 @@ def test_build_engine_cli_without_tensorrt_exits_2_with_one_line(tmp_path):
 
 @needs_trt
 def test_tensorrt_version_supported():
+    """Where TensorRT is installed: import_tensorrt accepts it, and its version passes the check
+    that rejects 8.x/9.x (which would raise)."""
     import tensorrt as trt
+    assert tc.import_tensorrt() is trt
+    assert tc.version_at_least(trt.__version__, str(tc.MIN_TRT_MAJOR))
     tc.check_trt_version(trt.__version__)
 
 

@@ -163,3 +163,10 @@ def test_bad_arguments(tmp_path, kwargs, match):
     with pytest.raises(TinyvimError, match=match):
         export_onnx(tmp_path / "x.onnx", **kwargs)
     assert not (tmp_path / "x.onnx").exists()
+
+
+def test_unwritable_output_is_a_one_line_error(tmp_path):
+    blocker = tmp_path / "file"
+    blocker.write_text("x")
+    with pytest.raises(TinyvimError, match=r"cannot write .*out\.onnx.*choose another output path"):
+        export_onnx(blocker / "out.onnx", scan="plugin")

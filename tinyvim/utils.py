@@ -14,8 +14,12 @@ def atomic_output(path: str | os.PathLike, suffix: str = "") -> Iterator[Path]:
     """Yield a temporary path beside `path`; on success it replaces `path` in one rename,
     so readers never see a half-written file. On failure the temporary file is removed."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=suffix or ".tmp", dir=path.parent)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=suffix or ".tmp", dir=path.parent)
+    except OSError as exc:
+        from tinyvim.errors import TinyvimError
+        raise TinyvimError(f"cannot write {path}: {exc.strerror or exc} (choose another output path)") from None
     os.close(fd)
     tmp = Path(tmp)
     try:
