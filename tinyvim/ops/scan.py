@@ -84,6 +84,20 @@ def _layout(h: int, w: int, Lp: int, parity_split: bool = False) -> tuple[np.nda
     return order, flat_in, flat_out, valid
 
 
+@functools.lru_cache(maxsize=64)
+def _layout_tensors_cached(h: int, w: int, Lp: int, parity_split: bool, device: torch.device) -> tuple[Tensor, ...]:
+    return tuple(torch.tensor(a, device=device) for a in _layout(h, w, Lp, parity_split))
+
+
+def _layout_tensors(h: int, w: int, Lp: int, parity_split: bool, device: torch.device) -> tuple[Tensor, ...]:
+    """The index constants as tensors on `device`. Eager calls reuse cached copies (no
+    host-to-device copy per call on a GPU); traced calls build fresh ones, which become
+    graph constants (a cached tensor made inside a trace would be a fake tensor)."""
+    if torch.compiler.is_compiling() or torch.jit.is_tracing():
+        return tuple(torch.tensor(a, device=device) for a in _layout(h, w, Lp, parity_split))
+    return _layout_tensors_cached(h, w, Lp, parity_split, torch.device(device))
+
+
 def _per_direction_to_steps(t: Tensor, flat: Tensor) -> Tensor:
     """(B, 4, C, L) in row-major positions -> (B, 4, L, C) in each direction's step order.
 
@@ -107,7 +121,7 @@ def _prepare(x, delta, Bs, Cs, A, Ds, delta_bias, padded_length: int | None = No
     n = A.shape[1]
     L = h * w
     Lp = padded_length or L
-    order, flat_in, flat_out, valid = (torch.tensor(a, device=x.device) for a in _layout(h, w, Lp, parity_split))
+    order, flat_in, flat_out, valid = _layout_tensors(h, w, Lp, parity_split, x.device)
     ct = compute_dtype(x.dtype)
     x, delta, Bs, Cs, A, Ds, delta_bias = (
         t.to(ct) for t in (x, delta, Bs, Cs, A, Ds, delta_bias))
