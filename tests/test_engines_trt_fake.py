@@ -10,6 +10,7 @@ import types
 import onnx
 import pytest
 
+from tinyvim.contract import ExportMetadata
 from tinyvim.engines import trt_build, trt_common
 
 
@@ -117,8 +118,8 @@ def fake_tensorrt(calls: list, parse_ok: bool = True):
 def onnx_file(tmp_path):
     from test_engines_runners import tiny_onnx, tiny_torch
     path = tmp_path / "m.onnx"
-    onnx.save(tiny_onnx(tiny_torch(), size=64, metadata={"variant": "s", "input_size": "64x64", "precision": "fp32"}),
-              path)
+    meta = ExportMetadata("s", input_size=(64, 64), batch=None).to_props()
+    onnx.save(tiny_onnx(tiny_torch(), size=64, metadata=meta), path)
     return path
 
 

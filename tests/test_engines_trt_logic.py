@@ -7,6 +7,7 @@ import json
 import pytest
 from click.testing import CliRunner
 
+from tinyvim.contract import ExportMetadata
 from tinyvim.engines import trt_build as tb
 from tinyvim.engines import trt_common as tc
 from tinyvim.errors import TinyvimError
@@ -191,20 +192,21 @@ def _fake_engine(tmp_path, metadata):
 def test_engine_info_comes_from_the_sidecar(tmp_path):
     from tinyvim.engines.model_info import read_model_info
     from tinyvim.engines.validate import resolve_reference
-    engine = _fake_engine(tmp_path, {"variant": "b", "backbone": "true", "input_size": "64x64", "init_seed": "3"})
+    engine = _fake_engine(tmp_path, ExportMetadata("b", backbone=True, input_size=(64, 64), init_seed=3,
+                                                   batch=None).to_props())
     info = read_model_info(engine)
     assert info.kind == "engine" and info.backbone and info.output_names == ["feat0", "feat1", "feat2", "feat3"]
-    assert info.fixed_size == (64, 64) and info.fixed_batch is None and info.metadata["precision"] == "fp16"
+    assert info.fixed_size == (64, 64) and info.fixed_batch is None and info.precision == "fp16"
     cfg, _ = resolve_reference(info)
     assert (cfg.variant, cfg.backbone, cfg.init_seed, cfg.batch) == ("b", True, 3, 1)
-    with pytest.raises(TinyvimError, match="max batch 8"):
+    with pytest.raises(TinyvimError, match="batch 1..8"):
         resolve_reference(info, batch=16)
 
 
 @pytest.mark.skipif(HAVE_TRT, reason="tensorrt is installed: the missing-TensorRT path cannot be checked")
 def test_validate_engine_without_tensorrt_exits_2(tmp_path):
     from tinyvim.commands.engines import validate
-    engine = _fake_engine(tmp_path, {"variant": "s", "backbone": "false", "input_size": "64x64"})
+    engine = _fake_engine(tmp_path, ExportMetadata("s", input_size=(64, 64), batch=None).to_props())
     r = CliRunner().invoke(validate, [str(engine), "--num-inputs", "1"])
     assert r.exit_code == 2, r.output
     assert "error: TensorRT is not installed" in r.output and "Traceback" not in r.output

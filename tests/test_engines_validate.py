@@ -2,6 +2,7 @@
 right model passes (exit 0), a perturbed weight fails (exit 1), bad input exits 2 in one line."""
 from __future__ import annotations
 
+import dataclasses
 import json
 
 import numpy as np
@@ -20,31 +21,8 @@ BATCH = 2
 
 
 def _export(path):
-    """TinyViM-S through tinyvim.export when it is there, else the TorchScript exporter with
-    the same metadata (keeps these tests independent of the export module's progress)."""
-    try:
-        from tinyvim.export import export_onnx
-    except ImportError:
-        export_onnx = None
-    if export_onnx is not None:
-        export_onnx(path, variant="s", img_size=(SIZE, SIZE), batch=BATCH)
-        return
-    import torch
-
-    import tinyvim
-    from tinyvim.ops import scan_implementation
-    model = tinyvim.create_model("s", seed=0)
-    with scan_implementation("parallel", inline=True), torch.no_grad():
-        torch.onnx.export(model, (torch.zeros(BATCH, 3, SIZE, SIZE),), str(path), input_names=["images"],
-                          output_names=["logits"], dynamo=True, verbose=False)
-    proto = onnx.load(str(path))
-    meta = {"tinyvim_version": tinyvim.__version__, "variant": "s", "backbone": "false", "ema": "false",
-            "checkpoint": "", "checkpoint_sha256": "", "init_seed": "0", "input_size": f"{SIZE}x{SIZE}",
-            "batch": str(BATCH), "mean": "0.485,0.456,0.406", "std": "0.229,0.224,0.225", "scan": "portable",
-            "opset": "17", "precision": "fp32"}
-    for k, v in meta.items():
-        proto.metadata_props.add(key=k, value=v)
-    onnx.save(proto, str(path))
+    from tinyvim.export import export_onnx
+    export_onnx(path, variant="s", img_size=(SIZE, SIZE), batch=BATCH)
 
 
 @pytest.fixture(scope="session")
@@ -81,7 +59,7 @@ def test_right_model_passes_and_report_follows_schema(tinyvim_onnx, tmp_path):
     assert rep["schema_version"] == 1 and rep["passed"] is True
     assert rep["reference"]["variant"] == "s" and rep["reference"]["img_size"] == [SIZE, SIZE]
     assert rep["inputs"] == {"source": "random", "num_batches": 2, "batch": BATCH, "seed": 0, "images": None}
-    assert rep["backend"] == {"name": "ort", "providers": ["CPUExecutionProvider"]}
+    assert rep["backend"] == {"name": "ort", "providers": ["CPUExecutionProvider"], "options": {}}
     (out,) = rep["outputs"]
     assert out["name"] == "logits" and out["shape"] == [2 * BATCH, 1000]
     assert out["max_abs_err"] <= rep["tolerance"]["atol"] + rep["tolerance"]["rtol"] * 10
@@ -158,7 +136,7 @@ def test_foreign_model_without_metadata_asks_for_variant(tmp_path):
 
 def test_metadata_read_from_export(tinyvim_onnx):
     info = read_onnx_info(tinyvim_onnx)
-    assert info.metadata["variant"] == "s" and info.fixed_size == (SIZE, SIZE) and info.fixed_batch == BATCH
+    assert info.metadata.variant == "s" and info.fixed_size == (SIZE, SIZE) and info.fixed_batch == BATCH
     assert not info.backbone and not info.plugin_nodes
 
 
@@ -186,8 +164,7 @@ def test_resolve_reference_rejects_contradictions(tinyvim_onnx):
     assert resolve_reference(info, variant="b")[0].variant == "b"
     with pytest.raises(TinyvimError, match="backbone"):
         resolve_reference(info, backbone=True)
-    info.metadata["checkpoint"] = "/nowhere/ckpt.pth"
-    info.metadata["checkpoint_sha256"] = "ab" * 32
+    info.metadata = dataclasses.replace(info.metadata, checkpoint="/nowhere/ckpt.pth", checkpoint_sha256="ab" * 32)
     with pytest.raises(TinyvimError, match="pass it with --checkpoint"):
         resolve_reference(info)
 

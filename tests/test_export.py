@@ -58,9 +58,11 @@ def test_portable_graph_is_standard_onnx_with_names_and_metadata(portable_s):
     assert [i.name for i in proto.graph.input] == ["images"]
     assert [o.name for o in proto.graph.output] == ["logits"]
     meta = read_metadata(proto)
-    assert meta["variant"] == "s" and meta["scan"] == "portable" and meta["batch"] == "dynamic"
-    assert meta["input_size"] == "224x224" and meta["opset"] == "20" and meta["tinyvim_version"] == tinyvim.__version__
-    assert meta["mean"] == "0.485,0.456,0.406" and meta["checkpoint_sha256"] == ""
+    assert meta.variant == "s" and meta.scan == "portable" and meta.dynamic_batch
+    assert meta.input_size == (224, 224) and meta.opset == 20 and meta.tinyvim_version == tinyvim.__version__
+    assert meta.mean == (0.485, 0.456, 0.406) and meta.checkpoint_sha256 == ""
+    props = {p.key: p.value for p in proto.metadata_props}          # the text form, as other tools see it
+    assert props["batch"] == "dynamic" and props["input_size"] == "224x224" and props["opset"] == "20"
     assert portable_s.num_nodes == len(proto.graph.node) == sum(portable_s.op_counts.values())
 
 
@@ -100,7 +102,7 @@ def test_other_variants_match(tmp_path, variant):
 
 def test_256_input(tmp_path, model_s):
     result = export_onnx(tmp_path / "s256.onnx", variant="s", model=model_s, img_size=(256, 256), batch=2)
-    assert read_metadata(result.path)["input_size"] == "256x256"
+    assert read_metadata(result.path).input_size == (256, 256)
     x = _images(2, size=256)
     assert np.abs(_ort(result.path).run(None, {"images": x})[0] - _torch_ref(model_s, x)[0]).max() <= ATOL
 
@@ -136,8 +138,8 @@ def test_checkpoint_hash_in_metadata(tmp_path, model_s):
     result = export_onnx(tmp_path / "c.onnx", variant="s", checkpoint=ckpt, scan="plugin")
     meta = read_metadata(result.path)
     import hashlib
-    assert meta["checkpoint_sha256"] == hashlib.sha256(ckpt.read_bytes()).hexdigest()
-    assert meta["checkpoint"].endswith("m.pth")
+    assert meta.checkpoint_sha256 == hashlib.sha256(ckpt.read_bytes()).hexdigest()
+    assert meta.checkpoint.endswith("m.pth")
 
 
 def test_failed_export_leaves_no_file(tmp_path, monkeypatch, model_s):
@@ -157,7 +159,7 @@ def test_failed_export_leaves_no_file(tmp_path, monkeypatch, model_s):
     ({"img_size": (230, 230)}, "230x230 is not divisible by 32"),
     ({"scan": "magic"}, "unknown --scan 'magic'"),
     ({"opset": 11}, "--opset 11 is too old"),
-    ({"batch": 0}, "--batch must be at least 1"),
+    ({"batch": 0}, "--batch must be an integer from 1 to 4096"),
 ])
 def test_bad_arguments(tmp_path, kwargs, match):
     with pytest.raises(TinyvimError, match=match):

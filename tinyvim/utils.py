@@ -46,21 +46,3 @@ def atomic_write_text(path: str | os.PathLike, text: str) -> None:
 def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
     with atomic_output(path) as tmp:
         tmp.write_bytes(data)
-
-
-def parse_size(text: str | int) -> tuple[int, int]:
-    """'224', '224x192' or '224,192' -> (H, W), both positive multiples of 32."""
-    from tinyvim.errors import TinyvimError
-    parts = str(text).lower().replace(",", "x").split("x")
-    try:
-        size = tuple(int(p) for p in parts if p.strip())
-    except ValueError:
-        raise TinyvimError(f"image size {text!r} is not a number or HxW (e.g. 224 or 224x256)") from None
-    if len(size) == 1:
-        size = size * 2
-    if len(size) != 2 or min(size) <= 0:
-        raise TinyvimError(f"image size {text!r} must be N or HxW (e.g. 224 or 224x256)")
-    if size[0] % 32 or size[1] % 32:
-        raise TinyvimError(f"input size {size[0]}x{size[1]} is not divisible by 32: TinyViM downsamples by 32 "
-                           "(e.g. use 224x224 or 256x256)")
-    return size

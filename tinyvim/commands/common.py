@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import click
 
-from tinyvim.utils import parse_size
+from tinyvim.contract import parse_size
 
 
 def img_size_option(**kwargs):

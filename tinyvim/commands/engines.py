@@ -7,15 +7,11 @@ from __future__ import annotations
 
 import functools
 import json
-import os
-import tempfile
-from pathlib import Path
 
 import click
 
+from tinyvim.engines.registry import all_options, backend_names, get_backend
 from tinyvim.errors import TinyvimError
-
-ALL_BACKENDS = ("torch", "torch-fused", "ort", "trt")
 
 
 class _ExpectedFailure(click.ClickException):
@@ -55,18 +51,37 @@ def _int_list(text: str, what: str) -> list[int]:
 
 
 def _write_json(path: str, document: dict) -> None:
-    Path(path).parent.mkdir(parents=True, exist_ok=True)
-    Path(path).write_text(json.dumps(document, indent=2) + "\n")
+    from tinyvim.utils import atomic_write_text
+    atomic_write_text(path, json.dumps(document, indent=2) + "\n")
+
+
+def _backend_options(fn):
+    """Every registered backend's own options as click options (tinyvim.engines.registry):
+    a new backend's options appear here without touching this module."""
+    for opt in reversed(all_options()):
+        if opt.type is bool:
+            decl = click.option(f"{opt.flag}/--no-{opt.flag[2:]}", opt.name, default=None, help=opt.help)
+        else:
+            kind = (click.Choice(opt.choices, case_sensitive=False) if opt.choices else
+                    click.Path(dir_okay=False) if opt.path else opt.type)
+            decl = click.option(opt.flag, opt.name, type=kind, default=None, help=opt.help)
+        fn = decl(fn)
+    return fn
+
+
+def _pop_backend_options(kwargs: dict) -> dict:
+    return {opt.name: kwargs.pop(opt.name) for opt in all_options()}
 
 
 # --------------------------------------------------------------------- validate
 @click.command("validate")
 @click.argument("model", type=click.Path(dir_okay=False))
-@click.option("--backend", type=click.Choice(["ort", "trt"]), default=None,
-              help="Backend to check [default: ort for .onnx, trt for .engine].")
-@click.option("--providers", default=None, help="ONNX Runtime providers, comma list (cpu, cuda, ...) [default: cpu].")
+@click.option("--backend", default=None, metavar="NAME",
+              help=f"Backend to check: {', '.join(n for n in backend_names() if get_backend(n).runs_files)} "
+                   "[default: by the file: ort for .onnx, "
+                   "trt for .engine].")
 @click.option("--threads", type=int, default=None, help="Intra-op threads for both runs [default: all cores].")
-@click.option("--plugin", type=click.Path(dir_okay=False), default=None, help="Scan plugin library (trt).")
+@_backend_options
 @click.option("--variant", type=click.Choice(["s", "b", "l"], case_sensitive=False), default=None,
               help="Override / fill in the variant recorded in the model.")
 @click.option("--checkpoint", type=click.Path(dir_okay=False), default=None, help="Checkpoint of the reference.")
@@ -85,60 +100,14 @@ def _write_json(path: str, document: dict) -> None:
 @click.option("--json", "json_path", type=click.Path(dir_okay=False), default=None, help="Write the JSON report.")
 @click.pass_context
 @_one_line_errors
-def validate(ctx, model, backend, providers, threads, plugin, variant, checkpoint, ema, backbone, img_size,
-             init_seed, batch, num_inputs, seed, images, crop_pct, atol, rtol, json_path):
+def validate(ctx, model, json_path, **kwargs):
     """Check an exported MODEL (.onnx, or .engine) against the PyTorch reference.
 
     Exit status: 0 within tolerance, 1 out of tolerance, 2 bad input or missing dependency."""
-    from tinyvim.engines.compare import tolerance_for
-    from tinyvim.engines.inputs import image_batches, random_batches
-    from tinyvim.engines.model_info import read_model_info
-    from tinyvim.engines.ort_runner import OrtRunner, parse_providers
-    from tinyvim.engines.profile import default_threads
-    from tinyvim.engines.torch_runner import TorchRunner
-    from tinyvim.engines.validate import format_table, make_report, resolve_reference, validate_runner
+    from tinyvim.engines.validate import format_table, validate_model
 
-    info = read_model_info(model)
-    backend = backend or ("trt" if info.kind == "engine" else "ort")
-    if backend == "ort" and info.kind == "engine":
-        raise TinyvimError(f"{model} is a TensorRT engine: validate it with --backend trt")
-    if backend == "trt" and info.kind == "onnx":
-        raise TinyvimError(f"--backend trt needs an engine: build one with `tinyvim build-engine {model}`")
-    if num_inputs < 1:
-        raise TinyvimError(f"--num-inputs must be >= 1, got {num_inputs}")
-    config, warnings = resolve_reference(info, variant=variant, checkpoint=checkpoint, ema=ema, backbone=backbone,
-                                         img_size=img_size, init_seed=init_seed, batch=batch)
-    for w in warnings:
-        _err(f"warning: {w}")
-    precision = info.metadata.get("precision") or "fp32"
-    try:
-        tolerance = tolerance_for(precision, atol, rtol)
-    except ValueError as exc:
-        raise TinyvimError(str(exc)) from None
-
-    if images:
-        batches, names = image_batches(images, config.batch, config.img_size, limit=None, crop_pct=crop_pct)
-        inputs = {"source": "images", "num_batches": len(batches), "batch": config.batch, "seed": None,
-                  "images": names}
-    else:
-        batches = random_batches(num_inputs, config.batch, config.img_size, seed)
-        inputs = {"source": "random", "num_batches": num_inputs, "batch": config.batch, "seed": seed, "images": None}
-
-    threads = threads or default_threads()
-    if backend == "ort":
-        provider_list = parse_providers(providers)
-        target = OrtRunner(model, providers=provider_list, threads=threads)
-    else:
-        from tinyvim.engines.trt_runner import TrtRunner
-        provider_list = None
-        target = TrtRunner(model, plugin=plugin, log=_err)
-    reference = TorchRunner.for_backend("torch", config.variant, checkpoint=config.checkpoint, ema=config.ema,
-                                        backbone=config.backbone, seed=config.init_seed, threads=threads)
-    _err(f"validating {model} ({backend}) against TinyViM-{config.variant.upper()} "
-         f"{config.img_size[0]}x{config.img_size[1]} on {inputs['num_batches']} batch(es) of {config.batch}...")
-    result = validate_runner(target, reference, batches, tolerance)
-    report = make_report(result, info=info, config=config, backend=backend, providers=provider_list, inputs=inputs,
-                         precision=precision, warnings=warnings)
+    options = _pop_backend_options(kwargs)
+    report = validate_model(model, options=options, log=_err, **kwargs)
     click.echo(format_table(report))
     if json_path:
         _write_json(json_path, report)
@@ -146,24 +115,11 @@ def validate(ctx, model, backend, providers, threads, plugin, variant, checkpoin
 
 
 # --------------------------------------------------------------------- profile
-def _backend_list(values: tuple[str, ...]) -> list[str]:
-    names = []
-    for v in values:
-        for name in (s.strip().lower() for s in v.split(",")):
-            if not name:
-                continue
-            if name not in ALL_BACKENDS:
-                raise TinyvimError(f"unknown backend {name!r}; choose from {', '.join(ALL_BACKENDS)}")
-            if name not in names:
-                names.append(name)
-    return names
-
-
 @click.command("profile")
 @click.option("--backend", "backends", multiple=True, default=("torch", "ort"), show_default=True,
-              help="torch | torch-fused | ort | trt; repeat or comma-separate.")
+              help=f"{' | '.join(backend_names())}; repeat or comma-separate.")
 @click.option("--model", "models", multiple=True, type=click.Path(dir_okay=False),
-              help="ONNX file for ort and/or engine for trt [ort default: export one to a temp dir].")
+              help="A file per backend kind (ONNX for ort, engine for trt) [ort default: export one to a temp dir].")
 @click.option("--variant", type=click.Choice(["s", "b", "l"], case_sensitive=False), default=None,
               help="Variant [default: from --model metadata, else s].")
 @click.option("--checkpoint", type=click.Path(dir_okay=False), default=None)
@@ -174,106 +130,25 @@ def _backend_list(values: tuple[str, ...]) -> list[str]:
 @click.option("--iters", type=int, default=20, show_default=True)
 @click.option("--duration", type=float, default=None, help="Seconds per configuration instead of --iters.")
 @click.option("--threads", type=int, default=None, help="torch / ORT intra-op threads [default: all cores].")
-@click.option("--providers", default=None, help="ONNX Runtime providers, comma list [default: cpu].")
-@click.option("--plugin", type=click.Path(dir_okay=False), default=None, help="Scan plugin library (trt).")
-@click.option("--cuda-graph/--no-cuda-graph", default=False, help="Replay TensorRT inference as a CUDA graph.")
+@_backend_options
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--json", "json_path", type=click.Path(dir_okay=False), default=None, help="Write results as JSON.")
 @click.option("--plot", "plot_path", type=click.Path(dir_okay=False), default=None, help="Latency-vs-batch PNG.")
 @_one_line_errors
-def profile(backends, models, variant, checkpoint, ema, img_size, batch_text, warmup, iters, duration, threads,
-            providers, plugin, cuda_graph, seed, json_path, plot_path):
+def profile(batch_text, json_path, plot_path, **kwargs):
     """Measure latency and throughput of TinyViM on several backends and batch sizes."""
     from tinyvim.engines import profile as prof
-    from tinyvim.engines.model_info import parse_size, read_model_info
-    from tinyvim.engines.ort_runner import OrtRunner
-    from tinyvim.engines.torch_runner import TorchRunner
 
-    names = _backend_list(backends)
-    batches = _int_list(batch_text, "--batch")
-    if warmup < 0 or iters < 1 or (duration is not None and duration <= 0):
-        raise TinyvimError("--warmup must be >= 0, --iters >= 1 and --duration > 0")
-    onnx_info = engine_info = None
-    for m in models:
-        info = read_model_info(m)
-        if info.kind == "engine":
-            engine_info = info
-        else:
-            onnx_info = info
-    if "trt" in names and engine_info is None:
-        raise TinyvimError("--backend trt needs --model ENGINE (build one with `tinyvim build-engine MODEL.onnx`)")
-    known = onnx_info or engine_info
-    meta = known.metadata if known else {}
-    variant = (variant or meta.get("variant") or "s").lower()
-    size = parse_size(img_size) if img_size else (known.fixed_size if known and known.fixed_size else
-                                                  parse_size(meta.get("input_size") or "224"))
-    for info in (onnx_info, engine_info):
-        if info and info.fixed_size and info.fixed_size != size:
-            raise TinyvimError(f"--img-size {size[0]}x{size[1]} does not match {info.path} "
-                               f"({info.fixed_size[0]}x{info.fixed_size[1]})")
-    threads = threads or prof.default_threads()
-
-    with tempfile.TemporaryDirectory(prefix="tinyvim-profile-") as tmp:
-        onnx_path = onnx_info.path if onnx_info else None
-        if "ort" in names and onnx_path is None:
-            onnx_path = _export_for_profile(Path(tmp) / "tinyvim.onnx", variant, checkpoint, ema, size)
-            onnx_info = read_model_info(onnx_path)
-
-        factories = {}
-        for name in names:
-            if name in ("torch", "torch-fused"):
-                factories[name] = functools.partial(TorchRunner.for_backend, name, variant, checkpoint=checkpoint,
-                                                    ema=ema, seed=int(meta.get("init_seed") or 0), threads=threads)
-            elif name == "ort":
-                # The plugin graph's CPU path runs the scan in Python: not a speed worth reporting.
-                factories[name] = functools.partial(OrtRunner, onnx_path, providers=providers, threads=threads,
-                                                    allow_plugin_cpu=False)
-            else:
-                from tinyvim.engines.trt_runner import TrtRunner
-                factories[name] = functools.partial(TrtRunner, engine_info.path, plugin=plugin,
-                                                    cuda_graph=cuda_graph, log=_err)
-
-        def batch_ok(name: str, b: int) -> str | None:
-            info = {"ort": onnx_info, "trt": engine_info}.get(name)
-            if info is None:
-                return None
-            if info.fixed_batch and b != info.fixed_batch:
-                return f"model has a fixed batch of {info.fixed_batch}"
-            hi = info.metadata.get("max_batch")
-            if hi and b > int(hi):
-                return f"engine's max batch is {hi}"
-            return None
-
-        env = prof.environment(threads)
-        _err(f"profiling TinyViM-{variant.upper()} {size[0]}x{size[1]} on {', '.join(names)}, batch "
-             f"{', '.join(map(str, batches))}, {threads} thread(s)")
-        entries = prof.profile_backends(factories, batches, size, warmup=warmup, iters=None if duration else iters,
-                                        duration=duration, seed=seed, log=_err, batch_ok=batch_ok)
-
-    click.echo(f"CPU: {env['cpu']} ({env['cores']} cores, {threads} threads); python {env['python']}, "
-               f"torch {env['torch']}, onnxruntime {env['onnxruntime']}, onnx {env['onnx']}"
-               + (f", TensorRT {env['tensorrt']} on {env['gpu']}" if "trt" in names else ""))
-    click.echo(prof.format_table(entries))
-    document = {"schema_version": 1, "variant": variant, "img_size": list(size), "checkpoint": checkpoint,
-                "environment": env, "settings": {"warmup": warmup, "iters": None if duration else iters,
-                                                 "duration_s": duration, "threads": threads, "seed": seed},
-                "results": entries}
+    options = _pop_backend_options(kwargs)
+    document = prof.run_profile(batches=_int_list(batch_text, "--batch"), options=options, log=_err, **kwargs)
+    click.echo(prof.format_environment(document["environment"], [e["backend"] for e in document["results"]]))
+    click.echo(prof.format_table(document["results"]))
     if json_path:
         _write_json(json_path, document)
     if plot_path:
-        prof.plot_latency(entries, plot_path, title=f"TinyViM-{variant.upper()} {size[0]}x{size[1]}, {threads} threads")
-
-
-def _export_for_profile(path: Path, variant: str, checkpoint, ema: bool, size) -> str:
-    """Export a dynamic-batch portable ONNX for ORT when --model was not given."""
-    try:
-        from tinyvim.export import export_onnx
-    except ImportError as exc:
-        raise TinyvimError(f"the ONNX export is not available ({exc}): pass --model MODEL.onnx") from exc
-    _err(f"exporting TinyViM-{variant.upper()} to a temporary ONNX for ort...")
-    result = export_onnx(path, variant=variant, checkpoint=checkpoint, ema=ema, img_size=tuple(size),
-                         dynamic_batch=True)
-    return os.fspath(result.path)
+        size = document["img_size"]
+        prof.plot_latency(document["results"], plot_path, title=f"TinyViM-{document['variant'].upper()} "
+                          f"{size[0]}x{size[1]}, {document['settings']['threads']} threads")
 
 
 # --------------------------------------------------------------------- build-engine

@@ -50,11 +50,13 @@ def export(fmt, variant, checkpoint, ema, backbone, img_size, batch, dynamic_bat
     more = f", … {len(ops) - 10} more types" if len(ops) > 10 else ""
     click.echo(f"exported {result.path}  ({result.size_bytes / 2**20:.1f} MiB, {result.num_nodes} nodes, "
                f"{result.seconds:.1f} s)")
-    click.echo(f"  inputs  images (batch {result.metadata['batch']}, 3, {img_size[0]}, {img_size[1]}) float32")
+    meta = result.metadata
+    click.echo(f"  inputs  images (batch {'dynamic' if meta.dynamic_batch else meta.batch}, 3, {img_size[0]}, "
+               f"{img_size[1]}) float32")
     click.echo(f"  outputs {', '.join(result.output_names)}")
-    click.echo(f"  scan    {scan}; precision {precision}; opset {result.metadata['opset']}")
+    click.echo(f"  scan    {scan}; precision {precision}; opset {meta.opset}")
     click.echo(f"  nodes   {top}{more}")
     if json_path:
         atomic_write_text(json_path, json.dumps({
             "path": str(result.path), "size_bytes": result.size_bytes, "num_nodes": result.num_nodes,
-            "op_counts": ops, "seconds": result.seconds, "metadata": result.metadata}, indent=2))
+            "op_counts": ops, "seconds": result.seconds, "metadata": meta.to_props()}, indent=2))

@@ -8,27 +8,18 @@ from pathlib import Path
 
 import numpy as np
 
+from tinyvim.contract import IMAGENET_MEAN, IMAGENET_STD
 from tinyvim.errors import TinyvimError
 
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
 #: 224 / 256: the resize-256-crop-224 evaluation the brief specifies (see README note).
 DEFAULT_CROP_PCT = 0.875
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff", ".ppm"}
 
 
-def _mean_std():
-    try:  # the model package's constants are the source of truth when present
-        from tinyvim.model import IMAGENET_MEAN as mean, IMAGENET_STD as std
-        return mean, std
-    except ImportError:
-        return IMAGENET_MEAN, IMAGENET_STD
-
-
 def normalize(pixels: np.ndarray, mean=None, std=None) -> np.ndarray:
     """(N, 3, H, W) pixels in [0, 1] -> normalised float32."""
-    if mean is None or std is None:
-        mean, std = _mean_std()
+    mean = IMAGENET_MEAN if mean is None else mean
+    std = IMAGENET_STD if std is None else std
     m = np.asarray(mean, np.float32).reshape(1, 3, 1, 1)
     s = np.asarray(std, np.float32).reshape(1, 3, 1, 1)
     return ((pixels.astype(np.float32) - m) / s).astype(np.float32)

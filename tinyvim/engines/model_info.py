@@ -1,35 +1,38 @@
-"""What a model file says about itself: the tinyvim metadata of an ONNX file (or of an engine's
-JSON sidecar) and a check that its signature is TinyViM's."""
+"""What a model file says about itself: its input/output signature and its tinyvim metadata
+(ONNX metadata_props, or an engine's JSON sidecar), validated through
+`tinyvim.contract.ExportMetadata` before anything trusts it."""
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
+from tinyvim.contract import (BACKBONE_OUTPUTS, CLASSIFIER_OUTPUTS, INPUT_MULTIPLE, INPUT_NAME, ExportMetadata)
 from tinyvim.errors import TinyvimError
-from tinyvim.utils import parse_size  # noqa: F401  (re-exported for validate/commands)
-
-CLASSIFIER_OUTPUTS = ["logits"]
-BACKBONE_OUTPUTS = [f"feat{i}" for i in range(4)]
-VARIANTS = ("s", "b", "l")
 
 
 @dataclass
 class ModelInfo:
     """Input/output signature and metadata of an ONNX file or engine.
 
-    input_shape: [batch, 3, H, W] with None for dynamic dimensions."""
+    input_shape: [batch, 3, H, W] with None for dynamic dimensions.
+    metadata: the export's tinyvim metadata (None for a foreign ONNX without it).
+    precision: what the model computes in (the export's precision; an engine's build precision).
+    batch_range: (min, max) batch the model accepts (an engine's profile), None when unbounded
+    by the file itself."""
     path: str
     kind: str                      # "onnx" | "engine"
     input_name: str
     input_shape: list
     output_names: list[str]
-    metadata: dict = field(default_factory=dict)
+    metadata: ExportMetadata | None = None
+    precision: str = "fp32"
     plugin_nodes: bool = False
+    batch_range: tuple[int, int] | None = None
 
     @property
     def backbone(self) -> bool:
-        return self.output_names == BACKBONE_OUTPUTS
+        return tuple(self.output_names) == BACKBONE_OUTPUTS
 
     @property
     def fixed_batch(self) -> int | None:
@@ -40,6 +43,14 @@ class ModelInfo:
     def fixed_size(self) -> tuple[int, int] | None:
         h, w = self.input_shape[2], self.input_shape[3]
         return (h, w) if isinstance(h, int) and isinstance(w, int) and h > 0 and w > 0 else None
+
+    def batch_problem(self, batch: int) -> str | None:
+        """Why this model cannot run `batch` images at once (None when it can)."""
+        if self.fixed_batch and batch != self.fixed_batch:
+            return f"model has a fixed batch of {self.fixed_batch}"
+        if self.batch_range and not self.batch_range[0] <= batch <= self.batch_range[1]:
+            return f"engine's profile takes batch {self.batch_range[0]}..{self.batch_range[1]}"
+        return None
 
 
 def _dims(value_info) -> list:
@@ -52,21 +63,31 @@ def _dims(value_info) -> list:
 def check_signature(info: ModelInfo) -> None:
     """Raise a one-line error when the model is not a TinyViM export."""
     what = f"{info.path} does not look like a TinyViM model"
-    if info.input_name != "images":
-        raise TinyvimError(f"{what}: its input is named {info.input_name!r}, TinyViM exports take 'images'")
+    if info.input_name != INPUT_NAME:
+        raise TinyvimError(f"{what}: its input is named {info.input_name!r}, TinyViM exports take {INPUT_NAME!r}")
     if len(info.input_shape) != 4 or info.input_shape[1] not in (3, None):
         raise TinyvimError(f"{what}: input shape {info.input_shape} is not (batch, 3, H, W)")
-    if info.output_names not in (CLASSIFIER_OUTPUTS, BACKBONE_OUTPUTS):
+    if tuple(info.output_names) not in (CLASSIFIER_OUTPUTS, BACKBONE_OUTPUTS):
         raise TinyvimError(f"{what}: outputs {info.output_names} are neither ['logits'] nor feat0..feat3")
-    if info.fixed_size and (info.fixed_size[0] % 32 or info.fixed_size[1] % 32):
+    if info.fixed_size and (info.fixed_size[0] % INPUT_MULTIPLE or info.fixed_size[1] % INPUT_MULTIPLE):
         raise TinyvimError(f"{what}: input size {info.fixed_size[0]}x{info.fixed_size[1]} "
-                           "is not a multiple of 32")
+                           f"is not a multiple of {INPUT_MULTIPLE}")
+    meta = info.metadata
+    if meta is not None:
+        if meta.backbone != info.backbone:
+            raise TinyvimError(f"{what}: its metadata says backbone={str(meta.backbone).lower()} but its outputs "
+                               f"are {', '.join(info.output_names)}")
+        if meta.input_size and info.fixed_size and meta.input_size != info.fixed_size:
+            raise TinyvimError(f"{what}: its metadata says {meta.input_size[0]}x{meta.input_size[1]} but its "
+                               f"input is {info.fixed_size[0]}x{info.fixed_size[1]}")
 
 
 def read_onnx_info(path: str | os.PathLike) -> ModelInfo:
     """Signature + metadata of an ONNX file, with one-line errors for missing / non-ONNX files."""
     import onnx
     from google.protobuf.message import DecodeError
+
+    from tinyvim.engines.ort_runner import has_plugin_nodes
 
     p = Path(path)
     if not p.is_file():
@@ -82,11 +103,11 @@ def read_onnx_info(path: str | os.PathLike) -> ModelInfo:
     inputs = [i for i in proto.graph.input if i.name not in initializers]
     if len(inputs) != 1:
         raise TinyvimError(f"{p} does not look like a TinyViM model: it has {len(inputs)} inputs "
-                           f"({', '.join(i.name for i in inputs)}), TinyViM exports have one, 'images'")
-    from tinyvim.engines.ort_runner import has_plugin_nodes
+                           f"({', '.join(i.name for i in inputs)}), TinyViM exports have one, {INPUT_NAME!r}")
+    meta = ExportMetadata.from_props({m.key: m.value for m in proto.metadata_props}, source=os.fspath(p))
     info = ModelInfo(path=os.fspath(p), kind="onnx", input_name=inputs[0].name,
                      input_shape=_dims(inputs[0]), output_names=[o.name for o in proto.graph.output],
-                     metadata={m.key: m.value for m in proto.metadata_props},
+                     metadata=meta, precision=meta.precision if meta else "fp32",
                      plugin_nodes=has_plugin_nodes(proto.graph))
     check_signature(info)
     return info
@@ -100,18 +121,19 @@ def read_engine_info(path: str | os.PathLike) -> ModelInfo:
     if not p.is_file():
         raise TinyvimError(f"{p}: no such file")
     sidecar = read_sidecar(p)
-    meta = dict(sidecar.get("onnx_metadata", {}))
-    backbone = meta.get("backbone") == "true"
+    meta = ExportMetadata.from_props(sidecar.get("onnx_metadata") or {}, source=f"{p}.json")
+    if meta is None:
+        raise TinyvimError(f"{p}.json has no tinyvim metadata of the ONNX it was built from: rebuild the engine "
+                           "with `tinyvim build-engine`")
     profile = (sidecar.get("profiles") or [{}])[0].get("images", {})
-    h, w = parse_size(meta["input_size"]) if meta.get("input_size") else (None, None)
-    fixed = profile.get("min") == profile.get("max") and profile.get("min")
-    info = ModelInfo(path=os.fspath(p), kind="engine", input_name="images",
-                     input_shape=[profile["min"][0] if fixed else None, 3, h, w],
-                     output_names=BACKBONE_OUTPUTS if backbone else CLASSIFIER_OUTPUTS,
-                     metadata={**meta, "precision": sidecar.get("precision", meta.get("precision", "fp32"))})
-    info.metadata["max_batch"] = str(profile["max"][0]) if profile.get("max") else ""
-    info.metadata["min_batch"] = str(profile["min"][0]) if profile.get("min") else ""
-    return info
+    lo, hi = profile.get("min"), profile.get("max")
+    batch_range = (int(lo[0]), int(hi[0])) if lo and hi else None
+    fixed = batch_range[0] if batch_range and batch_range[0] == batch_range[1] else None
+    h, w = meta.input_size if meta.input_size else (None, None)
+    return ModelInfo(path=os.fspath(p), kind="engine", input_name=INPUT_NAME, input_shape=[fixed, 3, h, w],
+                     output_names=list(BACKBONE_OUTPUTS if meta.backbone else CLASSIFIER_OUTPUTS),
+                     metadata=meta, precision=sidecar.get("precision", meta.precision),
+                     plugin_nodes=meta.scan == "plugin", batch_range=batch_range)
 
 
 def read_model_info(path: str | os.PathLike) -> ModelInfo:

@@ -13,6 +13,7 @@ from typing import Mapping, Sequence
 
 import numpy as np
 
+from tinyvim.contract import SCAN_PLUGIN
 from tinyvim.engines.base import BaseRunner
 from tinyvim.errors import TinyvimError
 
@@ -23,10 +24,6 @@ OPT_LEVELS = {
     "extended": "ORT_ENABLE_EXTENDED",
     "all": "ORT_ENABLE_ALL",
 }
-
-#: op_type / domain of the scan node in plugin-flavour graphs (not runnable by stock ORT)
-PLUGIN_OP_TYPE = "CrossSelectiveScan"
-PLUGIN_DOMAIN = "tinyvim"
 
 _ORT_TO_NUMPY = {"tensor(float)": np.float32, "tensor(float16)": np.float16,
                  "tensor(double)": np.float64, "tensor(bfloat16)": np.float32}
@@ -62,7 +59,7 @@ def parse_providers(text: str | Sequence[str] | None) -> list[str]:
 
 def has_plugin_nodes(graph) -> bool:
     """True when an onnx GraphProto contains the custom scan node (plugin flavour)."""
-    return any(n.op_type == PLUGIN_OP_TYPE or n.domain == PLUGIN_DOMAIN for n in graph.node)
+    return any(n.op_type == SCAN_PLUGIN.op_type or n.domain == SCAN_PLUGIN.onnx_domain for n in graph.node)
 
 
 class OrtRunner(BaseRunner):
@@ -116,7 +113,7 @@ class OrtRunner(BaseRunner):
         self.uses_plugin_cpu = self._has_plugin_nodes()
         if self.uses_plugin_cpu and not self.allow_plugin_cpu:
             raise TinyvimError(
-                f"this ONNX graph contains the custom {PLUGIN_DOMAIN}::{PLUGIN_OP_TYPE} node (exported with "
+                f"this ONNX graph contains the custom {SCAN_PLUGIN.onnx_domain}::{SCAN_PLUGIN.op_type} node (exported with "
                 "--scan plugin), which stock ONNX Runtime cannot run fast: use --backend trt with an engine "
                 "built from it, or export with --scan portable for ONNX Runtime")
         model = self.model if isinstance(self.model, bytes) else os.fspath(self.model)

@@ -7,15 +7,23 @@ TensorRT, whose copies are reported separately as h2d/d2h).
 """
 from __future__ import annotations
 
+import functools
 import os
 import platform
+import tempfile
 import time
-from typing import Callable
+from pathlib import Path
+from typing import Callable, Sequence
 
 import numpy as np
 
+from tinyvim.contract import check_batch, check_variant, format_size, parse_size
 from tinyvim.engines.base import BaseRunner
+from tinyvim.engines.model_info import ModelInfo, read_model_info
+from tinyvim.engines.registry import Backend, RunnerRequest, parse_backends
 from tinyvim.errors import TinyvimError
+
+SCHEMA_VERSION = 1
 
 
 def latency_stats(seconds) -> dict:
@@ -178,3 +186,98 @@ def plot_latency(entries: list[dict], path: str, title: str = "") -> None:
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
+
+
+def format_environment(env: dict, backends: Sequence[str]) -> str:
+    """One line naming the machine and the software versions the figures belong to."""
+    line = (f"CPU: {env['cpu']} ({env['cores']} cores, {env['threads']} threads); python {env['python']}, "
+            f"torch {env['torch']}, onnxruntime {env['onnxruntime']}, onnx {env['onnx']}")
+    extra = [f"{k} {env[k]}" for k in env.get("extra_versions", ())]
+    if env.get("gpu"):
+        extra.append(f"GPU {env['gpu']}")
+    if env.get("tensorrt"):
+        extra.append(f"TensorRT {env['tensorrt']}")
+    return line + (", " + ", ".join(extra) if extra else "")
+
+
+def _export_for_profile(path: Path, variant: str, checkpoint, ema: bool, size, log) -> ModelInfo:
+    """A dynamic-batch portable ONNX for backends that run one, when --model gave none."""
+    from tinyvim.export import export_onnx
+    log(f"exporting TinyViM-{variant.upper()} to a temporary ONNX...")
+    export_onnx(path, variant=variant, checkpoint=checkpoint, ema=ema, img_size=tuple(size), dynamic_batch=True)
+    return read_model_info(path)
+
+
+def run_profile(backends, *, models: Sequence[str] = (), variant: str | None = None, checkpoint: str | None = None,
+                ema: bool = False, img_size: str | None = None, batches: Sequence[int] = (1,), warmup: int = 5,
+                iters: int | None = 20, duration: float | None = None, threads: int | None = None, seed: int = 0,
+                options: dict | None = None, log: Callable[[str], None] = print) -> dict:
+    """`tinyvim profile`: time each backend at each batch size. Backends that run a file take the
+    --model of their kind (an ONNX is exported on the fly where the backend allows it). Returns
+    the JSON document: settings, environment and one result per (backend, batch)."""
+    selected: list[Backend] = parse_backends(backends)
+    for b in batches:
+        check_batch(b)
+    if warmup < 0 or (iters is not None and iters < 1) or (duration is not None and not duration > 0):
+        raise TinyvimError("--warmup must be >= 0, --iters >= 1 and --duration > 0")
+    by_kind: dict[str, ModelInfo] = {}
+    for m in models:
+        info = read_model_info(m)
+        if info.kind in by_kind:
+            raise TinyvimError(f"two --model files of kind {info.kind} ({by_kind[info.kind].path}, {info.path}): "
+                               "give one per kind")
+        by_kind[info.kind] = info
+    known = next(iter(by_kind.values()), None)
+    meta = known.metadata if known else None
+    variant = check_variant(variant or (meta.variant if meta else "s"))
+    if img_size:
+        size = parse_size(img_size) if not isinstance(img_size, tuple) else img_size
+    else:
+        size = (known.fixed_size if known and known.fixed_size else None) or \
+            (meta.input_size if meta and meta.input_size else (224, 224))
+    for info in by_kind.values():
+        if info.fixed_size and info.fixed_size != size:
+            raise TinyvimError(f"--img-size {format_size(size)} does not match {info.path} "
+                               f"({format_size(info.fixed_size)})")
+    threads = threads or default_threads()
+    options = dict(options or {})
+
+    with tempfile.TemporaryDirectory(prefix="tinyvim-profile-") as tmp:
+        files: dict[str, ModelInfo | None] = {}
+        for backend in selected:
+            info = next((by_kind[k] for k in backend.model_kinds if k in by_kind), None)
+            if backend.runs_files and info is None:
+                if not backend.exports_onnx:
+                    raise TinyvimError(f"--backend {backend.name} needs --model "
+                                       f"{' or '.join(k.upper() for k in backend.model_kinds)}{backend_hint(backend)}")
+                info = by_kind["onnx"] = _export_for_profile(Path(tmp) / "tinyvim.onnx", variant, checkpoint, ema,
+                                                             size, log)
+            files[backend.name] = info
+        request = functools.partial(RunnerRequest, "profile", variant=variant, checkpoint=checkpoint, ema=ema,
+                                    backbone=bool(known and known.backbone),
+                                    init_seed=meta.init_seed if meta else 0, threads=threads, options=options,
+                                    log=log)
+        factories = {b.name: functools.partial(b.runner, request(model=files[b.name])) for b in selected}
+
+        def batch_ok(name: str, b: int) -> str | None:
+            info = files.get(name)
+            return info.batch_problem(b) if info else None
+
+        env = environment(threads)
+        log(f"profiling TinyViM-{variant.upper()} {format_size(size)} on {', '.join(factories)}, batch "
+            f"{', '.join(map(str, batches))}, {threads} thread(s)")
+        entries = profile_backends(factories, list(batches), size, warmup=warmup,
+                                   iters=None if duration else iters, duration=duration, seed=seed, log=log,
+                                   batch_ok=batch_ok)
+    if not any("latency_ms" in e for e in entries):
+        raise TinyvimError("nothing was measured: every backend/batch combination was skipped "
+                           f"({'; '.join(sorted({e['skipped'] for e in entries}))})")
+    return {"schema_version": SCHEMA_VERSION, "variant": variant, "img_size": list(size), "checkpoint": checkpoint,
+            "environment": env, "settings": {"warmup": warmup, "iters": None if duration else iters,
+                                             "duration_s": duration, "threads": threads, "seed": seed,
+                                             "options": {k: v for k, v in options.items() if v is not None}},
+            "results": entries}
+
+
+def backend_hint(backend: Backend) -> str:
+    return f" ({backend.missing_model_hint})" if backend.missing_model_hint else ""

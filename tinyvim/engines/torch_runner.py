@@ -9,7 +9,7 @@ import numpy as np
 
 from tinyvim.engines.base import BaseRunner
 from tinyvim.errors import TinyvimError
-from tinyvim.export.onnx_export import output_names_for  # one naming rule for export and runners
+from tinyvim import contract
 
 #: backend name -> (fuse the model?, scan implementation). "auto" is the parallel scan on
 #: the CPU and our CUDA kernel on a GPU where it is built.
@@ -63,7 +63,7 @@ class TorchRunner(BaseRunner):
         fused, scan = TORCH_BACKENDS[backend]
         loader = tinyvim_loader(variant, checkpoint=checkpoint, ema=ema, backbone=backbone,
                                 seed=seed, fused=fused)
-        return cls(loader, scan=scan, threads=threads, output_names=output_names_for(backbone),
+        return cls(loader, scan=scan, threads=threads, output_names=contract.output_names(backbone),
                    name=backend)
 
     def activate_impl(self) -> None:

@@ -26,10 +26,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
+from tinyvim.contract import COMPUTE_PRECISIONS as PRECISIONS
 from tinyvim.errors import TinyvimError
 from tinyvim.utils import atomic_write_bytes
-
-PRECISIONS = ("fp32", "fp16", "bf16")
 
 
 # --------------------------------------------------------------------- pure logic
@@ -203,7 +202,7 @@ def build_engine(onnx_path: str | os.PathLike, output: str | os.PathLike | None 
     info = read_onnx_info(onnx_path)          # one-line errors for missing / foreign files first
     trt = import_tensorrt()
     gpu = gpu_info()
-    policy = precision_policy(precision, trt.__version__, info.metadata.get("precision", "fp32"))
+    policy = precision_policy(precision, trt.__version__, info.precision)
     size = info.fixed_size
     if size is None:
         raise TinyvimError(f"{onnx_path} has a dynamic image size: export with a fixed --img-size")
@@ -285,7 +284,7 @@ def build_engine(onnx_path: str | os.PathLike, output: str | os.PathLike | None 
         atomic_write_bytes(timing_cache, bytes(config.get_timing_cache().serialize()))
     sidecar = make_sidecar(tinyvim_version=tinyvim.__version__, trt_version=trt.__version__, gpu=gpu,
                            precision=precision, profiles=[shapes], onnx_path=os.fspath(onnx_path),
-                           onnx_sha256=sha256_file(onnx_path), onnx_metadata=info.metadata,
+                           onnx_sha256=sha256_file(onnx_path), onnx_metadata=info.metadata.to_props() if info.metadata else {},
                            build_seconds=seconds, strongly_typed=policy.strongly_typed, plugin=plugin_path)
     side = sidecar_path(out)
     atomic_write_bytes(side, (json.dumps(sidecar, indent=2) + "\n").encode())

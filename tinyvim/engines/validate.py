@@ -32,13 +32,18 @@ from __future__ import annotations
 import os
 import time
 from dataclasses import asdict, dataclass
+from typing import Callable
 
 import numpy as np
 
+from tinyvim.contract import check_batch, check_variant, parse_size
 from tinyvim.engines.base import BaseRunner
-from tinyvim.engines.compare import Comparison, Tolerance, compare_outputs
-from tinyvim.engines.model_info import VARIANTS, ModelInfo, parse_size
+from tinyvim.engines.compare import Comparison, Tolerance, compare_outputs, tolerance_for
+from tinyvim.engines.inputs import DEFAULT_CROP_PCT, image_batches, random_batches
+from tinyvim.engines.model_info import ModelInfo, read_model_info
+from tinyvim.engines.registry import RunnerRequest, default_backend_for, get_backend
 from tinyvim.errors import TinyvimError
+from tinyvim.utils import file_sha256
 
 SCHEMA_VERSION = 1
 
@@ -55,25 +60,23 @@ class ReferenceConfig:
     batch: int
 
 
-def _flag(value: str | None) -> bool | None:
-    return None if value in (None, "") else value.lower() == "true"
-
-
 def resolve_reference(info: ModelInfo, *, variant: str | None = None, checkpoint: str | None = None,
                       ema: bool | None = None, backbone: bool | None = None, img_size: str | None = None,
                       init_seed: int | None = None, batch: int | None = None) -> tuple[ReferenceConfig, list[str]]:
     """Reference configuration from the model's metadata, arguments overriding / filling in.
 
     Returns (config, warnings); raises TinyvimError when the arguments contradict the model."""
-    from tinyvim.engines.trt_common import sha256_file
-
     meta = info.metadata
     warnings: list[str] = []
-    variant = (variant or meta.get("variant") or "").lower()
-    if not variant:
+    if variant is not None:
+        variant = check_variant(variant)
+        if meta is not None and variant != meta.variant:
+            warnings.append(f"--variant {variant} overrides the model's metadata (TinyViM-{meta.variant.upper()}): "
+                            "expect a failed comparison unless the metadata is wrong")
+    elif meta is not None:
+        variant = meta.variant
+    else:
         raise TinyvimError(f"{info.path} carries no tinyvim metadata naming its variant: pass --variant s|b|l")
-    if variant not in VARIANTS:
-        raise TinyvimError(f"unknown variant {variant!r}: choose s, b or l")
 
     if backbone is not None and backbone != info.backbone:
         raise TinyvimError(f"--{'' if backbone else 'no-'}backbone contradicts the model, whose outputs are "
@@ -81,29 +84,24 @@ def resolve_reference(info: ModelInfo, *, variant: str | None = None, checkpoint
     backbone = info.backbone
 
     if img_size is not None:
-        size = parse_size(img_size)
+        size = parse_size(img_size) if not isinstance(img_size, tuple) else img_size
         if info.fixed_size and size != info.fixed_size:
             raise TinyvimError(f"--img-size {size[0]}x{size[1]} does not match the model's input "
                                f"{info.fixed_size[0]}x{info.fixed_size[1]}")
-    elif info.fixed_size:
-        size = info.fixed_size
     else:
-        size = parse_size(meta.get("input_size") or "224")
+        size = info.fixed_size or (meta.input_size if meta and meta.input_size else (224, 224))
 
     if batch is not None:
-        if batch < 1:
-            raise TinyvimError(f"--batch must be >= 1, got {batch}")
-        if info.fixed_batch and batch != info.fixed_batch:
-            raise TinyvimError(f"--batch {batch}: the model has a fixed batch of {info.fixed_batch} "
-                               "(export with --dynamic-batch for others)")
-        hi = meta.get("max_batch")
-        if hi and batch > int(hi):
-            raise TinyvimError(f"--batch {batch} exceeds the engine's max batch {hi}")
+        check_batch(batch)
+        problem = info.batch_problem(batch)
+        if problem:
+            raise TinyvimError(f"--batch {batch}: {problem} (export with --dynamic-batch, or build the engine "
+                               "for that batch)")
     else:
-        batch = info.fixed_batch or int(meta.get("min_batch") or 1)
+        batch = info.fixed_batch or (info.batch_range[0] if info.batch_range else 1)
 
-    recorded_ckpt = meta.get("checkpoint") or None
-    recorded_sha = meta.get("checkpoint_sha256") or ""
+    recorded_ckpt = (meta.checkpoint if meta else "") or None
+    recorded_sha = meta.checkpoint_sha256 if meta else ""
     if checkpoint is None and recorded_ckpt:
         if not os.path.isfile(recorded_ckpt):
             raise TinyvimError(f"the model was exported from checkpoint {recorded_ckpt}, which is not found "
@@ -112,16 +110,16 @@ def resolve_reference(info: ModelInfo, *, variant: str | None = None, checkpoint
     if checkpoint is not None:
         if not os.path.isfile(checkpoint):
             raise TinyvimError(f"--checkpoint {checkpoint}: no such file")
-        if recorded_sha and sha256_file(checkpoint) != recorded_sha:
+        if recorded_sha and file_sha256(checkpoint) != recorded_sha:
             warnings.append(f"checkpoint {checkpoint} differs from the one the model was exported from "
                             f"(sha256 {recorded_sha[:12]}...): expect a mismatch")
-        if "checkpoint_sha256" in meta and not recorded_sha:
+        if meta is not None and not recorded_sha:
             warnings.append("the model was exported with random weights, but --checkpoint was given")
     elif recorded_sha:
         raise TinyvimError("the model was exported from a checkpoint: pass it with --checkpoint")
 
-    ema = ema if ema is not None else bool(_flag(meta.get("ema")))
-    init_seed = init_seed if init_seed is not None else int(meta.get("init_seed") or 0)
+    ema = ema if ema is not None else bool(meta and meta.ema)
+    init_seed = init_seed if init_seed is not None else (meta.init_seed if meta else 0)
     return ReferenceConfig(variant, checkpoint, ema, backbone, size, init_seed, batch), warnings
 
 
@@ -159,7 +157,8 @@ def validate_runner(target: BaseRunner, reference: BaseRunner, batches: list[np.
 
 
 def make_report(result: ValidationResult, *, info: ModelInfo, config: ReferenceConfig, backend: str,
-                providers: list[str] | None, inputs: dict, precision: str, warnings: list[str]) -> dict:
+                providers: list[str] | None, inputs: dict, precision: str, warnings: list[str],
+                options: dict | None = None) -> dict:
     """The JSON document described in this module's docstring."""
     import tinyvim
 
@@ -168,11 +167,13 @@ def make_report(result: ValidationResult, *, info: ModelInfo, config: ReferenceC
         "schema_version": SCHEMA_VERSION,
         "tinyvim_version": tinyvim.__version__,
         "passed": result.passed,
-        "model": {"path": info.path, "kind": info.kind, "metadata": dict(info.metadata)},
+        "model": {"path": info.path, "kind": info.kind,
+                  "metadata": info.metadata.to_props() if info.metadata else {}},
         "reference": {"backend": "torch", "variant": config.variant, "checkpoint": config.checkpoint,
                       "ema": config.ema, "backbone": config.backbone, "img_size": list(config.img_size),
                       "init_seed": config.init_seed},
-        "backend": {"name": backend, "providers": providers},
+        "backend": {"name": backend, "providers": providers,
+                    "options": {k: v for k, v in (options or {}).items() if v is not None}},
         "inputs": inputs,
         "tolerance": {"precision": precision, **asdict(tol)},
         "outputs": [o.to_dict() for o in result.comparison.outputs],
@@ -202,3 +203,50 @@ def format_table(report: dict) -> str:
                  f"{report['reference']['variant'].upper()}, {n} images, {tol['precision']} tolerance "
                  f"atol={tol['atol']:g} rtol={tol['rtol']:g})")
     return "\n".join(lines)
+
+
+def validate_model(model: str | os.PathLike, *, backend: str | None = None, options: dict | None = None,
+                   threads: int | None = None, variant: str | None = None, checkpoint: str | None = None,
+                   ema: bool | None = None, backbone: bool | None = None, img_size: str | None = None,
+                   init_seed: int | None = None, batch: int | None = None, num_inputs: int = 4, seed: int = 0,
+                   images: str | os.PathLike | None = None, crop_pct: float = DEFAULT_CROP_PCT,
+                   atol: float | None = None, rtol: float | None = None,
+                   log: Callable[[str], None] = print) -> dict:
+    """`tinyvim validate`: run `model` on `backend` (by default the one for its file kind) and
+    the PyTorch reference on the same inputs; returns the report (module docstring)."""
+    from tinyvim.engines.profile import default_threads
+
+    info = read_model_info(model)
+    target_backend = get_backend(backend) if backend else default_backend_for(info)
+    target_backend.check_model(info)
+    if num_inputs < 1:
+        raise TinyvimError(f"--num-inputs must be >= 1, got {num_inputs}")
+    config, warnings = resolve_reference(info, variant=variant, checkpoint=checkpoint, ema=ema, backbone=backbone,
+                                         img_size=img_size, init_seed=init_seed, batch=batch)
+    for w in warnings:
+        log(f"warning: {w}")
+    try:
+        tolerance = tolerance_for(info.precision, atol, rtol)
+    except ValueError as exc:
+        raise TinyvimError(str(exc)) from None
+
+    if images:
+        batches, names = image_batches(images, config.batch, config.img_size, limit=None, crop_pct=crop_pct)
+        inputs = {"source": "images", "num_batches": len(batches), "batch": config.batch, "seed": None,
+                  "images": names}
+    else:
+        batches = random_batches(num_inputs, config.batch, config.img_size, seed)
+        inputs = {"source": "random", "num_batches": num_inputs, "batch": config.batch, "seed": seed, "images": None}
+
+    threads = threads or default_threads()
+    target = target_backend.runner(RunnerRequest("validate", model=info, threads=threads, options=dict(options or {}),
+                                                 log=log))
+    reference = get_backend("torch").runner(RunnerRequest(
+        "reference", variant=config.variant, checkpoint=config.checkpoint, ema=config.ema, backbone=config.backbone,
+        init_seed=config.init_seed, threads=threads, log=log))
+    log(f"validating {info.path} ({target_backend.name}) against TinyViM-{config.variant.upper()} "
+        f"{config.img_size[0]}x{config.img_size[1]} on {inputs['num_batches']} batch(es) of {config.batch}...")
+    result = validate_runner(target, reference, batches, tolerance)
+    return make_report(result, info=info, config=config, backend=target_backend.name,
+                       providers=getattr(target, "providers", None), inputs=inputs, precision=info.precision,
+                       warnings=warnings, options=options)

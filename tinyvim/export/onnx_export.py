@@ -18,22 +18,18 @@ import torch
 from torch import nn
 
 from tinyvim import __version__
+from tinyvim.contract import (DEFAULT_OPSET, EXPORT_PRECISIONS, INPUT_NAME, MAX_BATCH, MIN_OPSET, SCAN_FLAVOURS,
+                              SCAN_PLUGIN, ExportMetadata, check_batch, check_input_size, check_variant, output_names)
 from tinyvim.errors import TinyvimError
-from tinyvim.model import IMAGENET_MEAN, IMAGENET_STD, check_input_size, create_model, file_sha256, reparameterize
+from tinyvim.model import create_model, file_sha256, reparameterize
 from tinyvim.ops import scan_implementation
 from tinyvim.utils import atomic_output
-
-SCAN_FLAVOURS = ("portable", "plugin")
-PRECISIONS = ("fp32", "fp16")
-DEFAULT_OPSET = 20          # torch 2.13's dynamo exporter default; has Gelu as one op
-MIN_OPSET = 18
-MAX_DYNAMIC_BATCH = 4096
 
 
 @dataclass
 class ExportResult:
     path: Path
-    metadata: dict[str, str]
+    metadata: ExportMetadata
     num_nodes: int
     op_counts: dict[str, int]
     seconds: float
@@ -55,35 +51,23 @@ class _FP16Wrapper(nn.Module):
         return tuple(o.float() for o in out) if isinstance(out, tuple) else out.float()
 
 
-def output_names_for(backbone: bool) -> list[str]:
-    return [f"feat{i}" for i in range(4)] if backbone else ["logits"]
-
-
 def build_metadata(*, variant, backbone, ema, checkpoint, seed, img_size, batch, dynamic_batch, scan,
-                   opset, precision) -> dict[str, str]:
-    """metadata_props written into every export; `validate` reads them back."""
-    return {
-        "tinyvim_version": __version__,
-        "variant": variant,
-        "backbone": str(bool(backbone)).lower(),
-        "ema": str(bool(ema)).lower(),
-        "checkpoint": str(Path(checkpoint).resolve()) if checkpoint else "",
-        "checkpoint_sha256": file_sha256(checkpoint) if checkpoint else "",
-        "init_seed": str(seed),
-        "input_size": f"{img_size[0]}x{img_size[1]}",
-        "batch": "dynamic" if dynamic_batch else str(batch),
-        "mean": ",".join(map(str, IMAGENET_MEAN)),
-        "std": ",".join(map(str, IMAGENET_STD)),
-        "scan": scan,
-        "opset": str(opset),
-        "precision": precision,
-    }
+                   opset, precision) -> ExportMetadata:
+    """The metadata written into every export; `validate`, `profile` and engine sidecars read it back."""
+    return ExportMetadata(
+        variant=variant, backbone=bool(backbone), ema=bool(ema),
+        checkpoint=str(Path(checkpoint).resolve()) if checkpoint else "",
+        checkpoint_sha256=file_sha256(checkpoint) if checkpoint else "",
+        init_seed=int(seed), input_size=tuple(img_size), batch=None if dynamic_batch else int(batch),
+        scan=scan, opset=int(opset), precision=precision, tinyvim_version=__version__)
 
 
-def read_metadata(model: onnx.ModelProto | str | os.PathLike) -> dict[str, str]:
+def read_metadata(model: onnx.ModelProto | str | os.PathLike) -> ExportMetadata | None:
+    """The validated tinyvim metadata of an ONNX model (None when it has none)."""
+    source = "ONNX model" if isinstance(model, onnx.ModelProto) else os.fspath(model)
     if not isinstance(model, onnx.ModelProto):
         model = onnx.load(str(model), load_external_data=False)
-    return {p.key: p.value for p in model.metadata_props}
+    return ExportMetadata.from_props({p.key: p.value for p in model.metadata_props}, source=source)
 
 
 def op_counts(model: onnx.ModelProto) -> dict[str, int]:
@@ -96,27 +80,24 @@ def op_counts(model: onnx.ModelProto) -> dict[str, int]:
 def _check_args(scan, precision, img_size, batch, opset):
     if scan not in SCAN_FLAVOURS:
         raise TinyvimError(f"unknown --scan {scan!r}: choose portable (standard ONNX ops) or plugin (TensorRT)")
-    if precision not in PRECISIONS:
-        raise TinyvimError(f"unknown --precision {precision!r}: choose fp32 or fp16")
+    if precision not in EXPORT_PRECISIONS:
+        raise TinyvimError(f"unknown --precision {precision!r}: choose {' or '.join(EXPORT_PRECISIONS)}")
     check_input_size(*img_size)
-    if batch < 1:
-        raise TinyvimError(f"--batch must be at least 1, got {batch}")
+    check_batch(batch)
     if opset < MIN_OPSET:
         raise TinyvimError(f"--opset {opset} is too old: TinyViM needs opset {MIN_OPSET} or newer")
 
 
 def _torch_export(model: nn.Module, example: torch.Tensor, *, scan: str, dynamic_batch: bool, opset: int,
                   output_names: list[str], lowering: str = "parallel") -> onnx.ModelProto:
-    from tinyvim.export.plugin_op import cross_selective_scan_node
-    kwargs = dict(dynamo=True, opset_version=opset, input_names=["images"], output_names=output_names,
+    """torch.onnx.export (dynamo) + constant folding; one-line TinyvimError on failure."""
+    kwargs = dict(dynamo=True, opset_version=opset, input_names=[INPUT_NAME], output_names=output_names,
                   optimize=False, verbose=False)
     if dynamic_batch:
-        kwargs["dynamic_shapes"] = {"x": {0: torch.export.Dim("batch", min=1, max=MAX_DYNAMIC_BATCH)}}
-    if scan == "plugin":
-        kwargs["custom_translation_table"] = {torch.ops.tinyvim.cross_selective_scan.default: cross_selective_scan_node}
-        ctx = contextlib.nullcontext()
-    else:
-        ctx = scan_implementation(lowering, inline=True)   # trace the scan's standard ops
+        kwargs["dynamic_shapes"] = {"x": {0: torch.export.Dim("batch", min=1, max=MAX_BATCH)}}
+    # plugin: the scan becomes the contract's custom node (tinyvim.ops.scan._plugin_node);
+    # portable: trace the scan implementation's standard ops
+    ctx = contextlib.nullcontext() if scan == "plugin" else scan_implementation(lowering, inline=True)
     # The exporter is chatty (progress lines, deprecation and torchvision warnings): keep
     # our own summary readable, and surface its text only if it fails.
     sink = io.StringIO()
@@ -178,6 +159,7 @@ def export_onnx(output: str | os.PathLike, *, variant: str = "s", checkpoint: st
     position; bench/onnx_cpu.py compares them). Returns an ExportResult with the node census."""
     opset = opset or DEFAULT_OPSET
     img_size = tuple(img_size)
+    variant = check_variant(variant)
     _check_args(scan, precision, img_size, batch, opset)
     log = log or (lambda msg: None)
     start = time.perf_counter()
@@ -186,7 +168,7 @@ def export_onnx(output: str | os.PathLike, *, variant: str = "s", checkpoint: st
     deploy = reparameterize(model)
     if precision == "fp16":
         deploy = _FP16Wrapper(deploy)
-    names = output_names_for(backbone)
+    names = output_names(backbone)
     example_batch = max(batch, 2) if dynamic_batch else batch   # batch 1 would pin the dimension
     example = torch.randn(example_batch, 3, *img_size, generator=torch.Generator().manual_seed(0))
     log(f"tracing TinyViM-{variant.upper()} ({scan} scan, {precision}, {img_size[0]}x{img_size[1]}, "
@@ -201,7 +183,7 @@ def export_onnx(output: str | os.PathLike, *, variant: str = "s", checkpoint: st
                               img_size=img_size, batch=batch, dynamic_batch=dynamic_batch, scan=scan,
                               opset=opset, precision=precision)
     del proto.metadata_props[:]
-    for key, value in metadata.items():
+    for key, value in metadata.to_props().items():
         proto.metadata_props.add(key=key, value=value)
     proto.producer_name, proto.producer_version = "tinyvim", __version__
     _verify(proto, scan, names)
@@ -216,13 +198,49 @@ def export_onnx(output: str | os.PathLike, *, variant: str = "s", checkpoint: st
 
 def _verify(proto: onnx.ModelProto, scan: str, names: list[str]) -> None:
     """The flavour's promises, checked on the graph itself before anything is written."""
-    from tinyvim.export.plugin_op import PLUGIN_DOMAIN, PLUGIN_OP_TYPE
     custom = [n for n in proto.graph.node if n.domain not in ("", "ai.onnx")]
     if scan == "portable" and custom:
         raise TinyvimError(f"internal: portable export produced non-standard nodes {sorted({n.op_type for n in custom})}")
     if scan == "plugin":
-        odd = [n for n in custom if (n.domain, n.op_type) != (PLUGIN_DOMAIN, PLUGIN_OP_TYPE)]
+        odd = [n for n in custom if (n.domain, n.op_type) != (SCAN_PLUGIN.onnx_domain, SCAN_PLUGIN.op_type)]
         if odd or not custom:
             raise TinyvimError(f"internal: plugin export has unexpected custom nodes {[n.op_type for n in odd]}")
-    if [i.name for i in proto.graph.input] != ["images"] or [o.name for o in proto.graph.output] != names:
+        for node in custom:
+            problems = plugin_node_problems(node)
+            if problems:
+                raise TinyvimError(f"internal: plugin node {node.name} breaks the plugin contract: {'; '.join(problems)}")
+    if [i.name for i in proto.graph.input] != [INPUT_NAME] or [o.name for o in proto.graph.output] != names:
         raise TinyvimError("internal: exported graph has unexpected input/output names")
+
+
+_ATTR_TYPE_NAMES = {onnx.AttributeProto.INT: "INT", onnx.AttributeProto.FLOAT: "FLOAT",
+                    onnx.AttributeProto.STRING: "STRING"}
+
+
+def plugin_node_problems(node: onnx.NodeProto) -> list[str]:
+    """What is wrong with a CrossSelectiveScan node by the declared contract (empty when
+    nothing): input count, plugin_version / plugin_namespace, every field present with its
+    declared ONNX attribute type and range, no undeclared attribute."""
+    spec = SCAN_PLUGIN
+    problems = []
+    if len(node.input) != len(spec.inputs) or len(node.output) != len(spec.outputs):
+        problems.append(f"{len(node.input)} inputs / {len(node.output)} outputs, the contract has "
+                        f"{len(spec.inputs)} / {len(spec.outputs)}")
+    attrs = {a.name: a for a in node.attribute}
+    for key, want in (("plugin_version", spec.version), ("plugin_namespace", spec.namespace)):
+        got = onnx.helper.get_attribute_value(attrs[key]).decode() if key in attrs else None
+        if got != want:
+            problems.append(f"{key} is {got!r}, the contract says {want!r}")
+    for f in spec.fields:
+        if f.name not in attrs:
+            problems.append(f"attribute {f.name} is missing")
+            continue
+        kind = _ATTR_TYPE_NAMES.get(attrs[f.name].type, onnx.AttributeProto.AttributeType.Name(attrs[f.name].type))
+        if kind != f.onnx_type:
+            problems.append(f"attribute {f.name} is {kind}, the contract says {f.onnx_type}")
+        elif kind == "INT" and not f.minimum <= attrs[f.name].i <= f.maximum:
+            problems.append(f"attribute {f.name}={attrs[f.name].i} is outside {f.minimum}..{f.maximum}")
+    extra = set(attrs) - {"plugin_version", "plugin_namespace"} - {f.name for f in spec.fields}
+    if extra:
+        problems.append(f"undeclared attribute(s) {sorted(extra)}")
+    return problems

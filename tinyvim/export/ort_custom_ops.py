@@ -11,8 +11,8 @@ import os
 import numpy as np
 import onnx
 
+from tinyvim.contract import SCAN_PLUGIN
 from tinyvim.errors import TinyvimError
-from tinyvim.export.plugin_op import PLUGIN_DOMAIN, PLUGIN_OP_TYPE
 
 CONTRIB_DOMAIN = "ai.onnx.contrib"
 _registered = False
@@ -32,18 +32,25 @@ def _register() -> None:
 
     from tinyvim.ops import scan_parallel
 
-    @onnx_op(op_type=PLUGIN_OP_TYPE, inputs=[PyCustomOpDef.dt_float] * 7, outputs=[PyCustomOpDef.dt_float],
-             attrs={"plugin_version": PyCustomOpDef.dt_string, "plugin_namespace": PyCustomOpDef.dt_string})
-    def _cross_selective_scan(x, delta, Bs, Cs, A, Ds, delta_bias, **attrs):
-        args = [torch.from_numpy(np.ascontiguousarray(a, dtype=np.float32)) for a in (x, delta, Bs, Cs, A, Ds, delta_bias)]
+    # Inputs, outputs and attributes as the contract declares them (the node carries float32).
+    attr_types = {"INT": PyCustomOpDef.dt_int64, "FLOAT": PyCustomOpDef.dt_float, "STRING": PyCustomOpDef.dt_string}
+    attrs = {"plugin_version": PyCustomOpDef.dt_string, "plugin_namespace": PyCustomOpDef.dt_string,
+             **{f.name: attr_types[f.onnx_type] for f in SCAN_PLUGIN.fields}}
+
+    @onnx_op(op_type=SCAN_PLUGIN.op_type, inputs=[PyCustomOpDef.dt_float] * len(SCAN_PLUGIN.inputs),
+             outputs=[PyCustomOpDef.dt_float] * len(SCAN_PLUGIN.outputs), attrs=attrs)
+    def _cross_selective_scan(*arrays, **node_attrs):
+        shapes = dict(zip(SCAN_PLUGIN.input_names, (a.shape for a in arrays)))
+        fields = {f.name: int(node_attrs[f.name]) for f in SCAN_PLUGIN.fields}
+        try:   # what the TensorRT plugin checks at configure time, checked here too
+            SCAN_PLUGIN.bind_dims(shapes, **fields)
+        except ValueError as exc:
+            raise ValueError(f"{SCAN_PLUGIN.op_type}: {exc}") from None
+        args = [torch.from_numpy(np.ascontiguousarray(a, dtype=np.float32)) for a in arrays]
         with torch.no_grad():
             return scan_parallel(*args).numpy()
 
     _registered = True
-
-
-def has_plugin_nodes(model: onnx.ModelProto) -> bool:
-    return any(n.domain == PLUGIN_DOMAIN and n.op_type == PLUGIN_OP_TYPE for n in model.graph.node)
 
 
 def to_contrib_domain(model: onnx.ModelProto) -> onnx.ModelProto:
@@ -51,9 +58,9 @@ def to_contrib_domain(model: onnx.ModelProto) -> onnx.ModelProto:
     out = onnx.ModelProto()
     out.CopyFrom(model)
     for node in out.graph.node:
-        if node.domain == PLUGIN_DOMAIN and node.op_type == PLUGIN_OP_TYPE:
+        if node.domain == SCAN_PLUGIN.onnx_domain and node.op_type == SCAN_PLUGIN.op_type:
             node.domain = CONTRIB_DOMAIN
-    kept = [o for o in out.opset_import if o.domain != PLUGIN_DOMAIN]
+    kept = [o for o in out.opset_import if o.domain != SCAN_PLUGIN.onnx_domain]
     del out.opset_import[:]
     out.opset_import.extend(kept)
     if not any(o.domain == CONTRIB_DOMAIN for o in kept):

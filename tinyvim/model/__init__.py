@@ -7,10 +7,8 @@ import torch
 from torch import nn
 
 from tinyvim.model.checkpoint import backbone_state, file_sha256, infer_variant, load_into, read_checkpoint
-from tinyvim.model.tinyvim import (
-    IMAGENET_MEAN, IMAGENET_STD, INPUT_MULTIPLE, VARIANTS, DeployTinyViM, TinyViM, check_input_size,
-    variant_config,
-)
+from tinyvim.contract import IMAGENET_MEAN, IMAGENET_STD, INPUT_MULTIPLE, check_input_size
+from tinyvim.model.tinyvim import VARIANTS, DeployTinyViM, TinyViM, variant_config
 
 
 def create_model(variant: str = "s", *, checkpoint: str | os.PathLike | None = None, backbone: bool = False,

@@ -7,13 +7,10 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from tinyvim.errors import TinyvimError
+from tinyvim import contract
+from tinyvim.contract import check_input_size
 from tinyvim.model.layers import Affine2d, Conv2d_BN, LocalBlock
 from tinyvim.model.ss2d import TViMBlock
-
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
-INPUT_MULTIPLE = 32   # stride-4 stem × three stride-2 downsamplers, and the scan pools by 8 at stride 4
 
 
 @dataclass(frozen=True)
@@ -28,20 +25,11 @@ VARIANTS = {
     "b": VariantConfig("b", (48, 96, 192, 384), (4, 3, 10, 5)),
     "l": VariantConfig("l", (64, 128, 384, 512), (4, 4, 12, 6)),
 }
+assert tuple(VARIANTS) == contract.VARIANTS
 
 
 def variant_config(variant: str) -> VariantConfig:
-    key = str(variant).lower().removeprefix("tinyvim-").removeprefix("tinyvim_")
-    if key not in VARIANTS:
-        raise TinyvimError(f"unknown variant {variant!r}: choose s, b or l")
-    return VARIANTS[key]
-
-
-def check_input_size(h: int, w: int) -> None:
-    """TinyViM needs H and W divisible by 32; say so before any compute."""
-    if h % INPUT_MULTIPLE or w % INPUT_MULTIPLE or h <= 0 or w <= 0:
-        raise TinyvimError(f"input size {h}x{w} is not divisible by {INPUT_MULTIPLE}: TinyViM downsamples by 32 "
-                           f"(e.g. use 224x224 or 256x256)")
+    return VARIANTS[contract.check_variant(variant)]
 
 
 def is_tvim_block(stage: int, j: int, depth: int) -> bool:

@@ -38,6 +38,8 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from tinyvim.contract import SCAN_PLUGIN
+
 ScanFn = Callable[[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor], Tensor]
 
 
@@ -373,9 +375,21 @@ def cross_selective_scan(x: Tensor, delta: Tensor, Bs: Tensor, Cs: Tensor, A: Te
     inline `scan_implementation` block is active."""
     if _inline():
         return _IMPLEMENTATIONS[current_scan_implementation()](x, delta, Bs, Cs, A, Ds, delta_bias)
-    if torch.onnx.is_in_onnx_export() and x.dtype != torch.float32:
-        # The plugin node's contract in ONNX is float32 in, float32 out (the scan computes
-        # in float32 anyway); reduced-precision graphs get explicit casts around it.
-        args = [t.float() for t in (x, delta, Bs, Cs, A, Ds, delta_bias)]
-        return torch.ops.tinyvim.cross_selective_scan(*args).to(x.dtype)
+    if torch.onnx.is_in_onnx_export():
+        return _plugin_node(x, delta, Bs, Cs, A, Ds, delta_bias)
     return torch.ops.tinyvim.cross_selective_scan(x, delta, Bs, Cs, A, Ds, delta_bias)
+
+
+def _plugin_node(x, delta, Bs, Cs, A, Ds, delta_bias) -> Tensor:
+    """The plugin flavour's ONNX node, written from the declared contract: op type, domain,
+    plugin_version / plugin_namespace and every field (d_state = N, read from A) as the node
+    attributes TensorRT's ONNX parser forwards to the creator.
+
+    The node's tensors are float32 (the scan computes in float32 anyway): reduced-precision
+    graphs get explicit casts around it."""
+    spec = SCAN_PLUGIN
+    attrs = spec.node_attributes(d_state=int(A.shape[1]))
+    args = tuple(t.float() for t in (x, delta, Bs, Cs, A, Ds, delta_bias))
+    y = torch.onnx.ops.symbolic(f"{spec.onnx_domain}::{spec.op_type}", args, attrs=attrs, dtype=torch.float32,
+                                shape=x.shape, version=spec.onnx_domain_version)
+    return y.to(x.dtype)

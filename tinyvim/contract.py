@@ -1,0 +1,415 @@
+"""What two or more layers must agree on, declared once.
+
+Every other module reads these names instead of spelling them again; the C++ plugin, which
+cannot import Python, is checked against them by tests (tests/test_contract*.py), and the
+README's plugin table is rendered from them (`python -m tinyvim.contract`).
+
+- Vocabularies: variants, scan flavours, precisions, ImageNet mean/std, the multiple-of-32
+  rule, batch and size limits, the graph's input and output names.
+- SCAN_PLUGIN: the CrossSelectiveScan plugin - name, version, namespace, ONNX domain, each
+  field with its ONNX attribute type and the PluginField type TensorRT's ONNX parser turns it
+  into, each input/output with rank, symbolic shape and dtype rule.
+- ExportMetadata: the typed `metadata_props` of every export (and of engine sidecars), with
+  `to_props()` / `from_props()`; reading back validates every value (type, range) before
+  anything trusts it.
+
+This module imports nothing heavy (no torch, no onnx): every layer may depend on it.
+"""
+from __future__ import annotations
+
+import math
+import re
+from dataclasses import dataclass, field, fields
+from typing import Mapping
+
+from tinyvim.errors import TinyvimError
+
+# --------------------------------------------------------------------- vocabularies
+VARIANTS = ("s", "b", "l")
+SCAN_FLAVOURS = ("portable", "plugin")
+#: precisions an ONNX export can be written in
+EXPORT_PRECISIONS = ("fp32", "fp16")
+#: precisions a backend may compute in (TensorRT builder flags, OpenVINO hints)
+COMPUTE_PRECISIONS = ("fp32", "fp16", "bf16")
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+#: stride-4 stem x three stride-2 downsamplers; the scan pools by 8 at stride 4.
+INPUT_MULTIPLE = 32
+#: largest image side accepted anywhere (a 4096x4096 batch of 1 is 200 MB of float32 input).
+MAX_IMAGE_SIDE = 4096
+#: largest batch accepted anywhere (export, engine profiles, validate, profile).
+MAX_BATCH = 4096
+
+MIN_OPSET = 18
+DEFAULT_OPSET = 20          # torch 2.13's dynamo exporter default; has Gelu as one op
+
+INPUT_NAME = "images"
+CLASSIFIER_OUTPUTS = ("logits",)
+BACKBONE_OUTPUTS = ("feat0", "feat1", "feat2", "feat3")
+
+
+def output_names(backbone: bool) -> list[str]:
+    """Graph output names: 'logits' for the classifier, feat0..feat3 for the backbone."""
+    return list(BACKBONE_OUTPUTS if backbone else CLASSIFIER_OUTPUTS)
+
+
+def check_variant(variant: str) -> str:
+    """'S', 'tinyvim-s', 's' -> 's'; a one-line error otherwise."""
+    key = str(variant).lower().removeprefix("tinyvim-").removeprefix("tinyvim_")
+    if key not in VARIANTS:
+        raise TinyvimError(f"unknown variant {variant!r}: choose {', '.join(VARIANTS)}")
+    return key
+
+
+def check_input_size(h: int, w: int) -> tuple[int, int]:
+    """H and W positive multiples of 32 and at most MAX_IMAGE_SIDE; one-line error otherwise."""
+    if h <= 0 or w <= 0 or h % INPUT_MULTIPLE or w % INPUT_MULTIPLE:
+        raise TinyvimError(f"input size {h}x{w} is not divisible by {INPUT_MULTIPLE}: TinyViM downsamples by "
+                           f"{INPUT_MULTIPLE} (e.g. use 224x224 or 256x256)")
+    if max(h, w) > MAX_IMAGE_SIDE:
+        raise TinyvimError(f"input size {h}x{w} is larger than {MAX_IMAGE_SIDE} on a side: "
+                           f"use at most {MAX_IMAGE_SIDE}x{MAX_IMAGE_SIDE}")
+    return h, w
+
+
+def format_size(size: tuple[int, int]) -> str:
+    """(224, 256) -> '224x256': how every command prints a size."""
+    return f"{size[0]}x{size[1]}"
+
+
+def parse_size(text: str | int) -> tuple[int, int]:
+    """'224' or '224x256' (also '224,256') -> (H, W), checked with check_input_size."""
+    parts = [p.strip() for p in str(text).lower().replace(",", "x").split("x")]
+    if not all(re.fullmatch(r"\d{1,6}", p) for p in parts) or len(parts) not in (1, 2):
+        raise TinyvimError(f"image size {str(text)!r} is not N or HxW (e.g. 224 or 224x256)")
+    size = tuple(int(p) for p in parts)
+    if len(size) == 1:
+        size = size * 2
+    return check_input_size(*size)
+
+
+def check_batch(batch: int, what: str = "--batch") -> int:
+    """1 <= batch <= MAX_BATCH, with a one-line error naming the option."""
+    if isinstance(batch, bool) or not isinstance(batch, int) or not 1 <= batch <= MAX_BATCH:
+        raise TinyvimError(f"{what} must be an integer from 1 to {MAX_BATCH}, got {batch!r}")
+    return batch
+
+
+# --------------------------------------------------------------------- the scan plugin
+@dataclass(frozen=True)
+class PluginFieldSpec:
+    """One plugin field: the ONNX node attribute and the PluginField TensorRT's ONNX parser
+    makes of it (loadFields: INT -> kINT32, FLOAT -> kFLOAT32, STRING -> kCHAR)."""
+    name: str
+    onnx_type: str            # onnx.AttributeProto type name: INT, FLOAT, STRING
+    trt_type: str             # nvinfer1::PluginFieldType enumerator
+    length: int
+    minimum: int
+    maximum: int
+    doc: str
+
+
+@dataclass(frozen=True)
+class PluginTensorSpec:
+    """One input or output: symbolic dims, and the dtypes it may take. `same_dtype_as` ties its
+    dtype to another tensor's (the plugin accepts any of `dtypes` for that one)."""
+    name: str
+    dims: tuple[str, ...]
+    dtypes: tuple[str, ...]
+    same_dtype_as: str | None
+    doc: str
+
+    @property
+    def rank(self) -> int:
+        return len(self.dims)
+
+
+#: ONNX attribute type name -> the PluginFieldType the ONNX parser produces from it.
+ONNX_TO_TRT_FIELD_TYPE = {"INT": "kINT32", "FLOAT": "kFLOAT32", "STRING": "kCHAR"}
+#: nvinfer1::PluginFieldType enumerator values (NvInferRuntimePlugin.h / NvInferPluginBase.h).
+TRT_FIELD_TYPE_VALUES = {"kFLOAT16": 0, "kFLOAT32": 1, "kFLOAT64": 2, "kINT8": 3, "kINT16": 4, "kINT32": 5,
+                         "kCHAR": 6, "kDIMS": 7, "kUNKNOWN": 8, "kBF16": 9, "kINT64": 10, "kFP8": 11,
+                         "kINT4": 12, "kFP4": 13}
+
+
+@dataclass(frozen=True)
+class PluginSpec:
+    op_type: str              # ONNX op_type == TensorRT plugin name
+    version: str              # node attribute plugin_version == creator's getPluginVersion()
+    namespace: str            # node attribute plugin_namespace == creator's getPluginNamespace()
+    onnx_domain: str          # the node's domain (TensorRT's parser ignores it; ORT needs one)
+    onnx_domain_version: int
+    fields: tuple[PluginFieldSpec, ...]
+    inputs: tuple[PluginTensorSpec, ...]
+    outputs: tuple[PluginTensorSpec, ...]
+
+    def field(self, name: str) -> PluginFieldSpec:
+        for f in self.fields:
+            if f.name == name:
+                return f
+        raise KeyError(name)
+
+    @property
+    def input_names(self) -> tuple[str, ...]:
+        return tuple(t.name for t in self.inputs)
+
+    @property
+    def output_names(self) -> tuple[str, ...]:
+        return tuple(t.name for t in self.outputs)
+
+    def node_attributes(self, **values: int) -> dict[str, object]:
+        """The node's attributes: plugin_version, plugin_namespace, then every field, each
+        value range-checked. Raises ValueError for a missing, unknown or out-of-range field."""
+        unknown = set(values) - {f.name for f in self.fields}
+        if unknown:
+            raise ValueError(f"{self.op_type}: unknown field(s) {sorted(unknown)}")
+        attrs: dict[str, object] = {"plugin_version": self.version, "plugin_namespace": self.namespace}
+        for f in self.fields:
+            if f.name not in values:
+                raise ValueError(f"{self.op_type}: field {f.name} is required")
+            v = values[f.name]
+            if isinstance(v, bool) or not isinstance(v, int) or not f.minimum <= v <= f.maximum:
+                raise ValueError(f"{self.op_type}: {f.name}={v!r} is outside {f.minimum}..{f.maximum}")
+            attrs[f.name] = int(v)
+        return attrs
+
+    def bind_dims(self, shapes: Mapping[str, tuple[int, ...]], **fields_: int) -> dict[str, int]:
+        """Check concrete input shapes against the symbolic dims (and the fields, e.g. d_state
+        is N); returns the symbol values {'B':…, 'D':…, …}. Raises ValueError naming the input."""
+        env: dict[str, int] = {"N": fields_["d_state"]} if "d_state" in fields_ else {}
+        for t in self.inputs:
+            shape = tuple(shapes[t.name])
+            if len(shape) != t.rank:
+                raise ValueError(f"{t.name} must have rank {t.rank} {t.dims}, got {shape}")
+            for sym, d in zip(t.dims, shape):
+                want = _eval_dim(sym, env)
+                if want is None:
+                    env[sym] = int(d)
+                elif want != d:
+                    raise ValueError(f"{t.name} must be {t.dims} = {tuple(_eval_dim(s, env) for s in t.dims)}, "
+                                     f"got {shape}")
+        return env
+
+    def output_shape(self, env: Mapping[str, int], index: int = 0) -> tuple[int, ...]:
+        return tuple(_eval_dim(s, env) for s in self.outputs[index].dims)  # type: ignore[misc]
+
+    def markdown(self) -> str:
+        """The plugin's contract as Markdown tables (the README section is this text)."""
+        lines = [f"`{self.op_type}` — ONNX domain `{self.onnx_domain}`, attributes `plugin_version=\"{self.version}\"`, "
+                 f"`plugin_namespace=\"{self.namespace}\"` (TensorRT finds the creator by op_type + these two).", "",
+                 "| field | ONNX attribute | TensorRT PluginField | range | meaning |", "|---|---|---|---|---|"]
+        for f in self.fields:
+            lines.append(f"| `{f.name}` | {f.onnx_type} | {f.trt_type} × {f.length} | {f.minimum}..{f.maximum} | {f.doc} |")
+        lines += ["", "| tensor | dims | dtypes | meaning |", "|---|---|---|---|"]
+        for kind, tensors in (("in", self.inputs), ("out", self.outputs)):
+            for t in tensors:
+                dt = f"same as `{t.same_dtype_as}`" if t.same_dtype_as else ", ".join(t.dtypes)
+                lines.append(f"| {kind} `{t.name}` | ({', '.join(t.dims)}) | {dt} | {t.doc} |")
+        return "\n".join(lines)
+
+
+def _eval_dim(sym: str, env: Mapping[str, int]) -> int | None:
+    """'4' -> 4, 'D' -> env['D'], '4D' -> 4 * env['D']; None when the symbol is not bound yet."""
+    m = re.fullmatch(r"(\d*)([A-Z]?)", sym)
+    assert m, sym
+    k, s = m.groups()
+    if not s:
+        return int(k)
+    if s not in env:
+        return None
+    return int(k or 1) * env[s]
+
+
+SCAN_DTYPES = ("float32", "float16", "bfloat16")
+
+SCAN_PLUGIN = PluginSpec(
+    op_type="CrossSelectiveScan",
+    version="1",
+    namespace="tinyvim",
+    onnx_domain="tinyvim",
+    onnx_domain_version=1,
+    fields=(
+        PluginFieldSpec("d_state", "INT", ONNX_TO_TRT_FIELD_TYPE["INT"], 1, 1, 16,
+                        "N, the SSM state size; must equal dim 2 of Bs/Cs and dim 1 of A"),
+    ),
+    inputs=(
+        PluginTensorSpec("x", ("B", "D", "H", "W"), SCAN_DTYPES, None, "low-frequency map fed to the scan (u)"),
+        PluginTensorSpec("delta", ("B", "4D", "H", "W"), SCAN_DTYPES, "x", "raw dt per direction, before bias/softplus"),
+        PluginTensorSpec("Bs", ("B", "4", "N", "H", "W"), SCAN_DTYPES, "x", "input projections per direction"),
+        PluginTensorSpec("Cs", ("B", "4", "N", "H", "W"), SCAN_DTYPES, "x", "output projections per direction"),
+        PluginTensorSpec("A", ("4D", "N"), ("float32",), None, "-exp(A_logs)"),
+        PluginTensorSpec("Ds", ("4D",), ("float32",), None, "skip weights"),
+        PluginTensorSpec("delta_bias", ("4D",), ("float32",), None, "dt bias"),
+    ),
+    outputs=(
+        PluginTensorSpec("y", ("B", "D", "H", "W"), SCAN_DTYPES, "x", "sum of the four directions' outputs"),
+    ),
+)
+
+
+# --------------------------------------------------------------------- export metadata
+_SHA256 = re.compile(r"[0-9a-f]{64}")
+_MAX_TEXT = 4096
+DYNAMIC = "dynamic"
+
+
+def _bool(key: str, text: str) -> bool:
+    if text not in ("true", "false"):
+        raise ValueError(f"expected true or false, got {text!r}")
+    return text == "true"
+
+
+def _int(key: str, text: str, lo: int, hi: int) -> int:
+    if not re.fullmatch(r"-?\d{1,20}", text):
+        raise ValueError(f"expected an integer, got {text!r}")
+    v = int(text)
+    if not lo <= v <= hi:
+        raise ValueError(f"{v} is outside {lo}..{hi}")
+    return v
+
+
+def _floats3(key: str, text: str, positive: bool) -> tuple[float, float, float]:
+    try:
+        values = tuple(float(p) for p in text.split(","))
+    except ValueError:
+        raise ValueError(f"expected three comma-separated numbers, got {text!r}") from None
+    if len(values) != 3 or not all(math.isfinite(v) for v in values) or (positive and min(values) <= 0):
+        raise ValueError(f"expected three finite{' positive' if positive else ''} numbers, got {text!r}")
+    return values  # type: ignore[return-value]
+
+
+def _choice(key: str, text: str, choices: tuple[str, ...]) -> str:
+    if text not in choices:
+        raise ValueError(f"expected one of {', '.join(choices)}, got {text!r}")
+    return text
+
+
+def _size(key: str, text: str) -> tuple[int, int] | None:
+    if text == DYNAMIC:
+        return None
+    m = re.fullmatch(r"(\d{1,6})x(\d{1,6})", text)
+    if not m:
+        raise ValueError(f"expected HxW or {DYNAMIC}, got {text!r}")
+    h, w = int(m.group(1)), int(m.group(2))
+    if h % INPUT_MULTIPLE or w % INPUT_MULTIPLE or not 0 < max(h, w) <= MAX_IMAGE_SIDE or min(h, w) <= 0:
+        raise ValueError(f"{text} is not two multiples of {INPUT_MULTIPLE} up to {MAX_IMAGE_SIDE}")
+    return h, w
+
+
+def _sha256(key: str, text: str) -> str:
+    if text and not _SHA256.fullmatch(text):
+        raise ValueError(f"expected 64 hex digits or nothing, got {text[:80]!r}")
+    return text
+
+
+def _text(key: str, text: str) -> str:
+    if len(text) > _MAX_TEXT or any(ord(c) < 32 for c in text):
+        raise ValueError("not a plain one-line text of at most 4096 characters")
+    return text
+
+
+@dataclass(frozen=True)
+class ExportMetadata:
+    """The tinyvim `metadata_props` of an ONNX export (also kept in engine sidecars).
+
+    input_size / batch are None when that dimension is dynamic."""
+    variant: str
+    backbone: bool = False
+    ema: bool = False
+    checkpoint: str = ""               # absolute path at export time, "" for random weights
+    checkpoint_sha256: str = ""
+    init_seed: int = 0
+    input_size: tuple[int, int] | None = (224, 224)
+    batch: int | None = 1
+    mean: tuple[float, float, float] = IMAGENET_MEAN
+    std: tuple[float, float, float] = IMAGENET_STD
+    scan: str = "portable"
+    opset: int = DEFAULT_OPSET
+    precision: str = "fp32"
+    tinyvim_version: str = field(default="")
+
+    # key -> parser of its text (raises ValueError); the order is the order written
+    _PARSERS = {
+        "tinyvim_version": _text,
+        "variant": lambda k, t: _choice(k, t, VARIANTS),
+        "backbone": _bool,
+        "ema": _bool,
+        "checkpoint": _text,
+        "checkpoint_sha256": _sha256,
+        "init_seed": lambda k, t: _int(k, t, 0, 2**63 - 1),
+        "input_size": _size,
+        "batch": lambda k, t: None if t == DYNAMIC else _int(k, t, 1, MAX_BATCH),
+        "mean": lambda k, t: _floats3(k, t, positive=False),
+        "std": lambda k, t: _floats3(k, t, positive=True),
+        "scan": lambda k, t: _choice(k, t, SCAN_FLAVOURS),
+        "opset": lambda k, t: _int(k, t, MIN_OPSET, 99),
+        "precision": lambda k, t: _choice(k, t, EXPORT_PRECISIONS),
+    }
+
+    @classmethod
+    def keys(cls) -> tuple[str, ...]:
+        return tuple(cls._PARSERS)
+
+    @property
+    def dynamic_batch(self) -> bool:
+        return self.batch is None
+
+    @property
+    def dynamic_size(self) -> bool:
+        return self.input_size is None
+
+    def to_props(self) -> dict[str, str]:
+        """Every key as text, in a fixed order (what export writes into metadata_props)."""
+        import tinyvim
+        values = {
+            "tinyvim_version": self.tinyvim_version or tinyvim.__version__,
+            "variant": self.variant,
+            "backbone": str(self.backbone).lower(),
+            "ema": str(self.ema).lower(),
+            "checkpoint": self.checkpoint,
+            "checkpoint_sha256": self.checkpoint_sha256,
+            "init_seed": str(self.init_seed),
+            "input_size": DYNAMIC if self.input_size is None else format_size(self.input_size),
+            "batch": DYNAMIC if self.batch is None else str(self.batch),
+            "mean": ",".join(map(str, self.mean)),
+            "std": ",".join(map(str, self.std)),
+            "scan": self.scan,
+            "opset": str(self.opset),
+            "precision": self.precision,
+        }
+        # Round-trip check: never write what from_props would refuse to read.
+        ExportMetadata.from_props(values, source="(export metadata)")
+        return values
+
+    @classmethod
+    def from_props(cls, props: Mapping[str, str], *, source: str) -> "ExportMetadata | None":
+        """Validated metadata from `props` (metadata_props as a dict), or None when the file
+        carries no tinyvim metadata at all. Raises a one-line TinyvimError naming the key, the
+        value and `source` when a key is missing or its value is malformed or out of range."""
+        present = [k for k in cls._PARSERS if k in props]
+        if not present:
+            return None
+        missing = [k for k in cls._PARSERS if k not in props]
+        if missing:
+            raise TinyvimError(f"{source}: tinyvim metadata is incomplete (missing {', '.join(missing)}): "
+                               "re-export the model with `tinyvim export`")
+        parsed = {}
+        for key, parse in cls._PARSERS.items():
+            text = props[key]
+            try:
+                if not isinstance(text, str):
+                    raise ValueError(f"expected text, got {type(text).__name__}")
+                parsed[key] = parse(key, text)
+            except ValueError as exc:
+                raise TinyvimError(f"{source}: metadata {key!r} is invalid ({exc}): re-export the model "
+                                   "with `tinyvim export`") from None
+        return cls(**parsed)
+
+
+assert {f.name for f in fields(ExportMetadata)} == set(ExportMetadata.keys()), "metadata keys and fields differ"
+
+
+if __name__ == "__main__":   # python -m tinyvim.contract: the README's plugin table
+    print(SCAN_PLUGIN.markdown())
