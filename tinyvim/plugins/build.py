@@ -116,7 +116,7 @@ def build(build_dir: Path | str | None = None, *, tensorrt_root: str | None = No
     # reused build folder never keeps a stale setting or a stale TensorRT search result.
     configure = [tools["cmake"], "-S", str(SOURCE_DIR), "-B", str(build_dir),
                  "-DCMAKE_BUILD_TYPE=Release", f"-DCMAKE_CXX_COMPILER={tools['c++']}",
-                 "-UTENSORRT_INCLUDE_DIR", "-UTENSORRT_NVINFER_LIB"]
+                 "-UTENSORRT_INCLUDE_DIR"]
     if cpu_only:
         configure.append("-DTINYVIM_ENABLE_CUDA=OFF")
     else:

@@ -80,6 +80,19 @@ bool check_input_shapes(const Shape* in, int32_t nb_inputs, const ScanParams& pa
     const int64_t B = x.d[0], D = x.d[1], H = x.d[2], W = x.d[3];
     const int64_t D4 = D < 0 ? -1 : 4 * D;
     const int64_t N = params.d_state;
+    // The state size is both an attribute (d_state) and a tensor dimension: say which one
+    // disagrees, since a node whose attribute was written wrongly is the likely cause.
+    static const struct { int input; int dim; const char* layout; } kStateDims[] = {
+        {2, 2, "(B, 4, N, H, W)"}, {3, 2, "(B, 4, N, H, W)"}, {4, 1, "(4D, N)"}};
+    for (const auto& s : kStateDims) {
+        const int64_t n = in[s.input].d[s.dim];
+        if (n >= 0 && n != N)
+            return fail(error, "d_state = " + std::to_string(N) + " (the node's attribute) but " +
+                                   kInputNames[s.input] + " has N = " + std::to_string(n) + " (dim " +
+                                   std::to_string(s.dim) + " of " + s.layout + ", shape " +
+                                   dims_str(in[s.input]) + "): d_state must equal the state size of " +
+                                   "Bs, Cs and A; re-export the model");
+    }
     // Expected dims per input (-1 where x leaves them open).
     const int64_t want[kNbInputs][5] = {
         {B, D, H, W, 0}, {B, D4, H, W, 0}, {B, 4, N, H, W}, {B, 4, N, H, W},

@@ -103,7 +103,11 @@ static void test_shapes() {
     bad_delta[1].d[1] = 12;                  // D instead of 4D
     CHECK(!check_input_shapes(bad_delta.data(), 7, p, &err) && contains(err, "delta must be"));
     auto bad_state = inputs(2, 12, 7, 5, 16);  // tensors built for N=16, plugin says 8
-    CHECK(!check_input_shapes(bad_state.data(), 7, p, &err) && contains(err, "Bs must be"));
+    CHECK(!check_input_shapes(bad_state.data(), 7, p, &err) &&
+          contains(err, "d_state = 8 (the node's attribute) but Bs has N = 16"));
+    auto bad_a = ok;
+    bad_a[4].d[1] = 4;                       // A built for N=4
+    CHECK(!check_input_shapes(bad_a.data(), 7, p, &err) && contains(err, "but A has N = 4"));
     auto bad_hw = ok;
     bad_hw[3].d[4] = 7;                      // Cs with w = h: a transposed map
     CHECK(!check_input_shapes(bad_hw.data(), 7, p, &err) && contains(err, "Cs must be"));

@@ -2,13 +2,17 @@
 // TensorRT's interfaces and plugin_logic.h (rules, tested without TensorRT) and the CUDA
 // kernel's C ABI (tinyvim_scan.h). Built only when NvInfer.h is found (CMakeLists.txt).
 //
-// Loading, two ways (use one per process; both register the same creator):
-//  * dlopen (Python: ctypes.CDLL(path, mode=ctypes.RTLD_GLOBAL); trtexec --staticPlugins):
-//    a static initialiser registers the creator with getPluginRegistry(). Needs the
-//    library linked to libnvinfer (CMake does so when it finds it; otherwise it defines
-//    TINYVIM_TRT_NO_SELF_REGISTER and says so).
-//  * IPluginRegistry::loadLibrary (Python: trt.get_plugin_registry().load_library(path);
-//    trtexec --dynamicPlugins): TensorRT calls the exported getCreators()/setLoggerFinder().
+// A TensorRT "plugin shared library": it exports getCreators() and setLoggerFinder(), which
+// IPluginRegistry::loadLibrary calls (Python: trt.get_plugin_registry().load_library(path);
+// trtexec --dynamicPlugins / --setPluginsToSerialize). It never registers itself when
+// loaded: loadLibrary fails if a creator it is handed is already registered, and the
+// library needs no libnvinfer at link time. Loaders that only dlopen (trtexec
+// --staticPlugins, polygraphy --plugins) use libtinyvim_trt_plugin_autoreg.so instead
+// (trt_autoregister.cpp), which registers these same creators at load time.
+//
+// The plugin's identity and fields are declared in tinyvim/contract.py (SCAN_PLUGIN);
+// tests/test_trt_contract.py checks this library against that declaration through
+// trt_contract_check.cpp, compiled against TensorRT's real headers.
 #include <NvInfer.h>
 #include <NvInferRuntime.h>
 #include <cuda_runtime_api.h>
@@ -244,6 +248,8 @@ private:
 }  // namespace plugin
 }  // namespace tinyvim
 
+// The two entry points of a plugin shared library (names and signatures from TensorRT's
+// developer guide; TensorRT calls setLoggerFinder first, then getCreators).
 extern "C" {
 
 __attribute__((visibility("default"))) void setLoggerFinder(nvinfer1::ILoggerFinder* finder) {
@@ -258,20 +264,3 @@ __attribute__((visibility("default"))) nvinfer1::IPluginCreatorInterface* const*
 }
 
 }  // extern "C"
-
-#ifndef TINYVIM_TRT_NO_SELF_REGISTER
-namespace {
-// Registers the creator when the library is loaded (what REGISTER_TENSORRT_PLUGIN does
-// for older plugin generations), under the namespace the ONNX node names.
-struct SelfRegister {
-    SelfRegister() {
-        int32_t n = 0;
-        nvinfer1::IPluginCreatorInterface* const* creators = getCreators(n);
-        nvinfer1::IPluginRegistry* registry = getPluginRegistry();
-        for (int32_t i = 0; registry && i < n; ++i)
-            registry->registerCreator(*creators[i], tinyvim::plugin::kPluginNamespace);
-    }
-};
-const SelfRegister g_self_register;
-}  // namespace
-#endif

@@ -1,0 +1,255 @@
+"""The TensorRT plugin as TensorRT sees it, against TensorRT's real headers (10.16 and 11.1).
+
+The plugin library is built against each version's public headers with -Werror (headers
+only: there is no libnvinfer here), then tinyvim_trt_contract_check (csrc/trt_contract_check.cpp,
+compiled against the same headers) loads it the way IPluginRegistry::loadLibrary does and
+drives it with the CrossSelectiveScan nodes of real plugin-flavour exports by the ONNX
+parser's rules and in the builder's order. The declared contract (tinyvim.contract.SCAN_PLUGIN)
+is the reference for the library's identity and fields.
+
+Needs ../shared/third_party/tensorrt (see its README), cmake and nvcc (the plugin links the CUDA
+kernel); skipped, with the reason, where one is missing.
+"""
+from __future__ import annotations
+
+import shutil
+import subprocess
+from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor
+from dataclasses import dataclass, field, replace
+from multiprocessing import get_context
+from pathlib import Path
+
+import onnx
+import pytest
+import torch
+
+from tinyvim.contract import SCAN_PLUGIN, TRT_FIELD_TYPE_VALUES
+from tinyvim.plugins.build import build, find_nvcc
+
+HEADERS = Path(__file__).resolve().parents[2] / "shared" / "third_party" / "tensorrt"
+VERSIONS = ("10.16", "11.1")
+TARGETS = ["tinyvim_trt_plugin", "tinyvim_trt_plugin_autoreg", "tinyvim_trt_contract_check"]
+#: every variant, batch mode and export precision (64x64: the node's contract does not depend on the size)
+EXPORTS = [(v, dyn, prec) for v in ("s", "b", "l") for dyn in (False, True) for prec in ("fp32", "fp16")]
+BATCH_RANGE = (1, 2, 8)    # min, opt, max of a dynamic batch, as an engine profile would give
+
+pytestmark = [
+    pytest.mark.skipif(not all((HEADERS / v / "include" / "NvInfer.h").is_file() for v in VERSIONS),
+                       reason=f"TensorRT {' and '.join(VERSIONS)} headers not found under {HEADERS} "
+                              "(../shared/third_party, see its README)"),
+    pytest.mark.skipif(not shutil.which("cmake"), reason="cmake not found"),
+    pytest.mark.skipif(find_nvcc() is None, reason="nvcc not found: the TensorRT plugin links the CUDA kernel"),
+]
+
+
+# --------------------------------------------------------------------- nodes as the driver reads them
+@dataclass
+class Tensor:
+    name: str
+    dtype: str                 # ONNX TensorProto type name
+    dims: list                 # ints and symbol names
+
+
+@dataclass
+class Node:
+    name: str
+    op: str
+    attrs: dict = field(default_factory=dict)      # name -> (ONNX type name, [values])
+    inputs: list = field(default_factory=list)
+    outputs: list = field(default_factory=list)
+    syms: dict = field(default_factory=dict)       # symbol -> (min, opt, max)
+
+
+def scan_nodes(model: onnx.ModelProto, tag: str) -> list[Node]:
+    """The CrossSelectiveScan nodes of an export with their attributes and tensor types/shapes."""
+    g = model.graph
+    infos = {v.name: v for v in [*g.value_info, *g.input, *g.output]}
+    inits = {i.name: i for i in g.initializer}
+
+    def tensor(name):
+        if name in inits:
+            return Tensor(name, onnx.TensorProto.DataType.Name(inits[name].data_type), list(inits[name].dims))
+        t = infos[name].type.tensor_type
+        dims = [d.dim_value if d.HasField("dim_value") else d.dim_param for d in t.shape.dim]
+        return Tensor(name, onnx.TensorProto.DataType.Name(t.elem_type), dims)
+
+    nodes = []
+    for i, n in enumerate(x for x in g.node if x.op_type == SCAN_PLUGIN.op_type):
+        node = Node(f"{tag}/{i}", n.op_type, inputs=[tensor(x) for x in n.input], outputs=[tensor(x) for x in n.output])
+        for a in n.attribute:
+            value = onnx.helper.get_attribute_value(a)
+            values = value if isinstance(value, list) else [value]
+            node.attrs[a.name] = (onnx.AttributeProto.AttributeType.Name(a.type),
+                                  [v.decode() if isinstance(v, bytes) else v for v in values])
+        node.syms = {d: BATCH_RANGE for t in node.inputs for d in t.dims if isinstance(d, str)}
+        nodes.append(node)
+    return nodes
+
+
+def symbolic_hw(node: Node) -> Node:
+    """The node with its H and W dimensions made symbolic (a dynamic-size export), found by the
+    contract's symbolic dims."""
+    sym = {"H": "height", "W": "width"}
+
+    def convert(t: Tensor, spec) -> Tensor:
+        return replace(t, dims=[sym.get(s, d) for s, d in zip(spec.dims, t.dims)])
+
+    ins = [convert(t, spec) for t, spec in zip(node.inputs, SCAN_PLUGIN.inputs)]
+    outs = [convert(t, spec) for t, spec in zip(node.outputs, SCAN_PLUGIN.outputs)]
+    h, w = node.inputs[0].dims[2], node.inputs[0].dims[3]
+    syms = {**node.syms, "height": (1, h, 2 * h), "width": (1, w, 2 * w)}
+    return replace(node, name=node.name + "/symbolic_hw", inputs=ins, outputs=outs, syms=syms)
+
+
+def write_spec(nodes: list[Node], path: Path) -> Path:
+    lines = []
+    for n in nodes:
+        lines += [f"node {n.name}", f"op {n.op}"]
+        for key, (kind, values) in n.attrs.items():
+            text = [str(v) if str(v) else "-" for v in values]
+            assert not any(" " in t for t in text), (key, values)
+            lines.append(f"attr {key} {kind} {' '.join(text)}")
+        for kind, tensors in (("input", n.inputs), ("output", n.outputs)):
+            lines += [f"{kind} {t.name} {t.dtype} {' '.join(map(str, t.dims))}" for t in tensors]
+        lines += [f"sym {s} {lo} {opt} {hi}" for s, (lo, opt, hi) in n.syms.items()]
+        lines.append("end")
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
+def run_driver(built, *args) -> list[str]:
+    proc = subprocess.run([str(built["tinyvim_trt_contract_check"]), *map(str, args)], capture_output=True,
+                          text=True, timeout=60)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    return proc.stdout.splitlines()
+
+
+def results(lines: list[str]) -> dict[str, str]:
+    """'node NAME ok ...' / 'node NAME error MSG' -> {NAME: 'ok ...' | 'error MSG'}."""
+    return {ln.split(" ", 2)[1]: ln.split(" ", 2)[2] for ln in lines if ln.startswith("node ")}
+
+
+# --------------------------------------------------------------------- fixtures (built and exported once)
+@pytest.fixture(scope="module")
+def artifacts(tmp_path_factory):
+    """Started together, finished as needed: the TensorRT targets built against each version's
+    headers (CMake in two threads; one real architecture keeps nvcc short, and the host code,
+    which is what the headers check, is the same for every architecture), and plugin-flavour
+    exports of S, B and L, fixed and dynamic batch, fp32 and fp16, at 64x64 (two processes)."""
+    from tinyvim.export import export_onnx
+    root = tmp_path_factory.mktemp("trt")
+    with ThreadPoolExecutor(len(VERSIONS)) as threads, \
+            ProcessPoolExecutor(2, mp_context=get_context("spawn"), initializer=torch.set_num_threads,
+                                initargs=(1,)) as processes:
+        builds = {v: threads.submit(build, root / v, tensorrt_root=str(HEADERS / v), cuda_arch="75-real", jobs=1,
+                                    targets=TARGETS) for v in VERSIONS}
+        exports = {key: processes.submit(export_onnx, root / f"{key[0]}_{'dyn' if key[1] else 'b1'}_{key[2]}.onnx",
+                                         variant=key[0], img_size=(64, 64), dynamic_batch=key[1], precision=key[2],
+                                         scan="plugin") for key in EXPORTS}
+        yield builds, exports
+
+
+@pytest.fixture(scope="module")
+def built(artifacts, request):
+    result = artifacts[0][request.param].result()
+    assert set(TARGETS) <= set(result.built), result
+    return result
+
+
+@pytest.fixture(scope="module")
+def exports(artifacts):
+    return {key: onnx.load(str(f.result().path), load_external_data=False) for key, f in artifacts[1].items()}
+
+
+@pytest.fixture(scope="module")
+def nodes(exports):
+    return {key: scan_nodes(model, "_".join(map(str, key))) for key, model in exports.items()}
+
+
+# --------------------------------------------------------------------- tests
+@pytest.mark.parametrize("built", VERSIONS, indirect=True)
+def test_library_builds_against_the_real_headers(built, request):
+    """-Werror build of the three targets against that version's headers (not some other
+    NvInfer.h on the system: the summary names the version CMake read)."""
+    version = request.node.callspec.params["built"]
+    summary = (built.build_dir / "tinyvim_build_summary.txt").read_text()
+    for target in TARGETS:
+        assert f"built {target} " in summary and f"(TensorRT {version}.0 headers)" in summary
+
+
+@pytest.mark.parametrize("built", VERSIONS, indirect=True)
+def test_creator_matches_the_declared_contract(built):
+    lines = run_driver(built.built, "describe", built.built["tinyvim_trt_plugin"])
+    creators = [ln.split()[1:] for ln in lines if ln.startswith("creator ")]
+    assert creators == [[SCAN_PLUGIN.op_type, SCAN_PLUGIN.version, SCAN_PLUGIN.namespace, "PLUGIN", "CREATOR_V3ONE"]]
+    fields = [ln.split()[1:] for ln in lines if ln.startswith("field ")]
+    assert fields == [[f.name, str(TRT_FIELD_TYPE_VALUES[f.trt_type]), str(f.length)] for f in SCAN_PLUGIN.fields]
+
+
+@pytest.mark.parametrize("built", VERSIONS, indirect=True)
+def test_every_exported_node_goes_through_the_parser_and_builder_calls(built, nodes, tmp_path):
+    """createPlugin(kBUILD) from the parser's fields, getOutputDataTypes, getOutputShapes (the
+    ONNX output shape, symbolic batch and H/W included), supportsFormatCombination for the
+    graph's types, configurePlugin, getWorkspaceSize, onShapeChange, and the serialize ->
+    createPlugin(kRUNTIME) round trip, for every scan node of every export."""
+    every = [n for key in EXPORTS for n in nodes[key]]
+    assert len(every) == 5 * len(EXPORTS)                     # 5 SS2D blocks per variant
+    assert all(n.attrs["d_state"] == ("INT", [8]) for n in every)
+    dynamic = [n for key in EXPORTS if key[1] for n in nodes[key]]
+    assert all(n.inputs[0].dims[0] == "batch" and n.outputs[0].dims[0] == "batch" for n in dynamic)
+    hw = [symbolic_hw(n) for n in nodes[("l", False, "fp32")]]
+    lines = run_driver(built.built, "nodes", built.built["tinyvim_trt_plugin"], write_spec(every + hw, tmp_path / "s"))
+    got = results(lines)
+    assert len(got) == len(every) + len(hw)
+    failed = {k: v for k, v in got.items() if not v.startswith("ok ")}
+    assert not failed, failed
+    assert not [ln for ln in lines if ln.startswith("warning ")]
+    # the driver compared the returned shapes with the graph's; spot-check its report
+    assert got[f"{hw[0].name}"].startswith("ok outputs=FLOAT(1,16,height,width)")
+    assert got[f"{nodes[('s', True, 'fp16')][0].name}"].startswith("ok outputs=FLOAT(batch,12,2,2)")
+
+
+WRONG_NODES = {
+    # what is wrong -> (edit of a real node, what must be reported)
+    "d_state missing": (lambda n: n.attrs.pop("d_state"),
+                        "Could not create the plugin. CrossSelectiveScan: attribute d_state is missing"),
+    "d_state a FLOAT": (lambda n: n.attrs.update(d_state=("FLOAT", [8.0])),
+                        "Could not create the plugin. CrossSelectiveScan: attribute d_state must be an integer"),
+    "d_state != N": (lambda n: n.attrs.update(d_state=("INT", [16])),
+                     "configurePlugin failed: CrossSelectiveScan: d_state = 16 (the node's attribute) but Bs has N = 8"),
+    "d_state out of range": (lambda n: n.attrs.update(d_state=("INT", [17])),
+                             "CrossSelectiveScan: d_state = 17 is not supported (1..16)"),
+    "other namespace": (lambda n: n.attrs.update(plugin_namespace=("STRING", [""])),
+                        "Plugin not found, are the plugin name, version, and namespace correct?"),
+    "integer x": (lambda n: setattr(n.inputs[0], "dtype", "INT32"),
+                  "getOutputDataTypes failed: CrossSelectiveScan: x must be float32, float16 or bfloat16"),
+}
+
+
+@pytest.mark.parametrize("built", VERSIONS, indirect=True)
+def test_wrong_nodes_fail_with_the_plugin_message(built, nodes, tmp_path):
+    import copy
+    base = nodes[("s", False, "fp32")][0]
+    wrong = []
+    for what, (edit, _) in WRONG_NODES.items():
+        n = copy.deepcopy(base)
+        n.name = what.replace(" ", "_")
+        edit(n)
+        wrong.append(n)
+    lines = run_driver(built.built, "nodes", built.built["tinyvim_trt_plugin"], write_spec(wrong, tmp_path / "s"))
+    got = results(lines)
+    for what, (_, message) in WRONG_NODES.items():
+        assert got[what.replace(" ", "_")].startswith("error ") and message in got[what.replace(" ", "_")], (what, got)
+    # the parser only warns about a missing field; the plugin is what refuses it
+    assert "warning d_state_missing Attribute d_state not found in plugin node!" in lines
+
+
+@pytest.mark.parametrize("built", VERSIONS, indirect=True)
+def test_only_the_autoreg_library_registers_on_load(built):
+    """libtinyvim_trt_plugin.so registers nothing when dlopened (so IPluginRegistry::loadLibrary,
+    which refuses already-registered creators, can load it); the autoreg one registers the
+    creator once, in the contract's namespace, with the registry it finds in the process."""
+    lines = run_driver(built.built, "register", built.built["tinyvim_trt_plugin"],
+                       built.built["tinyvim_trt_plugin_autoreg"])
+    assert "registrations_after_plugin 0" in lines and "registrations_after_autoreg 1" in lines
+    assert f"registered {SCAN_PLUGIN.op_type} {SCAN_PLUGIN.version} {SCAN_PLUGIN.namespace}" in lines
