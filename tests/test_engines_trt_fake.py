@@ -1,157 +1,235 @@
-"""`build_engine` against a stand-in for the tensorrt module, recording the calls: checks the
-builder recipe (flags, pinning, profile, timing cache, atomic outputs, sidecar) on machines
-without TensorRT. It checks our use of the API, not TensorRT itself (GPU machines do that)."""
+"""`build_engine` and the engine loader through the real Polygraphy loaders, against a recording
+stand-in for the tensorrt module (fake_tensorrt.py; every name it defines exists in the real
+bindings of its version - test_trt_python_api.py). Checks our use of TensorRT and Polygraphy
+on machines without either GPU or TensorRT: order of plugin registration, network typing,
+builder flags, fp32 pinning, profile, timing cache, atomic outputs, sidecar, the equivalent
+command lines. TensorRT itself is checked on GPU machines."""
 from __future__ import annotations
 
-import enum
 import json
-import types
+import sys
 
 import onnx
 import pytest
+from click.testing import CliRunner
+from onnx import TensorProto, helper, numpy_helper
 
-from tinyvim.contract import ExportMetadata
-from tinyvim.engines import trt_build, trt_common
+import fake_tensorrt
+from tinyvim.contract import SCAN_PLUGIN, ExportMetadata
+from tinyvim.engines import trt_build, trt_common, trt_runner
+from tinyvim.errors import TinyvimError
 
+polygraphy = pytest.importorskip("polygraphy", reason="polygraphy is not installed (pip install polygraphy)")
 
-def fake_tensorrt(calls: list, parse_ok: bool = True):
-    trt = types.SimpleNamespace(__version__="10.3.0.26", float32="float32")
-    trt.BuilderFlag = enum.Enum("BuilderFlag", "FP16 BF16 TF32 OBEY_PRECISION_CONSTRAINTS")
-    trt.NetworkDefinitionCreationFlag = enum.IntEnum("NDCF", "STRONGLY_TYPED")
-    trt.MemoryPoolType = enum.Enum("MemoryPoolType", "WORKSPACE")
-    trt.LayerType = enum.Enum("LayerType", "CONVOLUTION UNARY ACTIVATION")
-
-    class Logger:
-        WARNING = 2
-
-        def __init__(self, level):
-            pass
-
-    class Layer:
-        def __init__(self, name, kind):
-            self.name, self.type, self.num_outputs, self.metadata = name, trt.LayerType[kind], 1, ""
-
-        def set_output_type(self, i, t):
-            calls.append(("output_type", self.name, t))
-
-        def __setattr__(self, key, value):
-            if key == "precision":
-                calls.append(("precision", self.name, value))
-            object.__setattr__(self, key, value)
-
-    class Network:
-        layers = [Layer("node_Conv_1", "CONVOLUTION"), Layer("op.out_norm/ReduceMean", "UNARY")]
-        num_layers = 2
-
-        def get_layer(self, i):
-            return self.layers[i]
-
-    class Parser:
-        num_errors = 0 if parse_ok else 1
-
-        def __init__(self, network, logger):
-            pass
-
-        def parse_from_file(self, path):
-            return parse_ok
-
-        def get_error(self, i):
-            return types.SimpleNamespace(desc=lambda: "Plugin not found, are the plugin name, version correct?")
-
-    class Cache:
-        def serialize(self):
-            return b"cache"
-
-    class Config:
-        def set_memory_pool_limit(self, pool, size):
-            calls.append(("workspace", size))
-
-        def set_flag(self, f):
-            calls.append(("set", f.name))
-
-        def clear_flag(self, f):
-            calls.append(("clear", f.name))
-
-        def add_optimization_profile(self, p):
-            calls.append(("profile", p.shapes))
-
-        def create_timing_cache(self, blob):
-            calls.append(("cache_in", blob))
-            return Cache()
-
-        def set_timing_cache(self, cache, ignore_mismatch):
-            pass
-
-        def get_timing_cache(self):
-            return Cache()
-
-    class Profile:
-        def __init__(self):
-            self.shapes = {}
-
-        def set_shape(self, name, lo, opt, hi):
-            self.shapes[name] = (lo, opt, hi)
-
-    class Builder:
-        def __init__(self, logger):
-            pass
-
-        def create_network(self, flags):
-            calls.append(("network_flags", flags))
-            return Network()
-
-        def create_builder_config(self):
-            return Config()
-
-        def create_optimization_profile(self):
-            return Profile()
-
-        def build_serialized_network(self, network, config):
-            return b"ENGINE"
-
-    trt.Logger, trt.Builder, trt.OnnxParser = Logger, Builder, Parser
-    trt.init_libnvinfer_plugins = lambda logger, ns: True
-    return trt
+TRT10, TRT11 = "10.16.0.72", "11.1.0.106"
 
 
-@pytest.fixture
-def onnx_file(tmp_path):
-    from test_engines_runners import tiny_onnx, tiny_torch
-    path = tmp_path / "m.onnx"
-    meta = ExportMetadata("s", input_size=(64, 64), batch=None).to_props()
-    onnx.save(tiny_onnx(tiny_torch(), size=64, metadata=meta), path)
+def scan_onnx(path, *, precision="fp32", size=64, namespace=SCAN_PLUGIN.namespace):
+    """images -> Conv -> CrossSelectiveScan -> Softplus -> ReduceMean -> logits, tinyvim metadata:
+    one layer of each kind the precision policy treats differently (not a working network)."""
+    import numpy as np
+    hw = [size, size] if size else ["height", "width"]
+    attrs = SCAN_PLUGIN.node_attributes(d_state=8)
+    attrs["plugin_namespace"] = namespace
+    nodes = [helper.make_node("Conv", ["images", "w"], ["c"], name="node_Conv_0"),
+             helper.make_node(SCAN_PLUGIN.op_type, ["c"] * 4 + ["A", "Ds", "db"], ["y"], name="node_scan_1",
+                              domain=SCAN_PLUGIN.onnx_domain, **attrs),
+             helper.make_node("Softplus", ["y"], ["s"], name="node_softplus_2"),
+             helper.make_node("ReduceMean", ["s"], ["logits"], name="n3")]
+    inits = [numpy_helper.from_array(np.zeros(s, np.float32), n) for n, s in
+             (("w", (4, 3, 1, 1)), ("A", (16, 8)), ("Ds", (16,)), ("db", (16,)))]
+    graph = helper.make_graph(nodes, "scan", [helper.make_tensor_value_info("images", TensorProto.FLOAT,
+                                                                            ["batch", 3, *hw])],
+                              [helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["batch", 1000])], inits)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 20),
+                                                    helper.make_opsetid(SCAN_PLUGIN.onnx_domain, 1)])
+    meta = ExportMetadata("s", input_size=(size, size) if size else None, batch=None, scan="plugin",
+                          precision=precision)
+    for k, v in meta.to_props().items():
+        model.metadata_props.add(key=k, value=v)
+    onnx.save(model, path)
     return path
 
 
-def _patch(monkeypatch, calls, parse_ok=True):
-    monkeypatch.setattr(trt_common, "import_tensorrt", lambda: fake_tensorrt(calls, parse_ok))
-    monkeypatch.setattr(trt_common, "gpu_info", lambda: {"name": "Fake GPU", "compute_capability": "9.0"})
+@pytest.fixture
+def fake(monkeypatch, tmp_path):
+    """fake(version, **kw) installs a fake tensorrt for tinyvim and for Polygraphy's lazy
+    imports; returns (module, events)."""
+    from polygraphy.backend.trt import util as poly_trt_util
+
+    def reset_polygraphy():
+        # Polygraphy imports tensorrt lazily and keeps what it got; start every test afresh.
+        for name, module in list(sys.modules.items()):
+            if name.startswith("polygraphy"):
+                for value in list(vars(module).values()):
+                    if type(value).__name__ == "LazyModule":
+                        object.__setattr__(value, "module", None)
+        poly_trt_util.TRT_LOGGER = None
+
+    def install(version=TRT10, **kwargs):
+        events = []
+        module = fake_tensorrt.make(version, events, **kwargs)
+        monkeypatch.setitem(sys.modules, "tensorrt", module)
+        reset_polygraphy()
+        return module, events
+
+    gpu = {"name": "Fake GPU", "compute_capability": "9.0"}
+    for mod in (trt_build, trt_runner):
+        monkeypatch.setattr(mod, "gpu_info", lambda: gpu)
+    monkeypatch.setattr(trt_common, "_registered", {})
+    yield install
+    monkeypatch.undo()
+    reset_polygraphy()
 
 
-def test_fp16_build_recipe_and_outputs(onnx_file, tmp_path, monkeypatch):
-    calls = []
-    _patch(monkeypatch, calls)
+@pytest.fixture
+def plugin_lib(tmp_path):
+    lib = tmp_path / "lib" / "libtinyvim_trt_plugin.so"
+    lib.parent.mkdir()
+    lib.write_bytes(b"\x7fELF")        # the fake registry only records the path
+    return lib
+
+
+def _index(events, kind):
+    return next(i for i, e in enumerate(events) if e[0] == kind)
+
+
+def test_fp16_on_10x_pins_the_scan_and_registers_the_plugin_before_parsing(fake, plugin_lib, tmp_path):
+    trt, events = fake(TRT10)
+    onnx_path = scan_onnx(tmp_path / "m.onnx")
     (tmp_path / "t.cache").write_bytes(b"old")
-    result = trt_build.build_engine(onnx_file, tmp_path / "out" / "m.engine", precision="fp16", min_batch=1,
+    lines = []
+    result = trt_build.build_engine(onnx_path, tmp_path / "out" / "m.engine", precision="fp16", min_batch=1,
                                     opt_batch=4, max_batch=8, workspace_mib=256, timing_cache=tmp_path / "t.cache",
-                                    log=lambda s: None)
-    assert ("network_flags", 0) in calls                      # weakly typed on TensorRT 10
-    assert ("set", "FP16") in calls and ("set", "OBEY_PRECISION_CONSTRAINTS") in calls and ("clear", "TF32") in calls
-    assert ("workspace", 256 << 20) in calls and ("cache_in", b"old") in calls
-    assert ("precision", "op.out_norm/ReduceMean", "float32") in calls  # LayerNorm pinned (by name here)
-    assert ("output_type", "op.out_norm/ReduceMean", "float32") in calls
-    assert not any(c[0] == "precision" and c[1] == "node_Conv_1" for c in calls)
-    assert ("profile", {"images": ([1, 3, 64, 64], [4, 3, 64, 64], [8, 3, 64, 64])}) in calls
-    assert result.engine_path.read_bytes() == b"ENGINE" and (tmp_path / "t.cache").read_bytes() == b"cache"
+                                    builder_optimization_level=4, plugin=plugin_lib, log=lines.append)
+    assert _index(events, "load_library") < _index(events, "parse") < _index(events, "build")
+    assert ("load_library", str(plugin_lib)) in events
+    assert ("network_flags", 0) in events                                  # weakly typed on 10.x
+    flags = [e for e in events if e[0] in ("set_flag", "clear_flag")]
+    assert ("set_flag", "FP16") in flags and ("set_flag", "OBEY_PRECISION_CONSTRAINTS") in flags
+    assert ("clear_flag", "TF32") in flags and ("set_flag", "TF32") not in flags
+    pinned = {e[1] for e in events if e[0] == "precision"}
+    assert pinned == {"node_scan_1", "node_softplus_2", "n3"}               # not the convolution
+    assert pinned == {e[1] for e in events if e[0] == "output_type"}
+    assert ("profile", "images", [1, 3, 64, 64], [4, 3, 64, 64], [8, 3, 64, 64]) in events
+    assert ("pool_limit", "WORKSPACE", 256 << 20) in events and ("timing_cache_in", b"old") in events
+    assert ("builder_optimization_level", 4) in events and ("progress_monitor",) in events
+    # outputs written atomically; the cache holds the old entries plus this build's
+    assert result.engine_path.read_bytes() == b"ENGINE"
+    assert (tmp_path / "t.cache").read_bytes() == b"old+timings"
+    assert sorted(p.name for p in result.engine_path.parent.iterdir()) == ["m.engine", "m.engine.json"]
     side = json.loads(result.sidecar_path.read_text())
-    assert side["tensorrt_version"] == "10.3.0.26" and side["gpu_name"] == "Fake GPU"
-    assert side["precision"] == "fp16" and side["onnx_metadata"]["variant"] == "s"
-    assert side["onnx"]["sha256"] == trt_common.sha256_file(onnx_file)
+    assert side["tensorrt_version"] == TRT10 and side["gpu_name"] == "Fake GPU" and side["precision"] == "fp16"
+    assert side["plugin"] == str(plugin_lib) and side["tf32"] is False and not side["strongly_typed"]
+    assert side["onnx_metadata"]["scan"] == "plugin" and side["onnx"]["sha256"] == trt_common.sha256_file(onnx_path)
+    trtexec, poly = side["commands"]["trtexec"], side["commands"]["polygraphy"]
+    assert f"--dynamicPlugins={plugin_lib}" in trtexec and "--fp16" in trtexec and "--noTF32" in trtexec
+    assert "--layerPrecisions=node_scan_1:fp32,node_softplus_2:fp32,n3:fp32" in trtexec
+    assert "--minShapes=images:1x3x64x64" in trtexec and "--maxShapes=images:8x3x64x64" in trtexec
+    assert f"--plugins {plugin_lib.with_name('libtinyvim_trt_plugin_autoreg.so')}" in poly
+    assert "--trt-opt-shapes 'images:[4,3,64,64]'" in poly and "--layer-precisions node_scan_1:float32" in poly
+    assert f"[build] same build with trtexec: {trtexec}" in lines and "[build] 3 layers pinned to fp32" in lines
 
 
-def test_parser_plugin_error_explains_fix(onnx_file, tmp_path, monkeypatch):
-    calls = []
-    _patch(monkeypatch, calls, parse_ok=False)
-    with pytest.raises(trt_common.TinyvimError, match="--plugin PATH"):
-        trt_build.build_engine(onnx_file, tmp_path / "m.engine", log=lambda s: None)
-    assert not (tmp_path / "m.engine").exists()
+def test_11x_builds_strongly_typed_without_precision_flags(fake, plugin_lib, tmp_path):
+    trt, events = fake(TRT11)          # this fake has no FP16 flag and no per-layer precision
+    onnx_path = scan_onnx(tmp_path / "m16.onnx", precision="fp16")
+    result = trt_build.build_engine(onnx_path, tmp_path / "m.engine", precision="fp16", max_batch=2,
+                                    plugin=plugin_lib, log=lambda s: None)
+    assert ("network_flags", 1 << int(trt.NetworkDefinitionCreationFlag.STRONGLY_TYPED)) in events
+    assert [e for e in events if e[0] in ("set_flag", "clear_flag")] == [("clear_flag", "TF32")]
+    assert not [e for e in events if e[0] in ("precision", "output_type")]
+    assert ("profile", "images", [1, 3, 64, 64], [2, 3, 64, 64], [2, 3, 64, 64]) in events
+    commands = result.commands
+    assert "--stronglyTyped" not in commands["trtexec"] and "--fp16" not in commands["trtexec"]
+    assert "--strongly-typed" in commands["polygraphy"] and result.sidecar["strongly_typed"]
+    with pytest.raises(TinyvimError, match="strongly typed networks only"):
+        trt_build.build_engine(scan_onnx(tmp_path / "m32.onnx"), precision="fp16", plugin=plugin_lib)
+
+
+def test_tf32_only_on_request(fake, tmp_path, plugin_lib):
+    trt, events = fake(TRT10)
+    result = trt_build.build_engine(scan_onnx(tmp_path / "m.onnx"), tmp_path / "m.engine", tf32=True,
+                                    plugin=plugin_lib, log=lambda s: None)
+    assert ("set_flag", "TF32") in events and ("clear_flag", "TF32") not in events
+    assert "--tf32" in result.commands["polygraphy"] and "--noTF32" not in result.commands["trtexec"]
+    assert result.sidecar["tf32"] is True
+
+
+def test_dynamic_image_size_gets_an_hw_range(fake, tmp_path, plugin_lib):
+    trt, events = fake(TRT10)
+    onnx_path = scan_onnx(tmp_path / "dyn.onnx", size=None)
+    with pytest.raises(TinyvimError, match="dynamic image size: give the range with --min-shape"):
+        trt_build.build_engine(onnx_path, plugin=plugin_lib, max_batch=4)
+    result = trt_build.build_engine(onnx_path, tmp_path / "d.engine", min_shape="1x128x128", opt_shape="4x224x224",
+                                    max_shape="8x320x256", plugin=plugin_lib, log=lambda s: None)
+    assert ("profile", "images", [1, 3, 128, 128], [4, 3, 224, 224], [8, 3, 320, 256]) in events
+    assert result.sidecar["profiles"] == [{"images": {"min": [1, 3, 128, 128], "opt": [4, 3, 224, 224],
+                                                      "max": [8, 3, 320, 256]}}]
+    assert "--maxShapes=images:8x3x320x256" in result.commands["trtexec"]
+
+
+def test_parser_failure_is_one_line_with_the_fix(fake, tmp_path, plugin_lib):
+    trt, events = fake(TRT10)
+    onnx_path = scan_onnx(tmp_path / "m.onnx", namespace="")     # no creator in namespace ""
+    with pytest.raises(TinyvimError) as err:
+        trt_build.build_engine(onnx_path, tmp_path / "m.engine", plugin=plugin_lib, log=lambda s: None)
+    message = str(err.value)
+    assert "Plugin not found, are the plugin name, version, and namespace correct?" in message
+    assert "--plugin PATH" in message and "\n" not in message
+    assert not (tmp_path / "m.engine").exists() and ("build",) not in events
+
+
+def test_missing_or_refused_plugin_library_is_one_line(fake, tmp_path, plugin_lib):
+    fake(TRT10)
+    onnx_path = scan_onnx(tmp_path / "m.onnx")
+    with pytest.raises(TinyvimError, match="does not exist: build it with `tinyvim build-plugin"):
+        trt_build.build_engine(onnx_path, plugin=tmp_path / "missing.so")
+    trt, events = fake(TRT10, refuse_libraries=True)
+    with pytest.raises(TinyvimError, match=f"TensorRT {TRT10} refused the plugin library .*rebuild it"):
+        trt_build.build_engine(onnx_path, plugin=plugin_lib)
+    assert [e[0] for e in events] == ["load_library"]        # nothing parsed
+
+
+def _engine_with_sidecar(tmp_path, plugin, data=b"ENGINE"):
+    engine = tmp_path / "m.engine"
+    engine.write_bytes(data)
+    side = trt_common.make_sidecar(tinyvim_version="0.1.0", trt_version=TRT10, gpu={"name": "Fake GPU",
+                                   "compute_capability": "9.0"}, precision="fp32",
+                                   profiles=[trt_build.profile_shapes([None, 3, 64, 64], max_batch=2)],
+                                   onnx_path="m.onnx", onnx_sha256="0" * 64,
+                                   onnx_metadata=ExportMetadata("s", input_size=(64, 64), batch=None,
+                                                                scan="plugin").to_props(),
+                                   build_seconds=1.0, strongly_typed=False, plugin=str(plugin))
+    trt_common.sidecar_path(engine).write_text(json.dumps(side))
+    return engine
+
+
+def test_engine_loading_registers_the_plugin_before_deserializing(fake, tmp_path, plugin_lib):
+    trt, events = fake(TRT10)
+    engine = _engine_with_sidecar(tmp_path, plugin_lib)
+    module, loaded = trt_runner.load_engine(engine, log=lambda s: None)
+    assert module is trt and isinstance(loaded, trt.ICudaEngine)
+    assert [e[0] for e in events] == ["load_library", "deserialize"]
+    assert events[0] == ("load_library", str(plugin_lib))
+    bad = _engine_with_sidecar(tmp_path / "..", plugin_lib, data=b"junk")
+    with pytest.raises(TinyvimError, match="could not deserialize .* pass the scan plugin with --plugin"):
+        trt_runner.load_engine(bad, log=lambda s: None)
+    fake("10.17.0.1")                       # another TensorRT than the engine's: refused before loading
+    with pytest.raises(TinyvimError, match="built with TensorRT 10.16.0.72 but TensorRT 10.17.0.1"):
+        trt_runner.load_engine(engine, log=lambda s: None)
+
+
+def test_cli_builds_and_reports_bad_profiles_in_one_line(fake, tmp_path, plugin_lib):
+    from tinyvim.commands.engines import build_engine
+    fake(TRT10)
+    onnx_path = scan_onnx(tmp_path / "m.onnx")
+    r = CliRunner().invoke(build_engine, [str(onnx_path), "--plugin", str(plugin_lib), "--max-batch", "4"])
+    assert r.exit_code == 0, r.output
+    assert f"wrote {tmp_path / 'm.fp32.engine'}" in r.output and "same build with polygraphy: polygraphy convert" in r.output
+    for args, message in ((["--min-shape", "1x64x64", "--max-batch", "4"], "not both"),
+                          (["--max-shape", "4x96x64"], "fixed image size of 64x64"),
+                          (["--min-shape", "8x64x64", "--max-shape", "2x64x64"], "min (8x64x64) <= opt")):
+        r = CliRunner().invoke(build_engine, [str(onnx_path), "--plugin", str(plugin_lib), *args])
+        lines = [ln for ln in r.output.splitlines() if ln.strip()]
+        assert r.exit_code == 2 and len(lines) == 1 and message in lines[0], (args, r.output)

@@ -33,31 +33,60 @@ def test_version_parsing_and_comparison():
         tc.check_trt_version("8.6.1")
 
 
-def test_profile_shapes_from_flags():
-    p = tb.profile_shapes((224, 224), 1, 8, 32)["images"]
+def test_profile_shapes_from_batches_for_a_fixed_size():
+    p = tb.profile_shapes([None, 3, 224, 224], min_batch=1, opt_batch=8, max_batch=32)["images"]
     assert p == {"min": [1, 3, 224, 224], "opt": [8, 3, 224, 224], "max": [32, 3, 224, 224]}
-    # opt defaults to max, max to opt or min
-    assert tb.profile_shapes((224, 192), 1, None, 16)["images"]["opt"] == [16, 3, 224, 192]
-    assert tb.profile_shapes((224, 224), 4)["images"]["max"] == [4, 3, 224, 224]
-    with pytest.raises(TinyvimError, match="min"):
-        tb.profile_shapes((224, 224), 8, 4, 16)
+    # opt defaults to max, max to opt (or min), min to 1
+    assert tb.profile_shapes([None, 3, 224, 192], max_batch=16)["images"] == {
+        "min": [1, 3, 224, 192], "opt": [16, 3, 224, 192], "max": [16, 3, 224, 192]}
+    assert tb.profile_shapes([None, 3, 224, 224], min_batch=4)["images"]["max"] == [4, 3, 224, 224]
+    with pytest.raises(TinyvimError, match=r"min \(8x224x224\) <= opt \(4x224x224\)"):
+        tb.profile_shapes([None, 3, 224, 224], min_batch=8, opt_batch=4, max_batch=16)
     # a fixed-batch ONNX only builds for its batch
-    assert tb.profile_shapes((224, 224), fixed_batch=1)["images"]["max"] == [1, 3, 224, 224]
+    assert tb.profile_shapes([1, 3, 224, 224])["images"]["max"] == [1, 3, 224, 224]
     with pytest.raises(TinyvimError, match="dynamic-batch"):
-        tb.profile_shapes((224, 224), 1, None, 8, fixed_batch=1)
+        tb.profile_shapes([1, 3, 224, 224], max_batch=8)
+    with pytest.raises(TinyvimError, match="--max-batch must be an integer from 1 to 4096"):
+        tb.profile_shapes([None, 3, 224, 224], max_batch=5000)
+
+
+def test_profile_shapes_with_height_and_width():
+    dynamic = [None, 3, None, None]
+    p = tb.profile_shapes(dynamic, min_shape="1x128x128", opt_shape="4x224x224", max_shape="16x384x320")["images"]
+    assert p == {"min": [1, 3, 128, 128], "opt": [4, 3, 224, 224], "max": [16, 3, 384, 320]}
+    # one shape: a fixed profile; the missing ends follow the same rules as batches
+    assert tb.profile_shapes(dynamic, opt_shape="2x256x256")["images"]["min"] == [2, 3, 256, 256]
+    assert tb.profile_shapes(dynamic, min_shape="1x64x64", max_shape="8x96x96")["images"]["opt"] == [8, 3, 96, 96]
+    with pytest.raises(TinyvimError, match="dynamic image size: give the range with --min-shape"):
+        tb.profile_shapes(dynamic, max_batch=8)
+    with pytest.raises(TinyvimError, match="not both"):
+        tb.profile_shapes(dynamic, max_shape="8x224x224", min_batch=2)
+    with pytest.raises(TinyvimError, match="in batch, height and width"):
+        tb.profile_shapes(dynamic, min_shape="1x256x224", max_shape="8x224x224")
+    with pytest.raises(TinyvimError, match="not divisible by 32"):
+        tb.profile_shapes(dynamic, max_shape="8x230x224")
+    with pytest.raises(TinyvimError, match="is not BxHxW"):
+        tb.profile_shapes(dynamic, max_shape="224x224")
+    # a fixed size admits only itself; a dynamic batch with a fixed size takes shapes too
+    with pytest.raises(TinyvimError, match="fixed image size of 224x224"):
+        tb.profile_shapes([None, 3, 224, 224], max_shape="8x256x256")
+    assert tb.profile_shapes([None, 3, 224, 224], max_shape="8x224x224")["images"]["max"] == [8, 3, 224, 224]
 
 
 def test_precision_policy_by_trt_version():
     fp32 = tb.precision_policy("fp32", "10.3.0")
-    assert not fp32.strongly_typed and "TF32" in fp32.clear_flags and not fp32.pin_fp32
+    assert not fp32.strongly_typed and not fp32.tf32 and not fp32.pin_fp32
+    assert fp32.config_kwargs() == {"tf32": False, "fp16": False, "bf16": False, "precision_constraints": None}
+    assert tb.precision_policy("fp32", "10.3.0", tf32=True).config_kwargs()["tf32"]
     fp16 = tb.precision_policy("fp16", "10.3.0")
-    assert fp16.set_flags == ("FP16", "OBEY_PRECISION_CONSTRAINTS") and fp16.pin_fp32 and not fp16.strongly_typed
-    assert tb.precision_policy("bf16", "10.8").set_flags[0] == "BF16"
+    assert fp16.config_kwargs() == {"tf32": False, "fp16": True, "bf16": False, "precision_constraints": "obey"}
+    assert fp16.pin_fp32 and not fp16.strongly_typed
+    assert tb.precision_policy("bf16", "10.8").config_kwargs()["bf16"]
     # TensorRT 11: strongly typed; reduced precision must come from the ONNX
     with pytest.raises(TinyvimError, match="export .*--precision fp16"):
         tb.precision_policy("fp16", "11.0.0", onnx_precision="fp32")
     p = tb.precision_policy("fp16", "11.2.0", onnx_precision="fp16")
-    assert p.strongly_typed and not p.set_flags
+    assert p.strongly_typed and not p.fp16 and not p.pin_fp32 and p.config_kwargs()["precision_constraints"] is None
     assert tb.precision_policy("fp32", "11.0", onnx_precision="fp32").strongly_typed
     # an fp16 ONNX is strongly typed on 10.x as well
     assert tb.precision_policy("fp16", "10.3", onnx_precision="fp16").strongly_typed
@@ -65,6 +94,14 @@ def test_precision_policy_by_trt_version():
         tb.precision_policy("fp16", "8.6.1")
     with pytest.raises(TinyvimError, match="unknown precision"):
         tb.precision_policy("int8", "10.3")
+
+
+def test_equivalent_commands_for_a_fixed_shape_portable_build():
+    policy = tb.precision_policy("fp32", "10.16.0")
+    cmds = tb.equivalent_commands("m.onnx", "m.engine", policy=policy, profile=tb.profile_shapes([1, 3, 224, 224]),
+                                  static_input=True, plugin=None, pinned=[], trt_version="10.16.0")
+    assert cmds["trtexec"] == "trtexec --onnx=m.onnx --saveEngine=m.engine --skipInference --noTF32"
+    assert cmds["polygraphy"] == "polygraphy convert m.onnx --convert-to trt -o m.engine"
 
 
 @pytest.mark.parametrize("name,kind,act,pinned", [
@@ -101,7 +138,7 @@ def test_sidecar_roundtrip_and_mismatch_messages(tmp_path):
     onnx_file.write_bytes(b"onnx")
     gpu = {"name": "NVIDIA H100 80GB HBM3", "compute_capability": "9.0"}
     side = tc.make_sidecar(tinyvim_version="0.1.0", trt_version="10.3.0.26", gpu=gpu, precision="fp16",
-                           profiles=[tb.profile_shapes((224, 224), 1, 8, 32)], onnx_path=str(onnx_file),
+                           profiles=[tb.profile_shapes([None, 3, 224, 224], max_batch=32)], onnx_path=str(onnx_file),
                            onnx_sha256=tc.sha256_file(onnx_file), onnx_metadata={"variant": "s"},
                            build_seconds=12.3456, strongly_typed=False, plugin=None)
     import hashlib
@@ -127,7 +164,8 @@ def test_missing_sidecar_is_a_clear_error(tmp_path):
 def test_parser_errors_explain_the_plugin():
     msg = tb.explain_parser_errors(["ModelImporter.cpp:771: ... Plugin not found, are the plugin name, "
                                     "version, and namespace correct?"])
-    assert "--plugin" in msg and "Plugin not found" in msg
+    assert "--plugin" in msg and "Plugin not found" in msg and "tinyvim build-plugin" in msg
+    assert "--plugin" in tb.explain_parser_errors(["node_scan_1: Could not create the plugin."])
     assert "--plugin" not in tb.explain_parser_errors(["Unsupported ONNX data type: UINT8"])
 
 
@@ -142,15 +180,6 @@ def test_write_atomically_replaces_and_cleans_up(tmp_path):
 
 def test_default_engine_path():
     assert str(tb.default_engine_path("/a/m.onnx", "fp16")) == "/a/m.fp16.engine"
-
-
-def test_plugin_library_errors(tmp_path):
-    with pytest.raises(TinyvimError, match="does not exist"):
-        tc.load_plugin_library(tmp_path / "missing.so")
-    bad = tmp_path / "bad.so"
-    bad.write_bytes(b"not an ELF")
-    with pytest.raises(TinyvimError, match="does not load"):
-        tc.load_plugin_library(bad)
 
 
 @pytest.mark.skipif(HAVE_TRT, reason="tensorrt is installed: the missing-TensorRT path cannot be checked")
@@ -182,7 +211,8 @@ def _fake_engine(tmp_path, metadata):
     engine = tmp_path / "m.fp16.engine"
     engine.write_bytes(b"not really an engine")
     side = tc.make_sidecar(tinyvim_version="0.1.0", trt_version="10.3.0", gpu={"name": "H100", "compute_capability": "9.0"},
-                           precision="fp16", profiles=[tb.profile_shapes((64, 64), 1, 4, 8)], onnx_path="m.onnx",
+                           precision="fp16", profiles=[tb.profile_shapes([None, 3, 64, 64], max_batch=8)],
+                           onnx_path="m.onnx",
                            onnx_sha256="0" * 64, onnx_metadata=metadata, build_seconds=1.0, strongly_typed=False,
                            plugin=None)
     tc.sidecar_path(engine).write_text(json.dumps(side))

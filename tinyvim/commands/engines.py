@@ -157,22 +157,31 @@ def profile(batch_text, json_path, plot_path, **kwargs):
 @click.option("-o", "--output", type=click.Path(dir_okay=False), default=None,
               help="Engine path [default: MODEL.<precision>.engine].")
 @click.option("--precision", type=click.Choice(["fp32", "fp16", "bf16"]), default="fp32", show_default=True)
-@click.option("--min-batch", type=int, default=1, show_default=True)
+@click.option("--min-shape", default=None, metavar="BxHxW",
+              help="Smallest input of the profile, batch x height x width (e.g. 1x224x224); needed for an ONNX "
+                   "with a dynamic image size [default: --opt-shape].")
+@click.option("--opt-shape", default=None, metavar="BxHxW", help="Input TensorRT tunes for [default: --max-shape].")
+@click.option("--max-shape", default=None, metavar="BxHxW", help="Largest input of the profile [default: --opt-shape].")
+@click.option("--min-batch", type=int, default=None, help="Short form for the ONNX's own H x W [default: 1].")
 @click.option("--opt-batch", type=int, default=None, help="[default: --max-batch]")
 @click.option("--max-batch", type=int, default=None, help="[default: --opt-batch, else --min-batch]")
+@click.option("--tf32", is_flag=True, help="Let fp32 layers use TF32 tensor cores (faster, ~1e-3 relative error; "
+                                            "off by default so that fp32 is fp32).")
 @click.option("--workspace", type=int, default=None, help="Builder workspace limit in MiB.")
 @click.option("--timing-cache", type=click.Path(dir_okay=False), default=None,
               help="Read / update this timing cache (faster rebuilds).")
 @click.option("--plugin", type=click.Path(dir_okay=False), default=None,
-              help="Scan plugin library [default: tinyvim.plugins.find_plugin_library()].")
+              help="Scan plugin library [default: the one `tinyvim build-plugin` built].")
 @click.option("--builder-optimization-level", type=click.IntRange(0, 5), default=None)
 @_one_line_errors
-def build_engine(model, output, precision, min_batch, opt_batch, max_batch, workspace, timing_cache, plugin,
-                 builder_optimization_level):
-    """Build a TensorRT engine (and its JSON sidecar) from a TinyViM ONNX MODEL."""
+def build_engine(model, output, precision, min_shape, opt_shape, max_shape, min_batch, opt_batch, max_batch, tf32,
+                 workspace, timing_cache, plugin, builder_optimization_level):
+    """Build a TensorRT engine (and its JSON sidecar) from a TinyViM ONNX MODEL, through
+    Polygraphy; prints the equivalent trtexec and polygraphy command lines first."""
     from tinyvim.engines.trt_build import build_engine as build
 
-    result = build(model, output, precision=precision, min_batch=min_batch, opt_batch=opt_batch,
-                   max_batch=max_batch, workspace_mib=workspace, timing_cache=timing_cache, plugin=plugin,
-                   builder_optimization_level=builder_optimization_level, log=_err)
+    result = build(model, output, precision=precision, min_shape=min_shape, opt_shape=opt_shape, max_shape=max_shape,
+                   min_batch=min_batch, opt_batch=opt_batch, max_batch=max_batch, tf32=tf32, workspace_mib=workspace,
+                   timing_cache=timing_cache, plugin=plugin, builder_optimization_level=builder_optimization_level,
+                   log=_err)
     click.echo(f"wrote {result.engine_path} and {result.sidecar_path} ({precision}, built in {result.seconds:.1f} s)")

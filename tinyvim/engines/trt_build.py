@@ -1,83 +1,149 @@
 """Building a TensorRT engine from a TinyViM ONNX file (`tinyvim build-engine`).
 
-Pure logic first (profile shapes, precision policy per TensorRT major version, which layers
-stay in fp32, output naming): no tensorrt import, unit-tested everywhere. `build_engine` does
-the TensorRT work and imports tensorrt lazily.
+The TensorRT work goes through Polygraphy's TensorRT loaders (NVIDIA tests them against every
+TensorRT release): NetworkFromOnnxPath, PostprocessNetwork, CreateConfig (profile, precision,
+precision constraints, timing cache, progress monitor), EngineBytesFromNetwork. What is ours:
+the scan plugin registered through IPluginRegistry::loadLibrary before parsing, the precision
+policy, the profile rules, the sidecar, atomic writes, progress lines, and the equivalent
+trtexec / polygraphy command lines printed so that the build can be reproduced with those tools.
+
+Pure logic first (profiles, precision policy, which layers stay in fp32, command lines): no
+tensorrt import, unit-tested everywhere.
 
 Precision policy:
 - TensorRT 10.x, fp32 ONNX: weakly typed network; --precision fp16/bf16 set the builder flag,
-  and the scan plugin, softplus and LayerNorm layers are pinned to fp32 (layer precision +
-  output type, with OBEY_PRECISION_CONSTRAINTS; found by layer type and, for the portable
-  scan's elementary ops, by ONNX op type - see FP32_OP_TYPES) because the recurrence exp(delta*A)*h
-  accumulates over 49 steps and softplus/normalisation lose too much in 16 bits. TF32 is
-  cleared for fp32 so that "fp32" really means fp32 (TensorRT enables TF32 by default, which
-  would put ~1e-3 relative error on every convolution).
+  and the scan plugin, softplus and normalisation layers are pinned to fp32 (layer precision +
+  output type, with precision constraints "obey"; found by layer type and, for the portable
+  scan's elementary ops, by ONNX op type - see FP32_OP_TYPES) because the recurrence
+  exp(delta*A)*h accumulates over the whole sequence and softplus/normalisation lose too much
+  in 16 bits.
 - TensorRT >= 11 (no FP16/BF16 builder flags) or an ONNX already exported in reduced precision:
   strongly typed network; the precision is the one written in the ONNX graph, so --precision
   must match the ONNX's `precision` metadata (export with `--precision fp16` for fp16).
+- TF32 is off unless asked for (--tf32): TensorRT enables it by default, which puts ~1e-3
+  relative error on every fp32 convolution and matrix product, and `validate`'s fp32
+  tolerance assumes real fp32.
 """
 from __future__ import annotations
 
+import json
 import os
 import re
+import shlex
 import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
+import onnx
+
+from tinyvim import __version__
 from tinyvim.contract import COMPUTE_PRECISIONS as PRECISIONS
+from tinyvim.contract import INPUT_NAME, check_batch, check_input_size, format_size
+from tinyvim.engines.model_info import read_onnx_info
+from tinyvim.engines.trt_common import (check_trt_version, default_plugin_path, gpu_info, import_polygraphy,
+                                        import_tensorrt, make_sidecar, polygraphy_messages, register_plugin_library,
+                                        sha256_file, sidecar_path, trt_major)
 from tinyvim.errors import TinyvimError
 from tinyvim.utils import atomic_write_bytes
 
-
-# --------------------------------------------------------------------- pure logic
-def profile_shapes(img_size: tuple[int, int], min_batch: int = 1, opt_batch: int | None = None,
-                   max_batch: int | None = None, fixed_batch: int | None = None) -> dict:
-    """Optimisation profile for input `images`: {'images': {'min','opt','max': [B, 3, H, W]}}.
-
-    opt defaults to max, max to opt (or min); an ONNX with a fixed batch allows only that batch."""
-    if fixed_batch is not None:
-        # min_batch's default (1) is not a request; any other asked batch must be the fixed one.
-        asked = {b for b in (opt_batch, max_batch) if b is not None}
-        if min_batch != 1:
-            asked.add(min_batch)
-        if asked - {fixed_batch}:
-            raise TinyvimError(f"the ONNX has a fixed batch of {fixed_batch}; re-export with "
-                               "--dynamic-batch to build an engine for other batch sizes")
-        min_batch = opt_batch = max_batch = fixed_batch
-    if max_batch is None:
-        max_batch = opt_batch if opt_batch is not None else min_batch
-    if opt_batch is None:
-        opt_batch = max_batch
-    if not 1 <= min_batch <= opt_batch <= max_batch:
-        raise TinyvimError(f"batch sizes must satisfy 1 <= min ({min_batch}) <= opt ({opt_batch}) "
-                           f"<= max ({max_batch})")
-    h, w = img_size
-    return {"images": {k: [b, 3, h, w] for k, b in (("min", min_batch), ("opt", opt_batch),
-                                                     ("max", max_batch))}}
+AUTOREG_LIBRARY = "libtinyvim_trt_plugin_autoreg.so"
+_SHAPE_KEYS = ("min", "opt", "max")
 
 
+# --------------------------------------------------------------------- profiles
+def parse_shape(text: str, what: str) -> tuple[int, int, int]:
+    """'8x224x224' (batch x height x width) -> (8, 224, 224), each part checked."""
+    parts = str(text).strip().lower().split("x")
+    if len(parts) != 3 or not all(re.fullmatch(r"\d{1,6}", p) for p in parts):
+        raise TinyvimError(f"{what} {text!r} is not BxHxW (batch x height x width, e.g. 1x224x224)")
+    b, h, w = (int(p) for p in parts)
+    check_batch(b, f"the batch of {what}")
+    check_input_size(h, w)
+    return b, h, w
+
+
+def _fill(values: dict[str, object]) -> dict[str, object]:
+    """min/opt/max with the missing ones filled: opt from max (else min), max from opt (else
+    min), min from opt (else max)."""
+    lo, opt, hi = (values.get(k) for k in _SHAPE_KEYS)
+    opt = opt if opt is not None else (hi if hi is not None else lo)
+    hi = hi if hi is not None else opt
+    lo = lo if lo is not None else opt
+    return {"min": lo, "opt": opt, "max": hi}
+
+
+def profile_shapes(input_shape, *, min_shape: str | None = None, opt_shape: str | None = None,
+                   max_shape: str | None = None, min_batch: int | None = None, opt_batch: int | None = None,
+                   max_batch: int | None = None) -> dict:
+    """The optimisation profile {'images': {'min','opt','max': [B, 3, H, W]}} for an ONNX whose
+    input is `input_shape` ([B, 3, H, W], None where the dimension is dynamic).
+
+    Either shapes ('BxHxW', e.g. --max-shape 8x224x224) or, for a fixed H x W, batches only.
+    Missing ends are filled (opt from max, max from opt, min from opt; min batch 1). A fixed
+    dimension of the ONNX admits only its own value; a dynamic H x W needs shapes."""
+    fixed_b, _, fixed_h, fixed_w = (d if isinstance(d, int) and d > 0 else None for d in input_shape)
+    shapes = {k: v for k, v in zip(_SHAPE_KEYS, (min_shape, opt_shape, max_shape)) if v is not None}
+    batches = {k: v for k, v in zip(_SHAPE_KEYS, (min_batch, opt_batch, max_batch)) if v is not None}
+    if shapes and batches:
+        raise TinyvimError("give the profile either as --min/--opt/--max-shape BxHxW or as "
+                           "--min/--opt/--max-batch (for the ONNX's own size), not both")
+    if shapes:
+        dims = {k: parse_shape(v, f"--{k}-shape") for k, v in shapes.items()}
+    else:
+        if fixed_h is None or fixed_w is None:
+            raise TinyvimError("the ONNX has a dynamic image size: give the range with --min-shape / --opt-shape / "
+                               "--max-shape BxHxW (e.g. --min-shape 1x224x224 --max-shape 8x384x384)")
+        if fixed_b is None and "min" not in batches:
+            batches["min"] = 1
+        dims = {k: (check_batch(b, f"--{k}-batch"), fixed_h, fixed_w) for k, b in batches.items()}
+    if not dims:      # nothing asked: the ONNX's own (fixed) shape
+        dims = {"min": (fixed_b or 1, fixed_h, fixed_w)}
+    dims = _fill(dims)
+    for k, (b, h, w) in dims.items():
+        if fixed_b is not None and b != fixed_b:
+            raise TinyvimError(f"the ONNX has a fixed batch of {fixed_b}; re-export with --dynamic-batch to "
+                               f"build an engine for other batch sizes (the {k} profile asks for {b})")
+        if fixed_h is not None and (h, w) != (fixed_h, fixed_w):
+            raise TinyvimError(f"the ONNX has a fixed image size of {format_size((fixed_h, fixed_w))}; re-export "
+                               f"with a dynamic size to build for others (the {k} profile asks for "
+                               f"{format_size((h, w))})")
+    if not all(dims["min"][i] <= dims["opt"][i] <= dims["max"][i] for i in range(3)):
+        text = {k: "x".join(map(str, v)) for k, v in dims.items()}
+        raise TinyvimError(f"profile shapes must satisfy min ({text['min']}) <= opt ({text['opt']}) <= "
+                           f"max ({text['max']}) in batch, height and width")
+    return {INPUT_NAME: {k: [b, 3, h, w] for k, (b, h, w) in dims.items()}}
+
+
+# --------------------------------------------------------------------- precision
 @dataclass(frozen=True)
 class PrecisionPolicy:
-    """How to build for a precision: builder flags to set / clear, typing, fp32 pinning."""
+    """How to build for a precision: network typing, builder precisions, fp32 pinning."""
     precision: str
     strongly_typed: bool
-    set_flags: tuple[str, ...] = ()
-    clear_flags: tuple[str, ...] = ()
-    pin_fp32: bool = False
+    fp16: bool = False
+    bf16: bool = False
+    tf32: bool = False
+    pin_fp32: bool = False                 # 10.x, weakly typed: pin the scan/softplus/norm layers
     notes: tuple[str, ...] = field(default_factory=tuple)
 
+    def config_kwargs(self) -> dict:
+        """Polygraphy CreateConfig arguments."""
+        return {"tf32": self.tf32, "fp16": self.fp16, "bf16": self.bf16,
+                "precision_constraints": "obey" if self.pin_fp32 else None}
 
-def precision_policy(precision: str, trt_version: str, onnx_precision: str = "fp32") -> PrecisionPolicy:
+
+def precision_policy(precision: str, trt_version: str, onnx_precision: str = "fp32",
+                     tf32: bool = False) -> PrecisionPolicy:
     """The build recipe for `precision` with TensorRT `trt_version` and an ONNX exported in
     `onnx_precision` (its metadata; fp32 when absent)."""
-    from tinyvim.engines.trt_common import check_trt_version, version_tuple
-
     if precision not in PRECISIONS:
         raise TinyvimError(f"unknown precision {precision!r}; choose {', '.join(PRECISIONS)}")
     check_trt_version(trt_version)
-    major = version_tuple(trt_version)[0]
+    major = trt_major(trt_version)
+    tf32_note = (("TF32 enabled (--tf32): fp32 layers may run on TF32 tensor cores (~1e-3 relative error)",)
+                 if tf32 else ("TF32 disabled: fp32 layers compute in real fp32",))
     if onnx_precision != "fp32" or major >= 11:
         # The graph's own types decide: the builder may not change them.
         if precision != onnx_precision:
@@ -87,15 +153,15 @@ def precision_policy(precision: str, trt_version: str, onnx_precision: str = "fp
                                f"is the one written in the ONNX graph; export it with "
                                f"`tinyvim export --precision {precision}` (keeps scan/softplus in fp32) "
                                f"or build with --precision {onnx_precision}")
-        return PrecisionPolicy(precision, strongly_typed=True,
-                               notes=(f"strongly typed network: precision from the ONNX graph ({onnx_precision})",))
+        return PrecisionPolicy(precision, strongly_typed=True, tf32=tf32,
+                               notes=(f"strongly typed network: precision from the ONNX graph ({onnx_precision})",
+                                      *tf32_note))
     if precision == "fp32":
-        return PrecisionPolicy("fp32", strongly_typed=False, clear_flags=("TF32",),
-                               notes=("TF32 disabled so that fp32 matches PyTorch to fp32 round-off",))
-    flag = {"fp16": "FP16", "bf16": "BF16"}[precision]
-    return PrecisionPolicy(precision, strongly_typed=False, set_flags=(flag, "OBEY_PRECISION_CONSTRAINTS"),
-                           clear_flags=("TF32",), pin_fp32=True,
-                           notes=(f"builder flag {flag}; scan plugin, softplus and LayerNorm pinned to fp32",))
+        return PrecisionPolicy("fp32", strongly_typed=False, tf32=tf32, notes=tf32_note)
+    return PrecisionPolicy(precision, strongly_typed=False, fp16=precision == "fp16", bf16=precision == "bf16",
+                           tf32=tf32, pin_fp32=True,
+                           notes=(f"builder precision {precision}; scan plugin, softplus and normalisation pinned "
+                                  "to fp32", *tf32_note))
 
 
 _PIN_NAME = re.compile(r"crossselectivescan|selective_scan|cross_selective|softplus|layernorm|layer_norm|out_norm",
@@ -133,6 +199,78 @@ def should_pin_fp32(layer_name: str, layer_kind: str, activation_kind: str | Non
     return bool(_PIN_NAME.search(layer_name or ""))
 
 
+def pin_fp32_layers(trt, network: "trt.INetworkDefinition", fp32_nodes: frozenset[str]) -> list[str]:
+    """TensorRT 10.x only (per-layer precision is gone in 11, where networks are strongly
+    typed): pin the layers `should_pin_fp32` picks to fp32 compute and fp32 outputs. Returns
+    their names, in network order."""
+    if trt_major(trt.__version__) >= 11:   # the version guard the API test looks for
+        raise TinyvimError(f"internal: TensorRT {trt.__version__} has no per-layer precision; build strongly typed")
+    pinned = []
+    for i in range(network.num_layers):
+        layer: "trt.ILayer" = network.get_layer(i)
+        kind = layer.type.name
+        act = None
+        if kind == "ACTIVATION":
+            # ILayer.type is shadowed by IActivationLayer.type (the ActivationType) once the
+            # layer is viewed as what it is.
+            layer.__class__ = trt.IActivationLayer
+            act = layer.type.name
+        if should_pin_fp32(layer.name, kind, act, layer.metadata or "", fp32_nodes):
+            layer.precision = trt.float32
+            for j in range(layer.num_outputs):
+                layer.set_output_type(j, trt.float32)
+            pinned.append(layer.name)
+    return pinned
+
+
+# --------------------------------------------------------------------- the same build with NVIDIA's tools
+def equivalent_commands(onnx_path, engine_path, *, policy: PrecisionPolicy, profile: dict, static_input: bool,
+                        plugin: str | None, pinned: list[str], trt_version: str, workspace_mib: int | None = None,
+                        timing_cache=None, builder_optimization_level: int | None = None) -> dict[str, str]:
+    """The trtexec and `polygraphy convert` command lines that build the same engine.
+
+    trtexec loads the plugin through IPluginRegistry::loadLibrary (--dynamicPlugins), as tinyvim
+    does; polygraphy's --plugins only dlopens, so it gets the self-registering companion library.
+    Polygraphy's command line sets pinned layers' compute precision only; trtexec also their
+    output types, as tinyvim does."""
+    trtexec = ["trtexec", f"--onnx={onnx_path}", f"--saveEngine={engine_path}", "--skipInference"]
+    poly = ["polygraphy", "convert", os.fspath(onnx_path), "--convert-to", "trt", "-o", os.fspath(engine_path)]
+    if plugin:
+        trtexec.append(f"--dynamicPlugins={plugin}")
+        poly += ["--plugins", os.fspath(Path(plugin).with_name(AUTOREG_LIBRARY))]
+    if not static_input:
+        for key, flag in zip(_SHAPE_KEYS, ("min", "opt", "max")):
+            shapes = {name: s[key] for name, s in profile.items()}
+            trtexec.append(f"--{flag}Shapes=" + ",".join(f"{n}:{'x'.join(map(str, s))}" for n, s in shapes.items()))
+            poly += [f"--trt-{flag}-shapes", *(f"{n}:[{','.join(map(str, s))}]" for n, s in shapes.items())]
+    if policy.strongly_typed:
+        if trt_major(trt_version) < 11:   # 11 builds strongly typed networks only; the flag is gone
+            trtexec.append("--stronglyTyped")
+        poly.append("--strongly-typed")
+    for flag in ("fp16", "bf16"):
+        if getattr(policy, flag):
+            trtexec.append(f"--{flag}")
+            poly.append(f"--{flag}")
+    if policy.tf32:
+        poly.append("--tf32")
+    else:
+        trtexec.append("--noTF32")      # polygraphy leaves TF32 off unless --tf32
+    if pinned:
+        trtexec += ["--precisionConstraints=obey", "--layerPrecisions=" + ",".join(f"{n}:fp32" for n in pinned),
+                    "--layerOutputTypes=" + ",".join(f"{n}:fp32" for n in pinned)]
+        poly += ["--precision-constraints", "obey", "--layer-precisions", *(f"{n}:float32" for n in pinned)]
+    if workspace_mib:
+        trtexec.append(f"--memPoolSize=workspace:{int(workspace_mib)}M")
+        poly += ["--pool-limit", f"workspace:{int(workspace_mib)}M"]
+    if builder_optimization_level is not None:
+        trtexec.append(f"--builderOptimizationLevel={int(builder_optimization_level)}")
+        poly += ["--builder-optimization-level", str(int(builder_optimization_level))]
+    if timing_cache is not None:
+        trtexec.append(f"--timingCacheFile={timing_cache}")
+        poly += ["--load-timing-cache", os.fspath(timing_cache), "--save-timing-cache", os.fspath(timing_cache)]
+    return {"trtexec": shlex.join(map(str, trtexec)), "polygraphy": shlex.join(map(str, poly))}
+
+
 def default_engine_path(onnx_path: str | os.PathLike, precision: str) -> Path:
     """`model.onnx` -> `model.fp16.engine` next to it."""
     p = Path(onnx_path)
@@ -142,10 +280,11 @@ def default_engine_path(onnx_path: str | os.PathLike, precision: str) -> Path:
 def explain_parser_errors(errors: list[str]) -> str:
     """One message for ONNX-parser errors, with the fix for the common plugin case."""
     text = "; ".join(e.strip() for e in errors if e.strip()) or "unknown parser error"
-    if re.search(r"plugin not found|No importer registered|getPluginCreator|CrossSelectiveScan", text, re.I):
-        return (f"TensorRT could not parse the ONNX: {text}. The graph uses the CrossSelectiveScan "
-                "plugin: build the plugin (tinyvim/plugins) and pass its library with --plugin PATH, "
-                "or export with --scan portable")
+    if re.search(r"plugin not found|No importer registered|getPluginCreator|CrossSelectiveScan|"
+                 r"Could not create the plugin", text, re.I):
+        return (f"TensorRT could not parse the ONNX: {text}. The graph uses the CrossSelectiveScan plugin: "
+                "build it with `tinyvim build-plugin --tensorrt-root <TensorRT prefix>` and pass its library with "
+                "--plugin PATH, or export with --scan portable")
     return f"TensorRT could not parse the ONNX: {text}"
 
 
@@ -156,136 +295,104 @@ class BuildResult:
     sidecar_path: Path
     sidecar: dict
     seconds: float
+    commands: dict[str, str]
 
 
 def _make_progress_monitor(trt, log: Callable[[str], None]):
-    """An IProgressMonitor printing phase starts/ends (TensorRT >= 10 has the class)."""
-    if not hasattr(trt, "IProgressMonitor"):
-        return None
+    """An IProgressMonitor printing the top-level build phases."""
 
     class Monitor(trt.IProgressMonitor):
         def __init__(self):
             trt.IProgressMonitor.__init__(self)
             self._lock = threading.Lock()  # TensorRT may call from several threads
-            self._steps: dict[str, int] = {}
 
         def phase_start(self, phase_name, parent_phase, num_steps):
-            with self._lock:
-                self._steps[phase_name] = num_steps
-                if parent_phase is None:
+            if parent_phase is None:
+                with self._lock:
                     log(f"[build] {phase_name} ({num_steps} steps)")
 
         def step_complete(self, phase_name, step):
             return True  # never cancel
 
         def phase_finish(self, phase_name):
-            with self._lock:
-                self._steps.pop(phase_name, None)
+            pass
 
     return Monitor()
 
 
 def build_engine(onnx_path: str | os.PathLike, output: str | os.PathLike | None = None, *,
-                 precision: str = "fp32", min_batch: int = 1, opt_batch: int | None = None,
+                 precision: str = "fp32", min_shape: str | None = None, opt_shape: str | None = None,
+                 max_shape: str | None = None, min_batch: int | None = None, opt_batch: int | None = None,
                  max_batch: int | None = None, workspace_mib: int | None = None,
                  timing_cache: str | os.PathLike | None = None, plugin: str | os.PathLike | None = None,
-                 builder_optimization_level: int | None = None,
+                 builder_optimization_level: int | None = None, tf32: bool = False,
                  log: Callable[[str], None] = print) -> BuildResult:
     """Parse `onnx_path`, build a serialized engine, write it atomically plus `<engine>.json`."""
-    import json
-
-    import tinyvim
-    from tinyvim.engines.model_info import read_onnx_info
-    from tinyvim.engines.trt_common import (default_plugin_path, gpu_info, import_tensorrt,
-                                            load_plugin_library, make_sidecar, sha256_file, sidecar_path)
-
     info = read_onnx_info(onnx_path)          # one-line errors for missing / foreign files first
+    profile = profile_shapes(info.input_shape, min_shape=min_shape, opt_shape=opt_shape, max_shape=max_shape,
+                             min_batch=min_batch, opt_batch=opt_batch, max_batch=max_batch)
     trt = import_tensorrt()
+    poly = import_polygraphy()
+    from polygraphy.exception import PolygraphyException
     gpu = gpu_info()
-    policy = precision_policy(precision, trt.__version__, info.precision)
-    size = info.fixed_size
-    if size is None:
-        raise TinyvimError(f"{onnx_path} has a dynamic image size: export with a fixed --img-size")
-    shapes = profile_shapes(size, min_batch, opt_batch, max_batch, fixed_batch=info.fixed_batch)
+    policy = precision_policy(precision, trt.__version__, info.precision, tf32=tf32)
+    out = Path(output) if output is not None else default_engine_path(onnx_path, precision)
 
     plugin_path = None
     if info.plugin_nodes or plugin is not None:
-        plugin_path = load_plugin_library(plugin if plugin is not None else default_plugin_path())
-    logger = trt.Logger(trt.Logger.WARNING)
-    trt.init_libnvinfer_plugins(logger, "")
+        # Before the parser looks for the CrossSelectiveScan creator.
+        plugin_path = register_plugin_library(trt, plugin if plugin is not None else default_plugin_path())
+        log(f"[build] scan plugin registered from {plugin_path}")
 
-    builder = trt.Builder(logger)
-    # TensorRT releases that drop the flag build strongly typed networks anyway.
-    typed = getattr(trt.NetworkDefinitionCreationFlag, "STRONGLY_TYPED", None)
-    flags = 1 << int(typed) if policy.strongly_typed and typed is not None else 0
-    network = builder.create_network(flags)
-    parser = trt.OnnxParser(network, logger)
-    if not parser.parse_from_file(os.fspath(onnx_path)):
-        raise TinyvimError(explain_parser_errors([str(parser.get_error(i).desc())
-                                                  for i in range(parser.num_errors)]))
+    pinned: list[str] = []
+    with polygraphy_messages(log) as errors:
+        try:
+            network = poly.NetworkFromOnnxPath(os.fspath(onnx_path), strongly_typed=policy.strongly_typed)
+            if policy.pin_fp32:
+                fp32_nodes = fp32_node_names(onnx.load(os.fspath(onnx_path), load_external_data=False).graph)
+                network = poly.PostprocessNetwork(
+                    network, lambda network: pinned.extend(pin_fp32_layers(trt, network, fp32_nodes)),
+                    name="tinyvim: pin scan, softplus and normalisation to fp32")
+            builder, net, parser = network()       # parsed now: a parse error costs no build time
+        except PolygraphyException:
+            raise TinyvimError(explain_parser_errors(errors)) from None
+        if policy.pin_fp32:
+            log(f"[build] {len(pinned)} layers pinned to fp32")
+        commands = equivalent_commands(
+            onnx_path, out, policy=policy, profile=profile, static_input=all(
+                isinstance(d, int) and d > 0 for d in info.input_shape), plugin=plugin_path, pinned=pinned,
+            trt_version=trt.__version__, workspace_mib=workspace_mib, timing_cache=timing_cache,
+            builder_optimization_level=builder_optimization_level)
+        for tool, line in commands.items():
+            log(f"[build] same build with {tool}: {line}")
+        for note in policy.notes:
+            log(f"[build] {note}")
+        cache_exists = timing_cache is not None and Path(timing_cache).is_file()
+        create_config = poly.CreateConfig(
+            profiles=[poly.Profile().add(name, s["min"], s["opt"], s["max"]) for name, s in profile.items()],
+            memory_pool_limits={trt.MemoryPoolType.WORKSPACE: int(workspace_mib) << 20} if workspace_mib else None,
+            load_timing_cache=os.fspath(timing_cache) if cache_exists else None,
+            builder_optimization_level=builder_optimization_level,
+            progress_monitor=_make_progress_monitor(trt, log), **policy.config_kwargs())
+        start = time.perf_counter()
+        try:
+            config: "trt.IBuilderConfig" = create_config(builder, net)
+            serialized = poly.EngineBytesFromNetwork((builder, net, parser), config=config)()
+        except PolygraphyException as exc:
+            detail = "; ".join(errors) or str(exc)
+            raise TinyvimError(f"TensorRT failed to build the engine: {detail}") from None
+        seconds = time.perf_counter() - start
 
-    config = builder.create_builder_config()
-    if workspace_mib:
-        config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, int(workspace_mib) << 20)
-    if builder_optimization_level is not None:
-        config.builder_optimization_level = int(builder_optimization_level)
-    for name in policy.set_flags:
-        config.set_flag(getattr(trt.BuilderFlag, name))
-    for name in policy.clear_flags:
-        if hasattr(trt.BuilderFlag, name):
-            config.clear_flag(getattr(trt.BuilderFlag, name))
-    if policy.pin_fp32:
-        import onnx
-        fp32_nodes = fp32_node_names(onnx.load(os.fspath(onnx_path), load_external_data=False).graph)
-        pinned = 0
-        for i in range(network.num_layers):
-            layer = network.get_layer(i)
-            kind = layer.type.name
-            act = None
-            if kind == "ACTIVATION":
-                # ILayer.type is shadowed by IActivationLayer.type (the ActivationType)
-                # once the layer is viewed as what it is.
-                layer.__class__ = trt.IActivationLayer
-                act = layer.type.name
-            if should_pin_fp32(layer.name, kind, act, getattr(layer, "metadata", "") or "", fp32_nodes):
-                layer.precision = trt.float32
-                for j in range(layer.num_outputs):
-                    layer.set_output_type(j, trt.float32)
-                pinned += 1
-        log(f"[build] {pinned} layers pinned to fp32")
-
-    profile = builder.create_optimization_profile()
-    for name, s in shapes.items():
-        profile.set_shape(name, s["min"], s["opt"], s["max"])
-    config.add_optimization_profile(profile)
-
-    cache = None
-    if timing_cache is not None:
-        blob = Path(timing_cache).read_bytes() if Path(timing_cache).is_file() else b""
-        cache = config.create_timing_cache(blob)
-        config.set_timing_cache(cache, ignore_mismatch=False)
-    monitor = _make_progress_monitor(trt, log)
-    if monitor is not None:
-        config.progress_monitor = monitor
-    else:
-        log("[build] building (TensorRT reports no progress in this version)...")
-
-    for note in policy.notes:
-        log(f"[build] {note}")
-    start = time.perf_counter()
-    serialized = builder.build_serialized_network(network, config)
-    seconds = time.perf_counter() - start
-    if serialized is None:
-        raise TinyvimError("TensorRT failed to build the engine (see the TensorRT messages above)")
-
-    out = Path(output) if output is not None else default_engine_path(onnx_path, precision)
     atomic_write_bytes(out, bytes(serialized))
-    if timing_cache is not None:
-        atomic_write_bytes(timing_cache, bytes(config.get_timing_cache().serialize()))
-    sidecar = make_sidecar(tinyvim_version=tinyvim.__version__, trt_version=trt.__version__, gpu=gpu,
-                           precision=precision, profiles=[shapes], onnx_path=os.fspath(onnx_path),
-                           onnx_sha256=sha256_file(onnx_path), onnx_metadata=info.metadata.to_props() if info.metadata else {},
-                           build_seconds=seconds, strongly_typed=policy.strongly_typed, plugin=plugin_path)
+    if timing_cache is not None:   # the loaded cache plus this build's timings
+        cache: "trt.ITimingCache" = config.get_timing_cache()
+        atomic_write_bytes(timing_cache, bytes(cache.serialize()))
+    sidecar = make_sidecar(tinyvim_version=__version__, trt_version=trt.__version__, gpu=gpu,
+                           precision=precision, profiles=[profile], onnx_path=os.fspath(onnx_path),
+                           onnx_sha256=sha256_file(onnx_path),
+                           onnx_metadata=info.metadata.to_props() if info.metadata else {},
+                           build_seconds=seconds, strongly_typed=policy.strongly_typed, plugin=plugin_path,
+                           tf32=policy.tf32, commands=commands)
     side = sidecar_path(out)
     atomic_write_bytes(side, (json.dumps(sidecar, indent=2) + "\n").encode())
-    return BuildResult(out, side, sidecar, seconds)
+    return BuildResult(out, side, sidecar, seconds, commands)

@@ -1,16 +1,20 @@
 """TensorRT facts shared by the engine builder and the engine runner.
 
-Everything here except `import_tensorrt`, `load_plugin_library` and `gpu_info` is pure
-Python (no tensorrt, no CUDA) so that it is unit-tested on machines without a GPU.
+Pure Python (no tensorrt, no CUDA), unit-tested everywhere: versions, the engine sidecar.
+Needing TensorRT: `import_tensorrt`, `import_polygraphy`, `register_plugin_library` (the scan
+plugin through IPluginRegistry::loadLibrary), `polygraphy_messages`, `gpu_info`.
 """
 from __future__ import annotations
 
-import ctypes
+import contextlib
 import json
+import logging
 import os
 import re
 from pathlib import Path
+from typing import Callable
 
+from tinyvim.contract import SCAN_PLUGIN
 from tinyvim.errors import TinyvimError
 from tinyvim.utils import file_sha256 as sha256_file  # noqa: F401  (used by build and validate)
 
@@ -51,6 +55,11 @@ def same_build_version(built: str, running: str) -> bool:
     return version_tuple(built)[:3] == version_tuple(running)[:3]
 
 
+def trt_major(version: str) -> int:
+    """'10.16.0.72' -> 10."""
+    return version_tuple(version)[0]
+
+
 def check_trt_version(version: str) -> None:
     if not version_at_least(version, str(MIN_TRT_MAJOR)):
         raise TinyvimError(f"TensorRT {version} is too old: tinyvim needs TensorRT >= {MIN_TRT_MAJOR} "
@@ -70,37 +79,89 @@ def import_tensorrt():
     return trt
 
 
-def default_plugin_path() -> str:
-    """Path of the scan plugin library from tinyvim.plugins, or a clear error."""
+def import_polygraphy():
+    """polygraphy.backend.trt (NVIDIA's TensorRT loaders, which build-engine goes through), or
+    a one-line TinyvimError."""
     try:
-        from tinyvim.plugins import find_plugin_library
+        import polygraphy.backend.trt as polygraphy_trt
     except ImportError as exc:
-        raise TinyvimError("the TensorRT scan plugin is not part of this installation "
-                           "(tinyvim.plugins.find_plugin_library missing): build it and pass --plugin PATH") from exc
+        raise TinyvimError(f"Polygraphy is not installed ({exc}): pip install polygraphy "
+                           "(or pip install 'tinyvim[tensorrt]')") from exc
+    return polygraphy_trt
+
+
+@contextlib.contextmanager
+def polygraphy_messages(log: Callable[[str], None]):
+    """While active, Polygraphy's messages - and TensorRT's, which Polygraphy's TensorRT logger
+    forwards - go to `log` from warnings up (not to stdout, where our summary goes), and the
+    errors are collected in the yielded list, to be quoted in a one-line failure."""
+    from polygraphy.logger import G_LOGGER
+
+    errors: list[str] = []
+
+    class Forward(logging.Handler):
+        def emit(self, record: logging.LogRecord) -> None:
+            text = re.sub(r"^\[[A-Z!]\]\s*", "", record.getMessage().strip())
+            if record.levelno >= logging.ERROR:
+                errors.append(" ".join(text.split()))
+            log(f"[polygraphy] {text}")
+
+    sink = logging.getLogger("Polygraphy")
+    saved = (G_LOGGER.use_python_logging_system, G_LOGGER.module_severity, G_LOGGER.colors, sink.propagate,
+             sink.level)
+    handler = Forward(logging.WARNING)
+    G_LOGGER.use_python_logging_system = True
+    G_LOGGER.module_severity = G_LOGGER.WARNING
+    G_LOGGER.colors = False
+    sink.addHandler(handler)
+    sink.propagate = False
+    sink.setLevel(logging.WARNING)
     try:
-        return os.fspath(find_plugin_library())
-    except TinyvimError:
-        raise
-    except Exception as exc:
-        raise TinyvimError(f"scan plugin library not found ({exc}): build it and pass --plugin PATH") from exc
+        yield errors
+    finally:
+        sink.removeHandler(handler)
+        G_LOGGER.use_python_logging_system, G_LOGGER.module_severity, G_LOGGER.colors = saved[:3]
+        sink.propagate = saved[3]
+        sink.setLevel(saved[4])
 
 
-_loaded_plugins: dict[str, ctypes.CDLL] = {}
+def default_plugin_path() -> str:
+    """Path of the scan plugin library that `tinyvim build-plugin` built (or $TINYVIM_TRT_PLUGIN)."""
+    from tinyvim.plugins import find_plugin_library
+    return os.fspath(find_plugin_library())
 
 
-def load_plugin_library(path: str | os.PathLike) -> str:
-    """dlopen the plugin with RTLD_GLOBAL, before parsing or deserialising, so that its
-    static initialiser registers the plugin creator where TensorRT's registry finds it."""
+#: plugin libraries registered in this process: path -> loadLibrary's handle (None: the
+#: creator was registered already, by other means)
+_registered: dict[str, object] = {}
+
+
+def register_plugin_library(trt, path: str | os.PathLike) -> str:
+    """Register the scan plugin with TensorRT's plugin registry the way TensorRT discovers a
+    plugin library: IPluginRegistry::loadLibrary, which calls the library's setLoggerFinder and
+    getCreators. Must run before parsing an ONNX with CrossSelectiveScan nodes and before
+    deserializing an engine built with them. One-line TinyvimError for a missing file, a
+    library TensorRT refuses (an old build without getCreators, or one built for another
+    TensorRT) or one without the creator the contract names. Returns the absolute path."""
     path = os.path.abspath(os.fspath(path))
-    if path in _loaded_plugins:
+    if path in _registered:
         return path
     if not os.path.isfile(path):
-        raise TinyvimError(f"plugin library {path} does not exist: build the scan plugin "
-                           "(see tinyvim/plugins) and pass its path with --plugin")
-    try:
-        _loaded_plugins[path] = ctypes.CDLL(path, mode=ctypes.RTLD_GLOBAL)
-    except OSError as exc:
-        raise TinyvimError(f"plugin library {path} does not load: {exc}") from exc
+        raise TinyvimError(f"plugin library {path} does not exist: build it with `tinyvim build-plugin "
+                           "--tensorrt-root <TensorRT prefix>` and pass it with --plugin")
+    spec = SCAN_PLUGIN
+    registry: "trt.IPluginRegistry" = trt.get_plugin_registry()
+    handle = None
+    if registry.get_creator(spec.op_type, spec.version, spec.namespace) is None:
+        handle = registry.load_library(path)
+        if handle is None:
+            raise TinyvimError(f"TensorRT {trt.__version__} refused the plugin library {path} (see its message "
+                               "above): rebuild it with `tinyvim build-plugin --tensorrt-root <this TensorRT>` "
+                               "(an old build without getCreators, or one for another TensorRT, does not load)")
+        if registry.get_creator(spec.op_type, spec.version, spec.namespace) is None:
+            raise TinyvimError(f"{path} does not provide plugin {spec.op_type} version {spec.version} in namespace "
+                               f"{spec.namespace!r}: rebuild it with `tinyvim build-plugin`")
+    _registered[path] = handle
     return path
 
 
@@ -126,10 +187,12 @@ def sidecar_path(engine_path: str | os.PathLike) -> Path:
 
 def make_sidecar(*, tinyvim_version: str, trt_version: str, gpu: dict, precision: str,
                  profiles: list[dict], onnx_path: str, onnx_sha256: str, onnx_metadata: dict,
-                 build_seconds: float, strongly_typed: bool, plugin: str | None) -> dict:
+                 build_seconds: float, strongly_typed: bool, plugin: str | None, tf32: bool = False,
+                 commands: dict | None = None) -> dict:
     """The JSON document written next to an engine. `profiles`: [{input: {min, opt, max}}].
     `onnx_metadata` carries the ONNX's tinyvim metadata so that `validate` can rebuild the
-    PyTorch reference from an engine alone."""
+    PyTorch reference from an engine alone; `commands`, the equivalent trtexec / polygraphy
+    command lines."""
     return {
         "sidecar_version": SIDECAR_VERSION,
         "tinyvim_version": tinyvim_version,
@@ -141,8 +204,10 @@ def make_sidecar(*, tinyvim_version: str, trt_version: str, gpu: dict, precision
         "profiles": profiles,
         "onnx": {"path": onnx_path, "sha256": onnx_sha256},
         "onnx_metadata": dict(onnx_metadata),
+        "tf32": bool(tf32),
         "plugin": plugin,
         "build_seconds": round(float(build_seconds), 3),
+        "commands": dict(commands or {}),
     }
 
 

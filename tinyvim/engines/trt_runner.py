@@ -1,4 +1,5 @@
-"""TensorRT runner: deserialises an engine built by `tinyvim build-engine` and runs it with the
+"""TensorRT runner: deserializes an engine built by `tinyvim build-engine` (through Polygraphy's
+EngineFromBytes, after the sidecar check and the plugin registration) and runs it with the
 named-tensor API (set_input_shape / set_tensor_address / execute_async_v3).
 
 Device buffers, the stream and the timing events come from torch.cuda (imported lazily), so
@@ -15,11 +16,57 @@ from typing import Mapping
 import numpy as np
 
 from tinyvim.engines.base import BaseRunner
+from tinyvim.engines.trt_common import check_sidecar as check_sidecar_against
+from tinyvim.engines.trt_common import (default_plugin_path, gpu_info, import_polygraphy, import_tensorrt,
+                                        polygraphy_messages, read_sidecar, register_plugin_library)
 from tinyvim.errors import TinyvimError
 
 
+def load_engine(engine_path: str | os.PathLike, *, plugin: str | os.PathLike | None = None,
+                check_sidecar: bool = True, log=print):
+    """(tensorrt module, ICudaEngine) for an engine built by `tinyvim build-engine`.
+
+    Checks the sidecar against this TensorRT and GPU first, registers the scan plugin before
+    deserializing (an explicit `plugin`, else the library the engine was built with, else the
+    default build for a plugin-flavour model), then deserializes with Polygraphy's
+    EngineFromBytes. One-line TinyvimError on every expected failure."""
+    engine_path = os.fspath(engine_path)
+    if not os.path.isfile(engine_path):
+        raise TinyvimError(f"{engine_path}: no such file")
+    trt = import_tensorrt()
+    poly = import_polygraphy()
+    from polygraphy.exception import PolygraphyException
+    sidecar = read_sidecar(engine_path) if check_sidecar else {}
+    if sidecar:
+        errors, warnings = check_sidecar_against(sidecar, trt_version=trt.__version__, gpu=gpu_info())
+        if errors:
+            raise TinyvimError("; ".join(errors))
+        for w in warnings:
+            log(f"warning: {w}")
+    recorded = sidecar.get("plugin")
+    if plugin is not None:
+        register_plugin_library(trt, plugin)
+    elif recorded and os.path.isfile(recorded):
+        register_plugin_library(trt, recorded)
+    elif recorded or sidecar.get("onnx_metadata", {}).get("scan") == "plugin":
+        register_plugin_library(trt, default_plugin_path())
+    with open(engine_path, "rb") as f:
+        data = f.read()
+    with polygraphy_messages(log) as messages:
+        try:
+            engine: "trt.ICudaEngine" = poly.EngineFromBytes(data)()
+        except PolygraphyException as exc:
+            detail = "; ".join(messages) or str(exc)
+            raise TinyvimError(f"TensorRT could not deserialize {engine_path}: {detail} (if it names a missing "
+                               "plugin creator, pass the scan plugin with --plugin)") from None
+    return trt, engine
+
+
 class TrtRunner(BaseRunner):
-    """Runs a serialized TensorRT engine; the scan plugin is loaded before deserialising."""
+    """Runs a serialized TensorRT engine; the scan plugin is registered before deserializing."""
+
+    _engine: "trt.ICudaEngine"
+    _context: "trt.IExecutionContext"
 
     def __init__(self, engine_path: str | os.PathLike, *, plugin: str | os.PathLike | None = None,
                  cuda_graph: bool = False, check_sidecar: bool = True, name: str = "trt",
@@ -32,41 +79,12 @@ class TrtRunner(BaseRunner):
         self.log = log
 
     def activate_impl(self) -> None:
-        from tinyvim.engines.trt_common import (check_sidecar, default_plugin_path, gpu_info, import_tensorrt,
-                                                load_plugin_library, read_sidecar)
-
-        if not os.path.isfile(self.engine_path):
-            raise TinyvimError(f"{self.engine_path}: no such file")
-        trt = import_tensorrt()
-        gpu = gpu_info()
-        sidecar = read_sidecar(self.engine_path) if self.check_sidecar else {}
-        if sidecar:
-            errors, warnings = check_sidecar(sidecar, trt_version=trt.__version__, gpu=gpu)
-            if errors:
-                raise TinyvimError("; ".join(errors))
-            for w in warnings:
-                self.log(f"warning: {w}")
-        # The plugin must be registered before deserialising: an explicit --plugin, else the
-        # library the engine was built with, else tinyvim.plugins' default for plugin graphs.
-        recorded = sidecar.get("plugin")
-        if self.plugin is not None:
-            load_plugin_library(self.plugin)
-        elif recorded and os.path.isfile(recorded):
-            load_plugin_library(recorded)
-        elif recorded or sidecar.get("onnx_metadata", {}).get("scan") == "plugin":
-            load_plugin_library(default_plugin_path())
         import torch
 
+        self._trt, self._engine = load_engine(self.engine_path, plugin=self.plugin, check_sidecar=self.check_sidecar,
+                                              log=self.log)
+        trt = self._trt
         self._torch = torch
-        self._trt = trt
-        self._logger = trt.Logger(trt.Logger.WARNING)
-        trt.init_libnvinfer_plugins(self._logger, "")
-        self._runtime = trt.Runtime(self._logger)
-        with open(self.engine_path, "rb") as f:
-            self._engine = self._runtime.deserialize_cuda_engine(f.read())
-        if self._engine is None:
-            raise TinyvimError(f"TensorRT could not deserialise {self.engine_path} (if it says "
-                               "'IPluginCreator not found', pass the scan plugin with --plugin)")
         self._context = self._engine.create_execution_context()
         names = [self._engine.get_tensor_name(i) for i in range(self._engine.num_io_tensors)]
         self._inputs = [n for n in names if self._engine.get_tensor_mode(n) == trt.TensorIOMode.INPUT]
@@ -83,10 +101,10 @@ class TrtRunner(BaseRunner):
         self._host_buffers = {}
         self._context = None
         self._engine = None
-        self._runtime = None
 
     def _torch_dtype(self, name: str):
-        np_dtype = np.dtype(self._trt.nptype(self._engine.get_tensor_dtype(name)))
+        trt = self._trt
+        np_dtype = np.dtype(trt.nptype(self._engine.get_tensor_dtype(name)))
         return {np.dtype(np.float32): self._torch.float32, np.dtype(np.float16): self._torch.float16,
                 np.dtype(np.int32): self._torch.int32, np.dtype(np.int64): self._torch.int64}[np_dtype]
 
@@ -117,7 +135,8 @@ class TrtRunner(BaseRunner):
             if not self._context.set_input_shape(name, shape):
                 lo, opt, hi = self._engine.get_tensor_profile_shape(name, 0)
                 raise TinyvimError(f"input {name} shape {list(shape)} is outside the engine's profile "
-                                   f"(min {list(lo)}, max {list(hi)}): rebuild with other --min/--max-batch")
+                                   f"(min {list(lo)}, max {list(hi)}): rebuild it with other --min-shape / "
+                                   "--max-shape (or --min-batch / --max-batch)")
             shapes[name] = shape
         dev_in = {n: self._buffer(n, shapes[n]) for n in self._inputs}
         dev_out = {n: self._buffer(n, tuple(self._context.get_tensor_shape(n))) for n in self._outputs}
