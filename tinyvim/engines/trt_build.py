@@ -34,7 +34,7 @@ import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
+from typing import TYPE_CHECKING, Callable
 
 import onnx
 
@@ -47,6 +47,9 @@ from tinyvim.engines.trt_common import (check_trt_version, default_plugin_path, 
                                         sha256_file, sidecar_path, trt_major)
 from tinyvim.errors import TinyvimError
 from tinyvim.utils import atomic_write_bytes
+
+if TYPE_CHECKING:   # annotations only; imported lazily where used
+    import tensorrt as trt
 
 AUTOREG_LIBRARY = "libtinyvim_trt_plugin_autoreg.so"
 _SHAPE_KEYS = ("min", "opt", "max")

@@ -11,7 +11,7 @@ per-layer launch overhead, which matters at batch 1).
 from __future__ import annotations
 
 import os
-from typing import Mapping
+from typing import TYPE_CHECKING, Mapping
 
 import numpy as np
 
@@ -20,6 +20,10 @@ from tinyvim.engines.trt_common import check_sidecar as check_sidecar_against
 from tinyvim.engines.trt_common import (default_plugin_path, gpu_info, import_polygraphy, import_tensorrt,
                                         polygraphy_messages, read_sidecar, register_plugin_library)
 from tinyvim.errors import TinyvimError
+
+if TYPE_CHECKING:   # annotations only; imported lazily where used
+    import tensorrt as trt
+    import torch
 
 
 def load_engine(engine_path: str | os.PathLike, *, plugin: str | os.PathLike | None = None,

@@ -2,8 +2,8 @@
 computed by our PyTorch scan through onnxruntime-extensions.
 
 onnxruntime-extensions registers Python ops only in the domain `ai.onnx.contrib`, so the
-session gets a copy of the graph with the plugin nodes moved there (TOOLCHAIN.md). This
-is a correctness path (tests, `validate` of plugin graphs), not a fast one."""
+session gets a copy of the graph with the plugin nodes moved there (an onnx-graphsurgeon
+edit, tinyvim.export.graph_edit). This is a correctness path (tests, `validate` of plugin graphs), not a fast one."""
 from __future__ import annotations
 
 import os
@@ -13,6 +13,7 @@ import onnx
 
 from tinyvim.contract import SCAN_PLUGIN
 from tinyvim.errors import TinyvimError
+from tinyvim.export.graph_edit import edit_graph
 
 CONTRIB_DOMAIN = "ai.onnx.contrib"
 _registered = False
@@ -54,18 +55,15 @@ def _register() -> None:
 
 
 def to_contrib_domain(model: onnx.ModelProto) -> onnx.ModelProto:
-    """A copy of `model` with the plugin nodes (and their opset import) in ai.onnx.contrib."""
-    out = onnx.ModelProto()
-    out.CopyFrom(model)
-    for node in out.graph.node:
-        if node.domain == SCAN_PLUGIN.onnx_domain and node.op_type == SCAN_PLUGIN.op_type:
-            node.domain = CONTRIB_DOMAIN
-    kept = [o for o in out.opset_import if o.domain != SCAN_PLUGIN.onnx_domain]
-    del out.opset_import[:]
-    out.opset_import.extend(kept)
-    if not any(o.domain == CONTRIB_DOMAIN for o in kept):
-        out.opset_import.add(domain=CONTRIB_DOMAIN, version=1)
-    return out
+    """A copy of `model` with the plugin nodes in ai.onnx.contrib instead of the contract's
+    domain (whose opset import goes; graphsurgeon imports the contrib one), metadata kept."""
+    def move(graph) -> None:
+        for node in graph.nodes:
+            if (node.domain, node.op) == (SCAN_PLUGIN.onnx_domain, SCAN_PLUGIN.op_type):
+                node.domain = CONTRIB_DOMAIN
+        graph.import_domains = [d for d in graph.import_domains if d.domain != SCAN_PLUGIN.onnx_domain]
+
+    return edit_graph(model, move)
 
 
 def plugin_session(model: onnx.ModelProto | str | os.PathLike, sess_options=None, providers=None):
