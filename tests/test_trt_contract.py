@@ -101,6 +101,19 @@ def symbolic_hw(node: Node) -> Node:
     return replace(node, name=node.name + "/symbolic_hw", inputs=ins, outputs=outs, syms=syms)
 
 
+def with_dtype(node: Node, dtype: str) -> Node:
+    """The node fed `dtype` (ONNX name) wherever the contract allows it (x and the tensors tied
+    to x's type), as a reduced-precision TensorRT build may feed it."""
+    contract = {"FLOAT16": "float16", "BFLOAT16": "bfloat16"}[dtype]
+
+    def convert(t: Tensor, spec) -> Tensor:
+        return replace(t, dtype=dtype) if contract in spec.dtypes else t
+
+    return replace(node, name=f"{node.name}/{dtype}",
+                   inputs=[convert(t, spec) for t, spec in zip(node.inputs, SCAN_PLUGIN.inputs)],
+                   outputs=[convert(t, spec) for t, spec in zip(node.outputs, SCAN_PLUGIN.outputs)])
+
+
 def write_spec(nodes: list[Node], path: Path) -> Path:
     lines = []
     for n in nodes:
@@ -191,22 +204,29 @@ def test_every_exported_node_goes_through_the_parser_and_builder_calls(built, no
     """createPlugin(kBUILD) from the parser's fields, getOutputDataTypes, getOutputShapes (the
     ONNX output shape, symbolic batch and H/W included), supportsFormatCombination for the
     graph's types, configurePlugin, getWorkspaceSize, onShapeChange, and the serialize ->
-    createPlugin(kRUNTIME) round trip, for every scan node of every export."""
+    createPlugin(kRUNTIME) round trip, for every scan node of every export (60 nodes), plus
+    symbolic-H/W and 16-bit variants of some."""
     every = [n for key in EXPORTS for n in nodes[key]]
     assert len(every) == 5 * len(EXPORTS)                     # 5 SS2D blocks per variant
-    assert all(n.attrs["d_state"] == ("INT", [8]) for n in every)
     dynamic = [n for key in EXPORTS if key[1] for n in nodes[key]]
     assert all(n.inputs[0].dims[0] == "batch" and n.outputs[0].dims[0] == "batch" for n in dynamic)
     hw = [symbolic_hw(n) for n in nodes[("l", False, "fp32")]]
-    lines = run_driver(built.built, "nodes", built.built["tinyvim_trt_plugin"], write_spec(every + hw, tmp_path / "s"))
+    # the exported nodes are float32 (casts around them in fp16 graphs); the plugin also takes
+    # the 16-bit types its contract allows, as a weakly typed fp16/bf16 build may feed them
+    half = [with_dtype(n, dt) for n in nodes[("s", True, "fp16")] for dt in ("FLOAT16", "BFLOAT16")]
+    extra = hw + half
+    lines = run_driver(built.built, "nodes", built.built["tinyvim_trt_plugin"], write_spec(every + extra, tmp_path / "s"))
     got = results(lines)
-    assert len(got) == len(every) + len(hw)
+    assert len(got) == len(every) + len(extra)
     failed = {k: v for k, v in got.items() if not v.startswith("ok ")}
     assert not failed, failed
     assert not [ln for ln in lines if ln.startswith("warning ")]
+    assert all(n.attrs["d_state"] == ("INT", [8]) for n in every)   # what the driver was fed
     # the driver compared the returned shapes with the graph's; spot-check its report
     assert got[f"{hw[0].name}"].startswith("ok outputs=FLOAT(1,16,height,width)")
     assert got[f"{nodes[('s', True, 'fp16')][0].name}"].startswith("ok outputs=FLOAT(batch,12,2,2)")
+    assert got[f"{half[1].name}"].startswith("ok outputs=BFLOAT16(batch,12,2,2)")
+    assert all(n.inputs[4].dtype == "FLOAT" for n in half)           # A stays float32
 
 
 WRONG_NODES = {
