@@ -1,0 +1,368 @@
+"""Load tests (`tinyvim serve-bench`): N concurrent clients, each sending one request and
+waiting for its answer before sending the next (closed loop, like perf_analyzer's
+--concurrency-range), for a fixed time; per-request latency, images/s, failed requests, and
+the server's own batch statistics (its statistics endpoint, read before and after the window).
+The same loop drives an in-process ONNX Runtime session for the side-by-side ratio.
+
+Metadata and statistics always come from the HTTP endpoint (its JSON carries integers;
+gRPC's JSON form spells int64 as strings and drops zeros); inference goes over the protocol
+being measured. tritonclient is imported lazily: it is the `serve` extra.
+"""
+from __future__ import annotations
+
+import threading
+import time
+from dataclasses import dataclass
+from typing import Callable
+
+import numpy as np
+
+from tinyvim.engines.inputs import random_batches
+from tinyvim.engines.profile import latency_stats
+from tinyvim.errors import TinyvimError
+
+PROTOCOLS = ("http", "grpc")
+MAX_CONCURRENCY = 64
+MAX_DURATION_S = 600.0
+#: a request that takes longer counts as failed (and cannot hang a bounded test)
+REQUEST_TIMEOUT_S = 60.0
+
+
+def import_tritonclient(protocol: str):
+    """tritonclient.http or tritonclient.grpc, or a one-line error saying how to install it."""
+    if protocol not in PROTOCOLS:
+        raise TinyvimError(f"unknown protocol {protocol!r}: choose {' or '.join(PROTOCOLS)}")
+    try:
+        if protocol == "http":
+            import tritonclient.http as client
+        else:
+            import tritonclient.grpc as client
+    except ImportError as exc:
+        raise TinyvimError(f"tritonclient[{protocol}] is not installed ({exc}): pip install 'tinyvim[serve]'") from exc
+    return client
+
+
+@dataclass(frozen=True)
+class ModelEndpoint:
+    """A served model as its server describes it."""
+    http_url: str
+    model: str
+    input_name: str
+    datatype: str
+    shape: tuple[int, ...]            # without the batch dimension when max_batch_size > 0
+    outputs: tuple[str, ...]
+    max_batch_size: int
+
+    def check_batch(self, batch: int) -> None:
+        limit = self.max_batch_size
+        if limit and not 1 <= batch <= limit:
+            raise TinyvimError(f"--batch {batch}: model {self.model} takes 1..{limit} images per request")
+        if not limit and batch != self.shape[0]:
+            raise TinyvimError(f"--batch {batch}: model {self.model} takes requests of its fixed shape "
+                               f"{list(self.shape)} (max_batch_size 0): use --batch {self.shape[0]}")
+
+    def request_shape(self, batch: int) -> tuple[int, ...]:
+        return (batch, *self.shape) if self.max_batch_size else self.shape
+
+
+def _http_client(url: str):
+    return import_tritonclient("http").InferenceServerClient(url, connection_timeout=REQUEST_TIMEOUT_S,
+                                                             network_timeout=REQUEST_TIMEOUT_S)
+
+
+def describe_model(http_url: str, model: str) -> ModelEndpoint:
+    """Ask the server for `model`'s input, outputs and max_batch_size; one-line errors when the
+    server is not there or does not serve it."""
+    client = _http_client(http_url)
+    from tritonclient.utils import InferenceServerException
+    try:
+        if not client.is_server_live():
+            raise TinyvimError(f"no live Triton server at {http_url}")
+        if not client.is_model_ready(model):
+            index = [m["name"] for m in client.get_model_repository_index() if m.get("state") == "READY"]
+            raise TinyvimError(f"model {model!r} is not ready on {http_url} (ready: {', '.join(index) or 'none'}): "
+                               "use --model NAME")
+        meta = client.get_model_metadata(model)
+        config = client.get_model_config(model)
+    except InferenceServerException as exc:
+        raise TinyvimError(f"Triton server at {http_url}: {exc.message()}") from None
+    except (ConnectionError, OSError) as exc:
+        raise TinyvimError(f"no Triton server at {http_url} ({exc}): start one with `tinyvim serve REPO`") from None
+    finally:
+        client.close()
+    if len(meta["inputs"]) != 1:
+        raise TinyvimError(f"model {model!r} has {len(meta['inputs'])} inputs; serve-bench sends one image tensor")
+    spec = meta["inputs"][0]
+    max_batch = int(config.get("max_batch_size", 0))
+    dims = tuple(int(d) for d in spec["shape"])
+    shape = dims[1:] if max_batch else dims
+    if any(d < 0 for d in shape):
+        raise TinyvimError(f"model {model!r} has dynamic dims {list(dims)}: serve-bench needs a fixed image size")
+    return ModelEndpoint(http_url, model, spec["name"], spec["datatype"], shape,
+                         tuple(o["name"] for o in meta["outputs"]), max_batch)
+
+
+def server_statistics(http_url: str, model: str) -> dict:
+    """The cumulative statistics entry of `model` (GET /v2/models/<model>/stats)."""
+    client = _http_client(http_url)
+    try:
+        stats = client.get_inference_statistics(model)["model_stats"]
+    finally:
+        client.close()
+    return stats[0] if stats else {}
+
+
+def statistics_delta(before: dict, after: dict) -> dict:
+    """What the server did between two statistics snapshots: requests (inference_count counts
+    images), executions (model calls), executions per batch size, mean batch, mean queue and
+    compute time per request in ms, failed requests."""
+    def count(s, *path):
+        for key in path:
+            s = s.get(key, {})
+        return int(s or 0)
+
+    def ns(s, phase):
+        return count(s, "inference_stats", phase, "ns")
+
+    batches_before = {b["batch_size"]: count(b, "compute_infer", "count") for b in before.get("batch_stats", [])}
+    batches = {}
+    for b in after.get("batch_stats", []):
+        n = count(b, "compute_infer", "count") - batches_before.get(b["batch_size"], 0)
+        if n:
+            batches[int(b["batch_size"])] = n
+    images = count(after, "inference_count") - count(before, "inference_count")
+    executions = count(after, "execution_count") - count(before, "execution_count")
+    ok = count(after, "inference_stats", "success", "count") - count(before, "inference_stats", "success", "count")
+    per_request = lambda phase: ((ns(after, phase) - ns(before, phase)) / ok / 1e6) if ok else None  # noqa: E731
+    return {"images": images, "executions": executions, "successful_requests": ok,
+            "failed_requests": count(after, "inference_stats", "fail", "count")
+            - count(before, "inference_stats", "fail", "count"),
+            "mean_batch": images / executions if executions else None,
+            "executions_by_batch_size": dict(sorted(batches.items())),
+            "queue_ms_per_request": per_request("queue"), "compute_ms_per_request": per_request("compute_infer")}
+
+
+# --------------------------------------------------------------------- the closed loop
+@dataclass
+class _Worker:
+    call: Callable[[], None]
+    latencies: list
+    errors: list
+    started: float = 0.0
+    finished: float = 0.0
+
+
+def drive(make_call: Callable[[], Callable[[], None]], concurrency: int, duration_s: float, *,
+          warmup_s: float = 1.0, between: Callable[[], None] = lambda: None) -> dict:
+    """Run `concurrency` threads, each calling its own `make_call()` back to back: first for
+    `warmup_s` (not measured), then - after every thread's warm-up request has returned and
+    `between()` has run (a statistics snapshot) - for `duration_s`. Each thread stops sending
+    at the deadline and waits for its last answer. Returns latencies (s), errors (first
+    message of each failure) and the wall time of the measured window."""
+    if not 1 <= concurrency <= MAX_CONCURRENCY:
+        raise TinyvimError(f"concurrency must be 1..{MAX_CONCURRENCY}, got {concurrency}")
+    if not 0 < duration_s <= MAX_DURATION_S or not 0 <= warmup_s <= MAX_DURATION_S:
+        raise TinyvimError(f"--duration must be in (0, {MAX_DURATION_S:.0f}] s and --warmup in [0, "
+                           f"{MAX_DURATION_S:.0f}] s")
+    workers = [_Worker(make_call(), [], []) for _ in range(concurrency)]
+    warm = threading.Barrier(concurrency + 1)
+    go = threading.Barrier(concurrency + 1)
+    window: dict = {}
+
+    def loop(w: _Worker, until: float, record: bool) -> None:
+        while True:
+            t0 = time.perf_counter()
+            try:
+                w.call()
+                if record:
+                    w.latencies.append(time.perf_counter() - t0)
+            except Exception as exc:  # noqa: BLE001 - a failed request is a measurement, not a crash
+                if record:
+                    w.errors.append(f"{type(exc).__name__}: {str(exc).strip().splitlines()[0] if str(exc).strip() else ''}")
+            if time.perf_counter() >= until:
+                return
+
+    def run(w: _Worker) -> None:
+        try:
+            if warmup_s > 0:
+                loop(w, time.perf_counter() + warmup_s, record=False)
+            warm.wait()
+            go.wait()
+            w.started = time.perf_counter()
+            loop(w, window["deadline"], record=True)
+            w.finished = time.perf_counter()
+        except threading.BrokenBarrierError:
+            pass
+
+    threads = [threading.Thread(target=run, args=(w,), daemon=True) for w in workers]
+    for t in threads:
+        t.start()
+    try:
+        warm.wait()
+        between()
+        window["deadline"] = time.perf_counter() + duration_s
+        go.wait()
+    except BaseException:
+        warm.abort()
+        go.abort()
+        raise
+    finally:
+        for t in threads:
+            t.join()
+    start = min(w.started for w in workers)
+    latencies = [x for w in workers for x in w.latencies]
+    errors = [e for w in workers for e in w.errors]
+    return {"latencies": latencies, "errors": errors, "seconds": max(w.finished for w in workers) - start}
+
+
+def _summary(backend: str, batch: int, concurrency: int, result: dict) -> dict:
+    n_ok, n_failed = len(result["latencies"]), len(result["errors"])
+    entry = {"backend": backend, "batch": batch, "concurrency": concurrency, "requests": n_ok, "failed": n_failed,
+             "seconds": result["seconds"], "throughput": n_ok * batch / result["seconds"] if result["seconds"] else 0.0,
+             "errors": sorted(set(result["errors"]))[:5]}
+    if n_ok:
+        entry["latency_ms"] = latency_stats(result["latencies"])
+    return entry
+
+
+def triton_load(endpoint: ModelEndpoint, *, protocol: str = "http", url: str | None = None, concurrency: int = 1,
+                duration_s: float = 10.0, batch: int = 1, warmup_s: float = 1.0, seed: int = 0) -> dict:
+    """One closed-loop load test of a served model; `url` is the endpoint of `protocol`
+    (default: the HTTP one). Returns the entry serve-bench reports (with server statistics)."""
+    client_mod = import_tritonclient(protocol)
+    endpoint.check_batch(batch)
+    url = url or endpoint.http_url
+    images = random_batches(1, batch, endpoint.shape[-2:], seed=seed)[0].astype(_numpy_dtype(endpoint.datatype))
+    if images.shape != endpoint.request_shape(batch):
+        raise TinyvimError(f"model {endpoint.model} takes {list(endpoint.request_shape(batch))}, not images "
+                           f"(batch, 3, H, W): serve-bench sends TinyViM image batches")
+
+    def make_call():
+        if protocol == "http":
+            client = client_mod.InferenceServerClient(url, connection_timeout=REQUEST_TIMEOUT_S,
+                                                      network_timeout=REQUEST_TIMEOUT_S)
+        else:
+            client = client_mod.InferenceServerClient(url)
+        request = client_mod.InferInput(endpoint.input_name, list(images.shape), endpoint.datatype)
+        if protocol == "http":
+            request.set_data_from_numpy(images, binary_data=True)
+        else:
+            request.set_data_from_numpy(images)
+        outputs = [client_mod.InferRequestedOutput(n) for n in endpoint.outputs]
+        kwargs = {"client_timeout": REQUEST_TIMEOUT_S} if protocol == "grpc" else {}
+        return lambda: client.infer(endpoint.model, [request], outputs=outputs, **kwargs)
+
+    snapshots = {}
+    result = drive(make_call, concurrency, duration_s, warmup_s=warmup_s,
+                   between=lambda: snapshots.setdefault("before", server_statistics(endpoint.http_url,
+                                                                                     endpoint.model)))
+    after = server_statistics(endpoint.http_url, endpoint.model)
+    entry = _summary(f"triton-{protocol}", batch, concurrency, result)
+    entry["server"] = statistics_delta(snapshots["before"], after)
+    return entry
+
+
+def inprocess_load(onnx_path: str, *, concurrency: int = 1, duration_s: float = 10.0, batch: int = 1,
+                   threads: int | None = None, warmup_s: float = 1.0, seed: int = 0) -> dict:
+    """The same closed loop on one in-process ONNX Runtime session shared by `concurrency`
+    threads (session.run is thread-safe and releases the GIL): what the server is compared with."""
+    from tinyvim.engines.model_info import read_onnx_info
+    from tinyvim.engines.ort_runner import OrtRunner
+
+    info = read_onnx_info(onnx_path)
+    if not info.fixed_size:
+        raise TinyvimError(f"{onnx_path} has a dynamic image size: in-process comparison needs a fixed one")
+    problem = info.batch_problem(batch)
+    if problem:
+        raise TinyvimError(f"--batch {batch}: {onnx_path}: {problem}")
+    images = random_batches(1, batch, info.fixed_size, seed=seed)[0]
+    runner = OrtRunner(onnx_path, threads=threads, allow_plugin_cpu=False)
+    with runner:
+        feed = {runner.input_names[0]: images}
+        result = drive(lambda: (lambda: runner.infer(feed)), concurrency, duration_s, warmup_s=warmup_s)
+    return _summary("ort-inprocess", batch, concurrency, result)
+
+
+def _numpy_dtype(datatype: str):
+    from tritonclient.utils import triton_to_np_dtype
+    dtype = triton_to_np_dtype(datatype)
+    if dtype is None or dtype is np.object_:
+        raise TinyvimError(f"serve-bench sends image tensors; the model's input is {datatype}")
+    return dtype
+
+
+# --------------------------------------------------------------------- reporting
+def format_load_table(entries: list[dict]) -> str:
+    """One line per (backend, concurrency): latency percentiles, images/s, failures, and the
+    server's mean batch and queue time (what dynamic batching did)."""
+    header = (f"{'backend':<14} {'conc':>4} {'batch':>5} {'requests':>8} {'failed':>6} {'p50':>8} {'p90':>8} "
+              f"{'p99':>8} {'img/s':>8} {'srv batch':>9} {'queue':>7}")
+    lines = [header + "   (latency and queue in ms)", "-" * len(header)]
+    for e in entries:
+        s = e.get("latency_ms") or {}
+        srv = e.get("server") or {}
+        fmt = lambda v, spec: format(v, spec) if v is not None else "-"  # noqa: E731
+        lines.append(f"{e['backend']:<14} {e['concurrency']:>4} {e['batch']:>5} {e['requests']:>8} {e['failed']:>6} "
+                     f"{fmt(s.get('p50'), '8.2f'):>8} {fmt(s.get('p90'), '8.2f'):>8} {fmt(s.get('p99'), '8.2f'):>8} "
+                     f"{e['throughput']:8.1f} {fmt(srv.get('mean_batch'), '9.2f'):>9} "
+                     f"{fmt(srv.get('queue_ms_per_request'), '7.2f'):>7}")
+    return "\n".join(lines)
+
+
+def throughput_ratios(entries: list[dict], target: str, reference: str = "ort-inprocess") -> dict[int, float]:
+    """{concurrency: throughput of `target` / throughput of `reference`} where both were measured."""
+    ref = {e["concurrency"]: e["throughput"] for e in entries if e["backend"] == reference and e["throughput"]}
+    return {e["concurrency"]: e["throughput"] / ref[e["concurrency"]]
+            for e in entries if e["backend"] == target and e["concurrency"] in ref}
+
+
+SCHEMA_VERSION = 1
+
+
+def run_serve_bench(http_url: str, model: str, *, protocols=("http",), grpc_url: str | None = None,
+                    concurrencies=(1, 4, 8), duration_s: float = 10.0, warmup_s: float = 2.0, batch: int = 1,
+                    compare_onnx: str | None = None, threads: int | None = None, seed: int = 0,
+                    log: Callable[[str], None] = print) -> dict:
+    """`tinyvim serve-bench`: a closed-loop load test of a served model at each concurrency, over
+    each protocol, and (with `compare_onnx`) the same load on in-process ONNX Runtime, measured
+    right after the server at each concurrency so that both see the same machine state.
+    Returns the JSON document: settings, environment, one entry per (backend, concurrency) and
+    the throughput ratios server / in-process."""
+    from tinyvim.engines.profile import default_threads, environment
+
+    protocols = list(dict.fromkeys(protocols))
+    for p in protocols:
+        import_tritonclient(p)
+    if "grpc" in protocols and not grpc_url:
+        raise TinyvimError("--protocol grpc needs --grpc-url host:port")
+    concurrencies = list(dict.fromkeys(concurrencies))
+    endpoint = describe_model(http_url, model)
+    endpoint.check_batch(batch)
+    urls = {"http": http_url, "grpc": grpc_url}
+    entries = []
+    for c in concurrencies:
+        for p in protocols:
+            log(f"triton-{p} concurrency {c}: {duration_s:g} s...")
+            entries.append(triton_load(endpoint, protocol=p, url=urls[p], concurrency=c, duration_s=duration_s,
+                                       batch=batch, warmup_s=warmup_s, seed=seed))
+            log(_one_line(entries[-1]))
+        if compare_onnx:
+            log(f"ort-inprocess concurrency {c}: {duration_s:g} s...")
+            entries.append(inprocess_load(compare_onnx, concurrency=c, duration_s=duration_s, batch=batch,
+                                          threads=threads, warmup_s=warmup_s, seed=seed))
+            log(_one_line(entries[-1]))
+    ratios = {f"triton-{p}": throughput_ratios(entries, f"triton-{p}") for p in protocols} if compare_onnx else {}
+    return {"schema_version": SCHEMA_VERSION, "model": model, "http_url": http_url, "grpc_url": grpc_url,
+            "input": {"name": endpoint.input_name, "datatype": endpoint.datatype, "shape": list(endpoint.shape),
+                      "max_batch_size": endpoint.max_batch_size},
+            "environment": environment(threads or default_threads()),
+            "settings": {"concurrency": concurrencies, "protocols": protocols, "duration_s": duration_s,
+                         "warmup_s": warmup_s, "batch": batch, "compare_onnx": compare_onnx, "threads": threads,
+                         "seed": seed},
+            "results": entries, "throughput_ratio_vs_inprocess": ratios}
+
+
+def _one_line(entry: dict) -> str:
+    s = entry.get("latency_ms") or {}
+    return (f"  {entry['backend']} concurrency {entry['concurrency']}: {entry['throughput']:.1f} img/s, "
+            f"p50 {s.get('p50', float('nan')):.2f} ms, {entry['failed']} failed")
