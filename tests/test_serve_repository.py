@@ -11,45 +11,22 @@ import ast
 import json
 from pathlib import Path
 
-import numpy as np
-import onnx
 import pytest
 from click.testing import CliRunner
-from onnx import TensorProto, helper
+from serve_helpers import SIZE_64, stand_in_onnx
 
 from tinyvim.cli import cli
-from tinyvim.contract import INPUT_NAME, TRITON_PYTHON_PARAMS, ExportMetadata
+from tinyvim.contract import TRITON_PYTHON_PARAMS, ExportMetadata
 from tinyvim.engines.trt_common import make_sidecar
 from tinyvim.errors import TinyvimError
 from tinyvim.serve.repository import PYTHON_MODEL_SOURCE, TritonSettings, write_repository
+from tinyvim.serve.server import free_port
 from tinyvim.utils import file_sha256
 
 model_config_pb2 = pytest.importorskip(
     "tritonclient.grpc.model_config_pb2",
     reason="the serve extra is not installed (pip install 'tinyvim[serve]'): Triton's ModelConfig proto comes with it")
 from google.protobuf import text_format  # noqa: E402  (protobuf comes with tritonclient[grpc])
-
-SIZE = (64, 64)
-
-
-def stand_in_onnx(path: Path, *, batch: int | None = None, scan: str = "portable") -> Path:
-    """images (B, 3, 64, 64) -> logits (B, 1000) through GlobalAveragePool + Gemm, with the
-    metadata a TinyViM export carries."""
-    b = batch if batch is not None else "batch"
-    w = helper.make_tensor("w", TensorProto.FLOAT, (3, 1000), np.ones(3000, np.float32))
-    graph = helper.make_graph(
-        [helper.make_node("GlobalAveragePool", [INPUT_NAME], ["pooled"]),
-         helper.make_node("Flatten", ["pooled"], ["flat"]),
-         helper.make_node("Gemm", ["flat", "w"], ["logits"])],
-        "stand_in", [helper.make_tensor_value_info(INPUT_NAME, TensorProto.FLOAT, (b, 3, *SIZE))],
-        [helper.make_tensor_value_info("logits", TensorProto.FLOAT, (b, 1000))], [w])
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 20)])
-    meta = ExportMetadata(variant="s", input_size=SIZE, batch=batch, scan=scan)
-    for k, v in meta.to_props().items():
-        model.metadata_props.add(key=k, value=v)
-    onnx.save(model, str(path))
-    return path
-
 
 def parse_config(path: Path):
     """config.pbtxt through protobuf's strict text parser: an unknown field, a wrong enum value
@@ -96,7 +73,7 @@ def test_tensorrt_config_parses_back_and_carries_the_plan_with_its_notes(tmp_pat
                            profiles=[{"images": {"min": [1, 3, 64, 64], "opt": [8, 3, 64, 64],
                                                  "max": [16, 3, 64, 64]}}],
                            onnx_path=str(onnx_path), onnx_sha256=file_sha256(onnx_path),
-                           onnx_metadata=ExportMetadata(variant="s", input_size=SIZE, batch=None,
+                           onnx_metadata=ExportMetadata(variant="s", input_size=SIZE_64, batch=None,
                                                         scan="plugin").to_props(),
                            build_seconds=1.0, strongly_typed=False, plugin="/x/libtinyvim_trt_plugin.so")
     Path(str(engine) + ".json").write_text(json.dumps(sidecar))
@@ -128,7 +105,7 @@ def test_tensorrt_plan_whose_profile_misses_triton_batches_is_refused(tmp_path, 
                                                                           "opt": [profile[1], 3, 64, 64],
                                                                           "max": [profile[1], 3, 64, 64]}}],
                            onnx_path=str(onnx_path), onnx_sha256=file_sha256(onnx_path),
-                           onnx_metadata=ExportMetadata(variant="s", input_size=SIZE, batch=None).to_props(),
+                           onnx_metadata=ExportMetadata(variant="s", input_size=SIZE_64, batch=None).to_props(),
                            build_seconds=1.0, strongly_typed=False, plugin=None)
     Path(str(engine) + ".json").write_text(json.dumps(sidecar))
     with pytest.raises(TinyvimError, match=message) as info:
@@ -204,3 +181,37 @@ def test_export_cli_option_mistakes_are_one_line_errors_before_any_export(tmp_pa
     assert result.exit_code == 2, result.output
     assert message in result.output and "Traceback" not in result.output
     assert not (tmp_path / "out").exists()
+
+
+def test_serve_without_a_server_installed_is_one_line(tmp_path, monkeypatch):
+    import importlib.util
+    find_spec = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "pytriton" else find_spec(name, *a))
+    monkeypatch.setenv("PATH", str(tmp_path))          # no tritonserver on PATH either
+    (tmp_path / "repo").mkdir()
+    result = CliRunner().invoke(cli, ["serve", str(tmp_path / "repo")])
+    assert result.exit_code == 2
+    assert result.output.strip().splitlines() == [
+        "error: Triton Inference Server is not installed (no nvidia-pytriton, no tritonserver on PATH): "
+        "pip install 'tinyvim[serve]' && pip install --no-deps nvidia-pytriton==0.7.0 (or pass --tritonserver PATH "
+        "of a Triton Inference Server install)"]
+
+
+def test_serve_bench_without_a_server_is_one_line():
+    url = f"127.0.0.1:{free_port()}"          # nothing listens there
+    result = CliRunner().invoke(cli, ["serve-bench", "--url", url, "--duration", "1"])
+    assert result.exit_code == 2, result.output
+    assert result.output.startswith(f"error: no Triton server at {url}") and len(result.output.splitlines()) == 1
+
+
+def test_tensorrt_repository_without_tensorrt_fails_before_exporting(tmp_path):
+    try:
+        import tensorrt  # noqa: F401
+        pytest.skip("TensorRT is installed here: the build path would run")
+    except (ImportError, OSError):
+        pass
+    result = CliRunner().invoke(cli, ["export", "--fmt", "triton", "--triton-backend", "tensorrt",
+                                      "-o", str(tmp_path / "repo")])
+    assert result.exit_code == 2, result.output
+    assert "error: TensorRT is not installed" in result.output and "tracing" not in result.output
+    assert list((tmp_path / "repo").iterdir()) == []

@@ -361,6 +361,9 @@ def _stage_model(staged: _Staged, settings: TritonSettings, *, onnx, engine, exp
     """Put the model file(s) into the staged version folder; returns (signature, notes)."""
     if engine is not None:
         return _stage_engine(staged, settings, Path(engine))
+    if settings.backend == "tensorrt":
+        from tinyvim.engines.trt_common import import_tensorrt
+        import_tensorrt()   # before a minute of export: without TensorRT there is no plan to build
     with tempfile.TemporaryDirectory(prefix="tinyvim-triton-") as scratch:
         # tensorrt: the ONNX is only the plan's source; the others serve the ONNX itself
         model_onnx = (Path(scratch) if settings.backend == "tensorrt" else staged.version_dir) / TRITON_ONNX_FILE

@@ -292,11 +292,11 @@ class TritonServer:
         if self.process is not None:
             pid = self.process.pid
             if self.process.poll() is None:
-                os.kill(pid, signal.SIGTERM)
+                self.process.send_signal(signal.SIGTERM)   # by PID; a no-op once it has been reaped
                 try:
                     self.process.wait(timeout_s)
                 except subprocess.TimeoutExpired:
-                    os.kill(pid, signal.SIGKILL)
+                    self.process.kill()
                     self.process.wait()
             code = self.process.returncode
             _kill_group_leftovers(pid)
