@@ -7,18 +7,16 @@ and wait for its answer, for --duration seconds: first against the server (HTTP,
 --protocol http,grpc), then the same N threads on one in-process ONNX Runtime session of the
 same ONNX. Prints p50/p90/p99 latency, images/s, failed requests, the server's own batch
 statistics (mean batch, executions per batch size, queue time) and the throughput ratio
-server / in-process per concurrency. With --rounds R the whole sweep repeats R times (server and
-in-process alternating throughout) and the ratios' median is reported: on a shared machine one
-10-second window can land on someone else's burst. The server is stopped at the end, also on
-failure.
+server / in-process per concurrency. Each concurrency's --duration is measured in --slices
+windows taken in turn (HTTP, gRPC, in-process, HTTP, ...), so that load drift on a shared machine
+hits all of them alike. The server is stopped at the end, also on failure.
 
-    python bench/triton_serve.py [--variant s] [--img-size 224] [--concurrency 1,4,8] [--duration 10] [--rounds 3]
+    python bench/triton_serve.py [--variant s] [--img-size 224] [--concurrency 1,4,8] [--duration 10] [--slices 5]
 """
 from __future__ import annotations
 
 import argparse
 import json
-import statistics
 import tempfile
 from pathlib import Path
 
@@ -35,7 +33,7 @@ def main() -> None:
     ap.add_argument("--img-size", default="224")
     ap.add_argument("--concurrency", default="1,4,8")
     ap.add_argument("--duration", type=float, default=10.0)
-    ap.add_argument("--warmup", type=float, default=2.0)
+    ap.add_argument("--warmup", type=float, default=0.5, help="seconds before each window")
     ap.add_argument("--protocol", default="http,grpc")
     ap.add_argument("--batch", type=int, default=1, help="images per request")
     ap.add_argument("--max-batch-size", type=int, default=8)
@@ -43,7 +41,7 @@ def main() -> None:
     ap.add_argument("--instances", type=int, default=1)
     ap.add_argument("--threads", type=int, default=0, help="intra-op threads, server instance and in-process "
                                                           "(0: ONNX Runtime's default, all cores)")
-    ap.add_argument("--rounds", type=int, default=1)
+    ap.add_argument("--slices", type=int, default=5)
     ap.add_argument("--json", default=None)
     args = ap.parse_args()
 
@@ -55,32 +53,29 @@ def main() -> None:
         write_repository(repo, settings, export=dict(variant=args.variant, img_size=parse_size(args.img_size),
                                                      dynamic_batch=True))
         with TritonServer(repo, ports={"http": 0, "grpc": 0, "metrics": 0}) as server:
-            rounds = [run_serve_bench(server.http_url, TRITON_MODEL_NAME, protocols=args.protocol.split(","),
-                                      grpc_url=server.grpc_url,
-                                      concurrencies=[int(c) for c in args.concurrency.split(",")],
-                                      duration_s=args.duration, warmup_s=args.warmup, batch=args.batch,
-                                      compare_onnx=str(repo / TRITON_MODEL_NAME / "1" / TRITON_ONNX_FILE),
-                                      threads=args.threads or None)
-                      for _ in range(args.rounds)]
-    print(format_environment(rounds[0]["environment"], []))
+            doc = run_serve_bench(server.http_url, TRITON_MODEL_NAME, protocols=args.protocol.split(","),
+                                  grpc_url=server.grpc_url,
+                                  concurrencies=[int(c) for c in args.concurrency.split(",")],
+                                  duration_s=args.duration, warmup_s=args.warmup, batch=args.batch,
+                                  slices=args.slices,
+                                  compare_onnx=str(repo / TRITON_MODEL_NAME / "1" / TRITON_ONNX_FILE),
+                                  threads=args.threads or None)
+    doc["triton_settings"] = {k: (list(v) if isinstance(v, tuple) else v) for k, v in vars(settings).items()}
+    print(format_environment(doc["environment"], []))
     print(f"TinyViM-{args.variant.upper()} {args.img_size}, batch {args.batch} per request, max_batch_size "
           f"{settings.max_batch_size}, max queue delay {settings.max_queue_delay_us} us, {settings.instances} "
-          "instance(s)")
-    for i, doc in enumerate(rounds, 1):
-        print(f"round {i}/{len(rounds)}")
-        print(format_load_table(doc["results"]))
-        for e in doc["results"]:
-            if "server" in e:
-                print(f"  {e['backend']} c={e['concurrency']}: executions by batch size "
-                      f"{e['server']['executions_by_batch_size']}")
-    for backend in rounds[0]["throughput_ratio_vs_inprocess"]:
-        per_round = [doc["throughput_ratio_vs_inprocess"][backend] for doc in rounds]
-        print(f"{backend} / ort-inprocess throughput, median of {len(rounds)} round(s): " + ", ".join(
-            f"{statistics.median(r[c] for r in per_round):.2f}x at concurrency {c} "
-            f"({', '.join(f'{r[c]:.2f}' for r in per_round)})" for c in per_round[0]))
+          f"instance(s); {args.duration:g} s per point in {args.slices} alternating windows")
+    print(format_load_table(doc["results"]))
+    for e in doc["results"]:
+        if "server" in e:
+            print(f"  {e['backend']} c={e['concurrency']}: executions by batch size "
+                  f"{e['server']['executions_by_batch_size']}, compute {e['server']['compute_ms_per_request']:.1f} "
+                  "ms per request")
+    for backend, ratios in doc["throughput_ratio_vs_inprocess"].items():
+        print(f"{backend} / ort-inprocess throughput: "
+              + ", ".join(f"{r:.2f}x at concurrency {c}" for c, r in ratios.items()))
     if args.json:
-        settings_json = {k: (list(v) if isinstance(v, tuple) else v) for k, v in vars(settings).items()}
-        Path(args.json).write_text(json.dumps({"triton_settings": settings_json, "rounds": rounds}, indent=2) + "\n")
+        Path(args.json).write_text(json.dumps(doc, indent=2) + "\n")
 
 
 if __name__ == "__main__":

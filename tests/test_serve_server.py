@@ -172,18 +172,19 @@ def test_malformed_requests_get_errors_and_the_server_keeps_serving(server, refe
 def test_serve_bench_counts_agree_with_the_server_statistics(server, repo, tmp_path):
     out = tmp_path / "bench.json"
     result = CliRunner().invoke(cli, ["serve-bench", "--url", server.http_url, "--grpc-url", server.grpc_url,
-                                      "--protocol", "http,grpc", "--concurrency", "1,3", "--duration", "1",
-                                      "--warmup", "0.3", "--batch", "2", "--compare-onnx",
+                                      "--protocol", "http,grpc", "--concurrency", "1,3", "--duration", "0.8",
+                                      "--slices", "2", "--warmup", "0.1", "--batch", "2", "--compare-onnx",
                                       str(repo / MODEL / "1" / "model.onnx"), "--json", str(out)])
     assert result.exit_code == 0, result.output
     doc = json.loads(out.read_text())
     entries = {(e["backend"], e["concurrency"]): e for e in doc["results"]}
     assert set(entries) == {(b, c) for b in ("triton-http", "triton-grpc", "ort-inprocess") for c in (1, 3)}
     for (backend, c), e in entries.items():
-        assert e["failed"] == 0 and e["requests"] > 0, e
+        assert e["failed"] == 0 and e["requests"] > 0 and e["windows"] == 2, e
         assert e["throughput"] == pytest.approx(e["requests"] * 2 / e["seconds"])
         if backend.startswith("triton"):
-            # what the clients counted is what the server counted (nothing else talks to it meanwhile)
+            # what the clients counted is what the server counted over both windows (nothing else talks
+            # to it meanwhile)
             assert e["server"]["successful_requests"] == e["requests"], e
             assert e["server"]["images"] == 2 * e["requests"], e
     batched = entries[("triton-http", 3)]["server"]

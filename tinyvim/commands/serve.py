@@ -194,8 +194,11 @@ def _raise_keyboard_interrupt(signum, frame):
 @click.option("--concurrency", "concurrency_text", default="1,4,8", show_default=True,
               help="Concurrent clients, comma list (each waits for its answer before the next request).")
 @click.option("--duration", type=float, default=10.0, show_default=True, help="Seconds measured per concurrency.")
-@click.option("--warmup", type=float, default=2.0, show_default=True, help="Seconds of unmeasured requests first.")
+@click.option("--warmup", type=float, default=2.0, show_default=True,
+              help="Seconds of unmeasured requests before each measured window.")
 @click.option("--batch", type=int, default=1, show_default=True, help="Images per request.")
+@click.option("--slices", type=int, default=1, show_default=True,
+              help="Measure each --duration in N windows, server and in-process in turn (evens out load drift).")
 @click.option("--compare-onnx", type=click.Path(dir_okay=False), default=None,
               help="Run this ONNX in-process (ONNX Runtime) under the same load, for the server / in-process ratio.")
 @click.option("--threads", type=int, default=None, help="ONNX Runtime threads for --compare-onnx [default: all cores].")
@@ -207,7 +210,7 @@ def _raise_keyboard_interrupt(signum, frame):
               help="Latency-vs-concurrency PNG.")
 @_one_line_errors
 def serve_bench(http_url, grpc_url, repo, model_name, protocol_text, concurrency_text, duration, warmup, batch,
-                compare_onnx, threads, server_path, seed, json_path, plot_path):
+                slices, compare_onnx, threads, server_path, seed, json_path, plot_path):
     """Load-test a model served by Triton: latency percentiles and images/s per concurrency,
     failed requests, and the server's own batch statistics."""
     from tinyvim.engines import profile as prof
@@ -225,7 +228,7 @@ def serve_bench(http_url, grpc_url, repo, model_name, protocol_text, concurrency
     try:
         document = run_serve_bench(http_url, model_name, protocols=protocols, grpc_url=grpc_url,
                                    concurrencies=concurrencies, duration_s=duration, warmup_s=warmup, batch=batch,
-                                   compare_onnx=compare_onnx, threads=threads, seed=seed, log=_err)
+                                   slices=slices, compare_onnx=compare_onnx, threads=threads, seed=seed, log=_err)
     finally:
         if server is not None:
             server.stop()

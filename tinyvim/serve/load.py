@@ -10,6 +10,7 @@ being measured. tritonclient is imported lazily: it is the `serve` extra.
 """
 from __future__ import annotations
 
+import contextlib
 import threading
 import time
 from dataclasses import dataclass
@@ -114,15 +115,16 @@ def server_statistics(http_url: str, model: str) -> dict:
 
 def statistics_delta(before: dict, after: dict) -> dict:
     """What the server did between two statistics snapshots: requests (inference_count counts
-    images), executions (model calls), executions per batch size, mean batch, mean queue and
-    compute time per request in ms, failed requests."""
+    images), executions (model calls), executions per batch size, failed requests, time in the
+    queue and in the model (ns, summed over requests), and from those the mean batch and the
+    mean queue and compute time per request in ms."""
     def count(s, *path):
         for key in path:
             s = s.get(key, {})
         return int(s or 0)
 
-    def ns(s, phase):
-        return count(s, "inference_stats", phase, "ns")
+    def diff(*path):
+        return count(after, *path) - count(before, *path)
 
     batches_before = {b["batch_size"]: count(b, "compute_infer", "count") for b in before.get("batch_stats", [])}
     batches = {}
@@ -130,16 +132,31 @@ def statistics_delta(before: dict, after: dict) -> dict:
         n = count(b, "compute_infer", "count") - batches_before.get(b["batch_size"], 0)
         if n:
             batches[int(b["batch_size"])] = n
-    images = count(after, "inference_count") - count(before, "inference_count")
-    executions = count(after, "execution_count") - count(before, "execution_count")
-    ok = count(after, "inference_stats", "success", "count") - count(before, "inference_stats", "success", "count")
-    per_request = lambda phase: ((ns(after, phase) - ns(before, phase)) / ok / 1e6) if ok else None  # noqa: E731
-    return {"images": images, "executions": executions, "successful_requests": ok,
-            "failed_requests": count(after, "inference_stats", "fail", "count")
-            - count(before, "inference_stats", "fail", "count"),
-            "mean_batch": images / executions if executions else None,
-            "executions_by_batch_size": dict(sorted(batches.items())),
-            "queue_ms_per_request": per_request("queue"), "compute_ms_per_request": per_request("compute_infer")}
+    return _derived({"images": diff("inference_count"), "executions": diff("execution_count"),
+                     "successful_requests": diff("inference_stats", "success", "count"),
+                     "failed_requests": diff("inference_stats", "fail", "count"),
+                     "executions_by_batch_size": dict(sorted(batches.items())),
+                     "queue_ns": diff("inference_stats", "queue", "ns"),
+                     "compute_ns": diff("inference_stats", "compute_infer", "ns")})
+
+
+def merge_deltas(deltas: list[dict]) -> dict:
+    """The statistics of several windows as one."""
+    total: dict = {k: sum(d[k] for d in deltas) for k in ("images", "executions", "successful_requests",
+                                                           "failed_requests", "queue_ns", "compute_ns")}
+    batches: dict[int, int] = {}
+    for d in deltas:
+        for size, n in d["executions_by_batch_size"].items():
+            batches[size] = batches.get(size, 0) + n
+    total["executions_by_batch_size"] = dict(sorted(batches.items()))
+    return _derived(total)
+
+
+def _derived(raw: dict) -> dict:
+    ok = raw["successful_requests"]
+    return {**raw, "mean_batch": raw["images"] / raw["executions"] if raw["executions"] else None,
+            "queue_ms_per_request": raw["queue_ns"] / ok / 1e6 if ok else None,
+            "compute_ms_per_request": raw["compute_ns"] / ok / 1e6 if ok else None}
 
 
 # --------------------------------------------------------------------- the closed loop
@@ -215,23 +232,26 @@ def drive(make_call: Callable[[], Callable[[], None]], concurrency: int, duratio
     return {"latencies": latencies, "errors": errors, "seconds": max(w.finished for w in workers) - start}
 
 
-def _summary(backend: str, batch: int, concurrency: int, result: dict) -> dict:
-    n_ok, n_failed = len(result["latencies"]), len(result["errors"])
-    entry = {"backend": backend, "batch": batch, "concurrency": concurrency, "requests": n_ok, "failed": n_failed,
-             "seconds": result["seconds"], "throughput": n_ok * batch / result["seconds"] if result["seconds"] else 0.0,
-             "errors": sorted(set(result["errors"]))[:5]}
-    if n_ok:
-        entry["latency_ms"] = latency_stats(result["latencies"])
+def _summary(backend: str, batch: int, concurrency: int, windows: list[dict]) -> dict:
+    """One report entry from one or more measured windows of the same (backend, concurrency)."""
+    latencies = [x for w in windows for x in w["latencies"]]
+    errors = [e for w in windows for e in w["errors"]]
+    seconds = sum(w["seconds"] for w in windows)
+    entry = {"backend": backend, "batch": batch, "concurrency": concurrency, "requests": len(latencies),
+             "failed": len(errors), "seconds": seconds, "windows": len(windows),
+             "throughput": len(latencies) * batch / seconds if seconds else 0.0, "errors": sorted(set(errors))[:5]}
+    if latencies:
+        entry["latency_ms"] = latency_stats(latencies)
+    if windows and "server" in windows[0]:
+        entry["server"] = merge_deltas([w["server"] for w in windows])
     return entry
 
 
-def triton_load(endpoint: ModelEndpoint, *, protocol: str = "http", url: str | None = None, concurrency: int = 1,
-                duration_s: float = 10.0, batch: int = 1, warmup_s: float = 1.0, seed: int = 0) -> dict:
-    """One closed-loop load test of a served model; `url` is the endpoint of `protocol`
-    (default: the HTTP one). Returns the entry serve-bench reports (with server statistics)."""
+def triton_caller(endpoint: ModelEndpoint, protocol: str, url: str, batch: int, seed: int = 0):
+    """A factory of request senders for `drive`: each gets its own client (tritonclient clients
+    are not shared between threads) and sends the same `batch` random images."""
     client_mod = import_tritonclient(protocol)
     endpoint.check_batch(batch)
-    url = url or endpoint.http_url
     images = random_batches(1, batch, endpoint.shape[-2:], seed=seed)[0].astype(_numpy_dtype(endpoint.datatype))
     if images.shape != endpoint.request_shape(batch):
         raise TinyvimError(f"model {endpoint.model} takes {list(endpoint.request_shape(batch))}, not images "
@@ -251,21 +271,24 @@ def triton_load(endpoint: ModelEndpoint, *, protocol: str = "http", url: str | N
         outputs = [client_mod.InferRequestedOutput(n) for n in endpoint.outputs]
         kwargs = {"client_timeout": REQUEST_TIMEOUT_S} if protocol == "grpc" else {}
         return lambda: client.infer(endpoint.model, [request], outputs=outputs, **kwargs)
+    return make_call
 
+
+def triton_window(endpoint: ModelEndpoint, make_call, concurrency: int, duration_s: float,
+                  warmup_s: float) -> dict:
+    """One measured window against the server, with the server's statistics of that window."""
     snapshots = {}
     result = drive(make_call, concurrency, duration_s, warmup_s=warmup_s,
                    between=lambda: snapshots.setdefault("before", server_statistics(endpoint.http_url,
                                                                                      endpoint.model)))
-    after = server_statistics(endpoint.http_url, endpoint.model)
-    entry = _summary(f"triton-{protocol}", batch, concurrency, result)
-    entry["server"] = statistics_delta(snapshots["before"], after)
-    return entry
+    result["server"] = statistics_delta(snapshots["before"], server_statistics(endpoint.http_url, endpoint.model))
+    return result
 
 
-def inprocess_load(onnx_path: str, *, concurrency: int = 1, duration_s: float = 10.0, batch: int = 1,
-                   threads: int | None = None, warmup_s: float = 1.0, seed: int = 0) -> dict:
-    """The same closed loop on one in-process ONNX Runtime session shared by `concurrency`
-    threads (session.run is thread-safe and releases the GIL): what the server is compared with."""
+def inprocess_runner(onnx_path: str, batch: int, threads: int | None = None, seed: int = 0):
+    """(an ONNX Runtime runner of `onnx_path`, not yet active; its feed of `batch` random images):
+    what the server is compared with. Its session.run is thread-safe and releases the GIL, so
+    `concurrency` threads share one session."""
     from tinyvim.engines.model_info import read_onnx_info
     from tinyvim.engines.ort_runner import OrtRunner
 
@@ -275,12 +298,8 @@ def inprocess_load(onnx_path: str, *, concurrency: int = 1, duration_s: float = 
     problem = info.batch_problem(batch)
     if problem:
         raise TinyvimError(f"--batch {batch}: {onnx_path}: {problem}")
-    images = random_batches(1, batch, info.fixed_size, seed=seed)[0]
-    runner = OrtRunner(onnx_path, threads=threads, allow_plugin_cpu=False)
-    with runner:
-        feed = {runner.input_names[0]: images}
-        result = drive(lambda: (lambda: runner.infer(feed)), concurrency, duration_s, warmup_s=warmup_s)
-    return _summary("ort-inprocess", batch, concurrency, result)
+    feed = {info.input_name: random_batches(1, batch, info.fixed_size, seed=seed)[0]}
+    return OrtRunner(onnx_path, threads=threads, allow_plugin_cpu=False), feed
 
 
 def _numpy_dtype(datatype: str):
@@ -301,12 +320,15 @@ def format_load_table(entries: list[dict]) -> str:
     for e in entries:
         s = e.get("latency_ms") or {}
         srv = e.get("server") or {}
-        fmt = lambda v, spec: format(v, spec) if v is not None else "-"  # noqa: E731
         lines.append(f"{e['backend']:<14} {e['concurrency']:>4} {e['batch']:>5} {e['requests']:>8} {e['failed']:>6} "
-                     f"{fmt(s.get('p50'), '8.2f'):>8} {fmt(s.get('p90'), '8.2f'):>8} {fmt(s.get('p99'), '8.2f'):>8} "
-                     f"{e['throughput']:8.1f} {fmt(srv.get('mean_batch'), '9.2f'):>9} "
-                     f"{fmt(srv.get('queue_ms_per_request'), '7.2f'):>7}")
+                     f"{_fmt(s.get('p50'), '8.2f'):>8} {_fmt(s.get('p90'), '8.2f'):>8} {_fmt(s.get('p99'), '8.2f'):>8} "
+                     f"{e['throughput']:8.1f} {_fmt(srv.get('mean_batch'), '9.2f'):>9} "
+                     f"{_fmt(srv.get('queue_ms_per_request'), '7.2f'):>7}")
     return "\n".join(lines)
+
+
+def _fmt(value, spec: str) -> str:
+    return "-" if value is None else format(value, spec)
 
 
 def throughput_ratios(entries: list[dict], target: str, reference: str = "ort-inprocess") -> dict[int, float]:
@@ -321,44 +343,54 @@ SCHEMA_VERSION = 1
 
 def run_serve_bench(http_url: str, model: str, *, protocols=("http",), grpc_url: str | None = None,
                     concurrencies=(1, 4, 8), duration_s: float = 10.0, warmup_s: float = 2.0, batch: int = 1,
-                    compare_onnx: str | None = None, threads: int | None = None, seed: int = 0,
+                    slices: int = 1, compare_onnx: str | None = None, threads: int | None = None, seed: int = 0,
                     log: Callable[[str], None] = print) -> dict:
     """`tinyvim serve-bench`: a closed-loop load test of a served model at each concurrency, over
-    each protocol, and (with `compare_onnx`) the same load on in-process ONNX Runtime, measured
-    right after the server at each concurrency so that both see the same machine state.
-    Returns the JSON document: settings, environment, one entry per (backend, concurrency) and
-    the throughput ratios server / in-process."""
+    each protocol, and (with `compare_onnx`) the same load on in-process ONNX Runtime. Each
+    concurrency's `duration_s` is measured in `slices` windows taken in turn (server over each
+    protocol, then in-process, then again), so that load drift on a shared machine hits every
+    target alike; `warmup_s` of unmeasured requests precede each window. Returns the JSON
+    document: settings, environment, one entry per (backend, concurrency) and the throughput
+    ratios server / in-process."""
     from tinyvim.engines.profile import default_threads, environment
 
     protocols = list(dict.fromkeys(protocols))
-    for p in protocols:
-        import_tritonclient(p)
     if "grpc" in protocols and not grpc_url:
         raise TinyvimError("--protocol grpc needs --grpc-url host:port")
+    if not 1 <= slices <= 100 or duration_s / slices < 0.2:
+        raise TinyvimError(f"--slices must be 1..100 and leave at least 0.2 s per window, got {slices} for "
+                           f"{duration_s:g} s")
     concurrencies = list(dict.fromkeys(concurrencies))
     endpoint = describe_model(http_url, model)
-    endpoint.check_batch(batch)
     urls = {"http": http_url, "grpc": grpc_url}
+    callers = {f"triton-{p}": triton_caller(endpoint, p, urls[p], batch, seed) for p in protocols}
+    runner, feed = inprocess_runner(compare_onnx, batch, threads, seed) if compare_onnx else (None, None)
+    window_s = duration_s / slices
     entries = []
-    for c in concurrencies:
-        for p in protocols:
-            log(f"triton-{p} concurrency {c}: {duration_s:g} s...")
-            entries.append(triton_load(endpoint, protocol=p, url=urls[p], concurrency=c, duration_s=duration_s,
-                                       batch=batch, warmup_s=warmup_s, seed=seed))
-            log(_one_line(entries[-1]))
-        if compare_onnx:
-            log(f"ort-inprocess concurrency {c}: {duration_s:g} s...")
-            entries.append(inprocess_load(compare_onnx, concurrency=c, duration_s=duration_s, batch=batch,
-                                          threads=threads, warmup_s=warmup_s, seed=seed))
-            log(_one_line(entries[-1]))
-    ratios = {f"triton-{p}": throughput_ratios(entries, f"triton-{p}") for p in protocols} if compare_onnx else {}
+    with runner if runner is not None else contextlib.nullcontext():
+        for c in concurrencies:
+            windows: dict[str, list[dict]] = {name: [] for name in callers}
+            if runner is not None:
+                windows["ort-inprocess"] = []
+            log(f"concurrency {c}: {', '.join(windows)}, {duration_s:g} s each"
+                + (f" in {slices} alternating windows" if slices > 1 else "") + "...")
+            for _ in range(slices):
+                for name, make_call in callers.items():
+                    windows[name].append(triton_window(endpoint, make_call, c, window_s, warmup_s))
+                if runner is not None:
+                    windows["ort-inprocess"].append(
+                        drive(lambda: (lambda: runner.infer(feed)), c, window_s, warmup_s=warmup_s))
+            for name, ws in windows.items():
+                entries.append(_summary(name, batch, c, ws))
+                log(_one_line(entries[-1]))
+    ratios = {name: throughput_ratios(entries, name) for name in callers} if compare_onnx else {}
     return {"schema_version": SCHEMA_VERSION, "model": model, "http_url": http_url, "grpc_url": grpc_url,
             "input": {"name": endpoint.input_name, "datatype": endpoint.datatype, "shape": list(endpoint.shape),
                       "max_batch_size": endpoint.max_batch_size},
             "environment": environment(threads or default_threads()),
             "settings": {"concurrency": concurrencies, "protocols": protocols, "duration_s": duration_s,
-                         "warmup_s": warmup_s, "batch": batch, "compare_onnx": compare_onnx, "threads": threads,
-                         "seed": seed},
+                         "slices": slices, "warmup_s": warmup_s, "batch": batch, "compare_onnx": compare_onnx,
+                         "threads": threads, "seed": seed},
             "results": entries, "throughput_ratio_vs_inprocess": ratios}
 
 
