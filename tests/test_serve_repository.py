@@ -186,7 +186,8 @@ def test_export_cli_option_mistakes_are_one_line_errors_before_any_export(tmp_pa
 def test_serve_without_a_server_installed_is_one_line(tmp_path, monkeypatch):
     import importlib.util
     find_spec = importlib.util.find_spec
-    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "pytriton" else find_spec(name, *a))
+    monkeypatch.setattr(importlib.util, "find_spec",
+                        lambda name, *a: None if name == "pytriton" else find_spec(name, *a))
     monkeypatch.setenv("PATH", str(tmp_path))          # no tritonserver on PATH either
     (tmp_path / "repo").mkdir()
     result = CliRunner().invoke(cli, ["serve", str(tmp_path / "repo")])

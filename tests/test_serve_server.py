@@ -28,7 +28,7 @@ from tinyvim.cli import cli
 from tinyvim.engines.inputs import random_batches
 from tinyvim.engines.ort_runner import OrtRunner
 from tinyvim.errors import TinyvimError
-from tinyvim.serve.load import server_statistics, statistics_delta
+from tinyvim.serve.load import settled_statistics, statistics_delta
 from tinyvim.serve.repository import TritonSettings, write_repository
 from tinyvim.serve.server import TritonServer, find_triton
 
@@ -146,7 +146,7 @@ def test_concurrent_requests_are_batched_and_each_gets_its_own_rows(server, refe
     images = [_images(1, seed=100 + i) for i in range(n)]
     answers: dict[int, np.ndarray] = {}
     start = threading.Barrier(n)
-    before = server_statistics(server.http_url, MODEL)
+    before = settled_statistics(server.http_url, MODEL)
 
     def send(i):
         start.wait()
@@ -157,7 +157,7 @@ def test_concurrent_requests_are_batched_and_each_gets_its_own_rows(server, refe
         t.start()
     for t in threads:
         t.join(timeout=120)
-    delta = statistics_delta(before, server_statistics(server.http_url, MODEL))
+    delta = statistics_delta(before, settled_statistics(server.http_url, MODEL))
     assert delta["successful_requests"] == n and delta["images"] == n
     # the dynamic batcher ran the 8 requests in fewer model calls, at least one with several
     assert delta["executions"] < n and max(delta["executions_by_batch_size"]) > 1, delta

@@ -32,7 +32,8 @@ _TRITON_OPTIONS = [
     click.option("--max-queue-delay-us", type=int, default=None,
                  help="[--fmt triton] How long a request may wait for others to batch with "
                       f"[default: {_D.max_queue_delay_us}]."),
-    click.option("--instances", type=int, default=None, help=f"[--fmt triton] Model instances [default: {_D.instances}]."),
+    click.option("--instances", type=int, default=None,
+                 help=f"[--fmt triton] Model instances [default: {_D.instances}]."),
     click.option("--instance-kind", type=click.Choice(["cpu", "gpu"]), default=None,
                  help="[--fmt triton] Where instances run [default: gpu for tensorrt, else cpu]."),
     click.option("--intra-op-threads", type=int, default=None,
@@ -62,7 +63,8 @@ def check_format_options(fmt: str, output: str | None, triton: dict) -> None:
     if fmt != "triton" and given:
         raise TinyvimError(f"{', '.join(given)} apply to --fmt triton only")
     if fmt == "onnx" and output and Path(output).is_dir():
-        raise TinyvimError(f"-o {output} is a folder: --fmt onnx writes one file (e.g. -o {Path(output) / 'model.onnx'}); "
+        raise TinyvimError(f"-o {output} is a folder: --fmt onnx writes one file "
+                           f"(e.g. -o {Path(output) / 'model.onnx'}); "
                            "a Triton model repository is --fmt triton")
     if fmt == "triton" and output and Path(output).exists() and not Path(output).is_dir():
         raise TinyvimError(f"-o {output} is a file: --fmt triton writes a model repository folder")

@@ -113,6 +113,25 @@ def server_statistics(http_url: str, model: str) -> dict:
     return stats[0] if stats else {}
 
 
+def settled_statistics(http_url: str, model: str, timeout_s: float = 5.0) -> dict:
+    """`server_statistics` once they stop changing. Triton records a request's statistics when it
+    releases the request, which can be just after the client has its answer: a snapshot taken the
+    moment the last client returns can miss the last requests."""
+    def counts(stats):
+        inference = stats.get("inference_stats", {})
+        return (stats.get("inference_count"), stats.get("execution_count"),
+                inference.get("success", {}).get("count"), inference.get("fail", {}).get("count"))
+
+    deadline = time.monotonic() + timeout_s
+    stats = server_statistics(http_url, model)
+    while True:
+        time.sleep(0.05)
+        again = server_statistics(http_url, model)
+        if counts(again) == counts(stats) or time.monotonic() > deadline:
+            return again
+        stats = again
+
+
 def statistics_delta(before: dict, after: dict) -> dict:
     """What the server did between two statistics snapshots: requests (inference_count counts
     images), executions (model calls), executions per batch size, failed requests, time in the
@@ -195,7 +214,8 @@ def drive(make_call: Callable[[], Callable[[], None]], concurrency: int, duratio
                     w.latencies.append(time.perf_counter() - t0)
             except Exception as exc:  # noqa: BLE001 - a failed request is a measurement, not a crash
                 if record:
-                    w.errors.append(f"{type(exc).__name__}: {str(exc).strip().splitlines()[0] if str(exc).strip() else ''}")
+                    first = (str(exc).strip().splitlines() or [""])[0]
+                    w.errors.append(f"{type(exc).__name__}: {first}")
             if time.perf_counter() >= until:
                 return
 
@@ -226,6 +246,8 @@ def drive(make_call: Callable[[], Callable[[], None]], concurrency: int, duratio
     finally:
         for t in threads:
             t.join()
+        for w in workers:   # a sender that holds a connection closes it
+            getattr(w.call, "close", lambda: None)()
     start = min(w.started for w in workers)
     latencies = [x for w in workers for x in w.latencies]
     errors = [e for w in workers for e in w.errors]
@@ -257,21 +279,33 @@ def triton_caller(endpoint: ModelEndpoint, protocol: str, url: str, batch: int, 
         raise TinyvimError(f"model {endpoint.model} takes {list(endpoint.request_shape(batch))}, not images "
                            f"(batch, 3, H, W): serve-bench sends TinyViM image batches")
 
-    def make_call():
+    return lambda: _Sender(client_mod, protocol, url, endpoint, images)
+
+
+class _Sender:
+    """One client thread's connection and request; calling it sends the request and waits."""
+
+    def __init__(self, client_mod, protocol: str, url: str, endpoint: ModelEndpoint, images: np.ndarray):
         if protocol == "http":
-            client = client_mod.InferenceServerClient(url, connection_timeout=REQUEST_TIMEOUT_S,
-                                                      network_timeout=REQUEST_TIMEOUT_S)
+            self.client = client_mod.InferenceServerClient(url, connection_timeout=REQUEST_TIMEOUT_S,
+                                                           network_timeout=REQUEST_TIMEOUT_S)
+            self.kwargs = {}
         else:
-            client = client_mod.InferenceServerClient(url)
-        request = client_mod.InferInput(endpoint.input_name, list(images.shape), endpoint.datatype)
+            self.client = client_mod.InferenceServerClient(url)
+            self.kwargs = {"client_timeout": REQUEST_TIMEOUT_S}
+        self.request = client_mod.InferInput(endpoint.input_name, list(images.shape), endpoint.datatype)
         if protocol == "http":
-            request.set_data_from_numpy(images, binary_data=True)
+            self.request.set_data_from_numpy(images, binary_data=True)
         else:
-            request.set_data_from_numpy(images)
-        outputs = [client_mod.InferRequestedOutput(n) for n in endpoint.outputs]
-        kwargs = {"client_timeout": REQUEST_TIMEOUT_S} if protocol == "grpc" else {}
-        return lambda: client.infer(endpoint.model, [request], outputs=outputs, **kwargs)
-    return make_call
+            self.request.set_data_from_numpy(images)
+        self.outputs = [client_mod.InferRequestedOutput(n) for n in endpoint.outputs]
+        self.model = endpoint.model
+
+    def __call__(self) -> None:
+        self.client.infer(self.model, [self.request], outputs=self.outputs, **self.kwargs)
+
+    def close(self) -> None:
+        self.client.close()
 
 
 def triton_window(endpoint: ModelEndpoint, make_call, concurrency: int, duration_s: float,
@@ -279,9 +313,9 @@ def triton_window(endpoint: ModelEndpoint, make_call, concurrency: int, duration
     """One measured window against the server, with the server's statistics of that window."""
     snapshots = {}
     result = drive(make_call, concurrency, duration_s, warmup_s=warmup_s,
-                   between=lambda: snapshots.setdefault("before", server_statistics(endpoint.http_url,
+                   between=lambda: snapshots.setdefault("before", settled_statistics(endpoint.http_url,
                                                                                      endpoint.model)))
-    result["server"] = statistics_delta(snapshots["before"], server_statistics(endpoint.http_url, endpoint.model))
+    result["server"] = statistics_delta(snapshots["before"], settled_statistics(endpoint.http_url, endpoint.model))
     return result
 
 
