@@ -19,6 +19,8 @@ COMMANDS = {
     "profile": ("tinyvim.commands.engines", "profile"),
     "build-engine": ("tinyvim.commands.engines", "build_engine"),
     "build-plugin": ("tinyvim.commands.plugins", "build_plugin"),
+    "serve": ("tinyvim.commands.serve", "serve"),
+    "serve-bench": ("tinyvim.commands.serve", "serve_bench"),
 }
 
 

@@ -50,6 +50,21 @@ CLASSIFIER_OUTPUTS = ("logits",)
 BACKBONE_OUTPUTS = ("feat0", "feat1", "feat2", "feat3")
 
 
+# --------------------------------------------------------------------- Triton serving
+#: Triton backends `export --fmt triton` writes a model repository for
+TRITON_BACKENDS = ("python", "onnxruntime", "tensorrt")
+#: what the python-backend model runs the portable ONNX with
+TRITON_PYTHON_RUNTIMES = ("onnxruntime", "openvino")
+TRITON_MODEL_NAME = "tinyvim"
+#: tritonserver's own defaults; `serve` and `serve-bench` take them unless told otherwise
+TRITON_PORTS = {"http": 8000, "grpc": 8001, "metrics": 8002}
+#: config.pbtxt `parameters` the python-backend model file (tinyvim/serve/triton_models/
+#: classifier.py, which cannot import tinyvim) reads; a test holds that file to these names
+TRITON_PYTHON_PARAMS = {"runtime": "runtime", "onnx_file": "onnx_file", "threads": "intra_op_thread_count"}
+TRITON_ONNX_FILE = "model.onnx"
+TRITON_PLAN_FILE = "model.plan"
+
+
 def output_names(backbone: bool) -> list[str]:
     """Graph output names: 'logits' for the classifier, feat0..feat3 for the backbone."""
     return list(BACKBONE_OUTPUTS if backbone else CLASSIFIER_OUTPUTS)

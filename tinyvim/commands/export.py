@@ -7,6 +7,7 @@ import click
 
 from tinyvim.commands.common import (announce_weights, backbone_option, checkpoint_option, ema_option,
                                      img_size_option, variant_option)
+from tinyvim.commands.serve import check_format_options, export_triton, triton_export_options
 
 
 def default_output(variant: str, img_size, scan: str, precision: str, backbone: bool) -> str:
@@ -16,8 +17,9 @@ def default_output(variant: str, img_size, scan: str, precision: str, backbone: 
 
 
 @click.command("export")
-@click.option("--fmt", type=click.Choice(["onnx"]), default="onnx", show_default=True,
-              help="Output format (TensorRT engines: export ONNX, then `tinyvim build-engine`).")
+@click.option("--fmt", type=click.Choice(["onnx", "triton"]), default="onnx", show_default=True,
+              help="onnx, or triton: a Triton Inference Server model repository (folder) at -o. "
+                   "(TensorRT engines: export ONNX, then `tinyvim build-engine`.)")
 @variant_option
 @checkpoint_option
 @ema_option
@@ -31,15 +33,23 @@ def default_output(variant: str, img_size, scan: str, precision: str, backbone: 
 @click.option("--precision", type=click.Choice(["fp32", "fp16"]), default="fp32", show_default=True,
               help="fp16 keeps the scan state, softplus and LayerNorm in fp32; I/O stays fp32.")
 @click.option("--seed", type=int, default=0, show_default=True, help="Seed of the random weights (no checkpoint).")
-@click.option("-o", "--output", type=click.Path(dir_okay=False), default=None,
-              help="Output path (default: tinyvim-<variant>-<size>-<scan>.onnx).")
+@click.option("-o", "--output", type=click.Path(), default=None,
+              help="Output path (default: tinyvim-<variant>-<size>-<scan>.onnx; --fmt triton: model_repository).")
 @click.option("--json", "json_path", type=click.Path(dir_okay=False), default=None, help="Write a JSON summary.")
+@triton_export_options
 def export(fmt, variant, checkpoint, ema, backbone, img_size, batch, dynamic_batch, scan, opset, precision, seed,
-           output, json_path):
-    """Export TinyViM (always re-parameterized) to ONNX."""
+           output, json_path, **triton):
+    """Export TinyViM (always re-parameterized) to ONNX, or to a Triton model repository."""
     from tinyvim.export import export_onnx
     from tinyvim.utils import atomic_write_text
     img_size = img_size or (224, 224)
+    check_format_options(fmt, output, triton)
+    if fmt == "triton":
+        announce_weights(checkpoint, seed)
+        return export_triton(output=output, json_path=json_path, batch=batch, dynamic_batch=dynamic_batch,
+                             triton=triton, export_kwargs=dict(variant=variant, checkpoint=checkpoint, ema=ema,
+                                                               backbone=backbone, img_size=img_size, scan=scan,
+                                                               opset=opset, precision=precision, seed=seed))
     output = output or default_output(variant, img_size, scan, precision, backbone)
     announce_weights(checkpoint, seed)
     result = export_onnx(output, variant=variant, checkpoint=checkpoint, ema=ema, backbone=backbone,

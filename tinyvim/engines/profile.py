@@ -158,8 +158,9 @@ def format_table(entries: list[dict]) -> str:
     return "\n".join(lines)
 
 
-def plot_latency(entries: list[dict], path: str, title: str = "") -> None:
-    """Mean latency vs batch size, one line per backend, shaded up to p90; writes a PNG."""
+def plot_latency(entries: list[dict], path: str, title: str = "", x: str = "batch", xlabel: str = "batch size") -> None:
+    """Mean latency vs batch size (or another key `x` of the entries, e.g. concurrency), one line
+    per backend, shaded up to p90; writes a PNG."""
     try:
         import matplotlib
         matplotlib.use("Agg")
@@ -168,14 +169,14 @@ def plot_latency(entries: list[dict], path: str, title: str = "") -> None:
         raise TinyvimError("--plot needs matplotlib: pip install 'tinyvim[plot]'") from exc
     fig, ax = plt.subplots(figsize=(6, 4))
     for backend in dict.fromkeys(e["backend"] for e in entries):
-        pts = [(e["batch"], e["latency_ms"]["mean"], e["latency_ms"]["p90"])
+        pts = [(e[x], e["latency_ms"]["mean"], e["latency_ms"]["p90"])
                for e in entries if e["backend"] == backend and "latency_ms" in e]
         if not pts:
             continue
         xs, means, p90 = zip(*pts)
         ax.plot(xs, means, marker="o", label=backend)
         ax.fill_between(xs, means, p90, alpha=0.15)
-    ax.set_xlabel("batch size")
+    ax.set_xlabel(xlabel)
     ax.set_ylabel("latency per call (ms, mean; band to p90)")
     ax.set_xscale("log", base=2)
     ax.set_yscale("log")
