@@ -185,6 +185,10 @@ def export_onnx(output: str | os.PathLike, *, variant: str = "s", checkpoint: st
     img_size = tuple(img_size)
     variant = check_variant(variant)
     _check_args(scan, precision, img_size, batch, opset)
+    if dynamic_size:
+        if scan == "portable" and lowering not in ("parallel", "dynamic"):
+            raise TinyvimError(f"the {lowering!r} scan lowering needs a fixed input size: drop --dynamic-size")
+        lowering = "dynamic"
     log = log or (lambda msg: None)
     start = time.perf_counter()
     if model is None:
@@ -194,10 +198,6 @@ def export_onnx(output: str | os.PathLike, *, variant: str = "s", checkpoint: st
         deploy = _FP16Wrapper(deploy)
     names = output_names(backbone)
     example_batch = max(batch, 2) if dynamic_batch else batch   # batch 1 would pin the dimension
-    if dynamic_size:
-        if scan == "portable" and lowering not in ("parallel", "dynamic"):
-            raise TinyvimError(f"the {lowering!r} scan lowering needs a fixed input size: drop --dynamic-size")
-        lowering = "dynamic"
     trace_size = DYNAMIC_SIZE_EXAMPLE if dynamic_size else img_size
     example = torch.randn(example_batch, 3, *trace_size, generator=torch.Generator().manual_seed(0))
     log(f"tracing TinyViM-{variant.upper()} ({scan} scan, {precision}, "
