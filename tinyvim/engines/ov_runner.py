@@ -19,7 +19,8 @@ from typing import Mapping
 
 import numpy as np
 
-from tinyvim.contract import BACKBONE_OUTPUTS, CLASSIFIER_OUTPUTS, SCAN_PLUGIN, ExportMetadata, check_input_size
+from tinyvim.contract import (BACKBONE_OUTPUTS, CLASSIFIER_OUTPUTS, INPUT_NAME, SCAN_PLUGIN, ExportMetadata,
+                              check_input_size)
 from tinyvim.engines.base import BaseRunner
 from tinyvim.errors import TinyvimError
 
@@ -44,13 +45,14 @@ def import_openvino():
 
 
 def port_name(port) -> str:
-    """The name tinyvim gave an output: OpenVINO folds Identity nodes and merges tensor names,
-    so a port may carry several (e.g. a tapped block output, `validate --per-block`, and the
-    tensor it copies); the graph's output names (logits, featN, per-block taps) win."""
+    """The name tinyvim gave an input or output: OpenVINO folds Identity and Cast-free chains and
+    merges tensor names, so a port may carry several (the fp16 export's `images` and its cast,
+    a per-block tap and the tensor it copies); tinyvim's names (images, logits, featN, taps) win."""
     from tinyvim.engines.per_block import TAP_PREFIX
 
     names = port.get_names()
-    ours = sorted(n for n in names if n in CLASSIFIER_OUTPUTS + BACKBONE_OUTPUTS or n.startswith(TAP_PREFIX))
+    ours = sorted(n for n in names if n in (INPUT_NAME,) + CLASSIFIER_OUTPUTS + BACKBONE_OUTPUTS
+                  or n.startswith(TAP_PREFIX))
     return ours[0] if ours else port.get_any_name()
 
 
@@ -147,7 +149,7 @@ class OvRunner(BaseRunner):
             raise TinyvimError(f"OpenVINO could not compile {self.model}: {first[:300]}") from exc
         self._compiled = compiled
         self._request = compiled.create_infer_request()
-        self._inputs = [i.get_any_name() for i in compiled.inputs]
+        self._inputs = [port_name(i) for i in compiled.inputs]
         self._outputs = [port_name(o) for o in compiled.outputs]
         shape = compiled.inputs[0].get_partial_shape()
         self._dynamic_size = shape.rank.get_length() == 4 and (shape[2].is_dynamic or shape[3].is_dynamic)
@@ -164,7 +166,7 @@ class OvRunner(BaseRunner):
             for a in arrays.values():
                 check_input_size(*a.shape[2:])
         start = time.perf_counter()
-        results = self._request.infer(arrays)
+        results = self._request.infer(list(arrays.values()))     # by position: names may be merged
         compute = time.perf_counter() - start
         outputs = {port_name(port): np.array(value, copy=True) for port, value in results.items()}
         return {n: outputs[n] for n in self._outputs}, {"compute": compute}
@@ -195,7 +197,7 @@ def read_ir_info(path: str | os.PathLike):
     shape = model.inputs[0].get_partial_shape()
     dims = [d.get_length() if d.is_static else None for d in shape] if shape.rank.is_static else []
     outputs = [port_name(o) for o in model.outputs]
-    info = ModelInfo(path=os.fspath(p), kind="openvino", input_name=model.inputs[0].get_any_name(), input_shape=dims,
+    info = ModelInfo(path=os.fspath(p), kind="openvino", input_name=port_name(model.inputs[0]), input_shape=dims,
                      output_names=outputs, metadata=meta, precision=meta.precision if meta else "fp32")
     check_signature(info)
     return info
