@@ -278,8 +278,9 @@ def _odd_even_scan(a: Tensor, b: Tensor, dim: int, in_place: bool = False, depth
 
 def _loop_step(state: Tensor, step: tuple[Tensor, Tensor]) -> tuple[Tensor, Tensor]:
     a, b = step
-    # `state` is used first, then a, then b: OpenVINO 2026.4's ONNX frontend binds a Scan
-    # body's inputs in order of first use (checked by tests/test_ov.py on a dynamic export).
+    # `state` must be the first operand: OpenVINO 2026.4 mis-binds an ONNX Scan body's inputs
+    # when the body computes a * state (every step then reads a as the state: wrong by O(1);
+    # ORT is right either way). tests/test_dynamic_size.py runs OpenVINO on a dynamic export.
     state = state * a + b
     return state, state.clone()
 
