@@ -98,3 +98,31 @@ def test_a_graph_without_the_block_structure_is_a_one_line_error(tmp_path):
     from tinyvim.errors import TinyvimError
     with pytest.raises(TinyvimError, match="cannot follow TinyViM's blocks"):
         trunk_residuals(tiny_onnx(tiny_torch()).graph, 3)
+
+
+def test_an_engine_is_rebuilt_from_the_marked_onnx(s64_onnx, tmp_path, monkeypatch):
+    """TensorRT goes through the same path: the engine is rebuilt from the marked copy of its
+    source ONNX with the original engine's precision and batch (build_engine is a stand-in
+    here: no TensorRT on this machine)."""
+    import dataclasses
+    from types import SimpleNamespace
+
+    from tinyvim.engines import per_block, trt_build
+    from tinyvim.engines.model_info import read_onnx_info
+    calls = []
+
+    def fake_build(onnx_path, output, **kwargs):
+        calls.append((onnx.load(str(onnx_path)), kwargs))
+        return SimpleNamespace(engine_path=output)
+    monkeypatch.setattr(trt_build, "build_engine", fake_build)
+    info = dataclasses.replace(read_onnx_info(s64_onnx), kind="engine", path=str(tmp_path / "m.engine"),
+                               precision="fp16", batch_range=(2, 2))
+    proto = onnx.load(str(s64_onnx))
+    taps = per_block.taps_for(create_model("s"), proto.graph, ["logits"])
+    marked = per_block._marked_model(info, per_block.mark_outputs(proto, taps), tmp_path,
+                                     SimpleNamespace(model_kinds=("engine",)), {"plugin": None}, log=lambda m: None)
+    (built, kwargs), = calls
+    assert marked.path == str(tmp_path / "marked.engine") and marked.kind == "engine"
+    assert kwargs["precision"] == "fp16" and kwargs["min_batch"] == kwargs["max_batch"] == 2
+    outputs = [o.name for o in built.graph.output]
+    assert outputs[0] == "logits" and len(outputs) == len(taps)          # logits + one per tap
