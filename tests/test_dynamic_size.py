@@ -91,10 +91,9 @@ def test_plugin_flavour_gets_dynamic_hw_and_validates_at_any_size(tmp_path):
     result = export_onnx(tmp_path / "plugin.onnx", variant="s", dynamic_size=True, scan="plugin")
     dims = onnx.load(str(result.path)).graph.input[0].type.tensor_type.shape.dim
     assert dims[2].dim_param and dims[3].dim_param and dims[0].dim_value == 1
-    for size in ("96x64", "64"):
-        r = CliRunner().invoke(validate, [str(result.path), "--img-size", size, "--num-inputs", "1"])
-        assert r.exit_code == 0, r.output
-        assert "PASSED" in r.output
+    r = CliRunner().invoke(validate, [str(result.path), "--img-size", "96x64", "--num-inputs", "1"])
+    assert r.exit_code == 0, r.output
+    assert "PASSED" in r.output and "96x64" in r.output
     r = CliRunner().invoke(validate, [str(result.path), "--img-size", "100"])
     assert r.exit_code == 2 and "not divisible by 32" in r.output
 
