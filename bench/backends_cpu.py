@@ -8,10 +8,12 @@ tinyvim runners `profile` uses. Prints median ms, the ratio to torch, and max |�
 against torch.
 
 Part 2 (--dynamic): TinyViM-S exported once with --dynamic-size: node count and latency at
-224 next to the fixed-size export (ORT and OpenVINO f32, interleaved), and max |Δ| against
-PyTorch at 224, 256 and 320x256; with --backbone-check also the backbone at 512x512.
+224 next to the fixed-size export (ORT and OpenVINO f32, interleaved); for every variant in
+--dynamic-variants, max |Δ| of one dynamic file against PyTorch at 224, 256 and 320x256 on
+both. With --backbone-check also the backbone at 512x512, fixed-size and dynamic exports.
 
-    python bench/backends_cpu.py [--variants s,b,l] [--batches 1,8] [--iters 20] [--dynamic] [--backbone-check]
+    python bench/backends_cpu.py [--variants s,b,l] [--batches 1,8] [--iters 20] [--dynamic]
+                                 [--dynamic-variants s,b,l] [--backbone-check] [--skip-backends]
 """
 from __future__ import annotations
 
@@ -92,7 +94,8 @@ def dynamic_vs_fixed(args, tmp: Path) -> dict:
                "ov dynamic": OvRunner(dynamic.path, precision="f32", threads=args.threads, name="ov dynamic")}
     for r in runners.values():
         r.activate()
-    result = {"nodes": {"fixed": fixed.num_nodes, "dynamic": dynamic.num_nodes}, "latency_224_ms": {}, "errors": {}}
+    result = {"nodes": {"fixed": fixed.num_nodes, "dynamic": dynamic.num_nodes},
+              "export_s": {"fixed": fixed.seconds, "dynamic": dynamic.seconds}, "latency_224_ms": {}, "errors": {}}
     try:
         for b in (int(s) for s in args.batches.split(",")):
             x = images(b, seed=b)
@@ -103,40 +106,49 @@ def dynamic_vs_fixed(args, tmp: Path) -> dict:
             print(f"  224x224 batch {b}: " + ", ".join(f"{k} {v:.1f} ms" for k, v in med.items()) +
                   f"  (dynamic/fixed: ort {med['ort dynamic'] / med['ort fixed']:.3f}, "
                   f"ov {med['ov dynamic'] / med['ov fixed']:.3f})", flush=True)
-        for size in [(224, 224), (256, 256), (320, 256)]:
-            x = images(2, size, seed=size[0] + size[1])
-            ref = reference(model, x)
-            err = {k: float(np.abs(runners[k].infer({"images": x})["logits"] - ref).max())
-                   for k in ("ort dynamic", "ov dynamic")}
-            result["errors"][f"{size[0]}x{size[1]}"] = err
-            print(f"  {size[0]}x{size[1]}: max|Δ logits| vs PyTorch: " + ", ".join(f"{k} {e:.1e}" for k, e in err.items()))
     finally:
         for r in runners.values():
             r.deactivate()
+    for v in args.dynamic_variants.split(","):
+        vmodel = model if v == "s" else tinyvim.create_model(v)
+        path = dynamic.path if v == "s" else export_onnx(tmp / f"{v}-dynamic.onnx", variant=v, model=vmodel,
+                                                         dynamic_batch=True, dynamic_size=True).path
+        result["errors"][v] = size_errors(vmodel, path, args.threads, [(224, 224), (256, 256), (320, 256)])
     return result
+
+
+def size_errors(model, path: Path, threads: int, sizes, batch: int = 2) -> dict:
+    """max |Δ| / max |ref| against PyTorch of one file at each size, on ORT and OpenVINO f32
+    (logits are O(1): for them that is about the absolute error; feature maps are O(10))."""
+    errors = {}
+    with OrtRunner(path, threads=threads) as ort_r, OvRunner(path, precision="f32", threads=threads) as ov_r:
+        for size in sizes:
+            x = images(batch, size, seed=size[0] + size[1])
+            ref = reference(model, x)
+            refs = [ref] if isinstance(ref, np.ndarray) else ref
+            errors[f"{size[0]}x{size[1]}"] = err = {}
+            for name, runner in (("ort", ort_r), ("ov f32", ov_r)):
+                outs = list(runner.infer({"images": x}).values())
+                err[name] = max(float(np.abs(o - r).max() / max(1.0, np.abs(r).max())) for o, r in zip(outs, refs))
+            print(f"  {Path(path).stem} {size[0]}x{size[1]}: max|Δ| (relative to max(1, max|ref|)) vs PyTorch: "
+                  + ", ".join(f"{k} {e:.1e}" for k, e in err.items()), flush=True)
+    return errors
 
 
 def backbone_512(args, tmp: Path) -> dict:
     model = tinyvim.create_model("s", backbone=True)
-    res = export_onnx(tmp / "bb-dynamic.onnx", variant="s", model=model, backbone=True, dynamic_size=True)
-    x = images(1, (512, 512), seed=512)
-    ref = reference(model, x)
-    errs = {}
-    for name, runner in {"ort": OrtRunner(res.path, threads=args.threads),
-                         "ov f32": OvRunner(res.path, precision="f32", threads=args.threads)}.items():
-        with runner:
-            out = runner.infer({"images": x})
-        # feature maps are O(10): the error relative to each map's scale
-        errs[name] = max(float(np.abs(out[f"feat{i}"] - r).max() / np.abs(r).max()) for i, r in enumerate(ref))
-    print(f"\nbackbone S, dynamic-size export at 512x512: max |Δ| / max |ref| over feat0..3: "
-          + ", ".join(f"{k} {e:.1e}" for k, e in errs.items()))
-    return errs
+    fixed = export_onnx(tmp / "bb-512.onnx", variant="s", model=model, backbone=True, img_size=(512, 512), batch=1)
+    dynamic = export_onnx(tmp / "bb-dynamic.onnx", variant="s", model=model, backbone=True, dynamic_size=True)
+    print("\nbackbone S at 512x512 (feat0..feat3), fixed-size and dynamic-size exports:")
+    return {name: size_errors(model, path, args.threads, [(512, 512)], batch=1)
+            for name, path in (("fixed", fixed.path), ("dynamic", dynamic.path))}
 
 
 def main():
     ap = bench_parser(__doc__)
     ap.add_argument("--dynamic", action="store_true", help="also part 2: dynamic-size vs fixed-size export")
-    ap.add_argument("--backbone-check", action="store_true", help="also the backbone at 512x512 from a dynamic export")
+    ap.add_argument("--dynamic-variants", default="s", help="variants whose dynamic export is checked at 3 sizes")
+    ap.add_argument("--backbone-check", action="store_true", help="also the backbone at 512x512 (fixed and dynamic)")
     ap.add_argument("--skip-backends", action="store_true", help="skip part 1")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
