@@ -40,17 +40,21 @@ def default_output(variant: str, img_size, scan: str, precision: str, backbone: 
 @click.option("--compress-to-fp16", is_flag=True,
               help="--fmt openvino: store the IR's weights in fp16 (default: fp32, as exported).")
 @click.option("-o", "--output", type=click.Path(dir_okay=False), default=None,
-              help="Output path (default: tinyvim-<variant>-<size>-<scan>.onnx).")
+              help="Output path (default: tinyvim-<variant>-<size>-<scan>.onnx, or .xml for openvino).")
 @click.option("--json", "json_path", type=click.Path(dir_okay=False), default=None, help="Write a JSON summary.")
 def export(fmt, variant, checkpoint, ema, backbone, img_size, batch, dynamic_batch, dynamic_size, scan, opset,
            precision, seed, compress_to_fp16, output, json_path):
     """Export TinyViM (always re-parameterized) to ONNX or OpenVINO IR."""
+    from tinyvim.errors import TinyvimError
     from tinyvim.export import export_onnx
     from tinyvim.utils import atomic_write_text
+    if compress_to_fp16 and fmt != "openvino":
+        raise TinyvimError("--compress-to-fp16 applies to --fmt openvino (an fp16 ONNX is --precision fp16)")
     img_size = img_size or (224, 224)
     output = output or default_output(variant, img_size, scan, precision, backbone, dynamic_size, fmt)
     announce_weights(checkpoint, seed)
-    log = lambda m: click.echo(f"  {m} ...", err=True)  # noqa: E731
+    def log(message: str) -> None:
+        click.echo(f"  {message} ...", err=True)
     kwargs = dict(variant=variant, checkpoint=checkpoint, ema=ema, backbone=backbone, img_size=img_size, batch=batch,
                   dynamic_batch=dynamic_batch, dynamic_size=dynamic_size, scan=scan, opset=opset, precision=precision,
                   seed=seed, log=log)

@@ -22,6 +22,7 @@ import numpy as np
 from tinyvim.contract import (BACKBONE_OUTPUTS, CLASSIFIER_OUTPUTS, INPUT_NAME, SCAN_PLUGIN, ExportMetadata,
                               check_input_size)
 from tinyvim.engines.base import BaseRunner
+from tinyvim.engines.per_block import TAP_PREFIX
 from tinyvim.errors import TinyvimError
 
 #: --ov-precision -> (OpenVINO INFERENCE_PRECISION_HINT, the OPTIMIZATION_CAPABILITIES entry
@@ -48,8 +49,6 @@ def port_name(port) -> str:
     """The name tinyvim gave an input or output: OpenVINO folds Identity and Cast-free chains and
     merges tensor names, so a port may carry several (the fp16 export's `images` and its cast,
     a per-block tap and the tensor it copies); tinyvim's names (images, logits, featN, taps) win."""
-    from tinyvim.engines.per_block import TAP_PREFIX
-
     names = port.get_names()
     ours = sorted(n for n in names if n in (INPUT_NAME,) + CLASSIFIER_OUTPUTS + BACKBONE_OUTPUTS
                   or n.startswith(TAP_PREFIX))
