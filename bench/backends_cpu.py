@@ -18,6 +18,7 @@ both. With --backbone-check also the backbone at 512x512, fixed-size and dynamic
 from __future__ import annotations
 
 import json
+import os
 import statistics
 import tempfile
 from pathlib import Path
@@ -154,11 +155,12 @@ def main():
     torch.set_num_threads(args.threads)
     ov = import_openvino()
     import onnxruntime
-    env = {"cpu": cpu_model(), "threads": args.threads, "torch": torch.__version__,
+    env = {"cpu": cpu_model(), "threads": args.threads, "torch": torch.__version__, "load_average": os.getloadavg(),
            "onnxruntime": onnxruntime.__version__, "openvino": ov.__version__.split("-")[0],
            "ov_precisions": ov_precisions()}
     print(f"CPU: {env['cpu']}; {args.threads} threads; torch {env['torch']}, onnxruntime {env['onnxruntime']}, "
-          f"openvino {env['openvino']} (CPU precisions here: {', '.join(env['ov_precisions'])}); 224x224")
+          f"openvino {env['openvino']} (CPU precisions here: {', '.join(env['ov_precisions'])}); 224x224; "
+          f"load average {env['load_average'][0]:.1f} (other processes share the cores: ratios, not absolute times)")
     report = {"env": env}
     with tempfile.TemporaryDirectory(prefix="tinyvim-bench-") as tmp:
         if not args.skip_backends:
@@ -167,6 +169,8 @@ def main():
             report["dynamic_size"] = dynamic_vs_fixed(args, Path(tmp))
         if args.backbone_check:
             report["backbone_512"] = backbone_512(args, Path(tmp))
+    report["env"]["load_average_end"] = os.getloadavg()
+    print(f"load average at the end: {report['env']['load_average_end'][0]:.1f}")
     if args.json:
         Path(args.json).write_text(json.dumps(report, indent=2))
 
