@@ -227,7 +227,9 @@ def _marked_model(info: ModelInfo, marked_proto, folder: Path, backend, options:
 def run_per_block(info: ModelInfo, config, *, backend, batch: np.ndarray, tolerance: Tolerance, precision: str,
                   threads: int | None = None, options: dict | None = None,
                   log: Callable[[str], None] = print) -> dict:
-    """The per-block section of a validation report: {"batch", "rows", "first_jump", "noise_floor"}.
+    """The per-block section of a validation report: {"batch": int, "rows": [{"module", "kind",
+    "stage", "onnx_tensor", "shape", "max_abs_err", "scaled_err", "max_rel_err", "cosine",
+    "jump"}], "first_jump": module or None, "noise_floor": float}.
 
     `info` is the validated model, `config` its tinyvim.engines.validate.ReferenceConfig (the
     PyTorch reference is rebuilt from it, unfused), `backend` the registry entry it runs on."""

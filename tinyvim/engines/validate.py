@@ -24,8 +24,12 @@ JSON report (`tinyvim validate --json PATH`), schema_version 1:
                    "mean_abs_err": float, "cosine": float, "top1": float | null,
                    "top5": float | null, "mismatches": int, "passed": bool, "reason": str}],
       "warnings": [str],
-      "seconds": {"reference": float, "backend": float}
-    }
+      "seconds": {"reference": float, "backend": float},
+      "per_block": {...}                        # only with per_block=True (`--per-block`):
+    }                                           # tinyvim.engines.per_block.run_per_block
+
+The tolerance's precision is the looser of the model's and the backend's compute precision
+(an fp32 export validated on OpenVINO with --ov-precision bf16 is judged as bf16).
 """
 from __future__ import annotations
 
