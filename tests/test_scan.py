@@ -5,7 +5,7 @@ import torch
 
 import tinyvim
 from tinyvim.ops import (available_scan_implementations, check_scan_inputs, cross_selective_scan,
-                         current_scan_implementation, scan_implementation, scan_parallel, scan_sequential,
+                         current_scan_implementation, scan_dynamic, scan_implementation, scan_parallel, scan_sequential,
                          set_default_scan_implementation)
 from tinyvim.ops.reference import cross_selective_scan_reference, random_scan_inputs, scan_orders
 
@@ -13,7 +13,7 @@ from tinyvim.ops.reference import cross_selective_scan_reference, random_scan_in
 # single row, a prime length, and the model's real 7×7 grid.
 SHAPES = [(1, 5, 3, 4, 8), (3, 12, 7, 7, 8), (3, 7, 5, 8, 8), (1, 3, 1, 6, 8), (1, 6, 1, 1, 8),
           (3, 9, 4, 3, 16), (1, 13, 11, 13, 4)]
-IMPLS = {"sequential": scan_sequential, "parallel": scan_parallel}
+IMPLS = {"sequential": scan_sequential, "parallel": scan_parallel, "dynamic": scan_dynamic}
 # float64: only summation order differs from the reference -> ~1e-15; 1e-6 is the
 # contract. float32: inputs rounded to float32 (2^-24 ≈ 6e-8 relative) propagate through
 # ≤ 143 steps of contracting recurrences; observed ≤ 3e-7, contract 1e-5.

@@ -97,6 +97,8 @@ def _pop_backend_options(kwargs: dict) -> dict:
 @click.option("--crop-pct", type=float, default=0.875, show_default=True, help="Centre-crop fraction for --images.")
 @click.option("--atol", type=float, default=None, help="Absolute tolerance [default: by precision].")
 @click.option("--rtol", type=float, default=None, help="Relative tolerance [default: by precision].")
+@click.option("--per-block", is_flag=True, default=False,
+              help="Also compare every stage's, block's and SS2D's output (first batch) and show where error jumps.")
 @click.option("--json", "json_path", type=click.Path(dir_okay=False), default=None, help="Write the JSON report.")
 @click.pass_context
 @_one_line_errors

@@ -1,4 +1,5 @@
-"""`tinyvim export --fmt onnx`: the re-parameterized model as ONNX, checked and cleaned."""
+"""`tinyvim export --fmt onnx|openvino|triton`: the re-parameterized model as ONNX, checked and
+cleaned (or converted on to OpenVINO IR, or laid out as a Triton model repository)."""
 from __future__ import annotations
 
 import json
@@ -10,16 +11,19 @@ from tinyvim.commands.common import (announce_weights, backbone_option, checkpoi
 from tinyvim.commands.serve import check_format_options, export_triton, triton_export_options
 
 
-def default_output(variant: str, img_size, scan: str, precision: str, backbone: bool) -> str:
-    parts = [f"tinyvim-{variant}", "backbone" if backbone else "", f"{img_size[0]}x{img_size[1]}" if img_size[0] != img_size[1]
-             else str(img_size[0]), scan, precision if precision != "fp32" else ""]
-    return "-".join(p for p in parts if p) + ".onnx"
+def default_output(variant: str, img_size, scan: str, precision: str, backbone: bool, dynamic_size: bool = False,
+                   fmt: str = "onnx") -> str:
+    size = "dynamic" if dynamic_size else (f"{img_size[0]}x{img_size[1]}" if img_size[0] != img_size[1]
+                                          else str(img_size[0]))
+    parts = [f"tinyvim-{variant}", "backbone" if backbone else "", size, scan, precision if precision != "fp32" else ""]
+    return "-".join(p for p in parts if p) + (".xml" if fmt == "openvino" else ".onnx")
 
 
 @click.command("export")
-@click.option("--fmt", type=click.Choice(["onnx", "triton"]), default="onnx", show_default=True,
-              help="onnx, or triton: a Triton Inference Server model repository (folder) at -o. "
-                   "(TensorRT engines: export ONNX, then `tinyvim build-engine`.)")
+@click.option("--fmt", type=click.Choice(["onnx", "openvino", "triton"]), default="onnx", show_default=True,
+              help="onnx; openvino (IR .xml + .bin, portable scan; needs tinyvim[openvino]); or triton (a Triton "
+                   "Inference Server model repository folder at -o). TensorRT engines: export ONNX, then "
+                   "`tinyvim build-engine`.")
 @variant_option
 @checkpoint_option
 @ema_option
@@ -27,21 +31,29 @@ def default_output(variant: str, img_size, scan: str, precision: str, backbone: 
 @img_size_option()
 @click.option("--batch", type=int, default=1, show_default=True, help="Static batch size.")
 @click.option("--dynamic-batch", is_flag=True, help="Make the batch dimension dynamic (1..4096).")
+@click.option("--dynamic-size", is_flag=True,
+              help="Make H and W dynamic: any multiples of 32 up to 4096 from one file (--img-size is then unused).")
 @click.option("--scan", type=click.Choice(["portable", "plugin"]), default="portable", show_default=True,
               help="portable: standard ONNX ops only; plugin: one CrossSelectiveScan node per SS2D (TensorRT plugin).")
 @click.option("--opset", type=int, default=None, help="ONNX opset (default 20).")
 @click.option("--precision", type=click.Choice(["fp32", "fp16"]), default="fp32", show_default=True,
               help="fp16 keeps the scan state, softplus and LayerNorm in fp32; I/O stays fp32.")
 @click.option("--seed", type=int, default=0, show_default=True, help="Seed of the random weights (no checkpoint).")
+@click.option("--compress-to-fp16", is_flag=True,
+              help="--fmt openvino: store the IR's weights in fp16 (default: fp32, as exported).")
 @click.option("-o", "--output", type=click.Path(), default=None,
-              help="Output path (default: tinyvim-<variant>-<size>-<scan>.onnx; --fmt triton: model_repository).")
+              help="Output path (default: tinyvim-<variant>-<size>-<scan>.onnx, .xml for openvino; "
+                   "--fmt triton: model_repository).")
 @click.option("--json", "json_path", type=click.Path(dir_okay=False), default=None, help="Write a JSON summary.")
 @triton_export_options
-def export(fmt, variant, checkpoint, ema, backbone, img_size, batch, dynamic_batch, scan, opset, precision, seed,
-           output, json_path, **triton):
-    """Export TinyViM (always re-parameterized) to ONNX, or to a Triton model repository."""
+def export(fmt, variant, checkpoint, ema, backbone, img_size, batch, dynamic_batch, dynamic_size, scan, opset,
+           precision, seed, compress_to_fp16, output, json_path, **triton):
+    """Export TinyViM (always re-parameterized) to ONNX, OpenVINO IR or a Triton model repository."""
+    from tinyvim.errors import TinyvimError
     from tinyvim.export import export_onnx
     from tinyvim.utils import atomic_write_text
+    if compress_to_fp16 and fmt != "openvino":
+        raise TinyvimError("--compress-to-fp16 applies to --fmt openvino (an fp16 ONNX is --precision fp16)")
     img_size = img_size or (224, 224)
     check_format_options(fmt, output, triton)
     if fmt == "triton":
@@ -49,20 +61,28 @@ def export(fmt, variant, checkpoint, ema, backbone, img_size, batch, dynamic_bat
         return export_triton(output=output, json_path=json_path, batch=batch, dynamic_batch=dynamic_batch,
                              triton=triton, export_kwargs=dict(variant=variant, checkpoint=checkpoint, ema=ema,
                                                                backbone=backbone, img_size=img_size, scan=scan,
-                                                               opset=opset, precision=precision, seed=seed))
-    output = output or default_output(variant, img_size, scan, precision, backbone)
+                                                               dynamic_size=dynamic_size, opset=opset,
+                                                               precision=precision, seed=seed))
+    output = output or default_output(variant, img_size, scan, precision, backbone, dynamic_size, fmt)
     announce_weights(checkpoint, seed)
-    result = export_onnx(output, variant=variant, checkpoint=checkpoint, ema=ema, backbone=backbone,
-                         img_size=img_size, batch=batch, dynamic_batch=dynamic_batch, scan=scan, opset=opset,
-                         precision=precision, seed=seed, log=lambda m: click.echo(f"  {m} ...", err=True))
+    def log(message: str) -> None:
+        click.echo(f"  {message} ...", err=True)
+    kwargs = dict(variant=variant, checkpoint=checkpoint, ema=ema, backbone=backbone, img_size=img_size, batch=batch,
+                  dynamic_batch=dynamic_batch, dynamic_size=dynamic_size, scan=scan, opset=opset, precision=precision,
+                  seed=seed, log=log)
+    if fmt == "openvino":
+        from tinyvim.export.openvino_ir import export_ir
+        result = export_ir(output, compress_to_fp16=compress_to_fp16, **kwargs)
+    else:
+        result = export_onnx(output, **kwargs)
     ops = result.op_counts
     top = ", ".join(f"{k} {v}" for k, v in list(ops.items())[:10])
     more = f", … {len(ops) - 10} more types" if len(ops) > 10 else ""
     click.echo(f"exported {result.path}  ({result.size_bytes / 2**20:.1f} MiB, {result.num_nodes} nodes, "
                f"{result.seconds:.1f} s)")
     meta = result.metadata
-    click.echo(f"  inputs  images (batch {'dynamic' if meta.dynamic_batch else meta.batch}, 3, {img_size[0]}, "
-               f"{img_size[1]}) float32")
+    hw = "H, W (multiples of 32)" if meta.dynamic_size else f"{img_size[0]}, {img_size[1]}"
+    click.echo(f"  inputs  images (batch {'dynamic' if meta.dynamic_batch else meta.batch}, 3, {hw}) float32")
     click.echo(f"  outputs {', '.join(result.output_names)}")
     click.echo(f"  scan    {scan}; precision {precision}; opset {meta.opset}")
     click.echo(f"  nodes   {top}{more}")

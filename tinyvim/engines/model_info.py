@@ -21,7 +21,7 @@ class ModelInfo:
     batch_range: (min, max) batch the model accepts (an engine's profile), None when unbounded
     by the file itself."""
     path: str
-    kind: str                      # "onnx" | "engine"
+    kind: str                      # "onnx" | "engine" | "openvino" (IR)
     input_name: str
     input_shape: list
     output_names: list[str]
@@ -137,7 +137,10 @@ def read_engine_info(path: str | os.PathLike) -> ModelInfo:
 
 
 def read_model_info(path: str | os.PathLike) -> ModelInfo:
-    """Dispatch on the extension: .engine/.plan/.trt -> engine sidecar, else ONNX."""
+    """Dispatch on the extension: .engine/.plan/.trt -> engine sidecar, .xml -> OpenVINO IR, else ONNX."""
     if Path(path).suffix.lower() in (".engine", ".plan", ".trt"):
         return read_engine_info(path)
+    if Path(path).suffix.lower() == ".xml":
+        from tinyvim.engines.ov_runner import read_ir_info
+        return read_ir_info(path)
     return read_onnx_info(path)

@@ -80,7 +80,8 @@ def environment(threads: int) -> dict:
             "python": platform.python_version(), "platform": platform.platform(),
             "tinyvim": tinyvim.__version__, "torch": torch.__version__, "onnx": _version("onnx"),
             "onnxruntime": _version("onnxruntime"), "tensorrt": _version("tensorrt"),
-            "gpu": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None}
+            "gpu": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
+            "openvino": _version("openvino"), "extra_versions": ["openvino"] if _version("openvino") else []}
 
 
 def time_runner(runner: BaseRunner, feed: dict, *, warmup: int = 5, iters: int | None = 50,

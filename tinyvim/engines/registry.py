@@ -168,6 +168,13 @@ register(Backend("ort", "ONNX Runtime on an ONNX export", _ort, model_kinds=("on
                  devices=("cpu", "cuda"), precisions=("fp32", "fp16"), exports_onnx=True,
                  options=(BackendOption("providers", "--providers",
                                         "ONNX Runtime providers, comma list (cpu, cuda, ...) [default: cpu]."),)))
+def _ov(req: RunnerRequest) -> BaseRunner:
+    from tinyvim.engines.ov_runner import OvRunner
+    return OvRunner(req.model.path, device=req.option("ov_device"), precision=req.option("ov_precision"),
+                    threads=req.threads, hint=req.option("ov_hint"), plugin_nodes=req.model.plugin_nodes,
+                    log=req.log if req.purpose == "validate" else None)
+
+
 register(Backend("trt", "TensorRT engine built by `tinyvim build-engine` (NVIDIA GPU)", _trt,
                  model_kinds=("engine",), default_for=("engine",), devices=("cuda",),
                  precisions=("fp32", "fp16", "bf16"),
@@ -176,3 +183,13 @@ register(Backend("trt", "TensorRT engine built by `tinyvim build-engine` (NVIDIA
                                         "[default: the one the engine was built with].", path=True),
                           BackendOption("cuda_graph", "--cuda-graph", "Replay TensorRT inference as a CUDA graph.",
                                         type=bool))))
+register(Backend("ov", "OpenVINO on a portable ONNX export or an OpenVINO IR (pip install 'tinyvim[openvino]')", _ov,
+                 model_kinds=("onnx", "openvino"), default_for=("openvino",), devices=("cpu", "gpu"),
+                 precisions=("fp32", "bf16", "fp16"), exports_onnx=True,
+                 missing_model_hint="export one with `tinyvim export` (ONNX) or `tinyvim export --fmt openvino` (IR)",
+                 options=(BackendOption("ov_precision", "--ov-precision", "OpenVINO compute precision; bf16/f16 are "
+                                        "validated with the reduced-precision tolerances [default: f32].",
+                                        choices=("f32", "bf16", "f16")),
+                          BackendOption("ov_device", "--ov-device", "OpenVINO device (CPU, GPU, AUTO) [default: CPU]."),
+                          BackendOption("ov_hint", "--ov-hint", "OpenVINO performance hint [default: latency].",
+                                        choices=("latency", "throughput")))))

@@ -24,8 +24,12 @@ JSON report (`tinyvim validate --json PATH`), schema_version 1:
                    "mean_abs_err": float, "cosine": float, "top1": float | null,
                    "top5": float | null, "mismatches": int, "passed": bool, "reason": str}],
       "warnings": [str],
-      "seconds": {"reference": float, "backend": float}
-    }
+      "seconds": {"reference": float, "backend": float},
+      "per_block": {...}                        # only with per_block=True (`--per-block`):
+    }                                           # tinyvim.engines.per_block.run_per_block
+
+The tolerance's precision is the looser of the model's and the backend's compute precision
+(an fp32 export validated on OpenVINO with --ov-precision bf16 is judged as bf16).
 """
 from __future__ import annotations
 
@@ -38,7 +42,7 @@ import numpy as np
 
 from tinyvim.contract import check_batch, check_variant, parse_size
 from tinyvim.engines.base import BaseRunner
-from tinyvim.engines.compare import Comparison, Tolerance, compare_outputs, tolerance_for
+from tinyvim.engines.compare import DEFAULT_TOLERANCES, Comparison, Tolerance, compare_outputs, tolerance_for
 from tinyvim.engines.inputs import DEFAULT_CROP_PCT, image_batches, random_batches
 from tinyvim.engines.model_info import ModelInfo, read_model_info
 from tinyvim.engines.registry import RunnerRequest, default_backend_for, get_backend
@@ -202,6 +206,9 @@ def format_table(report: dict) -> str:
     lines.append(f"{verdict}: {report['backend']['name']} vs PyTorch reference (TinyViM-"
                  f"{report['reference']['variant'].upper()}, {n} images, {tol['precision']} tolerance "
                  f"atol={tol['atol']:g} rtol={tol['rtol']:g})")
+    if report.get("per_block"):
+        from tinyvim.engines.per_block import format_per_block
+        lines[:0] = [format_per_block(report["per_block"]), ""]
     return "\n".join(lines)
 
 
@@ -210,10 +217,12 @@ def validate_model(model: str | os.PathLike, *, backend: str | None = None, opti
                    ema: bool | None = None, backbone: bool | None = None, img_size: str | None = None,
                    init_seed: int | None = None, batch: int | None = None, num_inputs: int = 4, seed: int = 0,
                    images: str | os.PathLike | None = None, crop_pct: float = DEFAULT_CROP_PCT,
-                   atol: float | None = None, rtol: float | None = None,
+                   atol: float | None = None, rtol: float | None = None, per_block: bool = False,
                    log: Callable[[str], None] = print) -> dict:
     """`tinyvim validate`: run `model` on `backend` (by default the one for its file kind) and
-    the PyTorch reference on the same inputs; returns the report (module docstring)."""
+    the PyTorch reference on the same inputs; returns the report (module docstring).
+    per_block: also compare every stage's and block's output on the first batch
+    (tinyvim.engines.per_block; the report gains a "per_block" section)."""
     from tinyvim.engines.profile import default_threads
 
     info = read_model_info(model)
@@ -225,10 +234,6 @@ def validate_model(model: str | os.PathLike, *, backend: str | None = None, opti
                                          img_size=img_size, init_seed=init_seed, batch=batch)
     for w in warnings:
         log(f"warning: {w}")
-    try:
-        tolerance = tolerance_for(info.precision, atol, rtol)
-    except ValueError as exc:
-        raise TinyvimError(str(exc)) from None
 
     if images:
         batches, names = image_batches(images, config.batch, config.img_size, limit=None, crop_pct=crop_pct)
@@ -241,12 +246,25 @@ def validate_model(model: str | os.PathLike, *, backend: str | None = None, opti
     threads = threads or default_threads()
     target = target_backend.runner(RunnerRequest("validate", model=info, threads=threads, options=dict(options or {}),
                                                  log=log))
+    # a backend computing in a reduced precision (OpenVINO bf16/f16) is judged by that precision's tolerance
+    precision = max(info.precision, getattr(target, "compute_precision", info.precision),
+                    key=list(DEFAULT_TOLERANCES).index)
+    try:
+        tolerance = tolerance_for(precision, atol, rtol)
+    except ValueError as exc:
+        raise TinyvimError(str(exc)) from None
     reference = get_backend("torch").runner(RunnerRequest(
         "reference", variant=config.variant, checkpoint=config.checkpoint, ema=config.ema, backbone=config.backbone,
         init_seed=config.init_seed, threads=threads, log=log))
     log(f"validating {info.path} ({target_backend.name}) against TinyViM-{config.variant.upper()} "
         f"{config.img_size[0]}x{config.img_size[1]} on {inputs['num_batches']} batch(es) of {config.batch}...")
     result = validate_runner(target, reference, batches, tolerance)
-    return make_report(result, info=info, config=config, backend=target_backend.name,
-                       providers=getattr(target, "providers", None), inputs=inputs, precision=info.precision,
-                       warnings=warnings, options=options)
+    report = make_report(result, info=info, config=config, backend=target_backend.name,
+                         providers=getattr(target, "providers", None), inputs=inputs, precision=precision,
+                         warnings=warnings, options=options)
+    if per_block:
+        from tinyvim.engines.per_block import run_per_block
+        report["per_block"] = run_per_block(info, config, backend=target_backend, batch=batches[0],
+                                            tolerance=tolerance, precision=precision, threads=threads,
+                                            options=options, log=log)
+    return report

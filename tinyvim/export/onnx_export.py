@@ -18,8 +18,9 @@ import torch
 from torch import nn
 
 from tinyvim import __version__
-from tinyvim.contract import (DEFAULT_OPSET, EXPORT_PRECISIONS, INPUT_NAME, MAX_BATCH, MIN_OPSET, SCAN_FLAVOURS,
-                              SCAN_PLUGIN, ExportMetadata, check_batch, check_input_size, check_variant, output_names)
+from tinyvim.contract import (DEFAULT_OPSET, EXPORT_PRECISIONS, INPUT_MULTIPLE, INPUT_NAME, MAX_BATCH, MAX_IMAGE_SIDE,
+                              MIN_OPSET, SCAN_FLAVOURS, SCAN_PLUGIN, ExportMetadata, check_batch, check_input_size,
+                              check_variant, output_names)
 from tinyvim.errors import TinyvimError
 from tinyvim.model import create_model, file_sha256, reparameterize
 from tinyvim.ops import scan_implementation
@@ -52,13 +53,13 @@ class _FP16Wrapper(nn.Module):
 
 
 def build_metadata(*, variant, backbone, ema, checkpoint, seed, img_size, batch, dynamic_batch, scan,
-                   opset, precision) -> ExportMetadata:
+                   opset, precision, dynamic_size: bool = False) -> ExportMetadata:
     """The metadata written into every export; `validate`, `profile` and engine sidecars read it back."""
     return ExportMetadata(
         variant=variant, backbone=bool(backbone), ema=bool(ema),
         checkpoint=str(Path(checkpoint).resolve()) if checkpoint else "",
         checkpoint_sha256=file_sha256(checkpoint) if checkpoint else "",
-        init_seed=int(seed), input_size=tuple(img_size), batch=None if dynamic_batch else int(batch),
+        init_seed=int(seed), input_size=None if dynamic_size else tuple(img_size), batch=None if dynamic_batch else int(batch),
         scan=scan, opset=int(opset), precision=precision, tinyvim_version=__version__)
 
 
@@ -88,13 +89,32 @@ def _check_args(scan, precision, img_size, batch, opset):
         raise TinyvimError(f"--opset {opset} is too old: TinyViM needs opset {MIN_OPSET} or newer")
 
 
+#: example size traced for a dynamic-size export: H != W so that the tracer keeps them apart
+DYNAMIC_SIZE_EXAMPLE = (224, 256)
+
+
+def dynamic_shapes_for(*, dynamic_batch: bool, dynamic_size: bool) -> dict | None:
+    """torch.export dynamic_shapes of the image input: batch 1..MAX_BATCH, and H, W each
+    32 * k with k in 1..MAX_IMAGE_SIDE/32, so that the multiple-of-32 rule is part of the
+    traced program (run_trunk's check_input_size holds for every size without a guard)."""
+    dims = {}
+    if dynamic_batch:
+        dims[0] = torch.export.Dim("batch", min=1, max=MAX_BATCH)
+    if dynamic_size:
+        top = MAX_IMAGE_SIDE // INPUT_MULTIPLE
+        dims[2] = INPUT_MULTIPLE * torch.export.Dim("height_over_32", min=1, max=top)
+        dims[3] = INPUT_MULTIPLE * torch.export.Dim("width_over_32", min=1, max=top)
+    return {"x": dims} if dims else None
+
+
 def _torch_export(model: nn.Module, example: torch.Tensor, *, scan: str, dynamic_batch: bool, opset: int,
-                  output_names: list[str], lowering: str = "parallel") -> onnx.ModelProto:
+                  output_names: list[str], lowering: str = "parallel", dynamic_size: bool = False) -> onnx.ModelProto:
     """torch.onnx.export (dynamo) + constant folding; one-line TinyvimError on failure."""
     kwargs = dict(dynamo=True, opset_version=opset, input_names=[INPUT_NAME], output_names=output_names,
                   optimize=False, verbose=False)
-    if dynamic_batch:
-        kwargs["dynamic_shapes"] = {"x": {0: torch.export.Dim("batch", min=1, max=MAX_BATCH)}}
+    shapes = dynamic_shapes_for(dynamic_batch=dynamic_batch, dynamic_size=dynamic_size)
+    if shapes:
+        kwargs["dynamic_shapes"] = shapes
     # plugin: the scan becomes the contract's custom node (tinyvim.ops.scan._plugin_node);
     # portable: trace the scan implementation's standard ops
     ctx = contextlib.nullcontext() if scan == "plugin" else scan_implementation(lowering, inline=True)
@@ -149,18 +169,26 @@ def export_onnx(output: str | os.PathLike, *, variant: str = "s", checkpoint: st
                 ema: bool = False, backbone: bool = False, img_size: tuple[int, int] = (224, 224), batch: int = 1,
                 dynamic_batch: bool = False, scan: str = "portable", opset: int | None = None,
                 precision: str = "fp32", seed: int = 0, model: nn.Module | None = None, cleanup: bool = True,
-                lowering: str = "parallel", log: Callable[[str], None] | None = None) -> ExportResult:
+                lowering: str = "parallel", dynamic_size: bool = False,
+                log: Callable[[str], None] | None = None) -> ExportResult:
     """Export the re-parameterized TinyViM to `output` (written atomically).
 
     Input `images` (B, 3, H, W) float32; outputs `logits` (B, 1000) or `feat0..feat3`.
     `model` may pass an already-built unfused TinyViM (then variant/checkpoint only
     feed the metadata). `lowering` picks the scan implementation traced into a portable
     graph: "parallel" (log depth, the default) or "sequential" (one unrolled step per
-    position; bench/onnx_cpu.py compares them). Returns an ExportResult with the node census."""
+    position; bench/onnx_cpu.py compares them). `dynamic_size`: H and W symbolic (any multiples
+    of 32 up to MAX_IMAGE_SIDE from one file); the portable scan is then traced with the
+    "dynamic" lowering (orders from the runtime shape, tinyvim.ops.scan.scan_dynamic) and
+    img_size is not used. Returns an ExportResult with the node census."""
     opset = opset or DEFAULT_OPSET
     img_size = tuple(img_size)
     variant = check_variant(variant)
     _check_args(scan, precision, img_size, batch, opset)
+    if dynamic_size:
+        if scan == "portable" and lowering not in ("parallel", "dynamic"):
+            raise TinyvimError(f"the {lowering!r} scan lowering needs a fixed input size: drop --dynamic-size")
+        lowering = "dynamic"
     log = log or (lambda msg: None)
     start = time.perf_counter()
     if model is None:
@@ -170,18 +198,20 @@ def export_onnx(output: str | os.PathLike, *, variant: str = "s", checkpoint: st
         deploy = _FP16Wrapper(deploy)
     names = output_names(backbone)
     example_batch = max(batch, 2) if dynamic_batch else batch   # batch 1 would pin the dimension
-    example = torch.randn(example_batch, 3, *img_size, generator=torch.Generator().manual_seed(0))
-    log(f"tracing TinyViM-{variant.upper()} ({scan} scan, {precision}, {img_size[0]}x{img_size[1]}, "
+    trace_size = DYNAMIC_SIZE_EXAMPLE if dynamic_size else img_size
+    example = torch.randn(example_batch, 3, *trace_size, generator=torch.Generator().manual_seed(0))
+    log(f"tracing TinyViM-{variant.upper()} ({scan} scan, {precision}, "
+        f"{'HxW dynamic' if dynamic_size else f'{img_size[0]}x{img_size[1]}'}, "
         f"batch {'dynamic' if dynamic_batch else batch}, opset {opset})")
     proto = _torch_export(deploy, example, scan=scan, dynamic_batch=dynamic_batch, opset=opset, output_names=names,
-                          lowering=lowering)
+                          lowering=lowering, dynamic_size=dynamic_size)
     if cleanup:
         log(f"cleaning up the graph ({len(proto.graph.node)} nodes)")
         proto = cleanup_graph(proto)
     proto = onnx.shape_inference.infer_shapes(proto, strict_mode=False)
     metadata = build_metadata(variant=variant, backbone=backbone, ema=ema, checkpoint=checkpoint, seed=seed,
                               img_size=img_size, batch=batch, dynamic_batch=dynamic_batch, scan=scan,
-                              opset=opset, precision=precision)
+                              opset=opset, precision=precision, dynamic_size=dynamic_size)
     del proto.metadata_props[:]
     for key, value in metadata.to_props().items():
         proto.metadata_props.add(key=key, value=value)

@@ -7,6 +7,7 @@ from tinyvim.ops.scan import (
     register_scan_implementation,
     scan_implementation,
     scan_orders,
+    scan_dynamic,
     scan_parallel,
     scan_sequential,
     set_default_scan_implementation,
@@ -16,6 +17,6 @@ from tinyvim.ops.scan import (
 __all__ = [
     "available_scan_implementations", "check_scan_inputs", "cross_selective_scan",
     "current_scan_implementation", "register_scan_implementation", "scan_implementation",
-    "scan_orders", "scan_parallel", "scan_sequential", "set_default_scan_implementation",
+    "scan_dynamic", "scan_orders", "scan_parallel", "scan_sequential", "set_default_scan_implementation",
     "softplus_stable",
 ]

@@ -24,6 +24,12 @@ Implementations (``scan_implementation(name)`` picks one):
                 Decay factors exp(dt*A) lie in (0, 1] and are only ever multiplied,
                 never divided or exponentiated from a positive cumulative sum:
                 no overflow whatever the sequence length.
+    dynamic     the parallel scan with nothing taken from the grid size at trace time, for
+                exports whose H and W are symbolic (`export --dynamic-size`): the four
+                orders are reshapes/transposes/flips of the runtime map, the padding to a
+                multiple of 8 is derived from the runtime length, three odd-even levels run
+                as in `parallel`, and the remaining ceil(L/8) steps run as one ONNX Scan
+                (a loop whose trip count is the runtime length).
     cuda        registered by tinyvim.plugins (our CUDA kernel through ctypes).
     auto        the default: cuda for CUDA tensors when the kernel is built, else parallel.
 """
@@ -36,7 +42,9 @@ from typing import Callable, Iterator
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 from torch import Tensor
+from torch._higher_order_ops.scan import scan as _scan_hop
 
 from tinyvim.contract import SCAN_PLUGIN
 
@@ -145,6 +153,52 @@ def _merge(y: Tensor, flat_inverse: Tensor, h: int, w: int, dtype: torch.dtype) 
     return y_pos.sum(1).transpose(1, 2).reshape(b, d, h, w).to(dtype)
 
 
+# ------------------------------------------------- the same layout, derived from the runtime shape
+def _directions_to_steps(t: Tensor) -> Tensor:
+    """(B, 4, C, h, w) -> (B, 4, L, C): direction k's channels in its own visiting order
+    (k=0 row-major, 1 column-major, 2 and 3 their reverses), built from reshapes, one
+    transpose and one flip of the map, so h and w may be symbolic (no index table)."""
+    b, _, c, h, w = t.shape
+    rows = t[:, 0::2].reshape(b, 2, c, h * w)                                     # k = 0, 2
+    cols = t[:, 1::2].transpose(3, 4).reshape(b, 2, c, h * w)                     # k = 1, 3
+    seq = torch.stack([rows, cols], 2).reshape(b, 4, c, h * w)                    # k = 0..3, all forward
+    seq = torch.cat([seq[:, :2], seq[:, 2:].flip(3)], 1)
+    return seq.transpose(2, 3)
+
+
+def _prepare_dynamic(x, delta, Bs, Cs, A, Ds, delta_bias):
+    """What `_prepare(..., Lp, parity_split=True)` returns, for Lp = 8 * ceil(L / 8), with every
+    index and the padding computed from the runtime shape. The four inputs are reordered
+    together, as channels [dt (D) | u (D) | B (N) | C (N)] of one map."""
+    b, d, h, w = x.shape
+    n = A.shape[1]
+    L = h * w
+    Lp = 8 * ((L + 7) // 8)
+    ct = compute_dtype(x.dtype)
+    x, delta, Bs, Cs, A, Ds, delta_bias = (
+        t.to(ct) for t in (x, delta, Bs, Cs, A, Ds, delta_bias))
+    maps = torch.cat([delta.reshape(b, 4, d, h, w), x.unsqueeze(1).expand(b, 4, d, h, w), Bs, Cs], dim=2)
+    seq = F.pad(_directions_to_steps(maps), (0, 0, 0, Lp - L))                   # (B,4,Lp,2D+2N)
+    seq = seq.reshape(b, 4, Lp // 2, 2, 2 * (d + n)).transpose(2, 3).reshape(b, 4, Lp, 2 * (d + n))
+    dt, u, Bq, Cq = torch.split(seq, (d, d, n, n), dim=3)
+    # padded steps get dt = 0: the identity map (as in _prepare)
+    valid = (torch.arange(Lp, device=x.device) < L).reshape(Lp // 2, 2).transpose(0, 1).reshape(Lp, 1).to(ct)
+    dt = softplus_stable(dt + delta_bias.reshape(4, 1, d)) * valid
+    A4 = A.reshape(4, d, n).transpose(1, 2)                                       # (4,N,D)
+    return u, dt, Bq, Cq, A4, Ds.reshape(4, d)
+
+
+def _merge_dynamic(y: Tensor, h, w, dtype: torch.dtype) -> Tensor:
+    """`_merge` for the parity-split (B, 4, Lp, D) steps of `_prepare_dynamic`: back to step
+    order, padding dropped, the reversed directions flipped, the column-major ones transposed."""
+    b, _, Lp, d = y.shape
+    y = y.reshape(b, 4, 2, Lp // 2, d).transpose(2, 3).reshape(b, 4, Lp, d)[:, :, :h * w]
+    forward = y[:, :2] + y[:, 2:].flip(2)                                         # (B,2,L,D) row-, column-major
+    rows = forward[:, 0].reshape(b, h, w, d)
+    cols = forward[:, 1].reshape(b, w, h, d).transpose(1, 2)
+    return (rows + cols).permute(0, 3, 1, 2).to(dtype)
+
+
 def softplus_stable(v: Tensor) -> Tensor:
     """softplus without a threshold branch: relu(v) + log1p(exp(-|v|)).
 
@@ -178,7 +232,7 @@ def _in_place_ok() -> bool:
     return not torch.compiler.is_compiling() and not torch.jit.is_tracing()
 
 
-def _odd_even_scan(a: Tensor, b: Tensor, dim: int, in_place: bool = False) -> Tensor:
+def _odd_even_scan(a: Tensor, b: Tensor, dim: int, in_place: bool = False, depth: int | None = None) -> Tensor:
     """States of h_t = a_t * h_{t-1} + b_t (h_{-1} = 0) along `dim`, by recursive doubling.
 
     Pairs (2i, 2i+1) are composed into one affine map, the half-length sequence is
@@ -186,11 +240,17 @@ def _odd_even_scan(a: Tensor, b: Tensor, dim: int, in_place: bool = False) -> Te
     Depth 2*ceil(log2 n); total work ~7n element-ops (work-efficient, unlike
     Hillis-Steele's n*log n), which matters on a 2-core CPU as much as on a GPU.
     Odd lengths are padded with the identity map (a=1, b=0).
-    in_place: a and b are temporaries the caller gives up; the states are written into b."""
+    in_place: a and b are temporaries the caller gives up; the states are written into b.
+    depth: for a symbolic length (dynamic-size export) the caller guarantees n divisible by
+    2**depth; after `depth` levels the rest runs as one loop (`_loop_scan`), so nothing
+    branches on the length at trace time."""
+    if depth == 0:
+        return _loop_scan(a, b, dim)
     n = a.shape[dim]
-    if n == 1:
+    odd = depth is None and n % 2
+    if depth is None and n == 1:
         return b
-    if n % 2:
+    if odd:
         pad_shape = list(a.shape)
         pad_shape[dim] = 1
         a = torch.cat([a, a.new_ones(pad_shape)], dim)
@@ -200,19 +260,44 @@ def _odd_even_scan(a: Tensor, b: Tensor, dim: int, in_place: bool = False) -> Te
     a2, b2 = a.reshape(pairs), b.reshape(pairs)
     a_even, a_odd = a2.select(dim + 1, 0), a2.select(dim + 1, 1)
     b_even, b_odd = b2.select(dim + 1, 0), b2.select(dim + 1, 1)
+    sub_depth = None if depth is None else depth - 1
     if in_place:
         b_pair = b_odd.addcmul_(a_odd, b_even)           # before a_odd is overwritten
-        s_odd = _odd_even_scan(a_odd.mul_(a_even), b_pair, dim, in_place=True)
+        s_odd = _odd_even_scan(a_odd.mul_(a_even), b_pair, dim, in_place=True, depth=sub_depth)
         if s_odd.data_ptr() != b_odd.data_ptr():          # the recursion had to pad: copy back
             b_odd.copy_(s_odd)
         m = b_even.shape[dim]
         b_even.narrow(dim, 1, m - 1).addcmul_(a_even.narrow(dim, 1, m - 1), b_odd.narrow(dim, 0, m - 1))
         states = b2.reshape(shape)
     else:
-        s_odd = _odd_even_scan(a_odd * a_even, torch.addcmul(b_odd, a_odd, b_even), dim)
+        s_odd = _odd_even_scan(a_odd * a_even, torch.addcmul(b_odd, a_odd, b_even), dim, depth=sub_depth)
         s_even = _fill_even(a_even, b_even, s_odd, dim)
         states = torch.stack([s_even, s_odd], dim + 1).reshape(shape)
-    return states.narrow(dim, 0, n) if n % 2 else states
+    return states.narrow(dim, 0, n) if odd else states
+
+
+def _loop_step(state: Tensor, step: tuple[Tensor, Tensor]) -> tuple[Tensor, Tensor]:
+    a, b = step
+    # `state` must be the first operand: OpenVINO 2026.4 mis-binds an ONNX Scan body's inputs
+    # when the body computes a * state (every step then reads a as the state: wrong by O(1);
+    # ORT is right either way). tests/test_dynamic_size.py runs OpenVINO on a dynamic export.
+    state = state * a + b
+    return state, state.clone()
+
+
+def _loop_scan(a: Tensor, b: Tensor, dim: int) -> Tensor:
+    """h_t = a_t * h_{t-1} + b_t along `dim`, one step after the other: a Python loop in
+    eager, one ONNX Scan node (trip count = the runtime length) when traced."""
+    a0, b0 = a.movedim(dim, 0), b.movedim(dim, 0)
+    if torch.compiler.is_compiling():
+        _, states = _scan_hop(_loop_step, torch.zeros_like(b0[0]), (a0, b0))
+    else:
+        state, states = torch.zeros_like(b0[0]), []
+        for t in range(a0.shape[0]):
+            state, y = _loop_step(state, (a0[t], b0[t]))
+            states.append(y)
+        states = torch.stack(states)
+    return states.movedim(0, dim)
 
 
 def _fill_even(a_even: Tensor, b_even: Tensor, s_odd: Tensor, dim: int) -> Tensor:
@@ -244,14 +329,31 @@ def scan_parallel(x, delta, Bs, Cs, A, Ds, delta_bias) -> Tensor:
         y = _contract_c((dt * u).unsqueeze(3) * Bq.unsqueeze(-1), Cq) + D4.unsqueeze(1) * u
         return _merge(y, flat_out, h, w, x.dtype)
     u, dt, Bq, Cq, A4, D4, flat_out = _prepare(x, delta, Bs, Cs, A, Ds, delta_bias, Lp, parity_split=True)
-    half = Lp // 2
-    A4 = A4.unsqueeze(1)                                                          # (4,1,N,D)
     # in place only where nothing records the graph for a backward pass
     in_place = _in_place_ok() and not (torch.is_grad_enabled() and any(
         t.requires_grad for t in (x, delta, Bs, Cs, A, Ds, delta_bias)))
+    y = _parity_split_scan(u, dt, Bq, Cq, A4, D4, in_place=in_place)
+    return _merge(y, flat_out, h, w, x.dtype)
+
+
+def scan_dynamic(x, delta, Bs, Cs, A, Ds, delta_bias) -> Tensor:
+    """`scan_parallel` with nothing read from the grid size at trace time (for exports with
+    symbolic H and W): orders from `_prepare_dynamic`, three odd-even levels on the padded
+    length 8*ceil(L/8), then one loop over the remaining ceil(L/8) steps."""
+    b, d, h, w = x.shape
+    u, dt, Bq, Cq, A4, D4 = _prepare_dynamic(x, delta, Bs, Cs, A, Ds, delta_bias)
+    y = _parity_split_scan(u, dt, Bq, Cq, A4, D4, in_place=False, depth=2)
+    return _merge_dynamic(y, h, w, x.dtype)
+
+
+def _parity_split_scan(u, dt, Bq, Cq, A4, D4, *, in_place: bool, depth: int | None = None) -> Tensor:
+    """The scan's outputs y (B, 4, Lp, D) on steps laid out even-then-odd (Lp even); `depth`
+    as in `_odd_even_scan`, for the levels below this one."""
+    half = dt.shape[2] // 2
+    A4 = A4.unsqueeze(1)                                                          # (4,1,N,D)
     dt_u = dt * u
     parts = []
-    for sl in (slice(0, half), slice(half, Lp)):                                  # even steps, odd steps
+    for sl in (slice(0, half), slice(half, None)):                                # even steps, odd steps
         dt_p = dt[:, :, sl].unsqueeze(3)                                           # (B,4,L/2,1,D)
         decay = dt_p * A4
         decay = decay.exp_() if in_place else torch.exp(decay)
@@ -264,14 +366,13 @@ def scan_parallel(x, delta, Bs, Cs, A, Ds, delta_bias) -> Tensor:
         b_even[:, :, 1:].addcmul_(a_even[:, :, 1:], s_odd[:, :, :-1])             # b_even now holds s_even
         y = torch.cat([_contract_c(b_even, c_even), _contract_c(s_odd, c_odd)], dim=2)
     else:
-        s_odd = _odd_even_scan(a_odd * a_even, torch.addcmul(b_odd, a_odd, b_even), dim=2)
+        s_odd = _odd_even_scan(a_odd * a_even, torch.addcmul(b_odd, a_odd, b_even), dim=2, depth=depth)
         # even states: step 0 is b_even[0]; the rest from the odd state before them. Each
         # piece is contracted with C before concatenating, so only (B,4,·,D) data is copied.
         s_even_rest = torch.addcmul(b_even[:, :, 1:], a_even[:, :, 1:], s_odd[:, :, :-1])
         y = torch.cat([_contract_c(b_even[:, :, :1], c_even[:, :, :1]), _contract_c(s_even_rest, c_even[:, :, 1:]),
                        _contract_c(s_odd, c_odd)], dim=2)
-    y = y + D4.unsqueeze(1) * u
-    return _merge(y, flat_out, h, w, x.dtype)
+    return y + D4.unsqueeze(1) * u
 
 
 # --------------------------------------------------------------------- selection
@@ -286,7 +387,8 @@ def scan_auto(x, delta, Bs, Cs, A, Ds, delta_bias) -> Tensor:
     return scan_parallel(x, delta, Bs, Cs, A, Ds, delta_bias)
 
 
-_IMPLEMENTATIONS: dict[str, ScanFn] = {"sequential": scan_sequential, "parallel": scan_parallel, "auto": scan_auto}
+_IMPLEMENTATIONS: dict[str, ScanFn] = {"sequential": scan_sequential, "parallel": scan_parallel, "dynamic": scan_dynamic,
+                                       "auto": scan_auto}
 _DEFAULT = "auto"
 _local = threading.local()
 

@@ -1,0 +1,282 @@
+"""Per-block error attribution (`validate --per-block`): where along the network a backend
+starts to disagree with PyTorch, not only *that* the outputs differ (Polygraphy's layer-wise
+comparison, for TinyViM's blocks).
+
+The ONNX side: the trunk's "spine" (the tensor every block reads and writes) is followed from
+the input through the graph; each block ends in a residual Add(spine, branch). The k-th
+residual found is matched with the k-th residual of the PyTorch module tree (a LocalBlock has
+one, a TViM block two: x + SS2D(x), then x + FFN(x)), so no node name is trusted. The stem's
+and each downsampler's outputs (the spine entering a stage), every block's output, and every
+SS2D branch's output become extra graph outputs of a copy of the model, which the backend runs
+through the same registry as `validate` (an engine is rebuilt from the marked copy).
+
+The PyTorch side: forward hooks on the same modules of the reference (unfused model,
+sequential scan) capture the same tensors. Each pair is compared with
+`tinyvim.engines.compare.compare_outputs`; the table lists max-abs / relative / cosine per
+tap in network order, and names the tap whose error jumps most above everything before it.
+"""
+from __future__ import annotations
+
+import os
+import tempfile
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+
+from tinyvim.contract import INPUT_NAME
+from tinyvim.engines.compare import Tolerance, compare_outputs
+from tinyvim.engines.model_info import ModelInfo
+from tinyvim.errors import TinyvimError
+
+#: error of a tap relative to its reference's scale (max |ref|) below which a jump is noise,
+#: by the precision the backend computes in (round-off of that precision through a few layers)
+NOISE_FLOOR = {"fp32": 1e-6, "fp16": 1e-3, "bf16": 1e-2}
+#: how many times the largest error before it a tap's error must be to be named as the jump
+JUMP_FACTOR = 3.0
+#: prefix of the extra graph outputs in the marked copy (never clashes with logits / featN)
+TAP_PREFIX = "tinyvim_tap__"
+
+
+@dataclass(frozen=True)
+class Tap:
+    """One compared tensor: `module` is its path in the PyTorch model (hooked there), `onnx`
+    the tensor in the graph, `kind` stem | downsample | block | ss2d | output."""
+    module: str
+    kind: str
+    stage: int | None
+    onnx: str = ""
+
+
+@dataclass(frozen=True)
+class Residual:
+    spine_in: str     # the tensor the block reads
+    branch: str       # its branch's output (SS2D(x), FFN(x), ...)
+    out: str          # spine_in + branch
+
+
+def expected_residuals(model) -> list[tuple[str, str, int]]:
+    """The residual adds of an (unfused) TinyViM in forward order: (module whose output the add
+    or its branch is, kind, stage). LocalBlock: (network.i.j, block); TViMBlock:
+    (network.i.j.op, ss2d) then (network.i.j, block)."""
+    from tinyvim.model.ss2d import TViMBlock
+
+    found = []
+    for idx in range(0, len(model.network), 2):
+        for j, block in enumerate(model.network[idx]):
+            if isinstance(block, TViMBlock):
+                found.append((f"network.{idx}.{j}.op", "ss2d", idx // 2))
+            found.append((f"network.{idx}.{j}", "block", idx // 2))
+    return found
+
+
+def trunk_residuals(graph, count: int) -> list[Residual]:
+    """The first `count` residual adds along the spine of an ONNX graph, from its input.
+
+    At each spine tensor: if an Add reads it and it has another reader (the branch), that Add
+    is a residual and its output the next spine tensor; otherwise the spine runs through its
+    single reader (Conv, Gelu, Cast ...), or, where it forks (a backbone's stage output feeds
+    its norm and the downsampler), through the Conv. Raises TinyvimError when the structure
+    is not there."""
+    consumers: dict[str, list] = {}
+    for node in graph.node:
+        for name in node.input:
+            consumers.setdefault(name, []).append(node)
+    constants = {i.name for i in graph.initializer} | {o for n in graph.node if n.op_type == "Constant"
+                                                      for o in n.output}
+    spine = graph.input[0].name
+    found: list[Residual] = []
+    seen = set()
+    while len(found) < count:
+        if spine in seen:
+            break
+        seen.add(spine)
+        readers = consumers.get(spine, [])
+        adds = [n for n in readers if n.op_type == "Add" and len(readers) >= 2]
+        if adds:
+            add = adds[0]
+            others = [i for i in add.input if i != spine]
+            if len(others) != 1 or others[0] in constants:
+                break
+            found.append(Residual(spine, others[0], add.output[0]))
+            spine = add.output[0]
+            continue
+        onward = readers if len(readers) == 1 else [n for n in readers if n.op_type == "Conv"]
+        if len(onward) != 1:
+            break
+        spine = onward[0].output[0]
+    if len(found) != count:
+        raise TinyvimError(f"cannot follow TinyViM's blocks through this graph (found {len(found)} of {count} "
+                           "residual adds along the trunk): per-block comparison needs a tinyvim export")
+    return found
+
+
+def taps_for(model, graph, output_names: list[str]) -> list[Tap]:
+    """Every tap, in network order, matched between the PyTorch `model` and the ONNX `graph`."""
+    expected = expected_residuals(model)
+    residuals = trunk_residuals(graph, len(expected))
+    taps: list[Tap] = []
+    stage = -1
+    for (module, kind, st), res in zip(expected, residuals):
+        if st != stage:      # the spine entering a stage: the stem's or a downsampler's output
+            taps.append(Tap("patch_embed", "stem", None, res.spine_in) if st == 0
+                        else Tap(f"network.{2 * st - 1}", "downsample", st, res.spine_in))
+            stage = st
+        taps.append(Tap(module, kind, st, res.branch if kind == "ss2d" else res.out))
+    taps += [Tap(name, "output", None, name) for name in output_names]
+    return taps
+
+
+def mark_outputs(proto, taps: list[Tap]):
+    """A copy of `proto` whose graph also outputs every tap (as TAP_PREFIX + module). The
+    tensors are routed through Identity nodes so that the new outputs have names of their own;
+    their types come from shape inference."""
+    import onnx
+
+    marked = onnx.ModelProto()
+    marked.CopyFrom(proto)
+    inferred = onnx.shape_inference.infer_shapes(marked, strict_mode=False)
+    types = {vi.name: vi.type.tensor_type.elem_type for vi in list(inferred.graph.value_info) +
+             list(inferred.graph.output) + list(inferred.graph.input)}
+    existing = {o.name for o in marked.graph.output}
+    for tap in taps:
+        if tap.onnx in existing:
+            continue
+        if tap.onnx not in types:
+            raise TinyvimError(f"internal: no type for tensor {tap.onnx} ({tap.module})")
+        out = TAP_PREFIX + tap.module
+        marked.graph.node.append(onnx.helper.make_node("Identity", [tap.onnx], [out], name=f"{out}_identity"))
+        marked.graph.output.append(onnx.helper.make_tensor_value_info(out, types[tap.onnx], None))
+    return marked
+
+
+def capture_reference(model, taps: list[Tap], batch: np.ndarray, output_names: list[str]) -> dict[str, np.ndarray]:
+    """The taps' tensors from the PyTorch reference (forward hooks, sequential scan, fp32)."""
+    import torch
+
+    from tinyvim.ops import scan_implementation
+
+    modules = dict(model.named_modules())
+    captured: dict[str, np.ndarray] = {}
+    handles = []
+    for tap in taps:
+        if tap.kind == "output":
+            continue
+
+        def hook(_module, _inputs, output, key=tap.module):
+            captured[key] = output.detach().float().numpy().copy()
+        handles.append(modules[tap.module].register_forward_hook(hook))
+    try:
+        with torch.inference_mode(), scan_implementation("sequential"):
+            result = model(torch.from_numpy(np.ascontiguousarray(batch, dtype=np.float32)))
+    finally:
+        for h in handles:
+            h.remove()
+    outputs = [result] if isinstance(result, torch.Tensor) else list(result)
+    captured.update({n: o.float().numpy() for n, o in zip(output_names, outputs)})
+    return captured
+
+
+def tap_key(tap: Tap) -> str:
+    return tap.module if tap.kind == "output" else TAP_PREFIX + tap.module
+
+
+def per_block_rows(taps: list[Tap], reference: dict, candidate: dict, tolerance: Tolerance,
+                   precision: str) -> tuple[list[dict], str | None]:
+    """One row per tap (network order) and the module whose error jumps most: the tap whose
+    scale-relative error (max |Δ| / max |ref|) is the largest multiple of the largest before
+    it (both floored at NOISE_FLOOR[precision]), when that multiple is at least JUMP_FACTOR;
+    None when no tap's error jumps that much."""
+    ref = {tap_key(t): reference[t.module] for t in taps}
+    comparison = compare_outputs(ref, {tap_key(t): candidate[tap_key(t)] for t in taps}, tolerance)
+    floor = NOISE_FLOOR.get(precision, NOISE_FLOOR["fp32"])
+    rows, worst_before, best_jump, culprit = [], floor, 0.0, None
+    for tap, result in zip(taps, comparison.outputs):
+        scale = float(np.max(np.abs(ref[tap_key(tap)]))) or 1.0
+        scaled = result.max_abs_err / scale
+        jump = max(scaled, floor) / worst_before
+        if jump > best_jump:
+            best_jump, culprit = jump, tap.module
+        worst_before = max(worst_before, scaled)
+        rows.append({"module": tap.module, "kind": tap.kind, "stage": tap.stage, "onnx_tensor": tap.onnx,
+                     "shape": result.shape, "max_abs_err": result.max_abs_err, "scaled_err": scaled,
+                     "max_rel_err": result.max_rel_err, "cosine": result.cosine, "jump": jump})
+    return rows, culprit if best_jump >= JUMP_FACTOR else None
+
+
+def _marked_model(info: ModelInfo, marked_proto, folder: Path, backend, options: dict, log) -> ModelInfo:
+    """The file the backend runs: the marked ONNX itself, or (engines) an engine built from it
+    with the precision and batch the original engine was built with."""
+    import onnx
+
+    onnx_path = folder / "marked.onnx"
+    onnx.save(marked_proto, os.fspath(onnx_path))
+    if "onnx" in backend.model_kinds:
+        return replace(info, path=os.fspath(onnx_path))
+    if info.kind == "engine":
+        from tinyvim.engines.trt_build import build_engine
+        batch = info.fixed_batch or (info.batch_range[0] if info.batch_range else 1)
+        log(f"building a TensorRT engine from the marked ONNX ({info.precision})...")
+        result = build_engine(onnx_path, folder / "marked.engine", precision=info.precision, min_batch=batch,
+                              opt_batch=batch, max_batch=batch, plugin=options.get("plugin"), log=log)
+        return replace(info, path=os.fspath(result.engine_path))
+    raise TinyvimError(f"--per-block needs an ONNX model or a TensorRT engine; {info.path} is {info.kind}")
+
+
+def run_per_block(info: ModelInfo, config, *, backend, batch: np.ndarray, tolerance: Tolerance, precision: str,
+                  threads: int | None = None, options: dict | None = None,
+                  log: Callable[[str], None] = print) -> dict:
+    """The per-block section of a validation report: {"batch": int, "rows": [{"module", "kind",
+    "stage", "onnx_tensor", "shape", "max_abs_err", "scaled_err", "max_rel_err", "cosine",
+    "jump"}], "first_jump": module or None, "noise_floor": float}.
+
+    `info` is the validated model, `config` its tinyvim.engines.validate.ReferenceConfig (the
+    PyTorch reference is rebuilt from it, unfused), `backend` the registry entry it runs on."""
+    import onnx
+
+    from tinyvim.engines.registry import RunnerRequest
+    from tinyvim.model import create_model
+
+    options = dict(options or {})
+    source = info.path
+    if info.kind == "engine":
+        from tinyvim.engines.trt_common import read_sidecar
+        source = read_sidecar(Path(info.path)).get("onnx_path") or ""
+        if not os.path.isfile(source):
+            raise TinyvimError(f"--per-block rebuilds the engine from the ONNX it was built from, {source or '?'}, "
+                               "which is not found here")
+    elif info.kind != "onnx":
+        raise TinyvimError(f"--per-block marks tensors in an ONNX graph; {info.path} is {info.kind}: validate the "
+                           "ONNX it was made from")
+    log("per-block comparison on the first batch...")
+    model = create_model(config.variant, checkpoint=config.checkpoint, backbone=config.backbone, ema=config.ema,
+                         seed=config.init_seed)
+    proto = onnx.load(source)
+    taps = taps_for(model, proto.graph, list(info.output_names))
+    with tempfile.TemporaryDirectory(prefix="tinyvim-per-block-") as tmp:
+        marked = _marked_model(info, mark_outputs(proto, taps), Path(tmp), backend, options, log)
+        runner = backend.runner(RunnerRequest("validate", model=marked, threads=threads, options=options, log=log))
+        with runner:
+            candidate = runner.infer({INPUT_NAME: batch})
+    reference = capture_reference(model, taps, batch, list(info.output_names))
+    rows, culprit = per_block_rows(taps, reference, candidate, tolerance, precision)
+    return {"batch": int(batch.shape[0]), "rows": rows, "first_jump": culprit,
+            "noise_floor": NOISE_FLOOR.get(precision, NOISE_FLOOR["fp32"])}
+
+
+def format_per_block(section: dict) -> str:
+    """The per-block table: one line per tap, the largest jump marked."""
+    header = (f"{'block':<18} {'kind':<10} {'shape':<16} {'max abs':>9} {'abs/|ref|':>9} {'max rel':>9} "
+              f"{'cosine':>10} {'jump':>8}")
+    lines = [f"per-block comparison (batch of {section['batch']}; abs/|ref| = max |Δ| / max |reference|):",
+             header, "-" * len(header)]
+    for r in section["rows"]:
+        mark = "  <- error jumps here" if r["module"] == section["first_jump"] else ""
+        lines.append(f"{r['module']:<18} {r['kind']:<10} {'x'.join(map(str, r['shape'])):<16} "
+                     f"{r['max_abs_err']:9.2e} {r['scaled_err']:9.2e} {r['max_rel_err']:9.2e} {r['cosine']:10.7f} "
+                     f"{r['jump']:7.1f}x{mark}")
+    if section["first_jump"] is None:
+        lines.append(f"no block's error jumps by {JUMP_FACTOR:g}x or more above those before it (noise floor "
+                     f"{section['noise_floor']:g} of its scale): the error grows evenly along the network")
+    return "\n".join(lines)
