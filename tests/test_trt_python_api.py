@@ -68,7 +68,8 @@ def missing_names(trees: dict[str, ast.Module], apis: dict) -> list[str]:
 
 def test_our_tensorrt_names_exist_in_both_releases(apis):
     trees = _modules()
-    assert set(trees) == {"tinyvim/engines/trt_build.py", "tinyvim/engines/trt_common.py",
+    # every module that gets the tensorrt module is walked (serve/repository.py only checks it is there)
+    assert set(trees) >= {"tinyvim/engines/trt_build.py", "tinyvim/engines/trt_common.py",
                           "tinyvim/engines/trt_runner.py"}
     used = {(c, a) for tree in trees.values() for c, a, _ in used_api(tree)}
     # the walk sees what matters: the plugin registration, the runner, the 10.x-only pinning
