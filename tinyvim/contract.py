@@ -93,7 +93,7 @@ def format_size(size: tuple[int, int]) -> str:
 def parse_size(text: str | int) -> tuple[int, int]:
     """'224' or '224x256' (also '224,256') -> (H, W), checked with check_input_size."""
     parts = [p.strip() for p in str(text).lower().replace(",", "x").split("x")]
-    if not all(re.fullmatch(r"\d{1,6}", p) for p in parts) or len(parts) not in (1, 2):
+    if not all(re.fullmatch(r"[0-9]{1,6}", p) for p in parts) or len(parts) not in (1, 2):
         raise TinyvimError(f"image size {str(text)!r} is not N or HxW (e.g. 224 or 224x256)")
     size = tuple(int(p) for p in parts)
     if len(size) == 1:
@@ -315,7 +315,7 @@ def _bool(key: str, text: str) -> bool:
 
 
 def _int(key: str, text: str, lo: int, hi: int) -> int:
-    if not re.fullmatch(r"-?\d{1,20}", text):
+    if not re.fullmatch(r"-?[0-9]{1,20}", text):
         raise ValueError(f"expected an integer, got {text!r}")
     v = int(text)
     if not lo <= v <= hi:
@@ -342,7 +342,7 @@ def _choice(key: str, text: str, choices: tuple[str, ...]) -> str:
 def _size(key: str, text: str) -> tuple[int, int] | None:
     if text == DYNAMIC:
         return None
-    m = re.fullmatch(r"(\d{1,6})x(\d{1,6})", text)
+    m = re.fullmatch(r"([0-9]{1,6})x([0-9]{1,6})", text)
     if not m:
         raise ValueError(f"expected HxW or {DYNAMIC}, got {text!r}")
     h, w = int(m.group(1)), int(m.group(2))

@@ -186,15 +186,16 @@ def validate_runner(target: BaseRunner, reference: BaseRunner, batches: Iterable
     """Compare `target` with `reference` on the same batches (B, 3, H, W), one batch at a time:
     both runners are active together, each batch goes through both and into a streaming
     comparison, and is then dropped - memory does not grow with the number of batches
-    (`batches` may be a generator)."""
+    (`batches` may be a generator). Runners already active stay active (the caller's)."""
     accumulator = ComparisonAccumulator(tolerance)
     seconds = {"reference": 0.0, "backend": 0.0}
     count = 0
     with contextlib.ExitStack() as stack:
         for key, runner in (("backend", target), ("reference", reference)):
-            start = time.perf_counter()
-            stack.enter_context(runner)
-            seconds[key] += time.perf_counter() - start
+            if not runner.is_active:
+                start = time.perf_counter()
+                stack.enter_context(runner)
+                seconds[key] += time.perf_counter() - start
         for batch in batches:
             start = time.perf_counter()
             out = target.infer({INPUT_NAME: batch})

@@ -6,6 +6,7 @@ import os
 import warnings
 from pathlib import Path
 
+import numpy as np
 import torch
 from torch import nn
 
@@ -92,12 +93,19 @@ def check_state(obj: dict, source, *, allow_nonfinite: bool = False) -> dict[str
         if name in state:
             raise TinyvimError(f"checkpoint {source}: {name!r} appears twice (with and without 'module.')")
         if value.is_floating_point() and not allow_nonfinite:
-            bad = value.numel() - int(torch.isfinite(value).sum())
+            bad = _nonfinite_count(value)
             if bad:
                 raise TinyvimError(f"checkpoint {source}: {name} has {bad} non-finite value(s) (NaN/Inf): the weights "
                                    "are damaged; pass --allow-nonfinite to load them anyway")
         state[name] = value
     return state
+
+
+def _nonfinite_count(value: torch.Tensor) -> int:
+    """NaN/Inf entries of a float tensor, counted in numpy: on hundreds of small tensors
+    torch's per-op thread-pool overhead costs seconds on a busy 2-core machine, numpy ms."""
+    array = (value if value.dtype in (torch.float16, torch.float32, torch.float64) else value.float()).numpy()
+    return int(array.size - np.count_nonzero(np.isfinite(array)))
 
 
 def _tensor_problem(value) -> str | None:
