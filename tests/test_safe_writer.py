@@ -207,3 +207,20 @@ def test_commands_refuse_bad_outputs_before_any_work(tmp_path, fifo, tinyvim_onn
         assert "cannot write" in _one_error(r) or "overwrite the input" in _one_error(r), args
         assert work_marker not in r.output, (args, r.output)     # refused before the work started
     assert tinyvim_onnx.read_bytes() == before and not (tmp_path / "m.onnx").exists()
+
+
+def test_ignored_signals_stay_ignored_and_handlers_are_restored(tmp_path):
+    """nohup / `cmd &` in a script ignore SIGHUP / SIGINT: such a signal must not stop or
+    disturb a write; outside a write every handler is what it was."""
+    before = {s: signal.getsignal(s) for s in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)}
+    old_hup = signal.signal(signal.SIGHUP, signal.SIG_IGN)
+    try:
+        with atomic_output(tmp_path / "r.json") as tmp:
+            assert signal.getsignal(signal.SIGHUP) == signal.SIG_IGN
+            assert signal.getsignal(signal.SIGTERM) not in (before[signal.SIGTERM], signal.SIG_IGN)
+            os.kill(os.getpid(), signal.SIGHUP)              # ignored: the write goes on
+            tmp.write_text("done")
+        assert (tmp_path / "r.json").read_text() == "done"
+    finally:
+        signal.signal(signal.SIGHUP, old_hup)
+    assert {s: signal.getsignal(s) for s in before} == before

@@ -172,8 +172,6 @@ def _on_signal(signum, frame) -> None:
     if callable(previous):          # e.g. Python's SIGINT handler: raises KeyboardInterrupt
         previous(signum, frame)
         return
-    if previous == signal.SIG_IGN:
-        return
     signal.signal(signum, signal.SIG_DFL)   # die of the signal, as without a handler
     os.kill(os.getpid(), signum)
 
@@ -192,6 +190,10 @@ def _install_handlers() -> None:
             return      # signal handlers can only be set from the main thread
         if _handler_users == 0:
             for sig in _CLEANUP_SIGNALS:
+                # An ignored signal (nohup, `cmd &` in a script ignores SIGINT) does not stop
+                # the process: nothing to clean up, and the write must go on untouched.
+                if signal.getsignal(sig) == signal.SIG_IGN:
+                    continue
                 with contextlib.suppress(ValueError, OSError):
                     _saved_handlers[sig] = signal.signal(sig, _on_signal)
         _handler_users += 1
