@@ -11,12 +11,12 @@ p90 latency per configuration and the ratio of medians.
 """
 from __future__ import annotations
 
-import json
 import statistics
 
 import torch
 
 import tinyvim
+from tinyvim.utils import atomic_write_json
 from _common import bench_parser, interleaved
 
 
@@ -59,8 +59,7 @@ def main():
             print(f"{v.upper():8}{b:>6}  {u['median_ms']:>13.1f} / {u['p90_ms']:>9.1f}  "
                   f"{f['median_ms']:>11.1f} / {f['p90_ms']:>9.1f}  {r['speedup']:>7.2f}x", flush=True)
     if args.json:
-        with open(args.json, "w") as fh:
-            json.dump(rows, fh, indent=2)
+        atomic_write_json(args.json, rows)
 
 
 if __name__ == "__main__":

@@ -13,7 +13,6 @@ batch 1 and 8, and max |Δ logits| against PyTorch.
 """
 from __future__ import annotations
 
-import json
 import statistics
 import tempfile
 from pathlib import Path
@@ -24,6 +23,7 @@ import torch
 
 import tinyvim
 from tinyvim.export import export_onnx
+from tinyvim.utils import atomic_write_json
 from _common import bench_parser, interleaved
 
 
@@ -87,7 +87,7 @@ def main():
         print(f"{lowering:12}{res.num_nodes:>7}  " + "  ".join(f"{lat[b]:>8.1f}" for b in batches) + f"  {err:>16.2e}",
               flush=True)
     if args.json:
-        Path(args.json).write_text(json.dumps(report, indent=2))
+        atomic_write_json(args.json, report)
 
 
 if __name__ == "__main__":

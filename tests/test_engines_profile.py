@@ -120,6 +120,7 @@ def test_profile_ort_without_model_exports_a_dynamic_batch_onnx(tmp_path, monkey
     r = CliRunner().invoke(profile, ["--backend", "ort", "--img-size", "64", "--batch", "1,3", "--warmup", "0",
                                      "--iters", "3", "--json", str(out)])
     assert r.exit_code == 0, r.output
-    assert calls == [{"variant": "s", "checkpoint": None, "ema": False, "img_size": (64, 64), "dynamic_batch": True}]
+    assert calls == [{"variant": "s", "checkpoint": None, "ema": False, "img_size": (64, 64), "dynamic_batch": True,
+                      "seed": 0, "allow_nonfinite": False}]
     doc = json.loads(out.read_text())
     assert [(e["backend"], e["batch"], e["latency_ms"]["iters"]) for e in doc["results"]] == [("ort", 1, 3), ("ort", 3, 3)]

@@ -16,20 +16,7 @@ from tinyvim.engines.inputs import preprocess_image
 from tinyvim.engines.model_info import read_onnx_info
 from tinyvim.errors import TinyvimError
 
-SIZE = 64
-BATCH = 2
-
-
-def _export(path):
-    from tinyvim.export import export_onnx
-    export_onnx(path, variant="s", img_size=(SIZE, SIZE), batch=BATCH)
-
-
-@pytest.fixture(scope="session")
-def tinyvim_onnx(tmp_path_factory):
-    path = tmp_path_factory.mktemp("export") / "tinyvim_s64.onnx"
-    _export(path)
-    return path
+from conftest import BATCH, SIZE
 
 
 @pytest.fixture(scope="session")

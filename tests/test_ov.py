@@ -66,8 +66,8 @@ def openvino():
 
 
 @pytest.fixture(scope="module")
-def onnx_s64(s64_onnx, openvino):
-    return s64_onnx                     # conftest: TinyViM-S, 64x64, batch 2
+def onnx_s64(tinyvim_onnx, openvino):
+    return tinyvim_onnx                     # conftest: TinyViM-S, 64x64, batch 2
 
 
 def run(command, args):

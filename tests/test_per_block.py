@@ -23,10 +23,10 @@ BLOCK = "network.4.4.op"
 
 
 @pytest.fixture(scope="module")
-def exports(tmp_path_factory, s64_onnx):
+def exports(tmp_path_factory, tinyvim_onnx):
     folder = tmp_path_factory.mktemp("per_block")
     fp16 = export_onnx(folder / "s16.onnx", variant="s", img_size=(SIZE, SIZE), batch=2, precision="fp16").path
-    return s64_onnx, fp16
+    return tinyvim_onnx, fp16
 
 
 def _report(path, tmp_path, *extra):
@@ -101,7 +101,7 @@ def test_a_graph_without_the_block_structure_is_a_one_line_error(tmp_path):
         trunk_residuals(tiny_onnx(tiny_torch()).graph, 3)
 
 
-def test_an_engine_is_rebuilt_from_the_marked_onnx(s64_onnx, tmp_path, monkeypatch):
+def test_an_engine_is_rebuilt_from_the_marked_onnx(tinyvim_onnx, tmp_path, monkeypatch):
     """TensorRT goes through the same path: the engine is rebuilt from the marked copy of its
     source ONNX with the original engine's precision and batch (build_engine is a stand-in
     here: no TensorRT on this machine)."""
@@ -116,9 +116,9 @@ def test_an_engine_is_rebuilt_from_the_marked_onnx(s64_onnx, tmp_path, monkeypat
         calls.append((onnx.load(str(onnx_path)), kwargs))
         return SimpleNamespace(engine_path=output)
     monkeypatch.setattr(trt_build, "build_engine", fake_build)
-    info = dataclasses.replace(read_onnx_info(s64_onnx), kind="engine", path=str(tmp_path / "m.engine"),
+    info = dataclasses.replace(read_onnx_info(tinyvim_onnx), kind="engine", path=str(tmp_path / "m.engine"),
                                precision="fp16", batch_range=(2, 2))
-    proto = onnx.load(str(s64_onnx))
+    proto = onnx.load(str(tinyvim_onnx))
     taps = per_block.taps_for(create_model("s"), proto.graph, ["logits"])
     marked = per_block._marked_model(info, per_block.mark_outputs(proto, taps), tmp_path,
                                      SimpleNamespace(model_kinds=("engine",)), {"plugin": None}, log=lambda m: None)

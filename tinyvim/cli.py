@@ -1,5 +1,9 @@
-"""The `tinyvim` command: a thin layer over the Python API. Expected failures
-(TinyvimError) print one line and exit non-zero; nothing else is caught."""
+"""The `tinyvim` command: a thin layer over the Python API.
+
+Every expected failure ends in exactly one line on stderr, `error: <what and how to fix it>`,
+and exit code 2 (TinyvimError; click's own usage errors too - a bad option value, a missing
+argument, an unknown option); 1 is kept for "a check failed" (validate out of tolerance).
+Nothing else is caught: an unexpected exception is a bug and shows its traceback."""
 from __future__ import annotations
 
 import importlib
@@ -24,6 +28,19 @@ COMMANDS = {
 }
 
 
+def one_line(message: str) -> str:
+    """Click messages may span lines (choices, hints): one line, whitespace collapsed."""
+    return " ".join(str(message).split())
+
+
+def usage_error_line(exc: click.UsageError) -> str:
+    """'error: <click's message> (see `tinyvim CMD --help`)' - click's own four-line
+    Usage/Try/Error block, said in one line like every other error."""
+    command = exc.ctx.command_path if exc.ctx is not None else "tinyvim"
+    message = one_line(exc.format_message())
+    return f"error: {message[:1].lower() + message[1:]} (see `{command} --help`)"
+
+
 class TinyvimGroup(click.Group):
     def list_commands(self, ctx):
         return sorted(COMMANDS)
@@ -38,11 +55,28 @@ class TinyvimGroup(click.Group):
         try:
             return super().invoke(ctx)
         except TinyvimError as exc:
-            click.secho(f"error: {exc}", fg="red", err=True)
+            click.secho(f"error: {one_line(str(exc))}", fg="red", err=True)
             ctx.exit(exc.exit_code)
         except KeyboardInterrupt:
             click.echo("interrupted", err=True)
             ctx.exit(130)
+
+    def main(self, args=None, prog_name=None, complete_var=None, standalone_mode=True, **extra):
+        """click's main, with its error reporting replaced by one `error:` line."""
+        if not standalone_mode:
+            return super().main(args, prog_name, complete_var, standalone_mode=False, **extra)
+        try:
+            code = super().main(args, prog_name, complete_var, standalone_mode=False, **extra)
+        except click.UsageError as exc:
+            click.secho(usage_error_line(exc), fg="red", err=True)
+            code = exc.exit_code
+        except click.ClickException as exc:
+            click.secho(f"error: {one_line(exc.format_message())}", fg="red", err=True)
+            code = exc.exit_code
+        except click.Abort:
+            click.echo("interrupted", err=True)
+            code = 130
+        sys.exit(code if isinstance(code, int) else 0)
 
 
 @click.group(cls=TinyvimGroup, context_settings={"help_option_names": ["-h", "--help"]})

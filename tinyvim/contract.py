@@ -41,6 +41,17 @@ INPUT_MULTIPLE = 32
 MAX_IMAGE_SIDE = 4096
 #: largest batch accepted anywhere (export, engine profiles, validate, profile).
 MAX_BATCH = 4096
+#: largest batch x H x W anywhere: 2^28 pixels, a 3 GiB float32 input (batch 4096 at 256x256,
+#: batch 16 at 4096x4096); checked before anything of that size is allocated.
+MAX_BATCH_PIXELS = MAX_BATCH * 256 * 256
+#: intra-op threads accepted (torch and ONNX Runtime refuse <= 0; more than this is a typo)
+MAX_THREADS = 1024
+#: seeds are stored as non-negative 64-bit integers (numpy refuses negative seeds)
+MAX_SEED = 2**63 - 1
+#: iteration-like counts (--num-inputs, --iters, --warmup): an upper bound against typos
+MAX_COUNT = 1_000_000
+#: seconds per profiled configuration (--duration)
+MAX_DURATION_S = 3600.0
 
 MIN_OPSET = 18
 DEFAULT_OPSET = 20          # torch 2.13's dynamo exporter default; has Gelu as one op
@@ -97,7 +108,7 @@ def format_size(size: tuple[int, int]) -> str:
 def parse_size(text: str | int) -> tuple[int, int]:
     """'224' or '224x256' (also '224,256') -> (H, W), checked with check_input_size."""
     parts = [p.strip() for p in str(text).lower().replace(",", "x").split("x")]
-    if not all(re.fullmatch(r"\d{1,6}", p) for p in parts) or len(parts) not in (1, 2):
+    if not all(re.fullmatch(r"[0-9]{1,6}", p) for p in parts) or len(parts) not in (1, 2):
         raise TinyvimError(f"image size {str(text)!r} is not N or HxW (e.g. 224 or 224x256)")
     size = tuple(int(p) for p in parts)
     if len(size) == 1:
@@ -105,11 +116,53 @@ def parse_size(text: str | int) -> tuple[int, int]:
     return check_input_size(*size)
 
 
+def _is_int(value) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
 def check_batch(batch: int, what: str = "--batch") -> int:
     """1 <= batch <= MAX_BATCH, with a one-line error naming the option."""
-    if isinstance(batch, bool) or not isinstance(batch, int) or not 1 <= batch <= MAX_BATCH:
+    if not _is_int(batch) or not 1 <= batch <= MAX_BATCH:
         raise TinyvimError(f"{what} must be an integer from 1 to {MAX_BATCH}, got {batch!r}")
     return batch
+
+
+def check_workload(batch: int, size: tuple[int, int], what: str = "--batch") -> None:
+    """batch x H x W within MAX_BATCH_PIXELS: a one-line error before an input that large is made."""
+    pixels = int(batch) * int(size[0]) * int(size[1])
+    if pixels > MAX_BATCH_PIXELS:
+        most = max(1, MAX_BATCH_PIXELS // (int(size[0]) * int(size[1])))
+        raise TinyvimError(f"{what} {batch} at {format_size(size)} is {pixels:,} pixels per call, above the limit of "
+                           f"{MAX_BATCH_PIXELS:,} ({MAX_BATCH_PIXELS * 12 // 2**30} GiB of float32 input): use a batch "
+                           f"of at most {most} at this size")
+
+
+def check_count(value, what: str, minimum: int = 1, maximum: int = MAX_COUNT) -> int:
+    """An integer option within [minimum, maximum], or a one-line error naming it."""
+    if not _is_int(value) or not minimum <= value <= maximum:
+        raise TinyvimError(f"{what} must be an integer from {minimum} to {maximum:,}, got {value!r}")
+    return value
+
+
+def check_threads(threads, what: str = "--threads") -> int | None:
+    """None (all cores) or 1..MAX_THREADS."""
+    return None if threads is None else check_count(threads, what, 1, MAX_THREADS)
+
+
+def check_seed(seed, what: str = "--seed") -> int:
+    return check_count(seed, what, 0, MAX_SEED)
+
+
+def check_positive_float(value, what: str, maximum: float, minimum_exclusive: float = 0.0) -> float:
+    """A finite number in (minimum_exclusive, maximum]; NaN and inf are refused."""
+    try:
+        v = float(value)
+    except (TypeError, ValueError):
+        v = math.nan
+    if isinstance(value, bool) or not math.isfinite(v) or not minimum_exclusive < v <= maximum:
+        raise TinyvimError(f"{what} must be a finite number above {minimum_exclusive:g} and at most {maximum:g}, "
+                           f"got {value!r}")
+    return v
 
 
 # --------------------------------------------------------------------- the scan plugin
@@ -277,7 +330,7 @@ def _bool(key: str, text: str) -> bool:
 
 
 def _int(key: str, text: str, lo: int, hi: int) -> int:
-    if not re.fullmatch(r"-?\d{1,20}", text):
+    if not re.fullmatch(r"-?[0-9]{1,20}", text):
         raise ValueError(f"expected an integer, got {text!r}")
     v = int(text)
     if not lo <= v <= hi:
@@ -304,7 +357,7 @@ def _choice(key: str, text: str, choices: tuple[str, ...]) -> str:
 def _size(key: str, text: str) -> tuple[int, int] | None:
     if text == DYNAMIC:
         return None
-    m = re.fullmatch(r"(\d{1,6})x(\d{1,6})", text)
+    m = re.fullmatch(r"([0-9]{1,6})x([0-9]{1,6})", text)
     if not m:
         raise ValueError(f"expected HxW or {DYNAMIC}, got {text!r}")
     h, w = int(m.group(1)), int(m.group(2))
@@ -419,6 +472,12 @@ class ExportMetadata:
                 parsed[key] = parse(key, text)
             except ValueError as exc:
                 raise TinyvimError(f"{source}: metadata {key!r} is invalid ({exc}): re-export the model "
+                                   "with `tinyvim export`") from None
+        if parsed["batch"] is not None and parsed["input_size"] is not None:
+            try:
+                check_workload(parsed["batch"], parsed["input_size"], what="batch")
+            except TinyvimError as exc:
+                raise TinyvimError(f"{source}: metadata is invalid ({exc}): re-export the model "
                                    "with `tinyvim export`") from None
         return cls(**parsed)
 

@@ -3,27 +3,36 @@ from __future__ import annotations
 
 import click
 
-from tinyvim.contract import parse_size
+from tinyvim.contract import VARIANTS, parse_size
+
+#: how every command spells and documents an image size (contract.parse_size reads it)
+SIZE_METAVAR = "N|HxW"
+SIZE_HELP = "e.g. 224 or 224x256, multiples of 32 (H,W is accepted too)"
 
 
 def img_size_option(**kwargs):
-    """`--img-size H [W]`: click cannot take 1-or-2 values, so accept a string like 224 or 224,256."""
+    """`--img-size N|HxW`, parsed by contract.parse_size (one syntax for every command)."""
     def callback(ctx, param, value):
         return None if value is None else parse_size(value)
-    return click.option("--img-size", default=None, callback=callback, metavar="H[,W]",
-                        help="Input size, e.g. 224 or 224,256 (multiples of 32). Default 224.", **kwargs)
+    return click.option("--img-size", default=None, callback=callback, metavar=SIZE_METAVAR,
+                        help=f"Input size, {SIZE_HELP}. Default 224.", **kwargs)
 
 
-variant_option = click.option("--variant", "-v", type=click.Choice(["s", "b", "l"], case_sensitive=False),
+variant_option = click.option("--variant", "-v", type=click.Choice(VARIANTS, case_sensitive=False),
                               default="s", show_default=True, help="TinyViM variant.")
 checkpoint_option = click.option("--checkpoint", "-c", type=click.Path(dir_okay=False), default=None,
                                  help="Official-format checkpoint (.pth). Default: random weights (seeded).")
 ema_option = click.option("--ema", is_flag=True, help="Use the checkpoint's model_ema weights.")
 backbone_option = click.option("--backbone", is_flag=True,
                                help="The detection/segmentation trunk (4 feature maps) instead of the classifier.")
+allow_nonfinite_option = click.option("--allow-nonfinite", is_flag=True,
+                                      help="Load a checkpoint whose weights hold NaN/Inf (refused by default).")
+json_option = click.option("--json", "json_path", type=click.Path(dir_okay=False), default=None,
+                           help="Also write the report as JSON.")
 
 
-def announce_weights(checkpoint, seed: int = 0) -> None:
+def announce_weights(checkpoint, seed: int = 0, who: str = "the model") -> None:
+    """The note every command prints when it computes with random weights."""
     if checkpoint is None:
-        click.secho(f"note: no --checkpoint given: using randomly initialised weights (seed {seed}); "
+        click.secho(f"note: no --checkpoint given: {who} uses randomly initialised weights (seed {seed}); "
                     "outputs are meaningless, numerics and speed are real", fg="yellow", err=True)

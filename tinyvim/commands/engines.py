@@ -6,12 +6,14 @@ validation that runs but is out of tolerance exits 1.
 from __future__ import annotations
 
 import functools
-import json
 
 import click
 
+from tinyvim.commands.common import SIZE_HELP, SIZE_METAVAR, allow_nonfinite_option
+from tinyvim.contract import VARIANTS
 from tinyvim.engines.registry import all_options, backend_names, get_backend
 from tinyvim.errors import TinyvimError
+from tinyvim.utils import atomic_write_json, check_output_paths
 
 
 class _ExpectedFailure(click.ClickException):
@@ -50,11 +52,6 @@ def _int_list(text: str, what: str) -> list[int]:
     return values
 
 
-def _write_json(path: str, document: dict) -> None:
-    from tinyvim.utils import atomic_write_text
-    atomic_write_text(path, json.dumps(document, indent=2) + "\n")
-
-
 def _backend_options(fn):
     """Every registered backend's own options as click options (tinyvim.engines.registry):
     a new backend's options appear here without touching this module."""
@@ -82,12 +79,12 @@ def _pop_backend_options(kwargs: dict) -> dict:
                    "trt for .engine].")
 @click.option("--threads", type=int, default=None, help="Intra-op threads for both runs [default: all cores].")
 @_backend_options
-@click.option("--variant", type=click.Choice(["s", "b", "l"], case_sensitive=False), default=None,
+@click.option("--variant", type=click.Choice(VARIANTS, case_sensitive=False), default=None,
               help="Override / fill in the variant recorded in the model.")
 @click.option("--checkpoint", type=click.Path(dir_okay=False), default=None, help="Checkpoint of the reference.")
 @click.option("--ema/--no-ema", default=None, help="Use the checkpoint's EMA weights.")
 @click.option("--backbone/--no-backbone", default=None, help="Model is the 4-feature-map backbone.")
-@click.option("--img-size", default=None, help="H or HxW, multiples of 32 [default: from the model].")
+@click.option("--img-size", default=None, metavar=SIZE_METAVAR, help=f"Input size, {SIZE_HELP} [default: from the model].")
 @click.option("--init-seed", type=int, default=None, help="Seed of a randomly initialised reference.")
 @click.option("--batch", type=int, default=None, help="Images per inference [default: the model's batch, or 1].")
 @click.option("--num-inputs", type=int, default=4, show_default=True, help="Number of random input batches.")
@@ -99,6 +96,7 @@ def _pop_backend_options(kwargs: dict) -> dict:
 @click.option("--rtol", type=float, default=None, help="Relative tolerance [default: by precision].")
 @click.option("--per-block", is_flag=True, default=False,
               help="Also compare every stage's, block's and SS2D's output (first batch) and show where error jumps.")
+@allow_nonfinite_option
 @click.option("--json", "json_path", type=click.Path(dir_okay=False), default=None, help="Write the JSON report.")
 @click.pass_context
 @_one_line_errors
@@ -108,11 +106,12 @@ def validate(ctx, model, json_path, **kwargs):
     Exit status: 0 within tolerance, 1 out of tolerance, 2 bad input or missing dependency."""
     from tinyvim.engines.validate import format_table, validate_model
 
+    check_output_paths({"--json": json_path}, inputs={"MODEL": model, "--checkpoint": kwargs["checkpoint"]})
     options = _pop_backend_options(kwargs)
     report = validate_model(model, options=options, log=_err, **kwargs)
     click.echo(format_table(report))
     if json_path:
-        _write_json(json_path, report)
+        atomic_write_json(json_path, report)
     ctx.exit(0 if report["passed"] else 1)
 
 
@@ -122,11 +121,12 @@ def validate(ctx, model, json_path, **kwargs):
               help=f"{' | '.join(backend_names())}; repeat or comma-separate.")
 @click.option("--model", "models", multiple=True, type=click.Path(dir_okay=False),
               help="A file per backend kind (ONNX for ort, engine for trt) [ort default: export one to a temp dir].")
-@click.option("--variant", type=click.Choice(["s", "b", "l"], case_sensitive=False), default=None,
+@click.option("--variant", type=click.Choice(VARIANTS, case_sensitive=False), default=None,
               help="Variant [default: from --model metadata, else s].")
 @click.option("--checkpoint", type=click.Path(dir_okay=False), default=None)
 @click.option("--ema/--no-ema", default=False)
-@click.option("--img-size", default=None, help="H or HxW [default: from --model, else 224].")
+@click.option("--img-size", default=None, metavar=SIZE_METAVAR,
+              help=f"Input size, {SIZE_HELP} [default: from --model, else 224].")
 @click.option("--batch", "batch_text", default="1", show_default=True, help="Batch sizes, comma list, e.g. 1,8,32.")
 @click.option("--warmup", type=int, default=5, show_default=True)
 @click.option("--iters", type=int, default=20, show_default=True)
@@ -135,18 +135,25 @@ def validate(ctx, model, json_path, **kwargs):
 @_backend_options
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--json", "json_path", type=click.Path(dir_okay=False), default=None, help="Write results as JSON.")
-@click.option("--plot", "plot_path", type=click.Path(dir_okay=False), default=None, help="Latency-vs-batch PNG.")
+@click.option("--plot", "plot_path", type=click.Path(dir_okay=False), default=None,
+              help="Latency-vs-batch picture (.png, .svg or .pdf).")
+@allow_nonfinite_option
 @_one_line_errors
 def profile(batch_text, json_path, plot_path, **kwargs):
     """Measure latency and throughput of TinyViM on several backends and batch sizes."""
     from tinyvim.engines import profile as prof
 
+    inputs = [("--model", m) for m in kwargs["models"]] + [("--checkpoint", kwargs["checkpoint"])]
+    check_output_paths({"--json": json_path, "--plot": plot_path}, inputs=inputs,
+                       suffixes={"--plot": prof.PLOT_FORMATS})
+    if plot_path:
+        prof.check_plot_output(plot_path)
     options = _pop_backend_options(kwargs)
     document = prof.run_profile(batches=_int_list(batch_text, "--batch"), options=options, log=_err, **kwargs)
     click.echo(prof.format_environment(document["environment"], [e["backend"] for e in document["results"]]))
     click.echo(prof.format_table(document["results"]))
     if json_path:
-        _write_json(json_path, document)
+        atomic_write_json(json_path, document)
     if plot_path:
         size = document["img_size"]
         prof.plot_latency(document["results"], plot_path, title=f"TinyViM-{document['variant'].upper()} "

@@ -2,19 +2,19 @@
 cleaned (or converted on to OpenVINO IR, or laid out as a Triton model repository)."""
 from __future__ import annotations
 
-import json
-
 import click
 
-from tinyvim.commands.common import (announce_weights, backbone_option, checkpoint_option, ema_option,
-                                     img_size_option, variant_option)
+from tinyvim.commands.common import (allow_nonfinite_option, announce_weights, backbone_option, checkpoint_option,
+                                     ema_option, img_size_option, json_option, variant_option)
 from tinyvim.commands.serve import check_format_options, export_triton, triton_export_options
+from tinyvim.contract import DEFAULT_OPSET, EXPORT_PRECISIONS, MAX_BATCH, SCAN_FLAVOURS, format_size
+from tinyvim.errors import TinyvimError
+from tinyvim.utils import atomic_write_json, check_output_paths
 
 
 def default_output(variant: str, img_size, scan: str, precision: str, backbone: bool, dynamic_size: bool = False,
                    fmt: str = "onnx") -> str:
-    size = "dynamic" if dynamic_size else (f"{img_size[0]}x{img_size[1]}" if img_size[0] != img_size[1]
-                                          else str(img_size[0]))
+    size = "dynamic" if dynamic_size else (format_size(img_size) if img_size[0] != img_size[1] else str(img_size[0]))
     parts = [f"tinyvim-{variant}", "backbone" if backbone else "", size, scan, precision if precision != "fp32" else ""]
     return "-".join(p for p in parts if p) + (".xml" if fmt == "openvino" else ".onnx")
 
@@ -29,14 +29,15 @@ def default_output(variant: str, img_size, scan: str, precision: str, backbone: 
 @ema_option
 @backbone_option
 @img_size_option()
-@click.option("--batch", type=int, default=1, show_default=True, help="Static batch size.")
-@click.option("--dynamic-batch", is_flag=True, help="Make the batch dimension dynamic (1..4096).")
+@click.option("--batch", type=int, default=1, show_default=True, help=f"Static batch size (1..{MAX_BATCH}).")
+@click.option("--dynamic-batch", is_flag=True, help=f"Make the batch dimension dynamic (1..{MAX_BATCH}).")
 @click.option("--dynamic-size", is_flag=True,
               help="Make H and W dynamic: any multiples of 32 up to 4096 from one file (--img-size is then unused).")
-@click.option("--scan", type=click.Choice(["portable", "plugin"]), default="portable", show_default=True,
+@click.option("--scan", type=click.Choice(SCAN_FLAVOURS), default="portable", show_default=True,
               help="portable: standard ONNX ops only; plugin: one CrossSelectiveScan node per SS2D (TensorRT plugin).")
-@click.option("--opset", type=int, default=None, help="ONNX opset (default 20).")
-@click.option("--precision", type=click.Choice(["fp32", "fp16"]), default="fp32", show_default=True,
+@click.option("--opset", type=int, default=None,
+              help=f"ONNX opset (default {DEFAULT_OPSET}; up to what the installed onnx supports).")
+@click.option("--precision", type=click.Choice(EXPORT_PRECISIONS), default="fp32", show_default=True,
               help="fp16 keeps the scan state, softplus and LayerNorm in fp32; I/O stays fp32.")
 @click.option("--seed", type=int, default=0, show_default=True, help="Seed of the random weights (no checkpoint).")
 @click.option("--compress-to-fp16", is_flag=True,
@@ -44,32 +45,34 @@ def default_output(variant: str, img_size, scan: str, precision: str, backbone: 
 @click.option("-o", "--output", type=click.Path(), default=None,
               help="Output path (default: tinyvim-<variant>-<size>-<scan>.onnx, .xml for openvino; "
                    "--fmt triton: model_repository).")
-@click.option("--json", "json_path", type=click.Path(dir_okay=False), default=None, help="Write a JSON summary.")
+@allow_nonfinite_option
+@json_option
 @triton_export_options
 def export(fmt, variant, checkpoint, ema, backbone, img_size, batch, dynamic_batch, dynamic_size, scan, opset,
-           precision, seed, compress_to_fp16, output, json_path, **triton):
+           precision, seed, compress_to_fp16, output, allow_nonfinite, json_path, **triton):
     """Export TinyViM (always re-parameterized) to ONNX, OpenVINO IR or a Triton model repository."""
-    from tinyvim.errors import TinyvimError
-    from tinyvim.export import export_onnx
-    from tinyvim.utils import atomic_write_text
+    from tinyvim.export import check_export_args, export_onnx
     if compress_to_fp16 and fmt != "openvino":
         raise TinyvimError("--compress-to-fp16 applies to --fmt openvino (an fp16 ONNX is --precision fp16)")
     img_size = img_size or (224, 224)
     check_format_options(fmt, output, triton)
-    if fmt == "triton":
+    # every argument and output path before the model is built or traced
+    check_export_args(scan=scan, precision=precision, img_size=img_size, batch=batch, opset=opset, seed=seed)
+    if fmt == "triton":   # -o is a folder here: the repository writer checks and renames it into place
+        check_output_paths({"--json": json_path}, inputs={"--checkpoint": checkpoint})
         announce_weights(checkpoint, seed)
         return export_triton(output=output, json_path=json_path, batch=batch, dynamic_batch=dynamic_batch,
                              triton=triton, export_kwargs=dict(variant=variant, checkpoint=checkpoint, ema=ema,
                                                                backbone=backbone, img_size=img_size, scan=scan,
                                                                dynamic_size=dynamic_size, opset=opset,
-                                                               precision=precision, seed=seed))
+                                                               precision=precision, seed=seed,
+                                                               allow_nonfinite=allow_nonfinite))
     output = output or default_output(variant, img_size, scan, precision, backbone, dynamic_size, fmt)
+    check_output_paths({"-o": output, "--json": json_path}, inputs={"--checkpoint": checkpoint})
     announce_weights(checkpoint, seed)
-    def log(message: str) -> None:
-        click.echo(f"  {message} ...", err=True)
     kwargs = dict(variant=variant, checkpoint=checkpoint, ema=ema, backbone=backbone, img_size=img_size, batch=batch,
                   dynamic_batch=dynamic_batch, dynamic_size=dynamic_size, scan=scan, opset=opset, precision=precision,
-                  seed=seed, log=log)
+                  seed=seed, allow_nonfinite=allow_nonfinite, log=lambda m: click.echo(f"  {m} ...", err=True))
     if fmt == "openvino":
         from tinyvim.export.openvino_ir import export_ir
         result = export_ir(output, compress_to_fp16=compress_to_fp16, **kwargs)
@@ -87,6 +90,6 @@ def export(fmt, variant, checkpoint, ema, backbone, img_size, batch, dynamic_bat
     click.echo(f"  scan    {scan}; precision {precision}; opset {meta.opset}")
     click.echo(f"  nodes   {top}{more}")
     if json_path:
-        atomic_write_text(json_path, json.dumps({
+        atomic_write_json(json_path, {
             "path": str(result.path), "size_bytes": result.size_bytes, "num_nodes": result.num_nodes,
-            "op_counts": ops, "seconds": result.seconds, "metadata": meta.to_props()}, indent=2))
+            "op_counts": ops, "seconds": result.seconds, "metadata": meta.to_props()})

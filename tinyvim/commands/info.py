@@ -1,11 +1,12 @@
 """`tinyvim info`: parameters, MACs and the SS2D blocks of a variant."""
 from __future__ import annotations
 
-import json
-
 import click
 
-from tinyvim.commands.common import backbone_option, checkpoint_option, img_size_option, variant_option
+from tinyvim.commands.common import (allow_nonfinite_option, announce_weights, backbone_option, checkpoint_option,
+                                     img_size_option, json_option, variant_option)
+from tinyvim.contract import format_size
+from tinyvim.utils import atomic_write_json, check_output_paths
 
 
 def format_table(rows: list[dict], columns: list[str]) -> str:
@@ -21,24 +22,27 @@ def format_table(rows: list[dict], columns: list[str]) -> str:
 @checkpoint_option
 @backbone_option
 @img_size_option()
-@click.option("--json", "json_path", type=click.Path(dir_okay=False), default=None, help="Also write the report as JSON.")
-def info(variant, checkpoint, backbone, img_size, json_path):
+@allow_nonfinite_option
+@json_option
+def info(variant, checkpoint, backbone, img_size, allow_nonfinite, json_path):
     """Parameters, GMACs and the SS2D blocks of a TinyViM variant."""
     from tinyvim.model import count_parameters, create_model, reparameterize
     from tinyvim.model.complexity import count_macs, ss2d_table
+    check_output_paths({"--json": json_path}, inputs={"--checkpoint": checkpoint})
     img_size = img_size or (224, 224)
-    model = create_model(variant, checkpoint=checkpoint, backbone=backbone)
+    announce_weights(checkpoint)
+    model = create_model(variant, checkpoint=checkpoint, backbone=backbone, allow_nonfinite=allow_nonfinite)
     fused = reparameterize(model)
     total = count_parameters(model)
     dist = sum(p.numel() for p in model.dist_head.parameters()) if getattr(model, "dist_head", None) is not None else 0
     report = {
-        "variant": variant, "backbone": backbone, "img_size": list(img_size),
+        "variant": variant, "backbone": backbone, "img_size": list(img_size), "checkpoint": checkpoint,
         "params": total, "params_without_dist_head": total - dist, "params_fused": count_parameters(fused),
         "gmacs": count_macs(model, img_size) / 1e9, "gmacs_fused": count_macs(fused, img_size) / 1e9,
         "ss2d": ss2d_table(model, img_size),
     }
-    h, w = img_size
-    click.echo(f"TinyViM-{variant.upper()}{' backbone' if backbone else ''} @ {h}x{w}")
+    click.echo(f"TinyViM-{variant.upper()}{' backbone' if backbone else ''} @ {format_size(img_size)}"
+               f"{'' if checkpoint else ' (random weights)'}")
     if dist:
         click.echo(f"  parameters      {total / 1e6:.2f} M with dist_head ({total:,}), "
                    f"{(total - dist) / 1e6:.2f} M without ({total - dist:,})")
@@ -50,6 +54,5 @@ def info(variant, checkpoint, backbone, img_size, json_path):
     cols = ["block", "stage", "d_model", "d_inner", "pool", "scan_grid", "scan_length", "d_state", "dt_rank"]
     click.echo("\n".join("    " + line for line in format_table(report["ss2d"], cols).splitlines()))
     if json_path:
-        from tinyvim.utils import atomic_write_text
-        atomic_write_text(json_path, json.dumps(report, indent=2))
+        atomic_write_json(json_path, report)
         click.echo(f"  report written to {json_path}")

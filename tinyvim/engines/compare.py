@@ -10,12 +10,20 @@ Metrics per output (reference r, candidate c, both flattened to float64):
 - top1 / top5 (classification logits only): fraction of samples whose candidate top-1 equals
   the reference top-1 / whose reference top-1 is among the candidate's top 5.
 
-Pass rule: every element satisfies |c - r| <= atol + rtol * |r| (numpy.allclose), no NaN/Inf,
-same shape, and - when the tolerance sets one - cosine >= min_cosine. Top-k agreement is
-reported, not gated: random-init or near-tie logits can swap ranks within tolerance.
+Pass rule: same shape, no NaN/Inf on EITHER side (a NaN reference would otherwise make every
+|c - r| > tol test false and pass anything), every element within |c - r| <= atol + rtol * |r|
+(numpy.allclose), and - when the tolerance sets one - cosine >= min_cosine. Tolerances are
+finite and >= 0 (a NaN atol would pass anything too). Top-k agreement is reported, not gated:
+random-init or near-tie logits can swap ranks within tolerance. Where values are non-finite,
+the metrics (max/mean error, cosine, top-k) are computed on the finite part only.
+
+Comparison streams: `ComparisonAccumulator.update()` takes one batch at a time and keeps only
+running statistics, so validating N batches needs the memory of one. `compare_output` /
+`compare_outputs` are the one-batch case of the same code.
 """
 from __future__ import annotations
 
+import math
 from dataclasses import asdict, dataclass, field
 
 import numpy as np
@@ -25,9 +33,24 @@ REL_FLOOR_FRACTION = 1e-3
 
 @dataclass(frozen=True)
 class Tolerance:
+    """|c - r| <= atol + rtol * |r| elementwise, and cosine >= min_cosine when set. Checked on
+    construction: atol and rtol finite and >= 0, min_cosine finite in [-1, 1] (ValueError)."""
     atol: float
     rtol: float
     min_cosine: float | None = None
+
+    def __post_init__(self):
+        for name in ("atol", "rtol"):
+            value = getattr(self, name)
+            if not _is_real(value) or not math.isfinite(value) or value < 0:
+                raise ValueError(f"--{name} must be a finite number >= 0, got {value!r}")
+        if self.min_cosine is not None and (not _is_real(self.min_cosine) or not math.isfinite(self.min_cosine)
+                                            or not -1 <= self.min_cosine <= 1):
+            raise ValueError(f"min_cosine must be a finite number in [-1, 1], got {self.min_cosine!r}")
+
+
+def _is_real(value) -> bool:
+    return isinstance(value, (int, float, np.integer, np.floating)) and not isinstance(value, (bool, np.bool_))
 
 
 #: Default tolerances by the precision the target computes in.
@@ -59,7 +82,8 @@ def tolerance_for(precision: str, atol: float | None = None, rtol: float | None 
 
 @dataclass
 class OutputComparison:
-    """Metrics and verdict for one named output (arrays of shape (N, ...))."""
+    """Metrics and verdict for one named output (arrays of shape (N, ...)). Metrics that could
+    not be computed (no finite data, shape mismatch) are NaN here and null in `to_dict()`."""
     name: str
     shape: list[int]
     max_abs_err: float = float("nan")
@@ -69,22 +93,31 @@ class OutputComparison:
     top1: float | None = None
     top5: float | None = None
     mismatches: int = 0
+    nonfinite_reference: int = 0
+    nonfinite_candidate: int = 0
     passed: bool = False
     reason: str = ""
 
     def to_dict(self) -> dict:
-        return asdict(self)
+        return {k: (None if isinstance(v, float) and not math.isfinite(v) else v) for k, v in asdict(self).items()}
 
 
 def _cosine_per_sample(r: np.ndarray, c: np.ndarray) -> np.ndarray:
-    r = r.reshape(r.shape[0], -1)
-    c = c.reshape(c.shape[0], -1)
+    r = _unit_scale(r.reshape(r.shape[0], -1))
+    c = _unit_scale(c.reshape(c.shape[0], -1))
     num = np.sum(r * c, axis=1)
     den = np.linalg.norm(r, axis=1) * np.linalg.norm(c, axis=1)
     # Two all-zero samples are identical; one zero vs. non-zero is maximally different.
     both_zero = den == 0
     cos = np.where(both_zero, np.where(np.all(r == c, axis=1), 1.0, 0.0), num / np.where(both_zero, 1, den))
-    return cos
+    return np.clip(cos, -1.0, 1.0)
+
+
+def _unit_scale(rows: np.ndarray) -> np.ndarray:
+    """Each row divided by its largest |value| (cosine is scale-free): finite values near
+    the float64 limit would otherwise overflow the dot products to inf and the cosine to NaN."""
+    peak = np.max(np.abs(rows), axis=1, keepdims=True) if rows.size else np.ones((rows.shape[0], 1))
+    return rows / np.where(peak > 0, peak, 1.0)
 
 
 def topk_agreement(ref_logits: np.ndarray, logits: np.ndarray) -> tuple[float, float]:
@@ -99,38 +132,179 @@ def topk_agreement(ref_logits: np.ndarray, logits: np.ndarray) -> tuple[float, f
     return top1, top5
 
 
+def _first_index(mask: np.ndarray, offset: int) -> str:
+    """'[i, j, ...]' of the first True in `mask`, its sample index shifted by `offset`."""
+    idx = [int(i) for i in np.unravel_index(int(np.argmax(mask)), mask.shape)]
+    if idx:
+        idx[0] += offset
+    return "[" + ", ".join(map(str, idx)) + "]"
+
+
+class OutputAccumulator:
+    """Running comparison of one output, fed batch by batch (arrays (n, ...), the same trailing
+    shape every time); `result()` gives exactly what comparing the concatenation would.
+
+    max_rel_err streams exactly although its floor (REL_FLOOR_FRACTION * max |r| over ALL
+    samples) is known only at the end: the floor only grows, so an element with |r| below the
+    floor so far only ever counts through max |c - r| (kept as one number), and of the others
+    only the Pareto front in (|c - r|, |c - r| / |r|) can be the maximum of
+    |c - r| / max(|r|, floor) for a larger floor (typically a handful of elements)."""
+
+    def __init__(self, name: str, tolerance: Tolerance, *, is_logits: bool | None = None):
+        self.name = name
+        self.tolerance = tolerance
+        self.is_logits = (name == "logits") if is_logits is None else is_logits
+        self.trailing: tuple[int, ...] | None = None
+        self.samples = 0
+        self.elements = 0
+        self.reason = ""
+        self.nonfinite = {"reference": 0, "candidate": 0}
+        self.first_nonfinite: dict[str, str] = {}
+        self.finite_pairs = 0
+        self.max_abs = 0.0
+        self.sum_abs = 0.0
+        self.scale = 0.0                       # max |r| over finite reference values
+        self.low_diff = 0.0                    # max |c - r| where |r| < the floor so far
+        self.front_abs_r = np.empty(0)         # Pareto front for max_rel_err (see class doc)
+        self.front_diff = np.empty(0)
+        self.min_cosine = math.inf
+        self.cosine_samples = 0
+        self.top1_hits = 0.0
+        self.top5_hits = 0.0
+        self.topk_samples = 0
+        self.mismatches = 0
+
+    def fail(self, reason: str) -> None:
+        """Mark the output failed for a reason that makes its metrics meaningless (shape, missing)."""
+        self.reason = self.reason or reason
+
+    def _count(self, reference: np.ndarray) -> bool:
+        """Account the reference batch's samples (the reported shape is the reference's);
+        False when its trailing shape differs from the first batch's."""
+        if self.trailing is None:
+            self.trailing = reference.shape[1:]
+        elif reference.shape[1:] != self.trailing:
+            self.fail(f"batch shape {list(reference.shape)} differs from the first batch's {list(self.trailing)}")
+            return False
+        self.samples += reference.shape[0]
+        return True
+
+    def missing(self, reference: np.ndarray) -> None:
+        """The candidate has no output of this name in this batch."""
+        self._count(np.atleast_1d(np.asarray(reference)))
+        self.fail("missing from the candidate's outputs")
+
+    def update(self, reference: np.ndarray, candidate: np.ndarray) -> None:
+        reference, candidate = np.atleast_1d(np.asarray(reference)), np.atleast_1d(np.asarray(candidate))
+        if not self._count(reference) or self.reason:
+            return
+        if reference.shape != candidate.shape:
+            self.fail(f"shape {list(candidate.shape)} != reference {list(reference.shape)}")
+            return
+        with np.errstate(all="ignore"):
+            self._update(reference.astype(np.float64), candidate.astype(np.float64), reference.shape[0])
+        self.elements += reference.size
+
+    def _update(self, r: np.ndarray, c: np.ndarray, n: int) -> None:
+        offset = self.samples - n          # index of this batch's first sample
+        finite_r, finite_c = np.isfinite(r), np.isfinite(c)
+        for side, finite in (("reference", finite_r), ("candidate", finite_c)):
+            bad = int(finite.size - np.count_nonzero(finite))
+            if bad and side not in self.first_nonfinite:
+                self.first_nonfinite[side] = _first_index(~finite, offset)
+            self.nonfinite[side] += bad
+        both = finite_r & finite_c
+        abs_r = np.abs(r)
+        diff = np.where(both, np.abs(c - r), 0.0)
+        d = diff[both]
+        a = abs_r[both]
+        if d.size:
+            self.finite_pairs += d.size
+            self.max_abs = max(self.max_abs, float(d.max()))
+            self.sum_abs += float(d.sum())
+        if finite_r.any():
+            self.scale = max(self.scale, float(abs_r[finite_r].max()))
+        self._update_relative(a, d)
+        self.mismatches += int(np.count_nonzero(diff > self.tolerance.atol + self.tolerance.rtol * abs_r))
+        # cosine and top-k only on samples that are finite throughout, on both sides
+        rows = both.reshape(n, -1).all(axis=1) if n else np.zeros(0, bool)
+        if rows.any():
+            rf, cf = r[rows].reshape(int(rows.sum()), -1), c[rows].reshape(int(rows.sum()), -1)
+            self.min_cosine = min(self.min_cosine, float(np.min(_cosine_per_sample(rf, cf))))
+            self.cosine_samples += rf.shape[0]
+            if self.is_logits and rf.shape[1]:
+                top1, top5 = topk_agreement(rf, cf)
+                self.top1_hits += top1 * rf.shape[0]
+                self.top5_hits += top5 * rf.shape[0]
+                self.topk_samples += rf.shape[0]
+
+    def _floor(self) -> float:
+        return max(REL_FLOOR_FRACTION * self.scale, np.finfo(np.float64).tiny)
+
+    def _update_relative(self, abs_r: np.ndarray, diff: np.ndarray) -> None:
+        floor = self._floor()
+        a = np.concatenate([self.front_abs_r, abs_r])
+        d = np.concatenate([self.front_diff, diff])
+        low = a < floor
+        if low.any():
+            self.low_diff = max(self.low_diff, float(d[low].max()))
+        a, d = a[~low], d[~low]
+        keep = d > 0
+        a, d = a[keep], d[keep]
+        if a.size:
+            ratio = d / a
+            order = np.lexsort((-ratio, -d))            # largest error first, then largest ratio
+            a, d, ratio = a[order], d[order], ratio[order]
+            best_before = np.concatenate([[-np.inf], np.maximum.accumulate(ratio)[:-1]])
+            front = ratio > best_before
+            a, d = a[front], d[front]
+        self.front_abs_r, self.front_diff = a, d
+
+    def result(self) -> OutputComparison:
+        shape = [self.samples, *(self.trailing or ())]
+        out = OutputComparison(name=self.name, shape=shape)
+        if self.reason:
+            out.reason = self.reason
+            return out
+        out.nonfinite_reference, out.nonfinite_candidate = self.nonfinite["reference"], self.nonfinite["candidate"]
+        if self.finite_pairs or not self.elements:
+            floor = self._floor()
+            rel = self.low_diff / floor
+            if self.front_diff.size:
+                rel = max(rel, float(np.max(self.front_diff / np.maximum(self.front_abs_r, floor))))
+            out.max_abs_err, out.max_rel_err = self.max_abs, rel
+            out.mean_abs_err = self.sum_abs / self.finite_pairs if self.finite_pairs else 0.0
+        if self.cosine_samples:
+            out.cosine = self.min_cosine
+        elif not self.elements:
+            out.cosine = 1.0
+        if self.topk_samples:
+            out.top1, out.top5 = self.top1_hits / self.topk_samples, self.top5_hits / self.topk_samples
+        out.mismatches = self.mismatches
+        reasons = []
+        for side in ("reference", "candidate"):
+            if self.nonfinite[side]:
+                reasons.append(f"{self.nonfinite[side]} non-finite value(s) in the {side} (first at "
+                               f"{self.first_nonfinite[side]})")
+        if self.mismatches:
+            reasons.append(f"{self.mismatches}/{self.elements} elements outside atol={self.tolerance.atol:g} "
+                           f"rtol={self.tolerance.rtol:g}")
+        if self.tolerance.min_cosine is not None:
+            if not math.isfinite(out.cosine):
+                reasons.append("cosine undefined (no finite sample)")
+            elif out.cosine < self.tolerance.min_cosine:
+                reasons.append(f"cosine {out.cosine:.6f} < {self.tolerance.min_cosine}")
+        out.passed = not reasons
+        out.reason = "; ".join(reasons)
+        return out
+
+
 def compare_output(name: str, reference: np.ndarray, candidate: np.ndarray, tolerance: Tolerance,
                    *, is_logits: bool | None = None) -> OutputComparison:
     """Compare one output; arrays (N, ...) with N samples. `is_logits` defaults to name == 'logits'."""
-    result = OutputComparison(name=name, shape=list(reference.shape))
-    if reference.shape != candidate.shape:
-        result.reason = f"shape {list(candidate.shape)} != reference {list(reference.shape)}"
-        return result
-    r = reference.astype(np.float64)
-    c = candidate.astype(np.float64)
-    if not np.all(np.isfinite(c)):
-        result.reason = f"{int(np.sum(~np.isfinite(c)))} non-finite values"
-        return result
-    diff = np.abs(c - r)
-    scale = float(np.max(np.abs(r))) if r.size else 0.0
-    floor = max(REL_FLOOR_FRACTION * scale, np.finfo(np.float64).tiny)
-    result.max_abs_err = float(diff.max()) if diff.size else 0.0
-    result.mean_abs_err = float(diff.mean()) if diff.size else 0.0
-    result.max_rel_err = float(np.max(diff / np.maximum(np.abs(r), floor))) if diff.size else 0.0
-    result.cosine = float(np.min(_cosine_per_sample(r, c))) if r.size else 1.0
-    if (name == "logits") if is_logits is None else is_logits:
-        result.top1, result.top5 = topk_agreement(r, c)
-    bad = diff > tolerance.atol + tolerance.rtol * np.abs(r)
-    result.mismatches = int(np.sum(bad))
-    reasons = []
-    if result.mismatches:
-        reasons.append(f"{result.mismatches}/{diff.size} elements outside atol={tolerance.atol:g} "
-                       f"rtol={tolerance.rtol:g}")
-    if tolerance.min_cosine is not None and result.cosine < tolerance.min_cosine:
-        reasons.append(f"cosine {result.cosine:.6f} < {tolerance.min_cosine}")
-    result.passed = not reasons
-    result.reason = "; ".join(reasons)
-    return result
+    acc = OutputAccumulator(name, tolerance, is_logits=is_logits)
+    acc.update(reference, candidate)
+    return acc.result()
 
 
 @dataclass
@@ -144,14 +318,29 @@ class Comparison:
         return bool(self.outputs) and all(o.passed for o in self.outputs)
 
 
+class ComparisonAccumulator:
+    """`compare_outputs` batch by batch: `update(reference, candidate)` with one batch's
+    {name: array} dicts, `result()` at the end. Memory is that of one batch."""
+
+    def __init__(self, tolerance: Tolerance):
+        self.tolerance = tolerance
+        self.outputs: dict[str, OutputAccumulator] = {}
+
+    def update(self, reference: dict[str, np.ndarray], candidate: dict[str, np.ndarray]) -> None:
+        for name, ref in reference.items():
+            acc = self.outputs.setdefault(name, OutputAccumulator(name, self.tolerance))
+            if name in candidate:
+                acc.update(ref, candidate[name])
+            else:
+                acc.missing(ref)
+
+    def result(self) -> Comparison:
+        return Comparison(tolerance=self.tolerance, outputs=[acc.result() for acc in self.outputs.values()])
+
+
 def compare_outputs(reference: dict[str, np.ndarray], candidate: dict[str, np.ndarray],
                     tolerance: Tolerance) -> Comparison:
     """Compare every reference output with the candidate's output of the same name."""
-    comparison = Comparison(tolerance=tolerance)
-    for name, ref in reference.items():
-        if name not in candidate:
-            comparison.outputs.append(OutputComparison(name=name, shape=list(ref.shape),
-                                                       reason="missing from the candidate's outputs"))
-            continue
-        comparison.outputs.append(compare_output(name, ref, candidate[name], tolerance))
-    return comparison
+    acc = ComparisonAccumulator(tolerance)
+    acc.update(reference, candidate)
+    return acc.result()

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
+from typing import Iterator
 
 import numpy as np
 
@@ -25,11 +26,18 @@ def normalize(pixels: np.ndarray, mean=None, std=None) -> np.ndarray:
     return ((pixels.astype(np.float32) - m) / s).astype(np.float32)
 
 
-def random_batches(num: int, batch: int, size: tuple[int, int], seed: int = 0) -> list[np.ndarray]:
+def iter_random_batches(num: int, batch: int, size: tuple[int, int], seed: int = 0) -> Iterator[np.ndarray]:
     """`num` batches (batch, 3, H, W) of uniformly random pixels, normalised like real images
-    (so activations see realistic magnitudes, not N(0, 1) noise)."""
+    (so activations see realistic magnitudes, not N(0, 1) noise), made one at a time: the
+    memory of a long validation is that of one batch."""
     rng = np.random.default_rng(seed)
-    return [normalize(rng.random((batch, 3, *size), dtype=np.float32)) for _ in range(num)]
+    for _ in range(num):
+        yield normalize(rng.random((batch, 3, *size), dtype=np.float32))
+
+
+def random_batches(num: int, batch: int, size: tuple[int, int], seed: int = 0) -> list[np.ndarray]:
+    """The batches of `iter_random_batches` as a list (the same values)."""
+    return list(iter_random_batches(num, batch, size, seed))
 
 
 def preprocess_image(path: str | os.PathLike, size: tuple[int, int], crop_pct: float = DEFAULT_CROP_PCT) -> np.ndarray:
@@ -50,25 +58,47 @@ def preprocess_image(path: str | os.PathLike, size: tuple[int, int], crop_pct: f
     return normalize(pixels[None])[0]
 
 
-def image_batches(folder: str | os.PathLike, batch: int, size: tuple[int, int], limit: int | None = None,
-                  crop_pct: float = DEFAULT_CROP_PCT) -> tuple[list[np.ndarray], list[str]]:
-    """Batches (batch, 3, H, W) from the pictures in `folder` (sorted by name; the last batch is
-    padded by repeating pictures so every batch has the model's batch size) and the file names."""
+def list_images(folder: str | os.PathLike, batch: int, limit: int | None = None) -> list[Path]:
+    """The pictures in `folder` (sorted by name, at most limit * batch), each checked to open
+    as an image (header only, so it is cheap) before any work starts; one-line errors."""
+    from PIL import Image
+
     folder = Path(folder)
     if not folder.is_dir():
         raise TinyvimError(f"--images {folder}: not a folder")
-    files = sorted(p for p in folder.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
+    files = sorted(p for p in folder.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file())
     if limit:
         files = files[: limit * batch]
     if not files:
         raise TinyvimError(f"--images {folder}: no pictures ({', '.join(sorted(IMAGE_SUFFIXES))})")
-    arrays = []
     for p in files:
         try:
-            arrays.append(preprocess_image(p, size, crop_pct))
-        except Exception as exc:
-            raise TinyvimError(f"--images: cannot read {p}: {exc}") from None
-    while len(arrays) % batch:
-        arrays.append(arrays[len(arrays) % len(files)])
-    stacked = np.stack(arrays)
-    return [stacked[i:i + batch] for i in range(0, len(stacked), batch)], [p.name for p in files]
+            with Image.open(p) as im:
+                im.size  # noqa: B018 - the header is parsed (and size-checked for bombs) on open
+        except Exception as exc:  # noqa: BLE001 - PIL raises many types for a bad file
+            raise TinyvimError(f"--images: cannot read {p}: {str(exc).splitlines()[0] if str(exc) else type(exc).__name__}") from None
+    return files
+
+
+def iter_image_batches(files: list[Path], batch: int, size: tuple[int, int],
+                       crop_pct: float = DEFAULT_CROP_PCT) -> Iterator[np.ndarray]:
+    """Batches (batch, 3, H, W) of `files`, preprocessed one batch at a time; the last batch is
+    padded by repeating pictures from the start so every batch has the model's batch size."""
+    total = -(-len(files) // batch) * batch
+    for start in range(0, total, batch):
+        arrays = []
+        for i in range(start, start + batch):
+            p = files[i % len(files)]
+            try:
+                arrays.append(preprocess_image(p, size, crop_pct))
+            except Exception as exc:  # noqa: BLE001 - a picture that opened but does not decode
+                raise TinyvimError(f"--images: cannot read {p}: {exc}") from None
+        yield np.stack(arrays)
+
+
+def image_batches(folder: str | os.PathLike, batch: int, size: tuple[int, int], limit: int | None = None,
+                  crop_pct: float = DEFAULT_CROP_PCT) -> tuple[list[np.ndarray], list[str]]:
+    """All batches of the pictures in `folder` as a list, and the file names (see list_images
+    and iter_image_batches)."""
+    files = list_images(folder, batch, limit)
+    return list(iter_image_batches(files, batch, size, crop_pct)), [p.name for p in files]

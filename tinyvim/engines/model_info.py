@@ -7,8 +7,12 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
-from tinyvim.contract import (BACKBONE_OUTPUTS, CLASSIFIER_OUTPUTS, INPUT_MULTIPLE, INPUT_NAME, ExportMetadata)
+from tinyvim.contract import (BACKBONE_OUTPUTS, CLASSIFIER_OUTPUTS, INPUT_MULTIPLE, INPUT_NAME, MAX_BATCH,
+                              MAX_IMAGE_SIDE, ExportMetadata, check_workload, format_size)
 from tinyvim.errors import TinyvimError
+
+#: protobuf cannot hold a single-file ONNX above 2 GiB; a larger file is not read into memory
+MAX_ONNX_BYTES = 2**31
 
 
 @dataclass
@@ -72,6 +76,13 @@ def check_signature(info: ModelInfo) -> None:
     if info.fixed_size and (info.fixed_size[0] % INPUT_MULTIPLE or info.fixed_size[1] % INPUT_MULTIPLE):
         raise TinyvimError(f"{what}: input size {info.fixed_size[0]}x{info.fixed_size[1]} "
                            f"is not a multiple of {INPUT_MULTIPLE}")
+    if info.fixed_size and max(info.fixed_size) > MAX_IMAGE_SIDE:
+        raise TinyvimError(f"{info.path}: input size {format_size(info.fixed_size)} is larger than "
+                           f"{MAX_IMAGE_SIDE} on a side: not a model tinyvim runs")
+    if info.fixed_batch and info.fixed_batch > MAX_BATCH:
+        raise TinyvimError(f"{info.path}: fixed batch {info.fixed_batch} is above {MAX_BATCH}: not a model tinyvim runs")
+    if info.fixed_batch and info.fixed_size:
+        check_workload(info.fixed_batch, info.fixed_size, what=f"{info.path}: fixed batch")
     meta = info.metadata
     if meta is not None:
         if meta.backbone != info.backbone:
@@ -91,7 +102,9 @@ def read_onnx_info(path: str | os.PathLike) -> ModelInfo:
 
     p = Path(path)
     if not p.is_file():
-        raise TinyvimError(f"{p}: no such file")
+        raise TinyvimError(f"{p}: no such file" if not p.exists() else f"{p}: not a regular file")
+    if p.stat().st_size > MAX_ONNX_BYTES:
+        raise TinyvimError(f"{p} is larger than 2 GiB: not a single-file ONNX model (protobuf's limit)")
     try:
         # Weights are not needed here; external data (large models) is not read.
         proto = onnx.load(os.fspath(p), load_external_data=False)
@@ -119,15 +132,14 @@ def read_engine_info(path: str | os.PathLike) -> ModelInfo:
 
     p = Path(path)
     if not p.is_file():
-        raise TinyvimError(f"{p}: no such file")
+        raise TinyvimError(f"{p}: no such file" if not p.exists() else f"{p}: not a regular file")
     sidecar = read_sidecar(p)
     meta = ExportMetadata.from_props(sidecar.get("onnx_metadata") or {}, source=f"{p}.json")
     if meta is None:
         raise TinyvimError(f"{p}.json has no tinyvim metadata of the ONNX it was built from: rebuild the engine "
                            "with `tinyvim build-engine`")
-    profile = (sidecar.get("profiles") or [{}])[0].get("images", {})
-    lo, hi = profile.get("min"), profile.get("max")
-    batch_range = (int(lo[0]), int(hi[0])) if lo and hi else None
+    profile = sidecar["profiles"][0][INPUT_NAME]          # shapes checked by read_sidecar
+    batch_range = (profile["min"][0], profile["max"][0])
     fixed = batch_range[0] if batch_range and batch_range[0] == batch_range[1] else None
     h, w = meta.input_size if meta.input_size else (None, None)
     return ModelInfo(path=os.fspath(p), kind="engine", input_name=INPUT_NAME, input_shape=[fixed, 3, h, w],

@@ -17,13 +17,18 @@ from typing import Callable, Sequence
 
 import numpy as np
 
-from tinyvim.contract import check_batch, check_variant, format_size, parse_size
+from tinyvim.contract import (MAX_DURATION_S, check_batch, check_count, check_positive_float, check_seed,
+                              check_threads, check_variant, check_workload, format_size, parse_size)
 from tinyvim.engines.base import BaseRunner
 from tinyvim.engines.model_info import ModelInfo, read_model_info
 from tinyvim.engines.registry import Backend, RunnerRequest, parse_backends
+from tinyvim.engines.validate import random_weights_note, resolve_checkpoint
 from tinyvim.errors import TinyvimError
+from tinyvim.utils import atomic_output, check_output_path
 
 SCHEMA_VERSION = 1
+#: formats `--plot` writes (matplotlib picks the format from the suffix)
+PLOT_FORMATS = (".png", ".svg", ".pdf")
 
 
 def latency_stats(seconds) -> dict:
@@ -159,15 +164,27 @@ def format_table(entries: list[dict]) -> str:
     return "\n".join(lines)
 
 
-def plot_latency(entries: list[dict], path: str, title: str = "", x: str = "batch", xlabel: str = "batch size") -> None:
-    """Mean latency vs batch size (or another key `x` of the entries, e.g. concurrency), one line
-    per backend, shaded up to p90; writes a PNG."""
+def _matplotlib_pyplot():
     try:
         import matplotlib
         matplotlib.use("Agg")
         import matplotlib.pyplot as plt
     except ImportError as exc:
         raise TinyvimError("--plot needs matplotlib: pip install 'tinyvim[plot]'") from exc
+    return plt
+
+
+def check_plot_output(path: str) -> None:
+    """Before any timing: `path` is writable, its suffix a format we plot to, matplotlib present."""
+    check_output_path(path, suffixes=PLOT_FORMATS, what="--plot")
+    _matplotlib_pyplot()
+
+
+def plot_latency(entries: list[dict], path: str, title: str = "", x: str = "batch", xlabel: str = "batch size") -> None:
+    """Mean latency vs batch size (or another key `x` of the entries, e.g. concurrency), one line
+    per backend, shaded up to p90; writes the picture (PNG, SVG or PDF by the suffix) atomically."""
+    check_output_path(path, suffixes=PLOT_FORMATS, what="--plot")
+    plt = _matplotlib_pyplot()
     fig, ax = plt.subplots(figsize=(6, 4))
     for backend in dict.fromkeys(e["backend"] for e in entries):
         pts = [(e[x], e["latency_ms"]["mean"], e["latency_ms"]["p90"])
@@ -186,8 +203,11 @@ def plot_latency(entries: list[dict], path: str, title: str = "", x: str = "batc
     if title:
         ax.set_title(title)
     fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+    try:
+        with atomic_output(path) as tmp:
+            fig.savefig(tmp, dpi=120, format=os.path.splitext(os.fspath(path))[1][1:].lower())
+    finally:
+        plt.close(fig)
 
 
 def format_environment(env: dict, backends: Sequence[str]) -> str:
@@ -202,26 +222,38 @@ def format_environment(env: dict, backends: Sequence[str]) -> str:
     return line + (", " + ", ".join(extra) if extra else "")
 
 
-def _export_for_profile(path: Path, variant: str, checkpoint, ema: bool, size, log) -> ModelInfo:
+def _export_for_profile(path: Path, variant: str, checkpoint, ema: bool, size, seed: int, allow_nonfinite: bool,
+                        log) -> ModelInfo:
     """A dynamic-batch portable ONNX for backends that run one, when --model gave none."""
     from tinyvim.export import export_onnx
     log(f"exporting TinyViM-{variant.upper()} to a temporary ONNX...")
-    export_onnx(path, variant=variant, checkpoint=checkpoint, ema=ema, img_size=tuple(size), dynamic_batch=True)
+    export_onnx(path, variant=variant, checkpoint=checkpoint, ema=ema, img_size=tuple(size), dynamic_batch=True,
+                seed=seed, allow_nonfinite=allow_nonfinite)
     return read_model_info(path)
 
 
 def run_profile(backends, *, models: Sequence[str] = (), variant: str | None = None, checkpoint: str | None = None,
                 ema: bool = False, img_size: str | None = None, batches: Sequence[int] = (1,), warmup: int = 5,
                 iters: int | None = 20, duration: float | None = None, threads: int | None = None, seed: int = 0,
-                options: dict | None = None, log: Callable[[str], None] = print) -> dict:
+                options: dict | None = None, allow_nonfinite: bool = False,
+                log: Callable[[str], None] = print) -> dict:
     """`tinyvim profile`: time each backend at each batch size. Backends that run a file take the
     --model of their kind (an ONNX is exported on the fly where the backend allows it). Returns
-    the JSON document: settings, environment and one result per (backend, batch)."""
+    the JSON document: settings, environment and one result per (backend, batch). Every argument
+    is checked before anything is built; a run where every combination is skipped (nothing
+    measured) is an error (exit 2)."""
     selected: list[Backend] = parse_backends(backends)
+    if not batches:
+        raise TinyvimError("--batch lists no batch size")
     for b in batches:
         check_batch(b)
-    if warmup < 0 or (iters is not None and iters < 1) or (duration is not None and not duration > 0):
-        raise TinyvimError("--warmup must be >= 0, --iters >= 1 and --duration > 0")
+    check_count(warmup, "--warmup", 0)
+    if duration is not None:
+        duration = check_positive_float(duration, "--duration", MAX_DURATION_S)
+    else:
+        check_count(iters, "--iters")
+    check_threads(threads)
+    check_seed(seed)
     by_kind: dict[str, ModelInfo] = {}
     for m in models:
         info = read_model_info(m)
@@ -231,6 +263,9 @@ def run_profile(backends, *, models: Sequence[str] = (), variant: str | None = N
         by_kind[info.kind] = info
     known = next(iter(by_kind.values()), None)
     meta = known.metadata if known else None
+    if variant is not None and meta is not None and check_variant(variant) != meta.variant:
+        log(f"warning: --variant {check_variant(variant)} overrides the metadata of {known.path} "
+            f"(TinyViM-{meta.variant.upper()}): the backends time different models")
     variant = check_variant(variant or (meta.variant if meta else "s"))
     if img_size:
         size = parse_size(img_size) if not isinstance(img_size, tuple) else img_size
@@ -241,6 +276,16 @@ def run_profile(backends, *, models: Sequence[str] = (), variant: str | None = N
         if info.fixed_size and info.fixed_size != size:
             raise TinyvimError(f"--img-size {format_size(size)} does not match {info.path} "
                                f"({format_size(info.fixed_size)})")
+    for b in batches:
+        check_workload(b, size)
+    checkpoint, warnings = resolve_checkpoint(meta, checkpoint, required=False)
+    for w in warnings:
+        log(f"warning: {w}")
+    init_seed = meta.init_seed if meta else 0
+    ema = ema or bool(meta and meta.ema and checkpoint)
+    note = random_weights_note(checkpoint, init_seed, who="the model")
+    if note:
+        log(note)
     threads = threads or default_threads()
     options = dict(options or {})
 
@@ -253,27 +298,28 @@ def run_profile(backends, *, models: Sequence[str] = (), variant: str | None = N
                     raise TinyvimError(f"--backend {backend.name} needs --model "
                                        f"{' or '.join(k.upper() for k in backend.model_kinds)}{backend_hint(backend)}")
                 info = by_kind["onnx"] = _export_for_profile(Path(tmp) / "tinyvim.onnx", variant, checkpoint, ema,
-                                                             size, log)
+                                                             size, init_seed, allow_nonfinite, log)
             files[backend.name] = info
         request = functools.partial(RunnerRequest, "profile", variant=variant, checkpoint=checkpoint, ema=ema,
                                     backbone=bool(known and known.backbone),
-                                    init_seed=meta.init_seed if meta else 0, threads=threads, options=options,
-                                    log=log)
+                                    init_seed=init_seed, allow_nonfinite=allow_nonfinite, threads=threads,
+                                    options=options, log=log)
         factories = {b.name: functools.partial(b.runner, request(model=files[b.name])) for b in selected}
 
         def batch_ok(name: str, b: int) -> str | None:
             info = files.get(name)
             return info.batch_problem(b) if info else None
 
+        skipped = {batch_ok(name, b) for name in factories for b in batches}
+        if None not in skipped:      # said before any runner is built, not after
+            raise TinyvimError("nothing would be measured: every backend/batch combination is skipped "
+                               f"({'; '.join(sorted(skipped))}): choose a batch the model takes")
         env = environment(threads)
         log(f"profiling TinyViM-{variant.upper()} {format_size(size)} on {', '.join(factories)}, batch "
             f"{', '.join(map(str, batches))}, {threads} thread(s)")
         entries = profile_backends(factories, list(batches), size, warmup=warmup,
                                    iters=None if duration else iters, duration=duration, seed=seed, log=log,
                                    batch_ok=batch_ok)
-    if not any("latency_ms" in e for e in entries):
-        raise TinyvimError("nothing was measured: every backend/batch combination was skipped "
-                           f"({'; '.join(sorted({e['skipped'] for e in entries}))})")
     return {"schema_version": SCHEMA_VERSION, "variant": variant, "img_size": list(size), "checkpoint": checkpoint,
             "environment": env, "settings": {"warmup": warmup, "iters": None if duration else iters,
                                              "duration_s": duration, "threads": threads, "seed": seed,

@@ -37,6 +37,7 @@ class RunnerRequest:
     ema: bool = False
     backbone: bool = False
     init_seed: int = 0
+    allow_nonfinite: bool = False          # load a checkpoint with NaN/Inf weights (torch)
     threads: int | None = None
     options: dict[str, Any] = field(default_factory=dict)
     log: Callable[[str], None] = print
@@ -143,7 +144,8 @@ def _torch_factory(name: str) -> Callable[[RunnerRequest], BaseRunner]:
     def make(req: RunnerRequest) -> BaseRunner:
         from tinyvim.engines.torch_runner import TorchRunner
         return TorchRunner.for_backend(name, req.variant, checkpoint=req.checkpoint, ema=req.ema,
-                                       backbone=req.backbone, seed=req.init_seed, threads=req.threads)
+                                       backbone=req.backbone, seed=req.init_seed, threads=req.threads,
+                                       allow_nonfinite=req.allow_nonfinite)
     return make
 
 

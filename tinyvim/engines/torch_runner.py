@@ -17,7 +17,8 @@ TORCH_BACKENDS = {"torch": (False, "sequential"), "torch-fused": (True, "auto")}
 
 
 def tinyvim_loader(variant: str, *, checkpoint: str | None = None, ema: bool = False,
-                   backbone: bool = False, seed: int = 0, fused: bool = False) -> Callable:
+                   backbone: bool = False, seed: int = 0, fused: bool = False,
+                   allow_nonfinite: bool = False) -> Callable:
     """A zero-argument callable building the TinyViM model (lazy, so that a runner can be
     described before the model package is imported or the weights are read)."""
 
@@ -28,7 +29,8 @@ def tinyvim_loader(variant: str, *, checkpoint: str | None = None, ema: bool = F
         except (ImportError, AttributeError) as exc:
             raise TinyvimError(f"the TinyViM model is not available in this installation "
                                f"(tinyvim.create_model: {exc})") from exc
-        model = create_model(variant, checkpoint=checkpoint, backbone=backbone, ema=ema, seed=seed)
+        model = create_model(variant, checkpoint=checkpoint, backbone=backbone, ema=ema, seed=seed,
+                             allow_nonfinite=allow_nonfinite)
         if fused:
             model = tinyvim.reparameterize(model)
         return model.eval()
@@ -56,13 +58,13 @@ class TorchRunner(BaseRunner):
 
     @classmethod
     def for_backend(cls, backend: str, variant: str, *, checkpoint=None, ema=False, backbone=False,
-                    seed=0, threads=None) -> "TorchRunner":
+                    seed=0, threads=None, allow_nonfinite=False) -> "TorchRunner":
         """`torch` (reference) or `torch-fused` runner for a TinyViM variant."""
         if backend not in TORCH_BACKENDS:
             raise TinyvimError(f"unknown torch backend {backend!r}; choose {', '.join(TORCH_BACKENDS)}")
         fused, scan = TORCH_BACKENDS[backend]
         loader = tinyvim_loader(variant, checkpoint=checkpoint, ema=ema, backbone=backbone,
-                                seed=seed, fused=fused)
+                                seed=seed, fused=fused, allow_nonfinite=allow_nonfinite)
         return cls(loader, scan=scan, threads=threads, output_names=contract.output_names(backbone),
                    name=backend)
 

@@ -33,17 +33,19 @@ The tolerance's precision is the looser of the model's and the backend's compute
 """
 from __future__ import annotations
 
+import contextlib
 import os
 import time
 from dataclasses import asdict, dataclass
-from typing import Callable
+from typing import Callable, Iterable
 
 import numpy as np
 
-from tinyvim.contract import check_batch, check_variant, parse_size
+from tinyvim.contract import (INPUT_NAME, ExportMetadata, check_batch, check_count, check_positive_float, check_seed,
+                              check_threads, check_variant, check_workload, format_size, parse_size)
 from tinyvim.engines.base import BaseRunner
-from tinyvim.engines.compare import DEFAULT_TOLERANCES, Comparison, Tolerance, compare_outputs, tolerance_for
-from tinyvim.engines.inputs import DEFAULT_CROP_PCT, image_batches, random_batches
+from tinyvim.engines.compare import DEFAULT_TOLERANCES, Comparison, ComparisonAccumulator, Tolerance, tolerance_for
+from tinyvim.engines.inputs import DEFAULT_CROP_PCT, iter_image_batches, iter_random_batches, list_images
 from tinyvim.engines.model_info import ModelInfo, read_model_info
 from tinyvim.engines.registry import RunnerRequest, default_backend_for, get_backend
 from tinyvim.errors import TinyvimError
@@ -104,31 +106,65 @@ def resolve_reference(info: ModelInfo, *, variant: str | None = None, checkpoint
     else:
         batch = info.fixed_batch or (info.batch_range[0] if info.batch_range else 1)
 
-    recorded_ckpt = (meta.checkpoint if meta else "") or None
+    check_workload(batch, size)
+    checkpoint, ckpt_warnings = resolve_checkpoint(meta, checkpoint, required=True)
+    warnings += ckpt_warnings
+
+    if ema is not None and meta is not None and meta.checkpoint and ema != meta.ema:
+        warnings.append(f"--{'' if ema else 'no-'}ema overrides the model's metadata (ema={str(meta.ema).lower()}): "
+                        "expect a failed comparison unless the metadata is wrong")
+    ema = ema if ema is not None else bool(meta and meta.ema)
+    if init_seed is not None:
+        check_seed(init_seed, "--init-seed")
+        if meta is not None and checkpoint is None and init_seed != meta.init_seed:
+            warnings.append(f"--init-seed {init_seed} overrides the model's metadata (init_seed {meta.init_seed}): "
+                            "expect a failed comparison unless the metadata is wrong")
+    init_seed = init_seed if init_seed is not None else (meta.init_seed if meta else 0)
+    return ReferenceConfig(variant, checkpoint, ema, backbone, size, init_seed, batch), warnings
+
+
+def resolve_checkpoint(meta: ExportMetadata | None, checkpoint: str | None, *,
+                       required: bool) -> tuple[str | None, list[str]]:
+    """The checkpoint to rebuild a model from: `checkpoint` when given, else the one the
+    metadata names. Its sha256 is compared with the metadata's; a mismatch is a warning.
+    required=True (validate): a recorded checkpoint that cannot be found is an error;
+    False (profile): a warning, and random weights. Returns (checkpoint or None, warnings)."""
+    warnings: list[str] = []
+    recorded = (meta.checkpoint if meta else "") or None
     recorded_sha = meta.checkpoint_sha256 if meta else ""
-    if checkpoint is None and recorded_ckpt:
-        if not os.path.isfile(recorded_ckpt):
-            raise TinyvimError(f"the model was exported from checkpoint {recorded_ckpt}, which is not found "
-                               "here: pass it with --checkpoint")
-        checkpoint = recorded_ckpt
+    if checkpoint is None and recorded:
+        if os.path.isfile(recorded):
+            checkpoint = recorded
+        elif required:
+            raise TinyvimError(f"the model was exported from checkpoint {recorded}, which is not found here: "
+                               "pass it with --checkpoint")
+        else:
+            warnings.append(f"the model was exported from checkpoint {recorded}, which is not found here: "
+                            "using random weights (pass --checkpoint)")
     if checkpoint is not None:
         if not os.path.isfile(checkpoint):
-            raise TinyvimError(f"--checkpoint {checkpoint}: no such file")
+            raise TinyvimError(f"--checkpoint {checkpoint}: no such file (or not a regular file)")
         if recorded_sha and file_sha256(checkpoint) != recorded_sha:
             warnings.append(f"checkpoint {checkpoint} differs from the one the model was exported from "
                             f"(sha256 {recorded_sha[:12]}...): expect a mismatch")
         if meta is not None and not recorded_sha:
             warnings.append("the model was exported with random weights, but --checkpoint was given")
-    elif recorded_sha:
+    elif recorded_sha and required:
         raise TinyvimError("the model was exported from a checkpoint: pass it with --checkpoint")
-
-    ema = ema if ema is not None else bool(meta and meta.ema)
-    init_seed = init_seed if init_seed is not None else (meta.init_seed if meta else 0)
-    return ReferenceConfig(variant, checkpoint, ema, backbone, size, init_seed, batch), warnings
+    return checkpoint, warnings
 
 
-def run_all(runner: BaseRunner, batches: list[np.ndarray], input_name: str = "images") -> tuple[dict, float]:
-    """Run every batch through an activated-on-demand runner; outputs concatenated on axis 0."""
+def random_weights_note(checkpoint: str | None, seed: int, who: str = "the reference") -> str | None:
+    """The line every command prints when it computes with random weights (None otherwise)."""
+    if checkpoint is not None:
+        return None
+    return (f"note: no checkpoint: {who} uses randomly initialised weights (seed {seed}); "
+            "outputs are meaningless, numerics and speed are real")
+
+
+def run_all(runner: BaseRunner, batches: Iterable[np.ndarray], input_name: str = INPUT_NAME) -> tuple[dict, float]:
+    """Run every batch through an activated-on-demand runner; outputs concatenated on axis 0
+    (memory grows with the batches: validation streams through `validate_runner` instead)."""
     collected: dict[str, list[np.ndarray]] = {}
     start = time.perf_counter()
     with runner:
@@ -149,15 +185,33 @@ class ValidationResult:
         return self.comparison.passed
 
 
-def validate_runner(target: BaseRunner, reference: BaseRunner, batches: list[np.ndarray],
+def validate_runner(target: BaseRunner, reference: BaseRunner, batches: Iterable[np.ndarray],
                     tolerance: Tolerance) -> ValidationResult:
-    """Compare `target` with `reference` on the same batches (B, 3, H, W)."""
-    if not batches:
+    """Compare `target` with `reference` on the same batches (B, 3, H, W), one batch at a time:
+    both runners are active together, each batch goes through both and into a streaming
+    comparison, and is then dropped - memory does not grow with the number of batches
+    (`batches` may be a generator). Runners already active stay active (the caller's)."""
+    accumulator = ComparisonAccumulator(tolerance)
+    seconds = {"reference": 0.0, "backend": 0.0}
+    count = 0
+    with contextlib.ExitStack() as stack:
+        for key, runner in (("backend", target), ("reference", reference)):
+            if not runner.is_active:
+                start = time.perf_counter()
+                stack.enter_context(runner)
+                seconds[key] += time.perf_counter() - start
+        for batch in batches:
+            start = time.perf_counter()
+            out = target.infer({INPUT_NAME: batch})
+            mid = time.perf_counter()
+            ref = reference.infer({INPUT_NAME: batch})
+            seconds["backend"] += mid - start
+            seconds["reference"] += time.perf_counter() - mid
+            accumulator.update(ref, out)
+            count += 1
+    if not count:
         raise TinyvimError("no inputs to validate with")
-    out, t_target = run_all(target, batches)
-    ref, t_ref = run_all(reference, batches)
-    comparison = compare_outputs(ref, out, tolerance)
-    return ValidationResult(comparison, {"reference": round(t_ref, 3), "backend": round(t_target, 3)})
+    return ValidationResult(accumulator.result(), {k: round(v, 3) for k, v in seconds.items()})
 
 
 def make_report(result: ValidationResult, *, info: ModelInfo, config: ReferenceConfig, backend: str,
@@ -217,30 +271,46 @@ def validate_model(model: str | os.PathLike, *, backend: str | None = None, opti
                    ema: bool | None = None, backbone: bool | None = None, img_size: str | None = None,
                    init_seed: int | None = None, batch: int | None = None, num_inputs: int = 4, seed: int = 0,
                    images: str | os.PathLike | None = None, crop_pct: float = DEFAULT_CROP_PCT,
-                   atol: float | None = None, rtol: float | None = None, per_block: bool = False,
-                   log: Callable[[str], None] = print) -> dict:
+                   atol: float | None = None, rtol: float | None = None, allow_nonfinite: bool = False,
+                   per_block: bool = False, log: Callable[[str], None] = print) -> dict:
     """`tinyvim validate`: run `model` on `backend` (by default the one for its file kind) and
-    the PyTorch reference on the same inputs; returns the report (module docstring).
+    the PyTorch reference on the same inputs, batch by batch; returns the report (module
+    docstring). Every argument is checked before any model is built (one-line TinyvimError).
     per_block: also compare every stage's and block's output on the first batch
     (tinyvim.engines.per_block; the report gains a "per_block" section)."""
     from tinyvim.engines.profile import default_threads
 
+    check_threads(threads)
+    check_count(num_inputs, "--num-inputs")
+    check_seed(seed)
+    check_positive_float(crop_pct, "--crop-pct", 1.0)
+    try:
+        for name, value in (("atol", atol), ("rtol", rtol)):
+            if value is not None:
+                Tolerance(**{"atol": 0.0, "rtol": 0.0, name: value})   # finite and >= 0, before any work
+    except ValueError as exc:
+        raise TinyvimError(str(exc)) from None
     info = read_model_info(model)
     target_backend = get_backend(backend) if backend else default_backend_for(info)
     target_backend.check_model(info)
-    if num_inputs < 1:
-        raise TinyvimError(f"--num-inputs must be >= 1, got {num_inputs}")
     config, warnings = resolve_reference(info, variant=variant, checkpoint=checkpoint, ema=ema, backbone=backbone,
                                          img_size=img_size, init_seed=init_seed, batch=batch)
     for w in warnings:
         log(f"warning: {w}")
+    note = random_weights_note(config.checkpoint, config.init_seed)
+    if note:
+        log(note)
 
     if images:
-        batches, names = image_batches(images, config.batch, config.img_size, limit=None, crop_pct=crop_pct)
-        inputs = {"source": "images", "num_batches": len(batches), "batch": config.batch, "seed": None,
-                  "images": names}
+        files = list_images(images, config.batch)
+
+        def make_batches():
+            return iter_image_batches(files, config.batch, config.img_size, crop_pct)
+        inputs = {"source": "images", "num_batches": -(-len(files) // config.batch), "batch": config.batch,
+                  "seed": None, "images": [p.name for p in files]}
     else:
-        batches = random_batches(num_inputs, config.batch, config.img_size, seed)
+        def make_batches():
+            return iter_random_batches(num_inputs, config.batch, config.img_size, seed)
         inputs = {"source": "random", "num_batches": num_inputs, "batch": config.batch, "seed": seed, "images": None}
 
     threads = threads or default_threads()
@@ -255,16 +325,16 @@ def validate_model(model: str | os.PathLike, *, backend: str | None = None, opti
         raise TinyvimError(str(exc)) from None
     reference = get_backend("torch").runner(RunnerRequest(
         "reference", variant=config.variant, checkpoint=config.checkpoint, ema=config.ema, backbone=config.backbone,
-        init_seed=config.init_seed, threads=threads, log=log))
+        init_seed=config.init_seed, threads=threads, allow_nonfinite=allow_nonfinite, log=log))
     log(f"validating {info.path} ({target_backend.name}) against TinyViM-{config.variant.upper()} "
-        f"{config.img_size[0]}x{config.img_size[1]} on {inputs['num_batches']} batch(es) of {config.batch}...")
-    result = validate_runner(target, reference, batches, tolerance)
+        f"{format_size(config.img_size)} on {inputs['num_batches']} batch(es) of {config.batch}...")
+    result = validate_runner(target, reference, make_batches(), tolerance)
     report = make_report(result, info=info, config=config, backend=target_backend.name,
                          providers=getattr(target, "providers", None), inputs=inputs, precision=precision,
                          warnings=warnings, options=options)
     if per_block:
         from tinyvim.engines.per_block import run_per_block
-        report["per_block"] = run_per_block(info, config, backend=target_backend, batch=batches[0],
+        report["per_block"] = run_per_block(info, config, backend=target_backend, batch=next(iter(make_batches())),
                                             tolerance=tolerance, precision=precision, threads=threads,
                                             options=options, log=log)
     return report

@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
+import numpy as np
 import onnx
 import onnxscript.optimizer
 import torch
@@ -20,11 +21,11 @@ from torch import nn
 from tinyvim import __version__
 from tinyvim.contract import (DEFAULT_OPSET, EXPORT_PRECISIONS, INPUT_MULTIPLE, INPUT_NAME, MAX_BATCH, MAX_IMAGE_SIDE,
                               MIN_OPSET, SCAN_FLAVOURS, SCAN_PLUGIN, ExportMetadata, check_batch, check_input_size,
-                              check_variant, output_names)
+                              check_seed, check_variant, check_workload, output_names)
 from tinyvim.errors import TinyvimError
 from tinyvim.model import create_model, file_sha256, reparameterize
 from tinyvim.ops import scan_implementation
-from tinyvim.utils import atomic_output
+from tinyvim.utils import atomic_output, check_output_path
 
 
 @dataclass
@@ -78,15 +79,39 @@ def op_counts(model: onnx.ModelProto) -> dict[str, int]:
     return dict(c.most_common())
 
 
-def _check_args(scan, precision, img_size, batch, opset):
+def newest_opset() -> int:
+    """The newest opset an export can target: torch's exporter builds at its own opset and the
+    onnxscript version converter lifts the graph from there, so the limit is the smaller of
+    what that converter reaches and what the installed onnx (checker, shape inference) knows.
+    Above it the converter silently leaves old ops behind and the checker fails after tracing."""
+    try:
+        from onnxscript.version_converter._version_converter import SUPPORTED_MAX_ONNX_OPSET as converter_max
+    except ImportError:        # a converter that does not say: only the opset we test
+        converter_max = DEFAULT_OPSET
+    return min(onnx.defs.onnx_opset_version(), int(converter_max))
+
+
+def check_export_args(*, scan: str, precision: str, img_size: tuple[int, int], batch: int, opset: int | None,
+                      seed: int = 0) -> int:
+    """Every export argument, before anything is built; returns the opset to use. The opset
+    must lie between MIN_OPSET and the newest the installed onnx knows (its checker and shape
+    inference refuse anything newer - after minutes of tracing)."""
     if scan not in SCAN_FLAVOURS:
         raise TinyvimError(f"unknown --scan {scan!r}: choose portable (standard ONNX ops) or plugin (TensorRT)")
     if precision not in EXPORT_PRECISIONS:
         raise TinyvimError(f"unknown --precision {precision!r}: choose {' or '.join(EXPORT_PRECISIONS)}")
     check_input_size(*img_size)
     check_batch(batch)
-    if opset < MIN_OPSET:
+    check_workload(batch, img_size)
+    check_seed(seed)
+    opset = DEFAULT_OPSET if opset is None else opset
+    newest = newest_opset()
+    if isinstance(opset, bool) or not isinstance(opset, int) or opset < MIN_OPSET:
         raise TinyvimError(f"--opset {opset} is too old: TinyViM needs opset {MIN_OPSET} or newer")
+    if opset > newest:
+        raise TinyvimError(f"--opset {opset} is newer than this installation exports (onnx {onnx.__version__} and "
+                           f"its exporter reach opset {newest}): use --opset {MIN_OPSET}..{newest}")
+    return opset
 
 
 #: example size traced for a dynamic-size export: H != W so that the tracer keeps them apart
@@ -169,7 +194,7 @@ def export_onnx(output: str | os.PathLike, *, variant: str = "s", checkpoint: st
                 ema: bool = False, backbone: bool = False, img_size: tuple[int, int] = (224, 224), batch: int = 1,
                 dynamic_batch: bool = False, scan: str = "portable", opset: int | None = None,
                 precision: str = "fp32", seed: int = 0, model: nn.Module | None = None, cleanup: bool = True,
-                lowering: str = "parallel", dynamic_size: bool = False,
+                lowering: str = "parallel", dynamic_size: bool = False, allow_nonfinite: bool = False,
                 log: Callable[[str], None] | None = None) -> ExportResult:
     """Export the re-parameterized TinyViM to `output` (written atomically).
 
@@ -180,11 +205,12 @@ def export_onnx(output: str | os.PathLike, *, variant: str = "s", checkpoint: st
     position; bench/onnx_cpu.py compares them). `dynamic_size`: H and W symbolic (any multiples
     of 32 up to MAX_IMAGE_SIDE from one file); the portable scan is then traced with the
     "dynamic" lowering (orders from the runtime shape, tinyvim.ops.scan.scan_dynamic) and
-    img_size is not used. Returns an ExportResult with the node census."""
-    opset = opset or DEFAULT_OPSET
+    img_size is not used. Every argument and the output path are checked before the model is
+    built. Returns an ExportResult with the node census."""
     img_size = tuple(img_size)
     variant = check_variant(variant)
-    _check_args(scan, precision, img_size, batch, opset)
+    opset = check_export_args(scan=scan, precision=precision, img_size=img_size, batch=batch, opset=opset, seed=seed)
+    check_output_path(output)
     if dynamic_size:
         if scan == "portable" and lowering not in ("parallel", "dynamic"):
             raise TinyvimError(f"the {lowering!r} scan lowering needs a fixed input size: drop --dynamic-size")
@@ -192,7 +218,8 @@ def export_onnx(output: str | os.PathLike, *, variant: str = "s", checkpoint: st
     log = log or (lambda msg: None)
     start = time.perf_counter()
     if model is None:
-        model = create_model(variant, checkpoint=checkpoint, backbone=backbone, ema=ema, seed=seed)
+        model = create_model(variant, checkpoint=checkpoint, backbone=backbone, ema=ema, seed=seed,
+                             allow_nonfinite=allow_nonfinite)
     deploy = reparameterize(model)
     if precision == "fp16":
         deploy = _FP16Wrapper(deploy)
@@ -208,6 +235,7 @@ def export_onnx(output: str | os.PathLike, *, variant: str = "s", checkpoint: st
     if cleanup:
         log(f"cleaning up the graph ({len(proto.graph.node)} nodes)")
         proto = cleanup_graph(proto)
+    uniform_constants_to_fills(proto)
     proto = onnx.shape_inference.infer_shapes(proto, strict_mode=False)
     metadata = build_metadata(variant=variant, backbone=backbone, ema=ema, checkpoint=checkpoint, seed=seed,
                               img_size=img_size, batch=batch, dynamic_batch=dynamic_batch, scan=scan,
@@ -224,6 +252,49 @@ def export_onnx(output: str | os.PathLike, *, variant: str = "s", checkpoint: st
     return ExportResult(path=path, metadata=metadata, num_nodes=len(proto.graph.node), op_counts=op_counts(proto),
                         seconds=time.perf_counter() - start, size_bytes=path.stat().st_size,
                         input_names=[i.name for i in proto.graph.input], output_names=names)
+
+
+#: uniform constants at least this large are computed at load time instead of stored
+UNIFORM_FILL_MIN_ELEMENTS = 256
+
+
+def uniform_constants_to_fills(model: onnx.ModelProto, min_elements: int = UNIFORM_FILL_MIN_ELEMENTS) -> int:
+    """Replace each large initializer whose elements are all equal and which only feeds Concat
+    nodes by a ConstantOfShape node; returns how many were replaced.
+
+    Under a static batch the exporter folds the parallel scan's identity padding (ones and
+    zeros of shape (B, 4, 1, N, D), tinyvim.ops.scan._odd_even_scan) into initializers, so the
+    file grew with the batch (486 MiB at batch 5000 vs 21.7 MiB at batch 1). As a fill the
+    padding costs a few bytes whatever the batch; runtimes fold it back in memory at load.
+    Weights are never touched: only inputs of Concat qualify."""
+    consumers: dict[str, set[str]] = {}
+    for node in model.graph.node:
+        for name in node.input:
+            consumers.setdefault(name, set()).add(node.op_type)
+    graph_outputs = {o.name for o in model.graph.output}
+    keep, fills = [], []
+    for init in model.graph.initializer:
+        count = int(np.prod(init.dims)) if init.dims else 1
+        if (count < min_elements or consumers.get(init.name) != {"Concat"} or init.name in graph_outputs
+                or init.data_location == onnx.TensorProto.EXTERNAL):
+            keep.append(init)
+            continue
+        values = onnx.numpy_helper.to_array(init)
+        first = values.reshape(-1)[:1]
+        if not (values == first).all():      # NaN never equals itself: such constants stay
+            keep.append(init)
+            continue
+        shape_name = f"{init.name}__shape"
+        fills.append((onnx.numpy_helper.from_array(np.asarray(values.shape, np.int64), shape_name),
+                      onnx.helper.make_node("ConstantOfShape", [shape_name], [init.name], name=f"{init.name}__fill",
+                                            value=onnx.numpy_helper.from_array(first.astype(values.dtype)))))
+    if fills:
+        del model.graph.initializer[:]
+        model.graph.initializer.extend(keep + [shape for shape, _ in fills])
+        nodes = [fill for _, fill in fills] + list(model.graph.node)   # fills first: topological order
+        del model.graph.node[:]
+        model.graph.node.extend(nodes)
+    return len(fills)
 
 
 def _verify(proto: onnx.ModelProto, scan: str, names: list[str]) -> None:

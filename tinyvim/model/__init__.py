@@ -6,24 +6,31 @@ import os
 import torch
 from torch import nn
 
-from tinyvim.model.checkpoint import backbone_state, file_sha256, infer_variant, load_into, read_checkpoint
+from tinyvim.errors import TinyvimError
+from tinyvim.model.checkpoint import (MAX_CLASSES, backbone_state, file_sha256, infer_variant, load_into,
+                                      read_checkpoint)
 from tinyvim.contract import IMAGENET_MEAN, IMAGENET_STD, INPUT_MULTIPLE, check_input_size
 from tinyvim.model.tinyvim import VARIANTS, DeployTinyViM, TinyViM, variant_config
 
 
 def create_model(variant: str = "s", *, checkpoint: str | os.PathLike | None = None, backbone: bool = False,
-                 ema: bool = False, seed: int = 0, num_classes: int = 1000) -> TinyViM:
+                 ema: bool = False, seed: int = 0, num_classes: int = 1000, allow_nonfinite: bool = False) -> TinyViM:
     """An eval-mode TinyViM (unfused, float32).
 
     checkpoint: an official-format file (bare state dict, {'model'}, {'state_dict'},
     {'model_ema'} with ema=True); None gives deterministic random weights from `seed`.
     backbone: the detection/segmentation trunk with four outputs through norm0/2/4/6.
+    allow_nonfinite: load a checkpoint whose weights hold NaN/Inf (refused by default).
     """
     cfg = variant_config(variant)
-    state = read_checkpoint(checkpoint, ema=ema) if checkpoint is not None else None
+    state = read_checkpoint(checkpoint, ema=ema, allow_nonfinite=allow_nonfinite) if checkpoint is not None else None
     distillation = True if state is None else any(k.startswith("dist_head.") for k in state)
     if state is not None and not backbone and "head.weight" in state:
-        num_classes = state["head.weight"].shape[0]
+        head = state["head.weight"]
+        if head.dim() != 2 or not 1 <= head.shape[0] <= MAX_CLASSES:
+            raise TinyvimError(f"checkpoint {checkpoint}: head.weight has shape {tuple(head.shape)}, not "
+                               f"(classes, features) with 1..{MAX_CLASSES} classes: not a TinyViM classifier")
+        num_classes = head.shape[0]
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         model = TinyViM(cfg.name, num_classes=num_classes, distillation=distillation, fork_feat=backbone)
