@@ -1,9 +1,12 @@
 """Options and helpers shared by several commands (the CLI only parses and prints)."""
 from __future__ import annotations
 
+import functools
+
 import click
 
 from tinyvim.contract import VARIANTS, parse_size
+from tinyvim.errors import TinyvimError
 
 #: how every command spells and documents an image size (contract.parse_size reads it)
 SIZE_METAVAR = "N|HxW"
@@ -36,3 +39,41 @@ def announce_weights(checkpoint, seed: int = 0, who: str = "the model") -> None:
     if checkpoint is None:
         click.secho(f"note: no --checkpoint given: {who} uses randomly initialised weights (seed {seed}); "
                     "outputs are meaningless, numerics and speed are real", fg="yellow", err=True)
+
+
+class _ExpectedFailure(click.ClickException):
+    """One line 'error: <message>' on stderr (as tinyvim.cli prints it), no traceback, and
+    the TinyvimError's exit code - also when a command runs outside the `tinyvim` group."""
+
+    def __init__(self, message: str, exit_code: int):
+        super().__init__(message)
+        self.exit_code = exit_code
+
+    def show(self, file=None) -> None:
+        click.secho(f"error: {self.format_message()}", fg="red", err=True)
+
+
+def one_line_errors(fn):
+    """TinyvimError -> one `error:` line and its exit code, also outside the `tinyvim` group."""
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        try:
+            return fn(*args, **kwargs)
+        except TinyvimError as exc:
+            raise _ExpectedFailure(str(exc), exc.exit_code) from None
+    return wrapper
+
+
+def echo_err(message: str) -> None:
+    click.echo(message, err=True)
+
+
+def int_list(text: str, what: str) -> list[int]:
+    """'1,8,32' -> [1, 8, 32], each >= 1; one-line error otherwise."""
+    try:
+        values = [int(v) for v in text.replace(" ", "").split(",") if v]
+    except ValueError:
+        raise TinyvimError(f"{what} must be a comma-separated list of integers, got {text!r}") from None
+    if not values or min(values) < 1:
+        raise TinyvimError(f"{what} must list integers >= 1, got {text!r}")
+    return values

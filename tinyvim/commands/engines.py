@@ -5,51 +5,14 @@ validation that runs but is out of tolerance exits 1.
 """
 from __future__ import annotations
 
-import functools
-
 import click
 
-from tinyvim.commands.common import SIZE_HELP, SIZE_METAVAR, allow_nonfinite_option
+from tinyvim.commands.common import (SIZE_HELP, SIZE_METAVAR, allow_nonfinite_option, echo_err as _err,
+                                     int_list as _int_list, one_line_errors as _one_line_errors)
 from tinyvim.contract import VARIANTS
 from tinyvim.engines.registry import all_options, backend_names, get_backend
 from tinyvim.errors import TinyvimError
 from tinyvim.utils import atomic_write_json, check_output_paths
-
-
-class _ExpectedFailure(click.ClickException):
-    """One line 'error: <message>' on stderr (as tinyvim.cli prints it), no traceback, and
-    the TinyvimError's exit code - also when a command runs outside the `tinyvim` group."""
-
-    def __init__(self, message: str, exit_code: int):
-        super().__init__(message)
-        self.exit_code = exit_code
-
-    def show(self, file=None) -> None:
-        click.secho(f"error: {self.format_message()}", fg="red", err=True)
-
-
-def _one_line_errors(fn):
-    @functools.wraps(fn)
-    def wrapper(*args, **kwargs):
-        try:
-            return fn(*args, **kwargs)
-        except TinyvimError as exc:
-            raise _ExpectedFailure(str(exc), exc.exit_code) from None
-    return wrapper
-
-
-def _err(message: str) -> None:
-    click.echo(message, err=True)
-
-
-def _int_list(text: str, what: str) -> list[int]:
-    try:
-        values = [int(v) for v in text.replace(" ", "").split(",") if v]
-    except ValueError:
-        raise TinyvimError(f"{what} must be a comma-separated list of integers, got {text!r}") from None
-    if not values or min(values) < 1:
-        raise TinyvimError(f"{what} must list integers >= 1, got {text!r}")
-    return values
 
 
 def _backend_options(fn):

@@ -8,7 +8,8 @@ from pathlib import Path
 
 import click
 
-from tinyvim.commands.engines import _err, _int_list, _one_line_errors, _write_json
+from tinyvim.commands.common import echo_err as _err, int_list as _int_list, one_line_errors as _one_line_errors
+from tinyvim.utils import atomic_write_json, check_output_paths
 from tinyvim.contract import TRITON_BACKENDS, TRITON_MODEL_NAME, TRITON_PORTS, TRITON_PYTHON_RUNTIMES
 from tinyvim.errors import TinyvimError
 from tinyvim.serve.repository import TritonSettings
@@ -115,7 +116,7 @@ def export_triton(*, output, json_path, batch, dynamic_batch, triton: dict, expo
         click.echo(f"  note     {note}")
     click.echo(f"  serve    tinyvim serve {result.repo}")
     if json_path:
-        _write_json(json_path, {
+        atomic_write_json(json_path, {
             "repository": str(result.repo), "model_dir": str(result.model_dir),
             "files": [str(f) for f in result.files], "config": result.config_path.read_text(),
             "settings": {k: (list(v) if isinstance(v, tuple) else v) for k, v in vars(s).items()},
@@ -221,6 +222,9 @@ def serve_bench(http_url, grpc_url, repo, model_name, protocol_text, concurrency
 
     protocols = [p.strip().lower() for p in protocol_text.split(",") if p.strip()]
     concurrencies = _int_list(concurrency_text, "--concurrency")
+    check_output_paths({"--json": json_path, "--plot": plot_path}, inputs={"--compare-onnx": compare_onnx})
+    if plot_path:
+        prof.check_plot_output(plot_path)
     server = None
     if repo:
         server = TritonServer(repo, install=find_triton(server_path), ports={"http": 0, "grpc": 0, "metrics": 0})
@@ -243,7 +247,7 @@ def serve_bench(http_url, grpc_url, repo, model_name, protocol_text, concurrency
                        + ", ".join(f"{r:.2f}x at concurrency {c}" for c, r in ratios.items()))
     failed = sum(e["failed"] for e in document["results"])
     if json_path:
-        _write_json(json_path, document)
+        atomic_write_json(json_path, document)
     if plot_path:
         shape = document["input"]["shape"]
         prof.plot_latency([e for e in document["results"] if "latency_ms" in e], plot_path,

@@ -18,6 +18,7 @@ from typing import Callable
 
 import numpy as np
 
+from tinyvim.contract import check_batch, check_count, check_positive_float, check_seed, check_threads
 from tinyvim.engines.inputs import random_batches
 from tinyvim.engines.profile import latency_stats
 from tinyvim.errors import TinyvimError
@@ -389,6 +390,18 @@ def run_serve_bench(http_url: str, model: str, *, protocols=("http",), grpc_url:
     from tinyvim.engines.profile import default_threads, environment
 
     protocols = list(dict.fromkeys(protocols))
+    unknown = [p for p in protocols if p not in ("http", "grpc")]
+    if unknown or not protocols:
+        raise TinyvimError(f"--protocol {','.join(protocols) or '(none)'}: choose http, grpc or http,grpc")
+    # every number before any request: a NaN duration would never end, a huge one never report
+    check_positive_float(duration_s, "--duration", MAX_DURATION_S)
+    if warmup_s != 0:
+        check_positive_float(warmup_s, "--warmup", MAX_DURATION_S)
+    check_batch(batch)
+    check_threads(threads)
+    check_seed(seed)
+    for c in concurrencies:
+        check_count(c, "--concurrency", maximum=MAX_CONCURRENCY)
     if "grpc" in protocols and not grpc_url:
         raise TinyvimError("--protocol grpc needs --grpc-url host:port")
     if not 1 <= slices <= 100 or duration_s / slices < 0.2:
