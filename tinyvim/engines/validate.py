@@ -20,9 +20,11 @@ JSON report (`tinyvim validate --json PATH`), schema_version 1:
                  "seed": int | null, "images": [file name] | null},
       "tolerance": {"precision": "fp32" | "fp16" | "bf16", "atol": float, "rtol": float,
                     "min_cosine": float | null},
-      "outputs": [{"name": str, "shape": [int], "max_abs_err": float, "max_rel_err": float,
-                   "mean_abs_err": float, "cosine": float, "top1": float | null,
-                   "top5": float | null, "mismatches": int, "passed": bool, "reason": str}],
+      "outputs": [{"name": str, "shape": [int], "max_abs_err": float | null, "max_rel_err": float | null,
+                   "mean_abs_err": float | null, "cosine": float | null, "top1": float | null,
+                   "top5": float | null, "mismatches": int, "nonfinite_reference": int,
+                   "nonfinite_candidate": int, "passed": bool, "reason": str}],
+                                                # null: not computable (no finite data, shape mismatch)
       "warnings": [str],
       "seconds": {"reference": float, "backend": float},
       "per_block": {...}                        # only with per_block=True (`--per-block`):

@@ -30,6 +30,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from tinyvim.utils import atomic_write_text
+
 # d_inner per stage of each variant (SPEC: int(dim * alpha), alpha = 1/4, 1/2, 1/2, 3/4);
 # every scan runs on a 7x7 grid at 224, N = 8.
 D_INNER = {"s": (12, 32, 84, 168), "b": (12, 48, 96, 288), "l": (16, 64, 192, 384)}
@@ -51,11 +53,7 @@ class Report:
     def write(self) -> None:
         if not self.path:
             return
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=self.path.parent, suffix=".tmp")
-        with os.fdopen(fd, "w") as f:
-            json.dump(self.data, f, indent=2, default=str)
-        os.replace(tmp, self.path)
+        atomic_write_text(self.path, json.dumps(self.data, indent=2, default=str))
 
     def section(self, name: str, fn, *args, **kwargs):
         t0 = time.perf_counter()
