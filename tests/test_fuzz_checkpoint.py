@@ -17,7 +17,7 @@ from hypothesis import strategies as st
 import tinyvim
 from tinyvim.cli import cli
 from tinyvim.errors import TinyvimError
-from tinyvim.model.checkpoint import FLOAT_DTYPES, INT_DTYPES, read_checkpoint
+from tinyvim.model.checkpoint import INT_DTYPES, read_checkpoint
 
 
 def _assert_one_error(result, *expected: str) -> str:

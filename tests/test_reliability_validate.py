@@ -19,7 +19,7 @@ import tinyvim
 from conftest import SIZE
 from tinyvim.cli import cli
 from tinyvim.engines.model_info import read_onnx_info
-from tinyvim.engines.validate import resolve_checkpoint, resolve_reference, validate_model
+from tinyvim.engines.validate import resolve_checkpoint, resolve_reference
 from tinyvim.errors import TinyvimError
 from tinyvim.export import export_onnx
 from tinyvim.export.onnx_export import uniform_constants_to_fills

@@ -11,7 +11,6 @@ from tinyvim.commands.common import (SIZE_HELP, SIZE_METAVAR, allow_nonfinite_op
                                      int_list as _int_list, one_line_errors as _one_line_errors)
 from tinyvim.contract import VARIANTS
 from tinyvim.engines.registry import all_options, backend_names, get_backend
-from tinyvim.errors import TinyvimError
 from tinyvim.utils import atomic_write_json, check_output_paths
 
 
