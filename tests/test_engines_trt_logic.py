@@ -197,6 +197,30 @@ def test_build_engine_cli_without_tensorrt_exits_2_with_one_line(tmp_path):
     assert len(lines) == 1 and "TensorRT is not installed" in lines[0] and "pip install" in lines[0]
 
 
+def test_build_engine_checks_every_output_before_needing_tensorrt(tmp_path):
+    """A bad -o, sidecar or timing-cache path is refused before TensorRT is even imported
+    (here, where TensorRT is missing, that import would be the first error otherwise)."""
+    import onnx
+
+    from test_engines_runners import tiny_onnx, tiny_torch
+    from tinyvim.cli import cli        # the group: click's own usage errors are one line there too
+    path = tmp_path / "m.onnx"
+    onnx.save(tiny_onnx(tiny_torch(), batch=1), path)
+    (tmp_path / "folder.engine").mkdir()
+    (tmp_path / "m.engine.json").mkdir()          # the default engine's sidecar path is a folder
+    cases = [(["-o", str(tmp_path / "folder.engine")], "is a directory"),
+             (["-o", "/dev/full"], "not a regular file"),
+             (["-o", str(path)], "would overwrite the input given as MODEL"),
+             (["-o", str(tmp_path / "m.engine")], "sidecar"),
+             (["-o", str(tmp_path / "ok.engine"), "--timing-cache", str(tmp_path / "folder.engine")],
+              "--timing-cache")]
+    for args, says in cases:
+        result = CliRunner().invoke(cli, ["build-engine", str(path), *args])
+        lines = [ln for ln in result.output.splitlines() if ln.strip()]
+        assert result.exit_code == 2 and len(lines) == 1, (args, result.output)
+        assert says in lines[0] and "TensorRT" not in lines[0], (args, lines[0])
+
+
 @needs_trt
 def test_tensorrt_version_supported():
     """Where TensorRT is installed: import_tensorrt accepts it, and its version passes the check

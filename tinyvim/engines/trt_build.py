@@ -46,7 +46,7 @@ from tinyvim.engines.trt_common import (check_trt_version, default_plugin_path, 
                                         import_tensorrt, make_sidecar, polygraphy_messages, register_plugin_library,
                                         sha256_file, sidecar_path, trt_major)
 from tinyvim.errors import TinyvimError
-from tinyvim.utils import atomic_write_bytes
+from tinyvim.utils import atomic_write_bytes, check_output_paths
 
 if TYPE_CHECKING:   # annotations only; imported lazily where used
     import tensorrt as trt
@@ -334,12 +334,15 @@ def build_engine(onnx_path: str | os.PathLike, output: str | os.PathLike | None 
     info = read_onnx_info(onnx_path)          # one-line errors for missing / foreign files first
     profile = profile_shapes(info.input_shape, min_shape=min_shape, opt_shape=opt_shape, max_shape=max_shape,
                              min_batch=min_batch, opt_batch=opt_batch, max_batch=max_batch)
+    out = Path(output) if output is not None else default_engine_path(onnx_path, precision)
+    # every file this build writes, checked before minutes of building (and before TensorRT is needed)
+    check_output_paths({"-o": out, "sidecar": sidecar_path(out), "--timing-cache": timing_cache},
+                       inputs={"MODEL": onnx_path})
     trt = import_tensorrt()
     poly = import_polygraphy()
     from polygraphy.exception import PolygraphyException
     gpu = gpu_info()
     policy = precision_policy(precision, trt.__version__, info.precision, tf32=tf32)
-    out = Path(output) if output is not None else default_engine_path(onnx_path, precision)
 
     plugin_path = None
     if info.plugin_nodes or plugin is not None:
