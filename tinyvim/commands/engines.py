@@ -9,7 +9,7 @@ import click
 
 from tinyvim.commands.common import (SIZE_HELP, SIZE_METAVAR, allow_nonfinite_option, echo_err as _err,
                                      int_list as _int_list, one_line_errors as _one_line_errors)
-from tinyvim.contract import VARIANTS
+from tinyvim.contract import COMPUTE_PRECISIONS, VARIANTS
 from tinyvim.engines.registry import all_options, backend_names, get_backend
 from tinyvim.utils import atomic_write_json, check_output_paths
 
@@ -127,7 +127,7 @@ def profile(batch_text, json_path, plot_path, **kwargs):
 @click.argument("model", type=click.Path(dir_okay=False))
 @click.option("-o", "--output", type=click.Path(dir_okay=False), default=None,
               help="Engine path [default: MODEL.<precision>.engine].")
-@click.option("--precision", type=click.Choice(["fp32", "fp16", "bf16"]), default="fp32", show_default=True)
+@click.option("--precision", type=click.Choice(COMPUTE_PRECISIONS), default="fp32", show_default=True)
 @click.option("--min-shape", default=None, metavar="BxHxW",
               help="Smallest input of the profile, batch x height x width (e.g. 1x224x224); needed for an ONNX "
                    "with a dynamic image size [default: --opt-shape].")

@@ -7,7 +7,8 @@ import click
 from tinyvim.commands.common import (allow_nonfinite_option, announce_weights, backbone_option, checkpoint_option,
                                      ema_option, img_size_option, json_option, variant_option)
 from tinyvim.commands.serve import check_format_options, export_triton, triton_export_options
-from tinyvim.contract import DEFAULT_OPSET, EXPORT_PRECISIONS, MAX_BATCH, SCAN_FLAVOURS, format_size
+from tinyvim.contract import (DEFAULT_OPSET, EXPORT_PRECISIONS, INPUT_MULTIPLE, MAX_BATCH, MAX_IMAGE_SIDE,
+                              SCAN_FLAVOURS, format_size)
 from tinyvim.errors import TinyvimError
 from tinyvim.utils import atomic_write_json, check_output_paths
 
@@ -32,7 +33,8 @@ def default_output(variant: str, img_size, scan: str, precision: str, backbone: 
 @click.option("--batch", type=int, default=1, show_default=True, help=f"Static batch size (1..{MAX_BATCH}).")
 @click.option("--dynamic-batch", is_flag=True, help=f"Make the batch dimension dynamic (1..{MAX_BATCH}).")
 @click.option("--dynamic-size", is_flag=True,
-              help="Make H and W dynamic: any multiples of 32 up to 4096 from one file (--img-size is then unused).")
+              help=f"Make H and W dynamic: any multiples of {INPUT_MULTIPLE} up to {MAX_IMAGE_SIDE} from one file "
+                   "(--img-size is then unused).")
 @click.option("--scan", type=click.Choice(SCAN_FLAVOURS), default="portable", show_default=True,
               help="portable: standard ONNX ops only; plugin: one CrossSelectiveScan node per SS2D (TensorRT plugin).")
 @click.option("--opset", type=int, default=None,

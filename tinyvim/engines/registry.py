@@ -8,6 +8,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
+from tinyvim.contract import COMPUTE_PRECISIONS, EXPORT_PRECISIONS
 from tinyvim.engines.base import BaseRunner
 from tinyvim.engines.model_info import ModelInfo
 from tinyvim.errors import TinyvimError
@@ -167,7 +168,7 @@ register(Backend("torch", "PyTorch eager, unfused model + sequential scan (the o
 register(Backend("torch-fused", "PyTorch eager, re-parameterized model + parallel scan (our CUDA kernel on a GPU)",
                  _torch_factory("torch-fused"), devices=("cpu", "cuda")))
 register(Backend("ort", "ONNX Runtime on an ONNX export", _ort, model_kinds=("onnx",), default_for=("onnx",),
-                 devices=("cpu", "cuda"), precisions=("fp32", "fp16"), exports_onnx=True,
+                 devices=("cpu", "cuda"), precisions=EXPORT_PRECISIONS, exports_onnx=True,
                  options=(BackendOption("providers", "--providers",
                                         "ONNX Runtime providers, comma list (cpu, cuda, ...) [default: cpu]."),)))
 def _ov(req: RunnerRequest) -> BaseRunner:
@@ -179,7 +180,7 @@ def _ov(req: RunnerRequest) -> BaseRunner:
 
 register(Backend("trt", "TensorRT engine built by `tinyvim build-engine` (NVIDIA GPU)", _trt,
                  model_kinds=("engine",), default_for=("engine",), devices=("cuda",),
-                 precisions=("fp32", "fp16", "bf16"),
+                 precisions=COMPUTE_PRECISIONS,
                  missing_model_hint="build one with `tinyvim build-engine MODEL.onnx`",
                  options=(BackendOption("plugin", "--plugin", "Scan plugin library for TensorRT "
                                         "[default: the one the engine was built with].", path=True),

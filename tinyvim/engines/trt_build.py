@@ -40,7 +40,7 @@ import onnx
 
 from tinyvim import __version__
 from tinyvim.contract import COMPUTE_PRECISIONS as PRECISIONS
-from tinyvim.contract import INPUT_NAME, check_batch, check_input_size, format_size
+from tinyvim.contract import INPUT_NAME, SCAN_PLUGIN, check_batch, check_input_size, format_size
 from tinyvim.engines.model_info import read_onnx_info
 from tinyvim.engines.trt_common import (check_trt_version, default_plugin_path, gpu_info, import_polygraphy,
                                         import_tensorrt, make_sidecar, polygraphy_messages, register_plugin_library,
@@ -175,7 +175,7 @@ _PIN_KINDS = {"PLUGIN", "PLUGIN_V2", "PLUGIN_V3", "NORMALIZATION"}
 #: (relu + log1p(exp(-|x|))) and the decomposed LayerNorm (ReduceMean, Sqrt, Reciprocal) are
 #: found by op type, not by name. Only SS2D uses these ops (plus the head's one ReduceMean),
 #: so convolutions and GELUs - nearly all the time - still run in reduced precision.
-FP32_OP_TYPES = frozenset({"CrossSelectiveScan", "Softplus", "Exp", "Log", "LayerNormalization", "ReduceMean",
+FP32_OP_TYPES = frozenset({SCAN_PLUGIN.op_type, "Softplus", "Exp", "Log", "LayerNormalization", "ReduceMean",
                            "ReduceSum", "Sqrt", "Reciprocal", "Pow", "CumSum"})
 _ONNX_LAYER = re.compile(r"ONNX Layer:\s*([^\]]+)\]")
 

@@ -177,6 +177,9 @@ class TritonServer:
                  install: TritonInstall | None = None, log_path: str | os.PathLike | None = None,
                  extra_args: tuple[str, ...] = (), exit_timeout_s: int = 10):
         self.repo = Path(repo)
+        if not self.repo.is_dir():
+            raise TinyvimError(f"{self.repo} is not a folder: give a model repository "
+                               "(`tinyvim export --fmt triton -o REPO` writes one)")
         self.host = host
         self.requested_ports = {**TRITON_PORTS, **(ports or {})}
         self.ports: dict[str, int] = {}
@@ -226,9 +229,6 @@ class TritonServer:
         a one-line TinyvimError (with the models' load errors) when it does not come up."""
         if self.process is not None:
             raise RuntimeError("server already started")
-        if not self.repo.is_dir():
-            raise TinyvimError(f"{self.repo} is not a folder: give a model repository "
-                               "(`tinyvim export --fmt triton -o REPO` writes one)")
         self.install = self.install or find_triton()
         self.ports = {k: v or free_port(self.client_host) for k, v in self.requested_ports.items()}
         busy = [f"{k} {v}" for k, v in self.ports.items() if not _port_free(self.client_host, v)]
