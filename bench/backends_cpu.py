@@ -28,10 +28,10 @@ import torch
 
 import tinyvim
 from _common import bench_parser, interleaved
-from tinyvim.engines.ort_runner import OrtRunner
-from tinyvim.engines.ov_runner import OvRunner, import_openvino, supported_precisions
-from tinyvim.engines.profile import cpu_model
-from tinyvim.engines.torch_runner import TorchRunner
+from tinyvim.backends.ort.runner import OrtRunner
+from tinyvim.backends.ov.runner import OvRunner, import_openvino, supported_precisions
+from tinyvim.tools.profile import cpu_model
+from tinyvim.backends.torch.runner import TorchRunner
 from tinyvim.export import export_onnx
 
 

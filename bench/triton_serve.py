@@ -21,7 +21,7 @@ import tempfile
 from pathlib import Path
 
 from tinyvim.contract import TRITON_MODEL_NAME, TRITON_ONNX_FILE, parse_size
-from tinyvim.engines.profile import format_environment
+from tinyvim.tools.profile import format_environment
 from tinyvim.serve.load import format_load_table, run_serve_bench
 from tinyvim.serve.repository import TritonSettings, write_repository
 from tinyvim.serve.server import TritonServer

@@ -9,7 +9,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from tinyvim.engines.compare import (REL_FLOOR_FRACTION, ComparisonAccumulator, Tolerance, compare_output,
+from tinyvim.tools.compare import (REL_FLOOR_FRACTION, ComparisonAccumulator, Tolerance, compare_output,
                                      compare_outputs, tolerance_for)
 
 LOOSE = Tolerance(atol=1e3, rtol=1e3)       # would pass anything finite

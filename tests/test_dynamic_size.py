@@ -81,7 +81,7 @@ def test_one_file_matches_pytorch_at_every_size_on_ort(dynamic_s, cases):
 
 def test_one_file_matches_pytorch_at_every_size_on_openvino(dynamic_s, cases):
     pytest.importorskip("openvino", reason="OpenVINO runs only with the openvino extra (pip install 'tinyvim[openvino]')")
-    from tinyvim.engines.ov_runner import OvRunner
+    from tinyvim.backends.ov.runner import OvRunner
     with OvRunner(dynamic_s.path, precision="f32", threads=2) as runner:
         for x, ref in cases:
             out = runner.infer({"images": x})["logits"]

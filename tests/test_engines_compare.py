@@ -4,7 +4,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from tinyvim.engines.compare import (DEFAULT_TOLERANCES, Tolerance, compare_output, compare_outputs,
+from tinyvim.tools.compare import (DEFAULT_TOLERANCES, Tolerance, compare_output, compare_outputs,
                                      tolerance_for, topk_agreement)
 
 

@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 from click.testing import CliRunner
 
-from tinyvim.engines import profile as prof
-from tinyvim.engines.base import BaseRunner
+from tinyvim.tools import profile as prof
+from tinyvim.backends.base import BaseRunner
 
 
 def test_latency_stats_on_known_array():

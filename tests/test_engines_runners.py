@@ -9,9 +9,11 @@ import torch
 from onnx import TensorProto, helper, numpy_helper
 from torch import nn
 
-from tinyvim.engines.base import BaseRunner
-from tinyvim.engines.ort_runner import OrtRunner, has_plugin_nodes, parse_providers
-from tinyvim.engines.torch_runner import TorchRunner
+from tinyvim.backends.base import BaseRunner
+from tinyvim.backends.model_file import has_plugin_nodes
+from tinyvim.backends.ort.loader import parse_providers
+from tinyvim.backends.ort.runner import OrtRunner
+from tinyvim.backends.torch.runner import TorchRunner
 from tinyvim.errors import TinyvimError
 
 
@@ -131,7 +133,7 @@ def test_trt_runner_without_tensorrt_says_how_to_get_it(tmp_path):
         pytest.skip("tensorrt is installed: the missing-TensorRT message cannot be checked")
     except ImportError:
         pass
-    from tinyvim.engines.trt_runner import TrtRunner
+    from tinyvim.backends.trt.runner import TrtRunner
     engine = tmp_path / "m.engine"
     engine.write_bytes(b"\0")
     with pytest.raises(TinyvimError, match="TensorRT is not installed") as info:

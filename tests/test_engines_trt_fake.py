@@ -15,7 +15,7 @@ from click.testing import CliRunner
 import fake_tensorrt
 from scan_models import scan_onnx
 from tinyvim.contract import ExportMetadata
-from tinyvim.engines import trt_build, trt_common, trt_runner
+from tinyvim.backends.trt import builder as trt_build, common as trt_common, runner as trt_runner
 from tinyvim.errors import TinyvimError
 
 polygraphy = pytest.importorskip("polygraphy", reason="polygraphy is not installed (pip install polygraphy)")

@@ -8,8 +8,8 @@ import pytest
 from click.testing import CliRunner
 
 from tinyvim.contract import ExportMetadata
-from tinyvim.engines import trt_build as tb
-from tinyvim.engines import trt_common as tc
+from tinyvim.backends.trt import builder as tb
+from tinyvim.backends.trt import common as tc
 from tinyvim.errors import TinyvimError
 
 try:
@@ -244,8 +244,8 @@ def _fake_engine(tmp_path, metadata):
 
 
 def test_engine_info_comes_from_the_sidecar(tmp_path):
-    from tinyvim.engines.model_info import read_model_info
-    from tinyvim.engines.validate import resolve_reference
+    from tinyvim.backends.registry import read_model_info
+    from tinyvim.tools.reference import resolve_reference
     engine = _fake_engine(tmp_path, ExportMetadata("b", backbone=True, input_size=(64, 64), init_seed=3,
                                                    batch=None).to_props())
     info = read_model_info(engine)

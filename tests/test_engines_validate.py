@@ -12,8 +12,8 @@ from click.testing import CliRunner
 from onnx import numpy_helper
 
 from tinyvim.commands.engines import validate
-from tinyvim.engines.inputs import preprocess_image
-from tinyvim.engines.model_info import read_onnx_info
+from tinyvim.tools.inputs import preprocess_image
+from tinyvim.backends.model_file import read_onnx_info
 from tinyvim.errors import TinyvimError
 
 from conftest import BATCH, SIZE
@@ -144,7 +144,7 @@ def test_preprocessing_resizes_crops_and_normalises(tmp_path):
 
 
 def test_resolve_reference_rejects_contradictions(tinyvim_onnx):
-    from tinyvim.engines.validate import resolve_reference
+    from tinyvim.tools.reference import resolve_reference
     info = read_onnx_info(tinyvim_onnx)
     cfg, warnings = resolve_reference(info)
     assert (cfg.variant, cfg.img_size, cfg.batch, cfg.checkpoint, cfg.init_seed) == ("s", (64, 64), 2, None, 0)

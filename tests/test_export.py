@@ -9,7 +9,7 @@ import tinyvim
 from helpers import make_model
 from tinyvim.errors import TinyvimError
 from tinyvim.export import export_onnx, read_metadata
-from tinyvim.export.ort_custom_ops import plugin_session
+from tinyvim.backends.ort.custom_ops import plugin_session
 
 # ORT vs PyTorch fp32: same function, different kernels and summation order; observed
 # ~5e-7 on logits of magnitude ~1. 5e-5 is the acceptance bound.

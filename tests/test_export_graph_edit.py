@@ -1,5 +1,5 @@
 """Graph edits with onnx-graphsurgeon keep the export's metadata: the plugin nodes' move to
-ai.onnx.contrib for the CPU custom-op path (tinyvim.export.ort_custom_ops)."""
+ai.onnx.contrib for the CPU custom-op path (tinyvim.backends.ort.custom_ops)."""
 from __future__ import annotations
 
 import onnx
@@ -8,7 +8,7 @@ import pytest
 from scan_models import scan_onnx
 from tinyvim.contract import SCAN_PLUGIN
 from tinyvim.export.onnx_export import read_metadata
-from tinyvim.export.ort_custom_ops import CONTRIB_DOMAIN, to_contrib_domain
+from tinyvim.backends.ort.custom_ops import CONTRIB_DOMAIN, to_contrib_domain
 
 pytest.importorskip("onnx_graphsurgeon", reason="onnx-graphsurgeon is not installed")
 

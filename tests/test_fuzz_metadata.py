@@ -16,8 +16,8 @@ from hypothesis import strategies as st
 from test_engines_runners import tiny_onnx, tiny_torch
 from tinyvim.cli import cli
 from tinyvim.contract import MAX_BATCH, MAX_BATCH_PIXELS, MAX_IMAGE_SIDE, ExportMetadata
-from tinyvim.engines import trt_common as tc
-from tinyvim.engines.model_info import read_engine_info
+from tinyvim.backends.trt import common as tc
+from tinyvim.backends.trt.model_file import read_engine_info
 from tinyvim.errors import TinyvimError
 
 VALID = ExportMetadata("s", input_size=(64, 64), batch=2, init_seed=3).to_props()

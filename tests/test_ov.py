@@ -9,8 +9,9 @@ import pytest
 from click.testing import CliRunner
 
 from tinyvim.commands.engines import profile, validate
-from tinyvim.engines.ov_runner import OvRunner, compile_config, resolve_precision, supported_precisions
-from tinyvim.engines.registry import get_backend
+from tinyvim.backends.ov.loader import compile_config, resolve_precision, supported_precisions
+from tinyvim.backends.ov.runner import OvRunner
+from tinyvim.backends.registry import get_backend
 from tinyvim.errors import TinyvimError
 
 SIZE = 64
@@ -107,7 +108,7 @@ def test_plugin_flavour_is_refused_in_one_line(onnx_s64):
 
 
 def test_ir_roundtrip_keeps_weights_metadata_and_numbers(onnx_s64, tmp_path):
-    from tinyvim.engines.model_info import read_model_info
+    from tinyvim.backends.registry import read_model_info
     from tinyvim.export import read_metadata
     from tinyvim.export.openvino_ir import save_ir
     meta = read_metadata(onnx_s64)

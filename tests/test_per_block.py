@@ -12,7 +12,7 @@ from click.testing import CliRunner
 from onnx import numpy_helper
 
 from tinyvim.commands.engines import validate
-from tinyvim.engines.per_block import expected_residuals, trunk_residuals
+from tinyvim.tools.per_block import expected_residuals, trunk_residuals
 from tinyvim.export import export_onnx
 from tinyvim.model import create_model
 
@@ -108,14 +108,14 @@ def test_an_engine_is_rebuilt_from_the_marked_onnx(tinyvim_onnx, tmp_path, monke
     import dataclasses
     from types import SimpleNamespace
 
-    from tinyvim.engines import per_block, trt_build
-    from tinyvim.engines.model_info import read_onnx_info
+    from tinyvim.backends.model_file import read_onnx_info
+    from tinyvim.tools import per_block
     calls = []
 
     def fake_build(onnx_path, output, **kwargs):
         calls.append((onnx.load(str(onnx_path)), kwargs))
         return SimpleNamespace(engine_path=output)
-    monkeypatch.setattr(trt_build, "build_engine", fake_build)
+    monkeypatch.setattr(per_block, "build_engine", fake_build)
     info = dataclasses.replace(read_onnx_info(tinyvim_onnx), kind="engine", path=str(tmp_path / "m.engine"),
                                precision="fp16", batch_range=(2, 2))
     proto = onnx.load(str(tinyvim_onnx))

@@ -18,8 +18,8 @@ from onnx import TensorProto, helper, numpy_helper
 import tinyvim
 from conftest import SIZE
 from tinyvim.cli import cli
-from tinyvim.engines.model_info import read_onnx_info
-from tinyvim.engines.validate import resolve_checkpoint, resolve_reference
+from tinyvim.backends.model_file import read_onnx_info
+from tinyvim.tools.reference import resolve_checkpoint, resolve_reference
 from tinyvim.errors import TinyvimError
 from tinyvim.export import export_onnx
 from tinyvim.export.onnx_export import uniform_constants_to_fills
@@ -113,11 +113,11 @@ def test_validation_memory_does_not_grow_with_the_number_of_batches(tmp_path):
     same batches handed over as a list (what the old loop built) show the growth the
     measurement is able to see. (RSS of the real command: see the reliability note.)"""
     from test_engines_runners import tiny_onnx, tiny_torch
-    from tinyvim.engines.compare import tolerance_for
-    from tinyvim.engines.inputs import iter_random_batches
-    from tinyvim.engines.ort_runner import OrtRunner
-    from tinyvim.engines.torch_runner import TorchRunner
-    from tinyvim.engines.validate import validate_runner
+    from tinyvim.tools.compare import tolerance_for
+    from tinyvim.tools.inputs import iter_random_batches
+    from tinyvim.backends.ort.runner import OrtRunner
+    from tinyvim.backends.torch.runner import TorchRunner
+    from tinyvim.tools.validate import validate_runner
 
     net = tiny_torch()
     onnx.save(tiny_onnx(net, size=SIZE), tmp_path / "tiny.onnx")

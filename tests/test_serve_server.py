@@ -25,8 +25,8 @@ from click.testing import CliRunner
 from serve_helpers import children, running, stand_in_onnx
 
 from tinyvim.cli import cli
-from tinyvim.engines.inputs import random_batches
-from tinyvim.engines.ort_runner import OrtRunner
+from tinyvim.tools.inputs import random_batches
+from tinyvim.backends.ort.runner import OrtRunner
 from tinyvim.errors import TinyvimError
 from tinyvim.serve.load import settled_statistics, statistics_delta
 from tinyvim.serve.repository import TritonSettings, write_repository

@@ -69,8 +69,8 @@ def missing_names(trees: dict[str, ast.Module], apis: dict) -> list[str]:
 def test_our_tensorrt_names_exist_in_both_releases(apis):
     trees = _modules()
     # every module that gets the tensorrt module is walked (serve/repository.py only checks it is there)
-    assert set(trees) >= {"tinyvim/engines/trt_build.py", "tinyvim/engines/trt_common.py",
-                          "tinyvim/engines/trt_runner.py"}
+    assert set(trees) >= {"tinyvim/backends/trt/builder.py", "tinyvim/backends/trt/common.py",
+                          "tinyvim/backends/trt/runner.py"}
     used = {(c, a) for tree in trees.values() for c, a, _ in used_api(tree)}
     # the walk sees what matters: the plugin registration, the runner, the 10.x-only pinning
     assert {("IPluginRegistry", "load_library"), ("", "get_plugin_registry"), ("ICudaEngine", "create_execution_context"),

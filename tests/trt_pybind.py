@@ -169,11 +169,15 @@ def _key(node) -> str | None:
 
 
 def uses_tensorrt(tree: ast.AST) -> bool:
-    """The module imports tensorrt, or gets it from import_tensorrt()."""
+    """The module imports tensorrt, gets it from import_tensorrt(), or through the one lazy-import
+    helper (import_optional("tensorrt", ...))."""
     for node in ast.walk(tree):
         if isinstance(node, ast.Import) and any(a.name == "tensorrt" for a in node.names):
             return True
         if isinstance(node, ast.Call) and getattr(node.func, "id", None) == "import_tensorrt":
+            return True
+        if (isinstance(node, ast.Call) and getattr(node.func, "id", None) == "import_optional" and node.args
+                and isinstance(node.args[0], ast.Constant) and node.args[0].value == "tensorrt"):
             return True
     return False
 

@@ -14,8 +14,9 @@ import click
 from tinyvim import __version__
 from tinyvim.errors import TinyvimError
 
-# (module, attribute) of each command; imported lazily so `tinyvim --help` stays fast
-# and a missing optional dependency of one command cannot break the others.
+# (module, attribute) of each command, imported when that command runs (or shows its help):
+# `tinyvim --help` lists them from SUMMARIES without importing any, so it stays fast, and a
+# broken optional dependency of one command cannot break the others.
 COMMANDS = {
     "info": ("tinyvim.commands.info", "info"),
     "export": ("tinyvim.commands.export", "export"),
@@ -25,6 +26,17 @@ COMMANDS = {
     "build-plugin": ("tinyvim.commands.plugins", "build_plugin"),
     "serve": ("tinyvim.commands.serve", "serve"),
     "serve-bench": ("tinyvim.commands.serve", "serve_bench"),
+}
+#: the first words of each command's docstring (tests/test_cli_structure.py holds them equal)
+SUMMARIES = {
+    "info": "Parameters, GMACs and the SS2D blocks of a TinyViM variant.",
+    "export": "Export TinyViM (always re-parameterized) to ONNX, OpenVINO IR or a Triton model repository.",
+    "validate": "Check an exported MODEL (.onnx, .xml or .engine) against the PyTorch reference.",
+    "profile": "Measure latency and throughput of TinyViM on several backends and batch sizes.",
+    "build-engine": "Build a TensorRT engine (and its JSON sidecar) from a TinyViM ONNX MODEL.",
+    "build-plugin": "Build the CUDA scan kernel, its CPU twin and the TensorRT plugin with CMake.",
+    "serve": "Serve a model REPO (from `export --fmt triton`) with Triton Inference Server.",
+    "serve-bench": "Load-test a model served by Triton: latency percentiles and throughput.",
 }
 
 
@@ -44,6 +56,12 @@ def usage_error_line(exc: click.UsageError) -> str:
 class TinyvimGroup(click.Group):
     def list_commands(self, ctx):
         return sorted(COMMANDS)
+
+    def format_commands(self, ctx, formatter):
+        """The command list from SUMMARIES: importing every command (and torch) to print it
+        would make `tinyvim --help` take seconds."""
+        with formatter.section("Commands"):
+            formatter.write_dl([(name, SUMMARIES[name]) for name in self.list_commands(ctx)])
 
     def get_command(self, ctx, name):
         if name not in COMMANDS:

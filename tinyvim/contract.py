@@ -22,21 +22,34 @@ import re
 from dataclasses import dataclass, field, fields
 from typing import Mapping
 
+from tinyvim import __version__
 from tinyvim.errors import TinyvimError
 
 # --------------------------------------------------------------------- vocabularies
 VARIANTS = ("s", "b", "l")
+DEFAULT_VARIANT = "s"
 SCAN_FLAVOURS = ("portable", "plugin")
+FP32, FP16, BF16 = "fp32", "fp16", "bf16"
 #: precisions an ONNX export can be written in
-EXPORT_PRECISIONS = ("fp32", "fp16")
-#: precisions a backend may compute in (TensorRT builder flags, OpenVINO hints)
-COMPUTE_PRECISIONS = ("fp32", "fp16", "bf16")
+EXPORT_PRECISIONS = (FP32, FP16)
+#: precisions a backend may compute in (TensorRT builder flags, OpenVINO hints), loosest last
+COMPUTE_PRECISIONS = (FP32, FP16, BF16)
+
+#: model files by kind: the suffixes that name them (any other suffix is read as ONNX)
+FILE_KINDS = {"onnx": (".onnx",), "openvino": (".xml",), "engine": (".engine", ".plan", ".trt")}
+#: an OpenVINO IR: the graph in .xml, its weights beside it in .bin, tinyvim's metadata under
+#: this rt_info key (the ONNX metadata_props keys and texts)
+IR_SUFFIX, IR_WEIGHTS_SUFFIX, IR_RT_INFO_KEY = ".xml", ".bin", "tinyvim"
+#: graph outputs added for `validate --per-block` are named TAP_PREFIX + the module's name
+TAP_PREFIX = "tinyvim_tap__"
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 
 #: stride-4 stem x three stride-2 downsamplers; the scan pools by 8 at stride 4.
 INPUT_MULTIPLE = 32
+#: the image size every command defaults to (ImageNet classification)
+DEFAULT_IMG_SIZE = (224, 224)
 #: largest image side accepted anywhere (a 4096x4096 batch of 1 is 200 MB of float32 input).
 MAX_IMAGE_SIDE = 4096
 #: largest batch accepted anywhere (export, engine profiles, validate, profile).
@@ -430,9 +443,8 @@ class ExportMetadata:
 
     def to_props(self) -> dict[str, str]:
         """Every key as text, in a fixed order (what export writes into metadata_props)."""
-        import tinyvim
         values = {
-            "tinyvim_version": self.tinyvim_version or tinyvim.__version__,
+            "tinyvim_version": self.tinyvim_version or __version__,
             "variant": self.variant,
             "backbone": str(self.backbone).lower(),
             "ema": str(self.ema).lower(),

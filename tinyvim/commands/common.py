@@ -5,7 +5,7 @@ import functools
 
 import click
 
-from tinyvim.contract import VARIANTS, parse_size
+from tinyvim.contract import DEFAULT_IMG_SIZE, DEFAULT_VARIANT, VARIANTS, parse_size
 from tinyvim.errors import TinyvimError
 
 #: how every command spells and documents an image size (contract.parse_size reads it)
@@ -13,16 +13,20 @@ SIZE_METAVAR = "N|HxW"
 SIZE_HELP = "e.g. 224 or 224x256, multiples of 32 (H,W is accepted too)"
 
 
-def img_size_option(**kwargs):
-    """`--img-size N|HxW`, parsed by contract.parse_size (one syntax for every command)."""
+def img_size_option(default: str = f"{DEFAULT_IMG_SIZE[0]}", **kwargs):
+    """`--img-size N|HxW`, parsed once, here at the boundary, by contract.parse_size (one syntax
+    for every command); the library receives (H, W) or None."""
     def callback(ctx, param, value):
-        return None if value is None else parse_size(value)
+        try:
+            return None if value is None else parse_size(value)
+        except TinyvimError as exc:     # raised while click parses: one line, exit 2, also outside the group
+            raise _ExpectedFailure(str(exc), exc.exit_code) from None
     return click.option("--img-size", default=None, callback=callback, metavar=SIZE_METAVAR,
-                        help=f"Input size, {SIZE_HELP}. Default 224.", **kwargs)
+                        help=f"Input size, {SIZE_HELP} [default: {default}].", **kwargs)
 
 
 variant_option = click.option("--variant", "-v", type=click.Choice(VARIANTS, case_sensitive=False),
-                              default="s", show_default=True, help="TinyViM variant.")
+                              default=DEFAULT_VARIANT, show_default=True, help="TinyViM variant.")
 checkpoint_option = click.option("--checkpoint", "-c", type=click.Path(dir_okay=False), default=None,
                                  help="Official-format checkpoint (.pth). Default: random weights (seeded).")
 ema_option = click.option("--ema", is_flag=True, help="Use the checkpoint's model_ema weights.")

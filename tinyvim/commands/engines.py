@@ -1,4 +1,4 @@
-"""CLI commands `validate`, `profile` and `build-engine`: parse, call tinyvim.engines, print.
+"""CLI commands `validate`, `profile` and `build-engine`: parse, call tinyvim.tools / tinyvim.backends, print.
 
 Expected failures are TinyvimError (one line, exit code 2 unless it says otherwise); a
 validation that runs but is out of tolerance exits 1.
@@ -7,15 +7,18 @@ from __future__ import annotations
 
 import click
 
-from tinyvim.commands.common import (SIZE_HELP, SIZE_METAVAR, allow_nonfinite_option, echo_err as _err,
+from tinyvim.commands.common import (allow_nonfinite_option, echo_err as _err, img_size_option,
                                      int_list as _int_list, one_line_errors as _one_line_errors)
-from tinyvim.contract import COMPUTE_PRECISIONS, VARIANTS
-from tinyvim.engines.registry import all_options, backend_names, get_backend
+from tinyvim.backends.registry import all_options, backend_names, get_backend
+from tinyvim.backends.trt.builder import build_engine as build
+from tinyvim.contract import COMPUTE_PRECISIONS, FILE_KINDS, VARIANTS
+from tinyvim.tools import profile as prof
+from tinyvim.tools.validate import format_table, validate_model
 from tinyvim.utils import atomic_write_json, check_output_paths
 
 
 def _backend_options(fn):
-    """Every registered backend's own options as click options (tinyvim.engines.registry):
+    """Every registered backend's own options as click options (tinyvim.backends.registry):
     a new backend's options appear here without touching this module."""
     for opt in reversed(all_options()):
         if opt.type is bool:
@@ -28,6 +31,12 @@ def _backend_options(fn):
     return fn
 
 
+def _defaults_by_kind() -> str:
+    """'ort for .onnx, trt for .engine/.plan/.trt, ...' from the registry and the contract."""
+    return ", ".join(f"{b.name} for {'/'.join(FILE_KINDS[k])}" for b in map(get_backend, backend_names())
+                     for k in b.default_for)
+
+
 def _pop_backend_options(kwargs: dict) -> dict:
     return {opt.name: kwargs.pop(opt.name) for opt in all_options()}
 
@@ -37,8 +46,7 @@ def _pop_backend_options(kwargs: dict) -> dict:
 @click.argument("model", type=click.Path(dir_okay=False))
 @click.option("--backend", default=None, metavar="NAME",
               help=f"Backend to check: {', '.join(n for n in backend_names() if get_backend(n).runs_files)} "
-                   "[default: by the file: ort for .onnx, "
-                   "trt for .engine].")
+                   f"[default: by the file: {_defaults_by_kind()}].")
 @click.option("--threads", type=int, default=None, help="Intra-op threads for both runs [default: all cores].")
 @_backend_options
 @click.option("--variant", type=click.Choice(VARIANTS, case_sensitive=False), default=None,
@@ -46,7 +54,7 @@ def _pop_backend_options(kwargs: dict) -> dict:
 @click.option("--checkpoint", type=click.Path(dir_okay=False), default=None, help="Checkpoint of the reference.")
 @click.option("--ema/--no-ema", default=None, help="Use the checkpoint's EMA weights.")
 @click.option("--backbone/--no-backbone", default=None, help="Model is the 4-feature-map backbone.")
-@click.option("--img-size", default=None, metavar=SIZE_METAVAR, help=f"Input size, {SIZE_HELP} [default: from the model].")
+@img_size_option(default="from the model")
 @click.option("--init-seed", type=int, default=None, help="Seed of a randomly initialised reference.")
 @click.option("--batch", type=int, default=None, help="Images per inference [default: the model's batch, or 1].")
 @click.option("--num-inputs", type=int, default=4, show_default=True, help="Number of random input batches.")
@@ -63,10 +71,9 @@ def _pop_backend_options(kwargs: dict) -> dict:
 @click.pass_context
 @_one_line_errors
 def validate(ctx, model, json_path, **kwargs):
-    """Check an exported MODEL (.onnx, or .engine) against the PyTorch reference.
+    """Check an exported MODEL (.onnx, .xml or .engine) against the PyTorch reference.
 
     Exit status: 0 within tolerance, 1 out of tolerance, 2 bad input or missing dependency."""
-    from tinyvim.engines.validate import format_table, validate_model
 
     check_output_paths({"--json": json_path}, inputs={"MODEL": model, "--checkpoint": kwargs["checkpoint"]})
     options = _pop_backend_options(kwargs)
@@ -87,8 +94,7 @@ def validate(ctx, model, json_path, **kwargs):
               help="Variant [default: from --model metadata, else s].")
 @click.option("--checkpoint", type=click.Path(dir_okay=False), default=None)
 @click.option("--ema/--no-ema", default=False)
-@click.option("--img-size", default=None, metavar=SIZE_METAVAR,
-              help=f"Input size, {SIZE_HELP} [default: from --model, else 224].")
+@img_size_option(default="from --model, else 224")
 @click.option("--batch", "batch_text", default="1", show_default=True, help="Batch sizes, comma list, e.g. 1,8,32.")
 @click.option("--warmup", type=int, default=5, show_default=True)
 @click.option("--iters", type=int, default=20, show_default=True)
@@ -103,8 +109,6 @@ def validate(ctx, model, json_path, **kwargs):
 @_one_line_errors
 def profile(batch_text, json_path, plot_path, **kwargs):
     """Measure latency and throughput of TinyViM on several backends and batch sizes."""
-    from tinyvim.engines import profile as prof
-
     inputs = [("--model", m) for m in kwargs["models"]] + [("--checkpoint", kwargs["checkpoint"])]
     check_output_paths({"--json": json_path, "--plot": plot_path}, inputs=inputs,
                        suffixes={"--plot": prof.PLOT_FORMATS})
@@ -147,10 +151,9 @@ def profile(batch_text, json_path, plot_path, **kwargs):
 @_one_line_errors
 def build_engine(model, output, precision, min_shape, opt_shape, max_shape, min_batch, opt_batch, max_batch, tf32,
                  workspace, timing_cache, plugin, builder_optimization_level):
-    """Build a TensorRT engine (and its JSON sidecar) from a TinyViM ONNX MODEL, through
-    Polygraphy; prints the equivalent trtexec and polygraphy command lines first."""
-    from tinyvim.engines.trt_build import build_engine as build
+    """Build a TensorRT engine (and its JSON sidecar) from a TinyViM ONNX MODEL.
 
+    Goes through Polygraphy's TensorRT loaders; prints the equivalent trtexec and polygraphy command lines first."""
     result = build(model, output, precision=precision, min_shape=min_shape, opt_shape=opt_shape, max_shape=max_shape,
                    min_batch=min_batch, opt_batch=opt_batch, max_batch=max_batch, tf32=tf32, workspace_mib=workspace,
                    timing_cache=timing_cache, plugin=plugin, builder_optimization_level=builder_optimization_level,

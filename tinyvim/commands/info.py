@@ -5,7 +5,9 @@ import click
 
 from tinyvim.commands.common import (allow_nonfinite_option, announce_weights, backbone_option, checkpoint_option,
                                      img_size_option, json_option, variant_option)
-from tinyvim.contract import format_size
+from tinyvim.contract import DEFAULT_IMG_SIZE, format_size
+from tinyvim.model import count_parameters, create_model, reparameterize
+from tinyvim.model.complexity import count_macs, ss2d_table
 from tinyvim.utils import atomic_write_json, check_output_paths
 
 
@@ -26,10 +28,8 @@ def format_table(rows: list[dict], columns: list[str]) -> str:
 @json_option
 def info(variant, checkpoint, backbone, img_size, allow_nonfinite, json_path):
     """Parameters, GMACs and the SS2D blocks of a TinyViM variant."""
-    from tinyvim.model import count_parameters, create_model, reparameterize
-    from tinyvim.model.complexity import count_macs, ss2d_table
     check_output_paths({"--json": json_path}, inputs={"--checkpoint": checkpoint})
-    img_size = img_size or (224, 224)
+    img_size = img_size or DEFAULT_IMG_SIZE
     announce_weights(checkpoint)
     model = create_model(variant, checkpoint=checkpoint, backbone=backbone, allow_nonfinite=allow_nonfinite)
     fused = reparameterize(model)

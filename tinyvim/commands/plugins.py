@@ -6,6 +6,9 @@ import re
 
 import click
 
+from tinyvim.plugins.build import build, default_build_dir
+from tinyvim.plugins.errors import PluginError
+
 
 @click.command("build-plugin")
 @click.option("--build-dir", type=click.Path(file_okay=False), default=None,
@@ -19,11 +22,9 @@ import click
 @click.option("--cpu-only", is_flag=True, help="Build only the CPU twin and the host-logic tests (no nvcc needed).")
 @click.option("--verbose", is_flag=True, help="Show the full CMake/compiler output.")
 def build_plugin(build_dir, tensorrt_root, cuda_arch, jobs, cpu_only, verbose):
-    """Build the CUDA scan kernel, its CPU twin and the TensorRT plugin (when TensorRT's
-    headers are found) with CMake, then list what was built and what was skipped."""
-    from tinyvim.plugins.build import build, default_build_dir
-    from tinyvim.plugins.errors import PluginError
+    """Build the CUDA scan kernel, its CPU twin and the TensorRT plugin with CMake.
 
+    The plugin needs TensorRT's headers; the summary lists what was built and what was skipped."""
     build_dir = build_dir or os.fspath(default_build_dir())
     percent = re.compile(r"^\[\s*(\d+)%\]\s+(.*)$")
 

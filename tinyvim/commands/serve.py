@@ -216,7 +216,7 @@ def serve_bench(http_url, grpc_url, repo, model_name, protocol_text, concurrency
                 slices, compare_onnx, threads, server_path, seed, json_path, plot_path):
     """Load-test a model served by Triton: latency percentiles and images/s per concurrency,
     failed requests, and the server's own batch statistics."""
-    from tinyvim.engines import profile as prof
+    from tinyvim.tools import profile as prof
     from tinyvim.serve.load import format_load_table, run_serve_bench
     from tinyvim.serve.server import TritonServer, find_triton
 

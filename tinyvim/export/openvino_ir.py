@@ -1,5 +1,5 @@
 """`tinyvim export --fmt openvino`: a portable ONNX export converted to OpenVINO IR (.xml + .bin),
-with tinyvim's metadata in the IR's rt_info (read back by tinyvim.engines.ov_runner.read_ir_info)."""
+with tinyvim's metadata in the IR's rt_info (read back by tinyvim.backends.ov.runner.read_ir_info)."""
 from __future__ import annotations
 
 import os
@@ -8,7 +8,8 @@ from dataclasses import replace
 from pathlib import Path
 
 from tinyvim.contract import ExportMetadata
-from tinyvim.engines.ov_runner import IR_SUFFIX, RT_INFO_KEY, import_openvino
+from tinyvim.backends.ov.loader import import_openvino
+from tinyvim.contract import IR_RT_INFO_KEY, IR_SUFFIX
 from tinyvim.errors import TinyvimError
 from tinyvim.utils import atomic_output
 
@@ -33,7 +34,7 @@ def save_ir(onnx_path: str | os.PathLike, output: str | os.PathLike, metadata: E
     except Exception as exc:  # noqa: BLE001 - OpenVINO raises RuntimeError subclasses with long texts
         raise TinyvimError(f"OpenVINO could not convert {onnx_path}: {str(exc).strip().splitlines()[0][:300]}") from exc
     for key, value in metadata.to_props().items():
-        model.set_rt_info(value, [RT_INFO_KEY, key])
+        model.set_rt_info(value, [IR_RT_INFO_KEY, key])
     with atomic_output(xml, suffix=IR_SUFFIX) as tmp_xml:
         tmp_bin = tmp_xml.with_suffix(".bin")    # OpenVINO pairs an .xml with the .bin of the same stem
         try:

@@ -19,8 +19,8 @@ from typing import Callable
 import numpy as np
 
 from tinyvim.contract import check_batch, check_count, check_positive_float, check_seed, check_threads
-from tinyvim.engines.inputs import random_batches
-from tinyvim.engines.profile import latency_stats
+from tinyvim.tools.inputs import random_batches
+from tinyvim.tools.profile import latency_stats
 from tinyvim.errors import TinyvimError
 
 PROTOCOLS = ("http", "grpc")
@@ -324,8 +324,8 @@ def inprocess_runner(onnx_path: str, batch: int, threads: int | None = None, see
     """(an ONNX Runtime runner of `onnx_path`, not yet active; its feed of `batch` random images):
     what the server is compared with. Its session.run is thread-safe and releases the GIL, so
     `concurrency` threads share one session."""
-    from tinyvim.engines.model_info import read_onnx_info
-    from tinyvim.engines.ort_runner import OrtRunner
+    from tinyvim.backends.model_file import read_onnx_info
+    from tinyvim.backends.ort.runner import OrtRunner
 
     info = read_onnx_info(onnx_path)
     if not info.fixed_size:
@@ -387,7 +387,7 @@ def run_serve_bench(http_url: str, model: str, *, protocols=("http",), grpc_url:
     target alike; `warmup_s` of unmeasured requests precede each window. Returns the JSON
     document: settings, environment, one entry per (backend, concurrency) and the throughput
     ratios server / in-process."""
-    from tinyvim.engines.profile import default_threads, environment
+    from tinyvim.tools.profile import default_threads, environment
 
     protocols = list(dict.fromkeys(protocols))
     unknown = [p for p in protocols if p not in ("http", "grpc")]

@@ -296,7 +296,7 @@ def _check_engine_batches(profile: tuple[int, int] | None, settings: TritonSetti
 
 def _engine_signature(engine: Path) -> tuple[ModelSignature, dict]:
     """A plan's signature, from the ONNX it was built from (named in its sidecar)."""
-    from tinyvim.engines.trt_common import read_sidecar
+    from tinyvim.backends.trt.common import read_sidecar
     from tinyvim.utils import file_sha256
 
     sidecar = read_sidecar(engine)
@@ -327,7 +327,7 @@ def write_repository(repo: str | os.PathLike, settings: TritonSettings, *, onnx:
     The model comes from, in order: `engine` (tensorrt: a plan from `tinyvim build-engine`, with
     its sidecar), `onnx` (an existing TinyViM export, copied), or `export` (keyword arguments of
     tinyvim.export.export_onnx: the model is exported into the repository). For tensorrt without
-    `engine`, the ONNX is built into a plan with tinyvim.engines.trt_build.build_engine(**build)."""
+    `engine`, the ONNX is built into a plan with tinyvim.backends.trt.builder.build_engine(**build)."""
     settings = settings.check()
     repo = Path(repo)
     if repo.exists() and not repo.is_dir():
@@ -362,7 +362,7 @@ def _stage_model(staged: _Staged, settings: TritonSettings, *, onnx, engine, exp
     if engine is not None:
         return _stage_engine(staged, settings, Path(engine))
     if settings.backend == "tensorrt":
-        from tinyvim.engines.trt_common import import_tensorrt
+        from tinyvim.backends.trt.common import import_tensorrt
         import_tensorrt()   # before a minute of export: without TensorRT there is no plan to build
     with tempfile.TemporaryDirectory(prefix="tinyvim-triton-") as scratch:
         # tensorrt: the ONNX is only the plan's source; the others serve the ONNX itself
@@ -384,7 +384,7 @@ def _stage_model(staged: _Staged, settings: TritonSettings, *, onnx, engine, exp
                                f"with --scan portable for --triton-backend {settings.backend}, or use tensorrt")
         batched = _batched(signature, settings, source)
         if settings.backend == "tensorrt":
-            from tinyvim.engines.trt_build import build_engine
+            from tinyvim.backends.trt.builder import build_engine
             plan = staged.version_dir / TRITON_PLAN_FILE
             # writes model.plan and its sidecar model.plan.json
             result = build_engine(model_onnx, plan, min_batch=1,
@@ -404,7 +404,7 @@ def _stage_model(staged: _Staged, settings: TritonSettings, *, onnx, engine, exp
 
 def _stage_engine(staged: _Staged, settings: TritonSettings, engine: Path):
     """Copy a plan from `tinyvim build-engine` and its sidecar into the staged version folder."""
-    from tinyvim.engines.model_info import read_engine_info
+    from tinyvim.backends.model_file import read_engine_info
 
     if not engine.is_file():
         raise TinyvimError(f"--engine {engine}: no such file")

@@ -12,7 +12,7 @@ through the same registry as `validate` (an engine is rebuilt from the marked co
 
 The PyTorch side: forward hooks on the same modules of the reference (unfused model,
 sequential scan) capture the same tensors. Each pair is compared with
-`tinyvim.engines.compare.compare_outputs`; the table lists max-abs / relative / cosine per
+`tinyvim.tools.compare.compare_outputs`; the table lists max-abs / relative / cosine per
 tap in network order, and names the tap whose error jumps most above everything before it.
 """
 from __future__ import annotations
@@ -24,19 +24,25 @@ from pathlib import Path
 from typing import Callable
 
 import numpy as np
+import onnx
+import torch
 
-from tinyvim.contract import INPUT_NAME
-from tinyvim.engines.compare import Tolerance, compare_outputs
-from tinyvim.engines.model_info import ModelInfo
+from tinyvim.backends.model_file import ModelInfo
+from tinyvim.backends.spec import RunnerRequest
+from tinyvim.backends.trt.builder import build_engine
+from tinyvim.backends.trt.common import read_sidecar
+from tinyvim.contract import INPUT_NAME, TAP_PREFIX
 from tinyvim.errors import TinyvimError
+from tinyvim.model import create_model
+from tinyvim.model.ss2d import TViMBlock
+from tinyvim.ops import scan_implementation
+from tinyvim.tools.compare import Tolerance, compare_outputs
 
 #: error of a tap relative to its reference's scale (max |ref|) below which a jump is noise,
 #: by the precision the backend computes in (round-off of that precision through a few layers)
 NOISE_FLOOR = {"fp32": 1e-6, "fp16": 1e-3, "bf16": 1e-2}
 #: how many times the largest error before it a tap's error must be to be named as the jump
 JUMP_FACTOR = 3.0
-#: prefix of the extra graph outputs in the marked copy (never clashes with logits / featN)
-TAP_PREFIX = "tinyvim_tap__"
 
 
 @dataclass(frozen=True)
@@ -60,7 +66,6 @@ def expected_residuals(model) -> list[tuple[str, str, int]]:
     """The residual adds of an (unfused) TinyViM in forward order: (module whose output the add
     or its branch is, kind, stage). LocalBlock: (network.i.j, block); TViMBlock:
     (network.i.j.op, ss2d) then (network.i.j, block)."""
-    from tinyvim.model.ss2d import TViMBlock
 
     found = []
     for idx in range(0, len(model.network), 2):
@@ -132,7 +137,6 @@ def mark_outputs(proto, taps: list[Tap]):
     """A copy of `proto` whose graph also outputs every tap (as TAP_PREFIX + module). The
     tensors are routed through Identity nodes so that the new outputs have names of their own;
     their types come from shape inference."""
-    import onnx
 
     marked = onnx.ModelProto()
     marked.CopyFrom(proto)
@@ -153,9 +157,7 @@ def mark_outputs(proto, taps: list[Tap]):
 
 def capture_reference(model, taps: list[Tap], batch: np.ndarray, output_names: list[str]) -> dict[str, np.ndarray]:
     """The taps' tensors from the PyTorch reference (forward hooks, sequential scan, fp32)."""
-    import torch
 
-    from tinyvim.ops import scan_implementation
 
     modules = dict(model.named_modules())
     captured: dict[str, np.ndarray] = {}
@@ -208,14 +210,12 @@ def per_block_rows(taps: list[Tap], reference: dict, candidate: dict, tolerance:
 def _marked_model(info: ModelInfo, marked_proto, folder: Path, backend, options: dict, log) -> ModelInfo:
     """The file the backend runs: the marked ONNX itself, or (engines) an engine built from it
     with the precision and batch the original engine was built with."""
-    import onnx
 
     onnx_path = folder / "marked.onnx"
     onnx.save(marked_proto, os.fspath(onnx_path))
     if "onnx" in backend.model_kinds:
         return replace(info, path=os.fspath(onnx_path))
     if info.kind == "engine":
-        from tinyvim.engines.trt_build import build_engine
         batch = info.fixed_batch or (info.batch_range[0] if info.batch_range else 1)
         log(f"building a TensorRT engine from the marked ONNX ({info.precision})...")
         result = build_engine(onnx_path, folder / "marked.engine", precision=info.precision, min_batch=batch,
@@ -231,17 +231,13 @@ def run_per_block(info: ModelInfo, config, *, backend, batch: np.ndarray, tolera
     "stage", "onnx_tensor", "shape", "max_abs_err", "scaled_err", "max_rel_err", "cosine",
     "jump"}], "first_jump": module or None, "noise_floor": float}.
 
-    `info` is the validated model, `config` its tinyvim.engines.validate.ReferenceConfig (the
+    `info` is the validated model, `config` its tinyvim.tools.validate.ReferenceConfig (the
     PyTorch reference is rebuilt from it, unfused), `backend` the registry entry it runs on."""
-    import onnx
 
-    from tinyvim.engines.registry import RunnerRequest
-    from tinyvim.model import create_model
 
     options = dict(options or {})
     source = info.path
     if info.kind == "engine":
-        from tinyvim.engines.trt_common import read_sidecar
         source = read_sidecar(Path(info.path)).get("onnx_path") or ""
         if not os.path.isfile(source):
             raise TinyvimError(f"--per-block rebuilds the engine from the ONNX it was built from, {source or '?'}, "

@@ -41,8 +41,8 @@ import onnx
 from tinyvim import __version__
 from tinyvim.contract import COMPUTE_PRECISIONS as PRECISIONS
 from tinyvim.contract import INPUT_NAME, SCAN_PLUGIN, check_batch, check_input_size, format_size
-from tinyvim.engines.model_info import read_onnx_info
-from tinyvim.engines.trt_common import (check_trt_version, default_plugin_path, gpu_info, import_polygraphy,
+from tinyvim.backends.model_file import read_onnx_info
+from tinyvim.backends.trt.common import (check_trt_version, default_plugin_path, gpu_info, import_polygraphy,
                                         import_tensorrt, make_sidecar, polygraphy_messages, register_plugin_library,
                                         sha256_file, sidecar_path, trt_major)
 from tinyvim.errors import TinyvimError

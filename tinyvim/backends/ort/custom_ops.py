@@ -3,19 +3,27 @@ computed by our PyTorch scan through onnxruntime-extensions.
 
 onnxruntime-extensions registers Python ops only in the domain `ai.onnx.contrib`, so the
 session gets a copy of the graph with the plugin nodes moved there (an onnx-graphsurgeon
-edit, tinyvim.export.graph_edit). This is a correctness path (tests, `validate` of plugin graphs), not a fast one."""
+edit, tinyvim.backends.ort.graph_edit). This is a correctness path (tests, `validate` of plugin graphs), not a fast one."""
 from __future__ import annotations
 
 import os
 
 import numpy as np
 import onnx
+import torch
 
+from tinyvim.backends.ort.graph_edit import edit_graph
+from tinyvim.backends.ort.loader import import_onnxruntime
 from tinyvim.contract import SCAN_PLUGIN
-from tinyvim.errors import TinyvimError
-from tinyvim.export.graph_edit import edit_graph
+from tinyvim.lazy import import_optional
+from tinyvim.ops import scan_parallel
 
 CONTRIB_DOMAIN = "ai.onnx.contrib"
+
+
+def import_ort_extensions():
+    return import_optional("onnxruntime_extensions", "pip install onnxruntime-extensions (or export with "
+                           "--scan portable)", what="onnxruntime-extensions (to run a plugin-flavour ONNX on CPU)")
 _registered = False
 
 
@@ -24,14 +32,8 @@ def _register() -> None:
     global _registered
     if _registered:
         return
-    try:
-        from onnxruntime_extensions import PyCustomOpDef, onnx_op
-    except ImportError:
-        raise TinyvimError("running a plugin-flavour ONNX on CPU needs onnxruntime-extensions: "
-                           "pip install onnxruntime-extensions (or export with --scan portable)") from None
-    import torch
-
-    from tinyvim.ops import scan_parallel
+    extensions = import_ort_extensions()
+    PyCustomOpDef, onnx_op = extensions.PyCustomOpDef, extensions.onnx_op
 
     # Inputs, outputs and attributes as the contract declares them (the node carries float32).
     attr_types = {"INT": PyCustomOpDef.dt_int64, "FLOAT": PyCustomOpDef.dt_float, "STRING": PyCustomOpDef.dt_string}
@@ -68,9 +70,8 @@ def to_contrib_domain(model: onnx.ModelProto) -> onnx.ModelProto:
 
 def plugin_session(model: onnx.ModelProto | str | os.PathLike, sess_options=None, providers=None):
     """An onnxruntime.InferenceSession that runs a plugin-flavour graph on CPU."""
-    import onnxruntime as ort
-    from onnxruntime_extensions import get_library_path
-
+    ort = import_onnxruntime()
+    get_library_path = import_ort_extensions().get_library_path
     _register()
     if not isinstance(model, onnx.ModelProto):
         model = onnx.load(str(model))

@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING, Callable
 
 import onnx
 
-from tinyvim.errors import TinyvimError
+from tinyvim.lazy import import_optional
 
 if TYPE_CHECKING:   # optional dependency, imported where used
     import onnx_graphsurgeon
@@ -18,10 +18,7 @@ if TYPE_CHECKING:   # optional dependency, imported where used
 def edit_graph(model: onnx.ModelProto, edit: Callable[["onnx_graphsurgeon.Graph"], None]) -> onnx.ModelProto:
     """A new model: `model`'s graph imported into graphsurgeon, changed in place by `edit`,
     exported again, with `model`'s metadata."""
-    try:
-        import onnx_graphsurgeon as gs
-    except ImportError as exc:
-        raise TinyvimError(f"onnx-graphsurgeon is not installed ({exc}): pip install onnx-graphsurgeon") from None
+    gs = import_optional("onnx_graphsurgeon", "pip install onnx-graphsurgeon", what="onnx-graphsurgeon")
     graph = gs.import_onnx(model)
     edit(graph)
     out = gs.export_onnx(graph)

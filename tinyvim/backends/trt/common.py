@@ -17,6 +17,7 @@ from typing import Callable
 
 from tinyvim.contract import COMPUTE_PRECISIONS, INPUT_NAME, MAX_BATCH, MAX_IMAGE_SIDE, SCAN_PLUGIN
 from tinyvim.errors import TinyvimError
+from tinyvim.lazy import import_optional
 from tinyvim.utils import file_sha256 as sha256_file  # noqa: F401  (used by build and validate)
 
 MIN_TRT_MAJOR = 10
@@ -70,12 +71,7 @@ def check_trt_version(version: str) -> None:
 # --------------------------------------------------------------------- lazy imports
 def import_tensorrt():
     """The tensorrt module (>= 10), or a one-line TinyvimError saying how to get it."""
-    try:
-        import tensorrt as trt
-    except ImportError as exc:
-        raise TinyvimError(f"TensorRT is not installed ({exc}): {INSTALL_HINT}") from exc
-    except OSError as exc:  # the bindings wheel without libnvinfer
-        raise TinyvimError(f"TensorRT is installed but its libraries do not load ({exc}): {INSTALL_HINT}") from exc
+    trt = import_optional("tensorrt", INSTALL_HINT, what="TensorRT")   # OSError: bindings without libnvinfer
     check_trt_version(trt.__version__)
     return trt
 
@@ -83,12 +79,8 @@ def import_tensorrt():
 def import_polygraphy():
     """polygraphy.backend.trt (NVIDIA's TensorRT loaders, which build-engine goes through), or
     a one-line TinyvimError."""
-    try:
-        import polygraphy.backend.trt as polygraphy_trt
-    except ImportError as exc:
-        raise TinyvimError(f"Polygraphy is not installed ({exc}): pip install polygraphy "
-                           "(or pip install 'tinyvim[tensorrt]')") from exc
-    return polygraphy_trt
+    return import_optional("polygraphy.backend.trt", "pip install polygraphy (or pip install 'tinyvim[tensorrt]')",
+                           what="Polygraphy")
 
 
 @contextlib.contextmanager

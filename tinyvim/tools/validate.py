@@ -4,7 +4,7 @@ The reference is the UNFUSED model with the sequential scan in float32 - the ori
 computation - built from the same variant / checkpoint / init seed as the export, which are
 read from the model's metadata (ONNX metadata_props, or the engine's JSON sidecar) and can be
 overridden or filled in by the caller. The same input batches go through both; outputs are
-concatenated over batches and compared with `tinyvim.engines.compare`.
+concatenated over batches and compared with `tinyvim.tools.compare`.
 
 JSON report (`tinyvim validate --json PATH`), schema_version 1:
 
@@ -28,7 +28,7 @@ JSON report (`tinyvim validate --json PATH`), schema_version 1:
       "warnings": [str],
       "seconds": {"reference": float, "backend": float},
       "per_block": {...}                        # only with per_block=True (`--per-block`):
-    }                                           # tinyvim.engines.per_block.run_per_block
+    }                                           # tinyvim.tools.per_block.run_per_block
 
 The tolerance's precision is the looser of the model's and the backend's compute precision
 (an fp32 export validated on OpenVINO with --ov-precision bf16 is judged as bf16).
@@ -43,125 +43,20 @@ from typing import Callable, Iterable
 
 import numpy as np
 
-from tinyvim.contract import (INPUT_NAME, ExportMetadata, check_batch, check_count, check_positive_float, check_seed,
-                              check_threads, check_variant, check_workload, format_size, parse_size)
-from tinyvim.engines.base import BaseRunner
-from tinyvim.engines.compare import DEFAULT_TOLERANCES, Comparison, ComparisonAccumulator, Tolerance, tolerance_for
-from tinyvim.engines.inputs import DEFAULT_CROP_PCT, iter_image_batches, iter_random_batches, list_images
-from tinyvim.engines.model_info import ModelInfo, read_model_info
-from tinyvim.engines.registry import RunnerRequest, default_backend_for, get_backend
+from tinyvim import __version__
+from tinyvim.backends.base import BaseRunner
+from tinyvim.backends.model_file import ModelInfo
+from tinyvim.backends.registry import (RunnerRequest, check_model, default_backend_for, get_backend,
+                                       read_model_info)
+from tinyvim.contract import INPUT_NAME, check_count, check_positive_float, check_seed, check_threads, format_size
 from tinyvim.errors import TinyvimError
-from tinyvim.utils import file_sha256
+from tinyvim.tools.compare import DEFAULT_TOLERANCES, Comparison, ComparisonAccumulator, Tolerance, tolerance_for
+from tinyvim.tools.environment import default_threads
+from tinyvim.tools.inputs import DEFAULT_CROP_PCT, iter_image_batches, iter_random_batches, list_images
+from tinyvim.tools.per_block import format_per_block, run_per_block
+from tinyvim.tools.reference import ReferenceConfig, random_weights_note, resolve_reference
 
 SCHEMA_VERSION = 1
-
-
-@dataclass
-class ReferenceConfig:
-    """Everything needed to rebuild the PyTorch model an export came from."""
-    variant: str
-    checkpoint: str | None
-    ema: bool
-    backbone: bool
-    img_size: tuple[int, int]
-    init_seed: int
-    batch: int
-
-
-def resolve_reference(info: ModelInfo, *, variant: str | None = None, checkpoint: str | None = None,
-                      ema: bool | None = None, backbone: bool | None = None, img_size: str | None = None,
-                      init_seed: int | None = None, batch: int | None = None) -> tuple[ReferenceConfig, list[str]]:
-    """Reference configuration from the model's metadata, arguments overriding / filling in.
-
-    Returns (config, warnings); raises TinyvimError when the arguments contradict the model."""
-    meta = info.metadata
-    warnings: list[str] = []
-    if variant is not None:
-        variant = check_variant(variant)
-        if meta is not None and variant != meta.variant:
-            warnings.append(f"--variant {variant} overrides the model's metadata (TinyViM-{meta.variant.upper()}): "
-                            "expect a failed comparison unless the metadata is wrong")
-    elif meta is not None:
-        variant = meta.variant
-    else:
-        raise TinyvimError(f"{info.path} carries no tinyvim metadata naming its variant: pass --variant s|b|l")
-
-    if backbone is not None and backbone != info.backbone:
-        raise TinyvimError(f"--{'' if backbone else 'no-'}backbone contradicts the model, whose outputs are "
-                           f"{', '.join(info.output_names)}")
-    backbone = info.backbone
-
-    if img_size is not None:
-        size = parse_size(img_size) if not isinstance(img_size, tuple) else img_size
-        if info.fixed_size and size != info.fixed_size:
-            raise TinyvimError(f"--img-size {size[0]}x{size[1]} does not match the model's input "
-                               f"{info.fixed_size[0]}x{info.fixed_size[1]}")
-    else:
-        size = info.fixed_size or (meta.input_size if meta and meta.input_size else (224, 224))
-
-    if batch is not None:
-        check_batch(batch)
-        problem = info.batch_problem(batch)
-        if problem:
-            raise TinyvimError(f"--batch {batch}: {problem} (export with --dynamic-batch, or build the engine "
-                               "for that batch)")
-    else:
-        batch = info.fixed_batch or (info.batch_range[0] if info.batch_range else 1)
-
-    check_workload(batch, size)
-    checkpoint, ckpt_warnings = resolve_checkpoint(meta, checkpoint, required=True)
-    warnings += ckpt_warnings
-
-    if ema is not None and meta is not None and meta.checkpoint and ema != meta.ema:
-        warnings.append(f"--{'' if ema else 'no-'}ema overrides the model's metadata (ema={str(meta.ema).lower()}): "
-                        "expect a failed comparison unless the metadata is wrong")
-    ema = ema if ema is not None else bool(meta and meta.ema)
-    if init_seed is not None:
-        check_seed(init_seed, "--init-seed")
-        if meta is not None and checkpoint is None and init_seed != meta.init_seed:
-            warnings.append(f"--init-seed {init_seed} overrides the model's metadata (init_seed {meta.init_seed}): "
-                            "expect a failed comparison unless the metadata is wrong")
-    init_seed = init_seed if init_seed is not None else (meta.init_seed if meta else 0)
-    return ReferenceConfig(variant, checkpoint, ema, backbone, size, init_seed, batch), warnings
-
-
-def resolve_checkpoint(meta: ExportMetadata | None, checkpoint: str | None, *,
-                       required: bool) -> tuple[str | None, list[str]]:
-    """The checkpoint to rebuild a model from: `checkpoint` when given, else the one the
-    metadata names. Its sha256 is compared with the metadata's; a mismatch is a warning.
-    required=True (validate): a recorded checkpoint that cannot be found is an error;
-    False (profile): a warning, and random weights. Returns (checkpoint or None, warnings)."""
-    warnings: list[str] = []
-    recorded = (meta.checkpoint if meta else "") or None
-    recorded_sha = meta.checkpoint_sha256 if meta else ""
-    if checkpoint is None and recorded:
-        if os.path.isfile(recorded):
-            checkpoint = recorded
-        elif required:
-            raise TinyvimError(f"the model was exported from checkpoint {recorded}, which is not found here: "
-                               "pass it with --checkpoint")
-        else:
-            warnings.append(f"the model was exported from checkpoint {recorded}, which is not found here: "
-                            "using random weights (pass --checkpoint)")
-    if checkpoint is not None:
-        if not os.path.isfile(checkpoint):
-            raise TinyvimError(f"--checkpoint {checkpoint}: no such file (or not a regular file)")
-        if recorded_sha and file_sha256(checkpoint) != recorded_sha:
-            warnings.append(f"checkpoint {checkpoint} differs from the one the model was exported from "
-                            f"(sha256 {recorded_sha[:12]}...): expect a mismatch")
-        if meta is not None and not recorded_sha:
-            warnings.append("the model was exported with random weights, but --checkpoint was given")
-    elif recorded_sha and required:
-        raise TinyvimError("the model was exported from a checkpoint: pass it with --checkpoint")
-    return checkpoint, warnings
-
-
-def random_weights_note(checkpoint: str | None, seed: int, who: str = "the reference") -> str | None:
-    """The line every command prints when it computes with random weights (None otherwise)."""
-    if checkpoint is not None:
-        return None
-    return (f"note: no checkpoint: {who} uses randomly initialised weights (seed {seed}); "
-            "outputs are meaningless, numerics and speed are real")
 
 
 def run_all(runner: BaseRunner, batches: Iterable[np.ndarray], input_name: str = INPUT_NAME) -> tuple[dict, float]:
@@ -220,12 +115,10 @@ def make_report(result: ValidationResult, *, info: ModelInfo, config: ReferenceC
                 providers: list[str] | None, inputs: dict, precision: str, warnings: list[str],
                 options: dict | None = None) -> dict:
     """The JSON document described in this module's docstring."""
-    import tinyvim
-
     tol = result.comparison.tolerance
     return {
         "schema_version": SCHEMA_VERSION,
-        "tinyvim_version": tinyvim.__version__,
+        "tinyvim_version": __version__,
         "passed": result.passed,
         "model": {"path": info.path, "kind": info.kind,
                   "metadata": info.metadata.to_props() if info.metadata else {}},
@@ -263,7 +156,6 @@ def format_table(report: dict) -> str:
                  f"{report['reference']['variant'].upper()}, {n} images, {tol['precision']} tolerance "
                  f"atol={tol['atol']:g} rtol={tol['rtol']:g})")
     if report.get("per_block"):
-        from tinyvim.engines.per_block import format_per_block
         lines[:0] = [format_per_block(report["per_block"]), ""]
     return "\n".join(lines)
 
@@ -279,9 +171,7 @@ def validate_model(model: str | os.PathLike, *, backend: str | None = None, opti
     the PyTorch reference on the same inputs, batch by batch; returns the report (module
     docstring). Every argument is checked before any model is built (one-line TinyvimError).
     per_block: also compare every stage's and block's output on the first batch
-    (tinyvim.engines.per_block; the report gains a "per_block" section)."""
-    from tinyvim.engines.profile import default_threads
-
+    (tinyvim.tools.per_block; the report gains a "per_block" section)."""
     check_threads(threads)
     check_count(num_inputs, "--num-inputs")
     check_seed(seed)
@@ -294,7 +184,7 @@ def validate_model(model: str | os.PathLike, *, backend: str | None = None, opti
         raise TinyvimError(str(exc)) from None
     info = read_model_info(model)
     target_backend = get_backend(backend) if backend else default_backend_for(info)
-    target_backend.check_model(info)
+    check_model(target_backend, info)
     config, warnings = resolve_reference(info, variant=variant, checkpoint=checkpoint, ema=ema, backbone=backbone,
                                          img_size=img_size, init_seed=init_seed, batch=batch)
     for w in warnings:
@@ -335,7 +225,6 @@ def validate_model(model: str | os.PathLike, *, backend: str | None = None, opti
                          providers=getattr(target, "providers", None), inputs=inputs, precision=precision,
                          warnings=warnings, options=options)
     if per_block:
-        from tinyvim.engines.per_block import run_per_block
         report["per_block"] = run_per_block(info, config, backend=target_backend, batch=next(iter(make_batches())),
                                             tolerance=tolerance, precision=precision, threads=threads,
                                             options=options, log=log)

@@ -15,9 +15,9 @@ from typing import TYPE_CHECKING, Mapping
 
 import numpy as np
 
-from tinyvim.engines.base import BaseRunner
-from tinyvim.engines.trt_common import check_sidecar as check_sidecar_against
-from tinyvim.engines.trt_common import (default_plugin_path, gpu_info, import_polygraphy, import_tensorrt,
+from tinyvim.backends.base import BaseRunner
+from tinyvim.backends.trt.common import check_sidecar as check_sidecar_against
+from tinyvim.backends.trt.common import (default_plugin_path, gpu_info, import_polygraphy, import_tensorrt,
                                         polygraphy_messages, read_sidecar, register_plugin_library)
 from tinyvim.errors import TinyvimError
 

@@ -3,39 +3,21 @@ computation) and the fast eager path (`torch-fused`: re-parameterized model, par
 from __future__ import annotations
 
 import time
-from typing import Callable, Mapping, Sequence
+from typing import Mapping, Sequence
 
 import numpy as np
 
-from tinyvim.engines.base import BaseRunner
-from tinyvim.errors import TinyvimError
+import torch
+
 from tinyvim import contract
+from tinyvim.backends.base import BaseRunner
+from tinyvim.backends.torch.loader import tinyvim_loader
+from tinyvim.errors import TinyvimError
+from tinyvim.ops import scan_implementation
 
 #: backend name -> (fuse the model?, scan implementation). "auto" is the parallel scan on
 #: the CPU and our CUDA kernel on a GPU where it is built.
 TORCH_BACKENDS = {"torch": (False, "sequential"), "torch-fused": (True, "auto")}
-
-
-def tinyvim_loader(variant: str, *, checkpoint: str | None = None, ema: bool = False,
-                   backbone: bool = False, seed: int = 0, fused: bool = False,
-                   allow_nonfinite: bool = False) -> Callable:
-    """A zero-argument callable building the TinyViM model (lazy, so that a runner can be
-    described before the model package is imported or the weights are read)."""
-
-    def load():
-        try:
-            import tinyvim
-            create_model = tinyvim.create_model
-        except (ImportError, AttributeError) as exc:
-            raise TinyvimError(f"the TinyViM model is not available in this installation "
-                               f"(tinyvim.create_model: {exc})") from exc
-        model = create_model(variant, checkpoint=checkpoint, backbone=backbone, ema=ema, seed=seed,
-                             allow_nonfinite=allow_nonfinite)
-        if fused:
-            model = tinyvim.reparameterize(model)
-        return model.eval()
-
-    return load
 
 
 class TorchRunner(BaseRunner):
@@ -69,7 +51,6 @@ class TorchRunner(BaseRunner):
                    name=backend)
 
     def activate_impl(self) -> None:
-        import torch
         self._saved_threads = torch.get_num_threads()
         if self.threads:
             torch.set_num_threads(int(self.threads))
@@ -77,15 +58,11 @@ class TorchRunner(BaseRunner):
         self._model = model.eval().float()
 
     def deactivate_impl(self) -> None:
-        import torch
         self._model = None
         if self._saved_threads:
             torch.set_num_threads(self._saved_threads)
 
     def infer_impl(self, feed: Mapping[str, np.ndarray]):
-        import torch
-        from tinyvim.ops import scan_implementation
-
         args = [torch.from_numpy(np.ascontiguousarray(feed[n], dtype=np.float32)) for n in self._inputs]
         start = time.perf_counter()
         with torch.inference_mode(), scan_implementation(self.scan):

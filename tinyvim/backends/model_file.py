@@ -1,14 +1,20 @@
-"""What a model file says about itself: its input/output signature and its tinyvim metadata
-(ONNX metadata_props, or an engine's JSON sidecar), validated through
-`tinyvim.contract.ExportMetadata` before anything trusts it."""
+"""What a model file says about itself (`ModelInfo`): its input/output signature and its tinyvim
+metadata, validated through `tinyvim.contract.ExportMetadata` before anything trusts it.
+
+ONNX, the file every backend starts from, is read here; each backend with a file kind of its
+own reads it in its package (backends/trt/model_file.py: engine + sidecar; backends/ov/
+model_file.py: IR), and `tinyvim.backends.registry.read_model_info` picks the reader by suffix."""
 from __future__ import annotations
 
 import os
 from dataclasses import dataclass
 from pathlib import Path
 
+import onnx
+from google.protobuf.message import DecodeError
+
 from tinyvim.contract import (BACKBONE_OUTPUTS, CLASSIFIER_OUTPUTS, INPUT_MULTIPLE, INPUT_NAME, MAX_BATCH,
-                              MAX_IMAGE_SIDE, ExportMetadata, check_workload, format_size)
+                              MAX_IMAGE_SIDE, SCAN_PLUGIN, ExportMetadata, check_workload, format_size)
 from tinyvim.errors import TinyvimError
 
 #: protobuf cannot hold a single-file ONNX above 2 GiB; a larger file is not read into memory
@@ -57,6 +63,11 @@ class ModelInfo:
         return None
 
 
+def has_plugin_nodes(graph) -> bool:
+    """True when an onnx GraphProto contains the custom scan node (plugin flavour)."""
+    return any(n.op_type == SCAN_PLUGIN.op_type or n.domain == SCAN_PLUGIN.onnx_domain for n in graph.node)
+
+
 def _dims(value_info) -> list:
     dims = []
     for d in value_info.type.tensor_type.shape.dim:
@@ -95,11 +106,6 @@ def check_signature(info: ModelInfo) -> None:
 
 def read_onnx_info(path: str | os.PathLike) -> ModelInfo:
     """Signature + metadata of an ONNX file, with one-line errors for missing / non-ONNX files."""
-    import onnx
-    from google.protobuf.message import DecodeError
-
-    from tinyvim.engines.ort_runner import has_plugin_nodes
-
     p = Path(path)
     if not p.is_file():
         raise TinyvimError(f"{p}: no such file" if not p.exists() else f"{p}: not a regular file")
@@ -124,35 +130,3 @@ def read_onnx_info(path: str | os.PathLike) -> ModelInfo:
                      plugin_nodes=has_plugin_nodes(proto.graph))
     check_signature(info)
     return info
-
-
-def read_engine_info(path: str | os.PathLike) -> ModelInfo:
-    """Signature + metadata of a TensorRT engine, from its JSON sidecar (no TensorRT needed)."""
-    from tinyvim.engines.trt_common import read_sidecar
-
-    p = Path(path)
-    if not p.is_file():
-        raise TinyvimError(f"{p}: no such file" if not p.exists() else f"{p}: not a regular file")
-    sidecar = read_sidecar(p)
-    meta = ExportMetadata.from_props(sidecar.get("onnx_metadata") or {}, source=f"{p}.json")
-    if meta is None:
-        raise TinyvimError(f"{p}.json has no tinyvim metadata of the ONNX it was built from: rebuild the engine "
-                           "with `tinyvim build-engine`")
-    profile = sidecar["profiles"][0][INPUT_NAME]          # shapes checked by read_sidecar
-    batch_range = (profile["min"][0], profile["max"][0])
-    fixed = batch_range[0] if batch_range and batch_range[0] == batch_range[1] else None
-    h, w = meta.input_size if meta.input_size else (None, None)
-    return ModelInfo(path=os.fspath(p), kind="engine", input_name=INPUT_NAME, input_shape=[fixed, 3, h, w],
-                     output_names=list(BACKBONE_OUTPUTS if meta.backbone else CLASSIFIER_OUTPUTS),
-                     metadata=meta, precision=sidecar.get("precision", meta.precision),
-                     plugin_nodes=meta.scan == "plugin", batch_range=batch_range)
-
-
-def read_model_info(path: str | os.PathLike) -> ModelInfo:
-    """Dispatch on the extension: .engine/.plan/.trt -> engine sidecar, .xml -> OpenVINO IR, else ONNX."""
-    if Path(path).suffix.lower() in (".engine", ".plan", ".trt"):
-        return read_engine_info(path)
-    if Path(path).suffix.lower() == ".xml":
-        from tinyvim.engines.ov_runner import read_ir_info
-        return read_ir_info(path)
-    return read_onnx_info(path)

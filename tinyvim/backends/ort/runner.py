@@ -3,7 +3,7 @@ spinning (ORT's spinning worker threads otherwise steal the cores from whatever 
 the process, which corrupts back-to-back benchmarks; see TOOLCHAIN.md).
 
 A plugin-flavour graph (custom tinyvim::CrossSelectiveScan node) runs through the CPU
-custom-op path of tinyvim.export.ort_custom_ops (onnxruntime-extensions + the PyTorch scan):
+custom-op path of tinyvim.backends.ort.custom_ops (onnxruntime-extensions + the PyTorch scan):
 right for validation, meaningless for timing, so profiling turns it off."""
 from __future__ import annotations
 
@@ -12,54 +12,17 @@ import time
 from typing import Mapping, Sequence
 
 import numpy as np
+import onnx
 
 from tinyvim.contract import SCAN_PLUGIN
-from tinyvim.engines.base import BaseRunner
+from tinyvim.backends.base import BaseRunner
+from tinyvim.backends.model_file import has_plugin_nodes
+from tinyvim.backends.ort.custom_ops import plugin_session
 from tinyvim.errors import TinyvimError
-
-#: CLI spelling -> onnxruntime.GraphOptimizationLevel member name
-OPT_LEVELS = {
-    "disable": "ORT_DISABLE_ALL",
-    "basic": "ORT_ENABLE_BASIC",
-    "extended": "ORT_ENABLE_EXTENDED",
-    "all": "ORT_ENABLE_ALL",
-}
+from tinyvim.backends.ort.loader import OPT_LEVELS, import_onnxruntime, parse_providers
 
 _ORT_TO_NUMPY = {"tensor(float)": np.float32, "tensor(float16)": np.float16,
                  "tensor(double)": np.float64, "tensor(bfloat16)": np.float32}
-
-
-def import_onnxruntime():
-    """onnxruntime, or a one-line error saying how to install it."""
-    try:
-        import onnxruntime
-    except ImportError as exc:
-        raise TinyvimError("onnxruntime is not installed: pip install 'tinyvim[cpu]' "
-                           "(or 'tinyvim[gpu]' for onnxruntime-gpu)") from exc
-    return onnxruntime
-
-
-def parse_providers(text: str | Sequence[str] | None) -> list[str]:
-    """'cuda,cpu' or ['CUDAExecutionProvider'] -> full provider names, CPU last as fallback.
-
-    Short names are accepted case-insensitively (cpu, cuda, tensorrt, dml, coreml, openvino)."""
-    if not text:
-        return ["CPUExecutionProvider"]
-    items = text.split(",") if isinstance(text, str) else list(text)
-    short = {"cpu": "CPUExecutionProvider", "cuda": "CUDAExecutionProvider",
-             "tensorrt": "TensorrtExecutionProvider", "trt": "TensorrtExecutionProvider",
-             "dml": "DmlExecutionProvider", "coreml": "CoreMLExecutionProvider",
-             "openvino": "OpenVINOExecutionProvider"}
-    names = []
-    for item in (i.strip() for i in items):
-        if item:
-            names.append(short.get(item.lower(), item))
-    return names or ["CPUExecutionProvider"]
-
-
-def has_plugin_nodes(graph) -> bool:
-    """True when an onnx GraphProto contains the custom scan node (plugin flavour)."""
-    return any(n.op_type == SCAN_PLUGIN.op_type or n.domain == SCAN_PLUGIN.onnx_domain for n in graph.node)
 
 
 class OrtRunner(BaseRunner):
@@ -95,7 +58,6 @@ class OrtRunner(BaseRunner):
         return so
 
     def _has_plugin_nodes(self) -> bool:
-        import onnx
         try:
             proto = (onnx.load_from_string(self.model) if isinstance(self.model, bytes)
                      else onnx.load(os.fspath(self.model), load_external_data=False))
@@ -133,13 +95,7 @@ class OrtRunner(BaseRunner):
         self._input_dtypes = {i.name: _ORT_TO_NUMPY.get(i.type, np.float32) for i in self._session.get_inputs()}
 
     def _plugin_session(self, model):
-        try:
-            from tinyvim.export.ort_custom_ops import plugin_session
-        except ImportError as exc:
-            raise TinyvimError("this ONNX graph has the custom CrossSelectiveScan node and this installation "
-                               "has no CPU path for it: use --backend trt, or export with --scan portable") from exc
         if isinstance(model, bytes):
-            import onnx
             model = onnx.load_from_string(model)
         return plugin_session(model, sess_options=self.session_options(), providers=self.providers)
 

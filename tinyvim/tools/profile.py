@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import functools
 import os
-import platform
 import tempfile
 import time
 from pathlib import Path
@@ -17,13 +16,16 @@ from typing import Callable, Sequence
 
 import numpy as np
 
-from tinyvim.contract import (MAX_DURATION_S, check_batch, check_count, check_positive_float, check_seed,
+from tinyvim.contract import (DEFAULT_IMG_SIZE, MAX_DURATION_S, check_batch, check_count, check_positive_float, check_seed,
                               check_threads, check_variant, check_workload, format_size, parse_size)
-from tinyvim.engines.base import BaseRunner
-from tinyvim.engines.model_info import ModelInfo, read_model_info
-from tinyvim.engines.registry import Backend, RunnerRequest, parse_backends
-from tinyvim.engines.validate import random_weights_note, resolve_checkpoint
+from tinyvim.backends.base import BaseRunner
+from tinyvim.backends.model_file import ModelInfo
+from tinyvim.backends.registry import Backend, RunnerRequest, parse_backends, read_model_info
 from tinyvim.errors import TinyvimError
+from tinyvim.export import export_onnx
+from tinyvim.lazy import import_optional
+from tinyvim.tools.environment import cpu_model, default_threads, environment  # noqa: F401  (re-exported)
+from tinyvim.tools.reference import random_weights_note, resolve_checkpoint
 from tinyvim.utils import atomic_output, check_output_path
 
 SCHEMA_VERSION = 1
@@ -45,48 +47,6 @@ def latency_stats(seconds) -> dict:
 def throughput(batch: int, mean_ms: float) -> float:
     """Images per second at the mean latency."""
     return batch * 1e3 / mean_ms if mean_ms > 0 else float("inf")
-
-
-def default_threads() -> int:
-    """All cores this process may use."""
-    try:
-        return len(os.sched_getaffinity(0))
-    except AttributeError:
-        return os.cpu_count() or 1
-
-
-def cpu_model() -> str:
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
-
-
-def _version(module: str) -> str | None:
-    from importlib.metadata import PackageNotFoundError, version
-    for dist in {"onnxruntime": ("onnxruntime", "onnxruntime-gpu"), "tensorrt": ("tensorrt", "tensorrt-cu12",
-                                                                                "tensorrt-cu13")}.get(module, (module,)):
-        try:
-            return version(dist)
-        except PackageNotFoundError:
-            continue
-    return None
-
-
-def environment(threads: int) -> dict:
-    import torch
-
-    import tinyvim
-    return {"cpu": cpu_model(), "cores": os.cpu_count(), "usable_cores": default_threads(), "threads": threads,
-            "python": platform.python_version(), "platform": platform.platform(),
-            "tinyvim": tinyvim.__version__, "torch": torch.__version__, "onnx": _version("onnx"),
-            "onnxruntime": _version("onnxruntime"), "tensorrt": _version("tensorrt"),
-            "gpu": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
-            "openvino": _version("openvino"), "extra_versions": ["openvino"] if _version("openvino") else []}
 
 
 def time_runner(runner: BaseRunner, feed: dict, *, warmup: int = 5, iters: int | None = 50,
@@ -165,13 +125,9 @@ def format_table(entries: list[dict]) -> str:
 
 
 def _matplotlib_pyplot():
-    try:
-        import matplotlib
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError as exc:
-        raise TinyvimError("--plot needs matplotlib: pip install 'tinyvim[plot]'") from exc
-    return plt
+    install = "pip install 'tinyvim[plot]'"
+    import_optional("matplotlib", install, what="matplotlib (for --plot)").use("Agg")   # no display needed
+    return import_optional("matplotlib.pyplot", install, what="matplotlib (for --plot)")
 
 
 def check_plot_output(path: str) -> None:
@@ -225,7 +181,6 @@ def format_environment(env: dict, backends: Sequence[str]) -> str:
 def _export_for_profile(path: Path, variant: str, checkpoint, ema: bool, size, seed: int, allow_nonfinite: bool,
                         log) -> ModelInfo:
     """A dynamic-batch portable ONNX for backends that run one, when --model gave none."""
-    from tinyvim.export import export_onnx
     log(f"exporting TinyViM-{variant.upper()} to a temporary ONNX...")
     export_onnx(path, variant=variant, checkpoint=checkpoint, ema=ema, img_size=tuple(size), dynamic_batch=True,
                 seed=seed, allow_nonfinite=allow_nonfinite)
@@ -271,7 +226,7 @@ def run_profile(backends, *, models: Sequence[str] = (), variant: str | None = N
         size = parse_size(img_size) if not isinstance(img_size, tuple) else img_size
     else:
         size = (known.fixed_size if known and known.fixed_size else None) or \
-            (meta.input_size if meta and meta.input_size else (224, 224))
+            (meta.input_size if meta and meta.input_size else DEFAULT_IMG_SIZE)
     for info in by_kind.values():
         if info.fixed_size and info.fixed_size != size:
             raise TinyvimError(f"--img-size {format_size(size)} does not match {info.path} "

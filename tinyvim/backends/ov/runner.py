@@ -1,0 +1,100 @@
+"""OpenVINO runner: a portable ONNX export or an OpenVINO IR (.xml + .bin) on CPU or GPU.
+
+Precision is always explicit. OpenVINO's own default on a CPU with AVX512-BF16 or AMX is
+bf16 (it picks it silently, ~2e-3 error on TinyViM's logits), which would fail an fp32
+comparison for a user who did not ask for it; here `--ov-precision` (f32 unless given) becomes
+INFERENCE_PRECISION_HINT, and a precision the device does not list in its
+OPTIMIZATION_CAPABILITIES is refused in one line. `--threads` becomes INFERENCE_NUM_THREADS
+(CPU), `--ov-hint latency|throughput` PERFORMANCE_HINT, `--ov-device` the device.
+
+The plugin flavour (custom CrossSelectiveScan node) is refused: OpenVINO has no such op.
+`openvino` is imported when a runner activates (optional extra `tinyvim[openvino]`; backends/ov/loader.py).
+"""
+from __future__ import annotations
+
+import os
+import time
+from typing import Mapping
+
+import numpy as np
+
+from tinyvim.backends.base import BaseRunner
+from tinyvim.backends.ov.loader import (DEFAULT_PRECISION, OV_PRECISIONS, compile_config, device_description,
+                                       import_openvino, port_name, resolve_precision, supported_precisions)
+from tinyvim.contract import SCAN_PLUGIN, check_input_size
+from tinyvim.errors import TinyvimError
+
+
+class OvRunner(BaseRunner):
+    """Runs an ONNX file or an OpenVINO IR with openvino.Core.compile_model."""
+
+    def __init__(self, model: str | os.PathLike, *, device: str | None = None, precision: str | None = None,
+                 threads: int | None = None, hint: str | None = None, plugin_nodes: bool = False,
+                 log=None, name: str = "ov"):
+        super().__init__(name)
+        self.model = os.fspath(model)
+        self.device = (device or "CPU").upper()
+        self.requested_precision = precision
+        self.threads = threads
+        self.hint = hint
+        self.plugin_nodes = plugin_nodes
+        self.log = log
+        self.precision: str | None = None           # resolved on activate
+        self.config: dict = {}
+        self._compiled = None
+        self._request = None
+        self._dynamic_size = False
+
+    @property
+    def compute_precision(self) -> str:
+        """tinyvim's name of what it computes in (fp32, bf16, fp16): picks validate's tolerance."""
+        return OV_PRECISIONS[self.precision or (self.requested_precision or DEFAULT_PRECISION).lower()][2]
+
+    def activate_impl(self) -> None:
+        if self.plugin_nodes:
+            raise TinyvimError(f"this ONNX graph contains the custom {SCAN_PLUGIN.onnx_domain}::{SCAN_PLUGIN.op_type} "
+                               "node (exported with --scan plugin), which OpenVINO cannot run: export with "
+                               "--scan portable for OpenVINO")
+        ov = import_openvino()
+        core = ov.Core()
+        available = core.available_devices
+        if not any(d == self.device or d.startswith(self.device + ".") for d in available) and self.device != "AUTO":
+            raise TinyvimError(f"OpenVINO device {self.device} is not available here; available: "
+                               f"{', '.join(available) or 'none'}")
+        probe = self.device if self.device != "AUTO" else "CPU"
+        self.precision = resolve_precision(core, probe, self.requested_precision)
+        if self.log:
+            others = [p for p in supported_precisions(core, probe) if p != self.precision]
+            self.log(f"OpenVINO {ov.__version__.split('-')[0]} on {probe} ({device_description(core, probe)}): "
+                     f"computing in {self.precision}" + (f"; this device also supports {', '.join(others)} "
+                                                         "(--ov-precision)" if others else ""))
+        self.config = compile_config(self.device, self.precision, self.threads, self.hint)
+        try:
+            compiled = core.compile_model(self.model, self.device, self.config)
+        except Exception as exc:  # noqa: BLE001 - OpenVINO raises RuntimeError subclasses with long texts
+            first = next((ln.strip() for ln in str(exc).splitlines() if ln.strip() and "Exception from" not in ln),
+                         type(exc).__name__)
+            raise TinyvimError(f"OpenVINO could not compile {self.model}: {first[:300]}") from exc
+        self._compiled = compiled
+        self._request = compiled.create_infer_request()
+        self._inputs = [port_name(i) for i in compiled.inputs]
+        self._outputs = [port_name(o) for o in compiled.outputs]
+        shape = compiled.inputs[0].get_partial_shape()
+        self._dynamic_size = shape.rank.get_length() == 4 and (shape[2].is_dynamic or shape[3].is_dynamic)
+
+    def deactivate_impl(self) -> None:
+        self._request = None
+        self._compiled = None
+
+    def infer_impl(self, feed: Mapping[str, np.ndarray]):
+        arrays = {n: np.ascontiguousarray(feed[n], dtype=np.float32) for n in self._inputs}
+        if self._dynamic_size:
+            # the graph itself cannot say it: a size that is not a multiple of 32 would fail
+            # deep inside it (or give wrong maps), so it is refused here in one line
+            for a in arrays.values():
+                check_input_size(*a.shape[2:])
+        start = time.perf_counter()
+        results = self._request.infer(list(arrays.values()))     # by position: names may be merged
+        compute = time.perf_counter() - start
+        outputs = {port_name(port): np.array(value, copy=True) for port, value in results.items()}
+        return {n: outputs[n] for n in self._outputs}, {"compute": compute}

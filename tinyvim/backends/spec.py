@@ -1,0 +1,87 @@
+"""What a backend declares about itself (Polygraphy style: one folder per backend under
+tinyvim/backends/, each declaring its `Backend`s in its __init__): what it runs, where, in which
+precisions, with which options, which file kinds it reads, and the factory that makes its runner.
+tinyvim/backends/registry.py collects the declarations; tools look backends up by name there."""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Callable, Mapping, Sequence
+
+from tinyvim.backends.base import BaseRunner
+from tinyvim.backends.model_file import ModelInfo
+from tinyvim.errors import TinyvimError
+
+PURPOSES = ("validate", "profile", "reference")
+
+
+@dataclass(frozen=True)
+class BackendOption:
+    """A backend-specific option. The CLI turns each into a `--flag` on validate and profile;
+    its value reaches the factory as RunnerRequest.options[name] (None when not given)."""
+    name: str
+    flag: str
+    help: str
+    type: type = str                       # str, int, float or bool (bool: --flag/--no-flag)
+    choices: tuple[str, ...] | None = None
+    path: bool = False                     # a file path (the CLI checks it is not a folder)
+
+
+@dataclass
+class RunnerRequest:
+    """Everything a runner factory may use; each backend takes what it needs."""
+    purpose: str                           # one of PURPOSES
+    model: ModelInfo | None = None         # the file, for backends that run one
+    variant: str = "s"                     # the model, for backends that build it (torch)
+    checkpoint: str | None = None
+    ema: bool = False
+    backbone: bool = False
+    init_seed: int = 0
+    allow_nonfinite: bool = False          # load a checkpoint with NaN/Inf weights (torch)
+    threads: int | None = None
+    options: dict[str, Any] = field(default_factory=dict)
+    log: Callable[[str], None] = print
+
+    def option(self, name: str, default: Any = None) -> Any:
+        value = self.options.get(name)
+        return default if value is None else value
+
+
+@dataclass(frozen=True)
+class Backend:
+    name: str
+    summary: str
+    make_runner: Callable[[RunnerRequest], BaseRunner]
+    model_kinds: tuple[str, ...] = ()      # file kinds it runs; () = builds the model from the variant
+    default_for: tuple[str, ...] = ()      # file kinds for which `validate` picks it by default
+    devices: tuple[str, ...] = ("cpu",)
+    precisions: tuple[str, ...] = ("fp32",)
+    options: tuple[BackendOption, ...] = ()
+    #: may `profile` export a portable ONNX on the fly when no file of its kind is given?
+    exports_onnx: bool = False
+    #: how to get a file for it, said when one is missing
+    missing_model_hint: str = ""
+    #: file kind (a key of contract.FILE_KINDS) -> reader of such a file's ModelInfo, for the
+    #: kinds this backend owns (ONNX, which every backend starts from, is read in model_file.py)
+    readers: Mapping[str, Callable[[str], ModelInfo]] = field(default_factory=dict)
+
+    @property
+    def runs_files(self) -> bool:
+        return bool(self.model_kinds)
+
+    def check_model(self, info: ModelInfo, others: Sequence[str] = ()) -> None:
+        """A one-line error when this backend cannot run `info`'s kind of file (`others`: the
+        backends that can, named in the error)."""
+        if info.kind not in self.model_kinds:
+            hints = ([f"use --backend {' or '.join(others)}"] if others else []) + \
+                ([self.missing_model_hint] if self.missing_model_hint else [])
+            raise TinyvimError(f"backend {self.name} runs {' or '.join(k.upper() for k in self.model_kinds) or 'no'} "
+                               f"files, and {info.path} is {info.kind.upper()}: {', or '.join(hints)}")
+
+    def runner(self, request: RunnerRequest) -> BaseRunner:
+        if request.purpose not in PURPOSES:
+            raise ValueError(f"unknown purpose {request.purpose!r}")
+        if self.runs_files:
+            if request.model is None:
+                raise TinyvimError(f"backend {self.name} needs a model file ({', '.join(self.model_kinds)})")
+            self.check_model(request.model)
+        return self.make_runner(request)
