@@ -4,7 +4,7 @@
 #   bash scripts/gpu_check.sh [REPORT_DIR]      (default: $OUT, else ./out)
 # Builds the kernel for this GPU, checks it against the float64 reference, compares
 # TinyViM S/B/L logits with the pure-PyTorch scan, benchmarks; writes gpu_check.json.
-# Extra arguments after REPORT_DIR go to tinyvim.plugins.gpu_check (e.g. --dry-run).
+# Extra arguments after REPORT_DIR go to tinyvim.tools.gpu_check (e.g. --dry-run).
 set -uo pipefail
 REPO="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 REPORT_DIR="${1:-${OUT:-$REPO/out}}"
@@ -18,7 +18,7 @@ PY="${PYTHON:-python3}"
 cd "$REPO"
 # Hard stop at 235 s so that the whole check fits a 4-minute slot; the report is
 # rewritten after every section, so a stop keeps what finished.
-timeout 235 "$PY" -m tinyvim.plugins.gpu_check --json "$REPORT_DIR/gpu_check.json" \
+timeout 235 "$PY" -m tinyvim.tools.gpu_check --json "$REPORT_DIR/gpu_check.json" \
     --build-dir "${TMPDIR:-/tmp}/tinyvim_gpu_check_build" --budget-s 170 "$@" 2>&1 | tee "$REPORT_DIR/gpu_check.log"
 rc=${PIPESTATUS[0]}
 echo "gpu_check exit status: $rc (report: $REPORT_DIR/gpu_check.json)"

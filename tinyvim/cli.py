@@ -35,8 +35,8 @@ SUMMARIES = {
     "profile": "Measure latency and throughput of TinyViM on several backends and batch sizes.",
     "build-engine": "Build a TensorRT engine (and its JSON sidecar) from a TinyViM ONNX MODEL.",
     "build-plugin": "Build the CUDA scan kernel, its CPU twin and the TensorRT plugin with CMake.",
-    "serve": "Serve a model REPO (from `export --fmt triton`) with Triton Inference Server.",
-    "serve-bench": "Load-test a model served by Triton: latency percentiles and throughput.",
+    "serve": "Serve a model REPO (from `export --fmt triton`) with Triton Inference Server",
+    "serve-bench": "Load-test a model served by Triton: latency percentiles and images/s per concurrency",
 }
 
 

@@ -1,6 +1,8 @@
 """The one way tinyvim imports an optional dependency (onnxruntime, openvino, tensorrt,
 polygraphy, matplotlib, ...): at the moment it is needed, with a one-line error naming the
-package to install when it is missing. Everything else is imported at module top."""
+package to install when it is missing. Everything else is imported at module top.
+
+How to install each optional dependency is declared here, once."""
 from __future__ import annotations
 
 import importlib
@@ -8,17 +10,33 @@ from types import ModuleType
 
 from tinyvim.errors import TinyvimError
 
+#: top-level module -> (what it is called in messages, how to install it)
+OPTIONAL = {
+    "onnxruntime": ("onnxruntime", "pip install 'tinyvim[cpu]' (or 'tinyvim[gpu]' for onnxruntime-gpu)"),
+    "openvino": ("OpenVINO", "pip install 'tinyvim[openvino]' (the openvino package from PyPI)"),
+    "tensorrt": ("TensorRT", "install it on a machine with an NVIDIA GPU from NVIDIA's package index (pip install "
+                             "tensorrt-cu12, or the TensorRT tarball / NGC container) - it cannot be installed from "
+                             "PyPI alone"),
+    "polygraphy": ("Polygraphy", "pip install polygraphy (or pip install 'tinyvim[tensorrt]')"),
+    "matplotlib": ("matplotlib", "pip install 'tinyvim[plot]'"),
+    "onnxruntime_extensions": ("onnxruntime-extensions", "pip install onnxruntime-extensions (or export with "
+                                                         "--scan portable)"),
+    "onnx_graphsurgeon": ("onnx-graphsurgeon", "pip install onnx-graphsurgeon"),
+    "tritonclient": ("tritonclient", "pip install 'tinyvim[serve]'"),
+}
 
-def import_optional(module: str, install: str, *, what: str | None = None) -> ModuleType:
-    """`module` imported, or TinyvimError("<what> is not installed: <install>").
 
-    install: how to get it, e.g. "pip install 'tinyvim[openvino]'". An OSError while importing
-    (a binding whose native libraries do not load, like tensorrt without libnvinfer) is said
-    as such."""
-    name = what or module.split(".")[0]
+def import_optional(module: str, install: str | None = None, *, what: str | None = None) -> ModuleType:
+    """`module` imported, or TinyvimError("<what> is not installed (...): <install>").
+
+    install / what default to OPTIONAL's entry for the module's top-level package. An OSError
+    while importing (a binding whose native libraries do not load, like tensorrt without
+    libnvinfer) is said as such."""
+    name, hint = OPTIONAL.get(module.split(".")[0], (module.split(".")[0], f"pip install {module.split('.')[0]}"))
+    name, hint = what or name, install or hint
     try:
         return importlib.import_module(module)
     except ImportError as exc:
-        raise TinyvimError(f"{name} is not installed ({exc}): {install}") from exc
+        raise TinyvimError(f"{name} is not installed ({exc}): {hint}") from exc
     except OSError as exc:
-        raise TinyvimError(f"{name} is installed but its libraries do not load ({exc}): {install}") from exc
+        raise TinyvimError(f"{name} is installed but its libraries do not load ({exc}): {hint}") from exc

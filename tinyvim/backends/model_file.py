@@ -13,8 +13,19 @@ from pathlib import Path
 import onnx
 from google.protobuf.message import DecodeError
 
-from tinyvim.contract import (BACKBONE_OUTPUTS, CLASSIFIER_OUTPUTS, INPUT_MULTIPLE, INPUT_NAME, MAX_BATCH,
-                              MAX_IMAGE_SIDE, SCAN_PLUGIN, ExportMetadata, check_workload, format_size)
+from tinyvim.contract import (
+    BACKBONE_OUTPUTS,
+    CLASSIFIER_OUTPUTS,
+    FP32,
+    INPUT_MULTIPLE,
+    INPUT_NAME,
+    MAX_BATCH,
+    MAX_IMAGE_SIDE,
+    SCAN_PLUGIN,
+    ExportMetadata,
+    check_workload,
+    format_size,
+)
 from tinyvim.errors import TinyvimError
 
 #: protobuf cannot hold a single-file ONNX above 2 GiB; a larger file is not read into memory
@@ -36,7 +47,7 @@ class ModelInfo:
     input_shape: list
     output_names: list[str]
     metadata: ExportMetadata | None = None
-    precision: str = "fp32"
+    precision: str = FP32
     plugin_nodes: bool = False
     batch_range: tuple[int, int] | None = None
 
@@ -126,7 +137,7 @@ def read_onnx_info(path: str | os.PathLike) -> ModelInfo:
     meta = ExportMetadata.from_props({m.key: m.value for m in proto.metadata_props}, source=os.fspath(p))
     info = ModelInfo(path=os.fspath(p), kind="onnx", input_name=inputs[0].name,
                      input_shape=_dims(inputs[0]), output_names=[o.name for o in proto.graph.output],
-                     metadata=meta, precision=meta.precision if meta else "fp32",
+                     metadata=meta, precision=meta.precision if meta else FP32,
                      plugin_nodes=has_plugin_nodes(proto.graph))
     check_signature(info)
     return info

@@ -9,6 +9,7 @@ from typing import Any, Callable, Mapping, Sequence
 
 from tinyvim.backends.base import BaseRunner
 from tinyvim.backends.model_file import ModelInfo
+from tinyvim.contract import FP32
 from tinyvim.errors import TinyvimError
 
 PURPOSES = ("validate", "profile", "reference")
@@ -54,7 +55,7 @@ class Backend:
     model_kinds: tuple[str, ...] = ()      # file kinds it runs; () = builds the model from the variant
     default_for: tuple[str, ...] = ()      # file kinds for which `validate` picks it by default
     devices: tuple[str, ...] = ("cpu",)
-    precisions: tuple[str, ...] = ("fp32",)
+    precisions: tuple[str, ...] = (FP32,)
     options: tuple[BackendOption, ...] = ()
     #: may `profile` export a portable ONNX on the fly when no file of its kind is given?
     exports_onnx: bool = False

@@ -7,11 +7,13 @@ from __future__ import annotations
 
 import click
 
-from tinyvim.commands.common import (allow_nonfinite_option, echo_err as _err, img_size_option,
-                                     int_list as _int_list, one_line_errors as _one_line_errors)
 from tinyvim.backends.registry import all_options, backend_names, get_backend
 from tinyvim.backends.trt.builder import build_engine as build
-from tinyvim.contract import COMPUTE_PRECISIONS, FILE_KINDS, VARIANTS
+from tinyvim.commands.common import allow_nonfinite_option, img_size_option
+from tinyvim.commands.common import echo_err as _err
+from tinyvim.commands.common import int_list as _int_list
+from tinyvim.commands.common import one_line_errors as _one_line_errors
+from tinyvim.contract import COMPUTE_PRECISIONS, FILE_KINDS, FP32, VARIANTS
 from tinyvim.tools import profile as prof
 from tinyvim.tools.validate import format_table, validate_model
 from tinyvim.utils import atomic_write_json, check_output_paths
@@ -131,7 +133,7 @@ def profile(batch_text, json_path, plot_path, **kwargs):
 @click.argument("model", type=click.Path(dir_okay=False))
 @click.option("-o", "--output", type=click.Path(dir_okay=False), default=None,
               help="Engine path [default: MODEL.<precision>.engine].")
-@click.option("--precision", type=click.Choice(COMPUTE_PRECISIONS), default="fp32", show_default=True)
+@click.option("--precision", type=click.Choice(COMPUTE_PRECISIONS), default=FP32, show_default=True)
 @click.option("--min-shape", default=None, metavar="BxHxW",
               help="Smallest input of the profile, batch x height x width (e.g. 1x224x224); needed for an ONNX "
                    "with a dynamic image size [default: --opt-shape].")

@@ -3,8 +3,15 @@ from __future__ import annotations
 
 import click
 
-from tinyvim.commands.common import (allow_nonfinite_option, announce_weights, backbone_option, checkpoint_option,
-                                     img_size_option, json_option, variant_option)
+from tinyvim.commands.common import (
+    allow_nonfinite_option,
+    announce_weights,
+    backbone_option,
+    checkpoint_option,
+    img_size_option,
+    json_option,
+    variant_option,
+)
 from tinyvim.contract import DEFAULT_IMG_SIZE, format_size
 from tinyvim.model import count_parameters, create_model, reparameterize
 from tinyvim.model.complexity import count_macs, ss2d_table

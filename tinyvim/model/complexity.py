@@ -6,6 +6,7 @@ from dataclasses import asdict, dataclass
 import torch
 from torch.utils.flop_counter import FlopCounterMode, register_flop_formula
 
+from tinyvim.contract import DEFAULT_IMG_SIZE
 from tinyvim.model.ss2d import K_DIRECTIONS, SS2D
 from tinyvim.model.tinyvim import TinyViM, check_input_size
 
@@ -21,7 +22,7 @@ def _scan_flops(x_shape, delta_shape, bs_shape, *args, **kwargs) -> int:
     return 2 * SCAN_MACS_PER_ELEMENT * b * K_DIRECTIONS * d * n * h * w   # flops = 2 × MACs
 
 
-def count_macs(model: torch.nn.Module, img_size: tuple[int, int] = (224, 224)) -> int:
+def count_macs(model: torch.nn.Module, img_size: tuple[int, int] = DEFAULT_IMG_SIZE) -> int:
     """MACs for one image: convolutions, linear layers and the scan (counted explicitly
     through its registered formula). Elementwise ops, norms and pooling are not counted."""
     check_input_size(*img_size)
@@ -45,7 +46,7 @@ class SS2DInfo:
     dt_rank: int
 
 
-def ss2d_table(model: TinyViM, img_size: tuple[int, int] = (224, 224)) -> list[dict]:
+def ss2d_table(model: TinyViM, img_size: tuple[int, int] = DEFAULT_IMG_SIZE) -> list[dict]:
     """One row per SS2D block: where it sits and the shape of its scan."""
     check_input_size(*img_size)
     rows = []

@@ -28,6 +28,8 @@ from dataclasses import asdict, dataclass, field
 
 import numpy as np
 
+from tinyvim.contract import BF16, FP16, FP32
+
 REL_FLOOR_FRACTION = 1e-3
 
 
@@ -64,9 +66,9 @@ def _is_real(value) -> bool:
 #:   inside the loose elementwise bound.
 #: bf16: 8-bit mantissa (eps 7.8e-3), another 8x looser.
 DEFAULT_TOLERANCES = {
-    "fp32": Tolerance(atol=1e-4, rtol=1e-3),
-    "fp16": Tolerance(atol=5e-2, rtol=5e-2, min_cosine=0.999),
-    "bf16": Tolerance(atol=2.5e-1, rtol=1e-1, min_cosine=0.995),
+    FP32: Tolerance(atol=1e-4, rtol=1e-3),
+    FP16: Tolerance(atol=5e-2, rtol=5e-2, min_cosine=0.999),
+    BF16: Tolerance(atol=2.5e-1, rtol=1e-1, min_cosine=0.995),
 }
 
 

@@ -31,7 +31,7 @@ from tinyvim.backends.model_file import ModelInfo
 from tinyvim.backends.spec import RunnerRequest
 from tinyvim.backends.trt.builder import build_engine
 from tinyvim.backends.trt.common import read_sidecar
-from tinyvim.contract import INPUT_NAME, TAP_PREFIX
+from tinyvim.contract import BF16, FP16, FP32, INPUT_NAME, TAP_PREFIX
 from tinyvim.errors import TinyvimError
 from tinyvim.model import create_model
 from tinyvim.model.ss2d import TViMBlock
@@ -40,7 +40,7 @@ from tinyvim.tools.compare import Tolerance, compare_outputs
 
 #: error of a tap relative to its reference's scale (max |ref|) below which a jump is noise,
 #: by the precision the backend computes in (round-off of that precision through a few layers)
-NOISE_FLOOR = {"fp32": 1e-6, "fp16": 1e-3, "bf16": 1e-2}
+NOISE_FLOOR = {FP32: 1e-6, FP16: 1e-3, BF16: 1e-2}
 #: how many times the largest error before it a tap's error must be to be named as the jump
 JUMP_FACTOR = 3.0
 
@@ -192,7 +192,7 @@ def per_block_rows(taps: list[Tap], reference: dict, candidate: dict, tolerance:
     None when no tap's error jumps that much."""
     ref = {tap_key(t): reference[t.module] for t in taps}
     comparison = compare_outputs(ref, {tap_key(t): candidate[tap_key(t)] for t in taps}, tolerance)
-    floor = NOISE_FLOOR.get(precision, NOISE_FLOOR["fp32"])
+    floor = NOISE_FLOOR.get(precision, NOISE_FLOOR[FP32])
     rows, worst_before, best_jump, culprit = [], floor, 0.0, None
     for tap, result in zip(taps, comparison.outputs):
         scale = float(np.max(np.abs(ref[tap_key(tap)]))) or 1.0
@@ -258,7 +258,7 @@ def run_per_block(info: ModelInfo, config, *, backend, batch: np.ndarray, tolera
     reference = capture_reference(model, taps, batch, list(info.output_names))
     rows, culprit = per_block_rows(taps, reference, candidate, tolerance, precision)
     return {"batch": int(batch.shape[0]), "rows": rows, "first_jump": culprit,
-            "noise_floor": NOISE_FLOOR.get(precision, NOISE_FLOOR["fp32"])}
+            "noise_floor": NOISE_FLOOR.get(precision, NOISE_FLOOR[FP32])}
 
 
 def format_per_block(section: dict) -> str:

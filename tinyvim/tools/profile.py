@@ -16,11 +16,27 @@ from typing import Callable, Sequence
 
 import numpy as np
 
-from tinyvim.contract import (DEFAULT_IMG_SIZE, MAX_DURATION_S, check_batch, check_count, check_positive_float, check_seed,
-                              check_threads, check_variant, check_workload, format_size, parse_size)
 from tinyvim.backends.base import BaseRunner
 from tinyvim.backends.model_file import ModelInfo
-from tinyvim.backends.registry import Backend, RunnerRequest, parse_backends, read_model_info
+from tinyvim.backends.registry import (
+    Backend,
+    RunnerRequest,
+    parse_backends,
+    read_model_info,
+)
+from tinyvim.contract import (
+    DEFAULT_IMG_SIZE,
+    MAX_DURATION_S,
+    check_batch,
+    check_count,
+    check_positive_float,
+    check_seed,
+    check_threads,
+    check_variant,
+    check_workload,
+    format_size,
+    parse_size,
+)
 from tinyvim.errors import TinyvimError
 from tinyvim.export import export_onnx
 from tinyvim.lazy import import_optional
@@ -125,9 +141,8 @@ def format_table(entries: list[dict]) -> str:
 
 
 def _matplotlib_pyplot():
-    install = "pip install 'tinyvim[plot]'"
-    import_optional("matplotlib", install, what="matplotlib (for --plot)").use("Agg")   # no display needed
-    return import_optional("matplotlib.pyplot", install, what="matplotlib (for --plot)")
+    import_optional("matplotlib", what="matplotlib (for --plot)").use("Agg")   # no display needed
+    return import_optional("matplotlib.pyplot", what="matplotlib (for --plot)")
 
 
 def check_plot_output(path: str) -> None:

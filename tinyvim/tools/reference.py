@@ -9,8 +9,15 @@ import os
 from dataclasses import dataclass
 
 from tinyvim.backends.model_file import ModelInfo
-from tinyvim.contract import (DEFAULT_IMG_SIZE, ExportMetadata, check_batch, check_seed, check_variant, check_workload,
-                              parse_size)
+from tinyvim.contract import (
+    DEFAULT_IMG_SIZE,
+    ExportMetadata,
+    check_batch,
+    check_seed,
+    check_variant,
+    check_workload,
+    parse_size,
+)
 from tinyvim.errors import TinyvimError
 from tinyvim.utils import file_sha256
 

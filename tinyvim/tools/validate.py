@@ -46,15 +46,42 @@ import numpy as np
 from tinyvim import __version__
 from tinyvim.backends.base import BaseRunner
 from tinyvim.backends.model_file import ModelInfo
-from tinyvim.backends.registry import (RunnerRequest, check_model, default_backend_for, get_backend,
-                                       read_model_info)
-from tinyvim.contract import INPUT_NAME, check_count, check_positive_float, check_seed, check_threads, format_size
+from tinyvim.backends.registry import (
+    RunnerRequest,
+    check_model,
+    default_backend_for,
+    get_backend,
+    read_model_info,
+)
+from tinyvim.contract import (
+    INPUT_NAME,
+    check_count,
+    check_positive_float,
+    check_seed,
+    check_threads,
+    format_size,
+)
 from tinyvim.errors import TinyvimError
-from tinyvim.tools.compare import DEFAULT_TOLERANCES, Comparison, ComparisonAccumulator, Tolerance, tolerance_for
+from tinyvim.tools.compare import (
+    DEFAULT_TOLERANCES,
+    Comparison,
+    ComparisonAccumulator,
+    Tolerance,
+    tolerance_for,
+)
 from tinyvim.tools.environment import default_threads
-from tinyvim.tools.inputs import DEFAULT_CROP_PCT, iter_image_batches, iter_random_batches, list_images
+from tinyvim.tools.inputs import (
+    DEFAULT_CROP_PCT,
+    iter_image_batches,
+    iter_random_batches,
+    list_images,
+)
 from tinyvim.tools.per_block import format_per_block, run_per_block
-from tinyvim.tools.reference import ReferenceConfig, random_weights_note, resolve_reference
+from tinyvim.tools.reference import (
+    ReferenceConfig,
+    random_weights_note,
+    resolve_reference,
+)
 
 SCHEMA_VERSION = 1
 

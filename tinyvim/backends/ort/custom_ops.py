@@ -22,8 +22,9 @@ CONTRIB_DOMAIN = "ai.onnx.contrib"
 
 
 def import_ort_extensions():
-    return import_optional("onnxruntime_extensions", "pip install onnxruntime-extensions (or export with "
-                           "--scan portable)", what="onnxruntime-extensions (to run a plugin-flavour ONNX on CPU)")
+    return import_optional("onnxruntime_extensions", what="onnxruntime-extensions (to run a plugin-flavour ONNX on CPU)")
+
+
 _registered = False
 
 

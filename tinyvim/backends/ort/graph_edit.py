@@ -18,7 +18,7 @@ if TYPE_CHECKING:   # optional dependency, imported where used
 def edit_graph(model: onnx.ModelProto, edit: Callable[["onnx_graphsurgeon.Graph"], None]) -> onnx.ModelProto:
     """A new model: `model`'s graph imported into graphsurgeon, changed in place by `edit`,
     exported again, with `model`'s metadata."""
-    gs = import_optional("onnx_graphsurgeon", "pip install onnx-graphsurgeon", what="onnx-graphsurgeon")
+    gs = import_optional("onnx_graphsurgeon")
     graph = gs.import_onnx(model)
     edit(graph)
     out = gs.export_onnx(graph)

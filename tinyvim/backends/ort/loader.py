@@ -15,7 +15,7 @@ OPT_LEVELS = {
 
 def import_onnxruntime():
     """onnxruntime, or a one-line error saying how to install it."""
-    return import_optional("onnxruntime", "pip install 'tinyvim[cpu]' (or 'tinyvim[gpu]' for onnxruntime-gpu)")
+    return import_optional("onnxruntime")
 
 
 def parse_providers(text: str | Sequence[str] | None) -> list[str]:

@@ -2,7 +2,12 @@
 against the device's capabilities, the compile properties, and tinyvim's names of its ports."""
 from __future__ import annotations
 
-from tinyvim.contract import BACKBONE_OUTPUTS, CLASSIFIER_OUTPUTS, INPUT_NAME, TAP_PREFIX
+from tinyvim.contract import (
+    BACKBONE_OUTPUTS,
+    CLASSIFIER_OUTPUTS,
+    INPUT_NAME,
+    TAP_PREFIX,
+)
 from tinyvim.errors import TinyvimError
 from tinyvim.lazy import import_optional
 
@@ -15,8 +20,7 @@ DEFAULT_PRECISION = "f32"
 
 def import_openvino():
     """openvino, or a one-line error saying how to install it."""
-    return import_optional("openvino", "pip install 'tinyvim[openvino]' (the openvino package from PyPI)",
-                           what="OpenVINO")
+    return import_optional("openvino")
 
 
 def port_name(port) -> str:

@@ -7,7 +7,7 @@ from pathlib import Path
 
 from tinyvim.backends.model_file import ModelInfo, check_signature
 from tinyvim.backends.ov.loader import import_openvino, port_name
-from tinyvim.contract import IR_RT_INFO_KEY, IR_WEIGHTS_SUFFIX, ExportMetadata
+from tinyvim.contract import FP32, IR_RT_INFO_KEY, IR_WEIGHTS_SUFFIX, ExportMetadata
 from tinyvim.errors import TinyvimError
 
 
@@ -34,6 +34,6 @@ def read_ir_info(path: str | os.PathLike):
     dims = [d.get_length() if d.is_static else None for d in shape] if shape.rank.is_static else []
     outputs = [port_name(o) for o in model.outputs]
     info = ModelInfo(path=os.fspath(p), kind="openvino", input_name=port_name(model.inputs[0]), input_shape=dims,
-                     output_names=outputs, metadata=meta, precision=meta.precision if meta else "fp32")
+                     output_names=outputs, metadata=meta, precision=meta.precision if meta else FP32)
     check_signature(info)
     return info

@@ -19,8 +19,16 @@ from typing import Mapping
 import numpy as np
 
 from tinyvim.backends.base import BaseRunner
-from tinyvim.backends.ov.loader import (DEFAULT_PRECISION, OV_PRECISIONS, compile_config, device_description,
-                                       import_openvino, port_name, resolve_precision, supported_precisions)
+from tinyvim.backends.ov.loader import (
+    DEFAULT_PRECISION,
+    OV_PRECISIONS,
+    compile_config,
+    device_description,
+    import_openvino,
+    port_name,
+    resolve_precision,
+    supported_precisions,
+)
 from tinyvim.contract import SCAN_PLUGIN, check_input_size
 from tinyvim.errors import TinyvimError
 

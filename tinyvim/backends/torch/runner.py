@@ -6,7 +6,6 @@ import time
 from typing import Mapping, Sequence
 
 import numpy as np
-
 import torch
 
 from tinyvim import contract

@@ -39,12 +39,31 @@ from typing import TYPE_CHECKING, Callable
 import onnx
 
 from tinyvim import __version__
-from tinyvim.contract import COMPUTE_PRECISIONS as PRECISIONS
-from tinyvim.contract import INPUT_NAME, SCAN_PLUGIN, check_batch, check_input_size, format_size
 from tinyvim.backends.model_file import read_onnx_info
-from tinyvim.backends.trt.common import (check_trt_version, default_plugin_path, gpu_info, import_polygraphy,
-                                        import_tensorrt, make_sidecar, polygraphy_messages, register_plugin_library,
-                                        sha256_file, sidecar_path, trt_major)
+from tinyvim.backends.trt.common import (
+    check_trt_version,
+    default_plugin_path,
+    gpu_info,
+    import_polygraphy,
+    import_tensorrt,
+    make_sidecar,
+    polygraphy_messages,
+    register_plugin_library,
+    sha256_file,
+    sidecar_path,
+    trt_major,
+)
+from tinyvim.contract import (
+    BF16,
+    FP16,
+    FP32,
+    INPUT_NAME,
+    SCAN_PLUGIN,
+    check_batch,
+    check_input_size,
+    format_size,
+)
+from tinyvim.contract import COMPUTE_PRECISIONS as PRECISIONS
 from tinyvim.errors import TinyvimError
 from tinyvim.utils import atomic_write_bytes, check_output_paths
 
@@ -133,11 +152,11 @@ class PrecisionPolicy:
 
     def config_kwargs(self) -> dict:
         """Polygraphy CreateConfig arguments."""
-        return {"tf32": self.tf32, "fp16": self.fp16, "bf16": self.bf16,
+        return {"tf32": self.tf32, FP16: self.fp16, BF16: self.bf16,
                 "precision_constraints": "obey" if self.pin_fp32 else None}
 
 
-def precision_policy(precision: str, trt_version: str, onnx_precision: str = "fp32",
+def precision_policy(precision: str, trt_version: str, onnx_precision: str = FP32,
                      tf32: bool = False) -> PrecisionPolicy:
     """The build recipe for `precision` with TensorRT `trt_version` and an ONNX exported in
     `onnx_precision` (its metadata; fp32 when absent)."""
@@ -147,7 +166,7 @@ def precision_policy(precision: str, trt_version: str, onnx_precision: str = "fp
     major = trt_major(trt_version)
     tf32_note = (("TF32 enabled (--tf32): fp32 layers may run on TF32 tensor cores (~1e-3 relative error)",)
                  if tf32 else ("TF32 disabled: fp32 layers compute in real fp32",))
-    if onnx_precision != "fp32" or major >= 11:
+    if onnx_precision != FP32 or major >= 11:
         # The graph's own types decide: the builder may not change them.
         if precision != onnx_precision:
             why = (f"TensorRT {trt_version} builds strongly typed networks only"
@@ -159,9 +178,9 @@ def precision_policy(precision: str, trt_version: str, onnx_precision: str = "fp
         return PrecisionPolicy(precision, strongly_typed=True, tf32=tf32,
                                notes=(f"strongly typed network: precision from the ONNX graph ({onnx_precision})",
                                       *tf32_note))
-    if precision == "fp32":
-        return PrecisionPolicy("fp32", strongly_typed=False, tf32=tf32, notes=tf32_note)
-    return PrecisionPolicy(precision, strongly_typed=False, fp16=precision == "fp16", bf16=precision == "bf16",
+    if precision == FP32:
+        return PrecisionPolicy(FP32, strongly_typed=False, tf32=tf32, notes=tf32_note)
+    return PrecisionPolicy(precision, strongly_typed=False, fp16=precision == FP16, bf16=precision == BF16,
                            tf32=tf32, pin_fp32=True,
                            notes=(f"builder precision {precision}; scan plugin, softplus and normalisation pinned "
                                   "to fp32", *tf32_note))
@@ -250,7 +269,7 @@ def equivalent_commands(onnx_path, engine_path, *, policy: PrecisionPolicy, prof
         if trt_major(trt_version) < 11:   # 11 builds strongly typed networks only; the flag is gone
             trtexec.append("--stronglyTyped")
         poly.append("--strongly-typed")
-    for flag in ("fp16", "bf16"):
+    for flag in (FP16, BF16):
         if getattr(policy, flag):
             trtexec.append(f"--{flag}")
             poly.append(f"--{flag}")
@@ -283,9 +302,9 @@ def default_engine_path(onnx_path: str | os.PathLike, precision: str) -> Path:
 def explain_parser_errors(errors: list[str]) -> str:
     """One message for ONNX-parser errors, with the fix for the common plugin case."""
     text = "; ".join(e.strip() for e in errors if e.strip()) or "unknown parser error"
-    if re.search(r"plugin not found|No importer registered|getPluginCreator|CrossSelectiveScan|"
-                 r"Could not create the plugin", text, re.I):
-        return (f"TensorRT could not parse the ONNX: {text}. The graph uses the CrossSelectiveScan plugin: "
+    if re.search(r"plugin not found|No importer registered|getPluginCreator|" + re.escape(SCAN_PLUGIN.op_type) +
+                 r"|Could not create the plugin", text, re.I):
+        return (f"TensorRT could not parse the ONNX: {text}. The graph uses the {SCAN_PLUGIN.op_type} plugin: "
                 "build it with `tinyvim build-plugin --tensorrt-root <TensorRT prefix>` and pass its library with "
                 "--plugin PATH, or export with --scan portable")
     return f"TensorRT could not parse the ONNX: {text}"
@@ -324,7 +343,7 @@ def _make_progress_monitor(trt, log: Callable[[str], None]):
 
 
 def build_engine(onnx_path: str | os.PathLike, output: str | os.PathLike | None = None, *,
-                 precision: str = "fp32", min_shape: str | None = None, opt_shape: str | None = None,
+                 precision: str = FP32, min_shape: str | None = None, opt_shape: str | None = None,
                  max_shape: str | None = None, min_batch: int | None = None, opt_batch: int | None = None,
                  max_batch: int | None = None, workspace_mib: int | None = None,
                  timing_cache: str | os.PathLike | None = None, plugin: str | os.PathLike | None = None,

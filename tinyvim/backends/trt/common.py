@@ -15,17 +15,22 @@ import re
 from pathlib import Path
 from typing import Callable
 
-from tinyvim.contract import COMPUTE_PRECISIONS, INPUT_NAME, MAX_BATCH, MAX_IMAGE_SIDE, SCAN_PLUGIN
+from tinyvim.contract import (
+    COMPUTE_PRECISIONS,
+    INPUT_NAME,
+    MAX_BATCH,
+    MAX_IMAGE_SIDE,
+    SCAN_PLUGIN,
+)
 from tinyvim.errors import TinyvimError
-from tinyvim.lazy import import_optional
+from tinyvim.lazy import OPTIONAL, import_optional
+from tinyvim.plugins import find_plugin_library
 from tinyvim.utils import file_sha256 as sha256_file  # noqa: F401  (used by build and validate)
 
 MIN_TRT_MAJOR = 10
 SIDECAR_VERSION = 1
 
-INSTALL_HINT = ("install it on a machine with an NVIDIA GPU from NVIDIA's package index "
-                "(pip install tensorrt-cu12, or the TensorRT tarball / NGC container) - "
-                "it cannot be installed from PyPI alone")
+INSTALL_HINT = OPTIONAL["tensorrt"][1]
 
 
 # --------------------------------------------------------------------- versions
@@ -71,7 +76,7 @@ def check_trt_version(version: str) -> None:
 # --------------------------------------------------------------------- lazy imports
 def import_tensorrt():
     """The tensorrt module (>= 10), or a one-line TinyvimError saying how to get it."""
-    trt = import_optional("tensorrt", INSTALL_HINT, what="TensorRT")   # OSError: bindings without libnvinfer
+    trt = import_optional("tensorrt")   # an OSError (bindings without libnvinfer) is said as such
     check_trt_version(trt.__version__)
     return trt
 
@@ -79,8 +84,7 @@ def import_tensorrt():
 def import_polygraphy():
     """polygraphy.backend.trt (NVIDIA's TensorRT loaders, which build-engine goes through), or
     a one-line TinyvimError."""
-    return import_optional("polygraphy.backend.trt", "pip install polygraphy (or pip install 'tinyvim[tensorrt]')",
-                           what="Polygraphy")
+    return import_optional("polygraphy.backend.trt")
 
 
 @contextlib.contextmanager
@@ -120,7 +124,6 @@ def polygraphy_messages(log: Callable[[str], None]):
 
 def default_plugin_path() -> str:
     """Path of the scan plugin library that `tinyvim build-plugin` built (or $TINYVIM_TRT_PLUGIN)."""
-    from tinyvim.plugins import find_plugin_library
     return os.fspath(find_plugin_library())
 
 

@@ -7,7 +7,12 @@ from pathlib import Path
 
 from tinyvim.backends.model_file import ModelInfo
 from tinyvim.backends.trt.common import read_sidecar
-from tinyvim.contract import BACKBONE_OUTPUTS, CLASSIFIER_OUTPUTS, INPUT_NAME, ExportMetadata
+from tinyvim.contract import (
+    BACKBONE_OUTPUTS,
+    CLASSIFIER_OUTPUTS,
+    INPUT_NAME,
+    ExportMetadata,
+)
 from tinyvim.errors import TinyvimError
 
 

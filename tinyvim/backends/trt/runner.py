@@ -17,8 +17,15 @@ import numpy as np
 
 from tinyvim.backends.base import BaseRunner
 from tinyvim.backends.trt.common import check_sidecar as check_sidecar_against
-from tinyvim.backends.trt.common import (default_plugin_path, gpu_info, import_polygraphy, import_tensorrt,
-                                        polygraphy_messages, read_sidecar, register_plugin_library)
+from tinyvim.backends.trt.common import (
+    default_plugin_path,
+    gpu_info,
+    import_polygraphy,
+    import_tensorrt,
+    polygraphy_messages,
+    read_sidecar,
+    register_plugin_library,
+)
 from tinyvim.errors import TinyvimError
 
 if TYPE_CHECKING:   # annotations only; imported lazily where used

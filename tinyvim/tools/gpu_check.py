@@ -30,6 +30,13 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from tinyvim.contract import DEFAULT_IMG_SIZE
+from tinyvim.model import create_model
+from tinyvim.ops import scan_implementation, scan_parallel
+from tinyvim.ops.reference import cross_selective_scan_reference, random_scan_inputs
+from tinyvim.plugins import cpu_twin, torch_cuda  # noqa: F401  (torch_cuda registers the "cuda" scan)
+from tinyvim.plugins.build import build
+from tinyvim.plugins.cpu_twin import cross_selective_scan_cpu
 from tinyvim.utils import atomic_write_text
 
 # d_inner per stage of each variant (SPEC: int(dim * alpha), alpha = 1/4, 1/2, 1/2, 3/4);
@@ -77,7 +84,6 @@ def _rel(y, ref) -> float:
 
 
 def _inputs(b, d, h, w, n, device, seed=0):
-    from tinyvim.ops.reference import random_scan_inputs
     return {k: torch.from_numpy(v.astype(np.float32)).to(device)
             for k, v in random_scan_inputs(b, d, h, w, n, seed=seed).items()}
 
@@ -130,8 +136,6 @@ def sec_env(ctx: Ctx) -> dict:
 
 
 def sec_build(ctx: Ctx, build_dir: Path) -> dict:
-    from tinyvim.plugins import cpu_twin
-    from tinyvim.plugins.build import build
     if ctx.dry_run:
         # No nvcc needed: the twin stands in for the kernel.
         cpu_twin.register()
@@ -143,7 +147,6 @@ def sec_build(ctx: Ctx, build_dir: Path) -> dict:
     result = build(build_dir, cuda_arch=arch, jobs=os.cpu_count() or 4)
     lib = result.built["tinyvim_scan_cuda"]
     os.environ["TINYVIM_SCAN_CUDA_LIB"] = str(lib)
-    from tinyvim.plugins import torch_cuda   # registers "cuda"
     torch_cuda.load_cuda_library.cache_clear()
     ok, why = torch_cuda.cuda_scan_available()
     if not ok:
@@ -155,8 +158,6 @@ def sec_build(ctx: Ctx, build_dir: Path) -> dict:
 
 
 def sec_accuracy(ctx: Ctx) -> dict:
-    from tinyvim.ops.reference import cross_selective_scan_reference
-    from tinyvim.plugins.cpu_twin import cross_selective_scan_cpu
     rows, worst = [], {}
     dtypes = [torch.float32] if ctx.dry_run else [torch.float32, torch.float16, torch.bfloat16]
     for shape in ACCURACY_SHAPES:
@@ -183,15 +184,14 @@ def sec_accuracy(ctx: Ctx) -> dict:
 
 
 def sec_model(ctx: Ctx, variants, batch: int) -> dict:
-    import tinyvim
     out = {}
     for v in variants:
-        model = tinyvim.create_model(variant=v).to(ctx.device)
-        x = torch.randn(batch, 3, 224, 224, device=ctx.device, generator=torch.Generator(ctx.device).manual_seed(0))
+        model = create_model(variant=v).to(ctx.device)
+        x = torch.randn(batch, 3, *DEFAULT_IMG_SIZE, device=ctx.device, generator=torch.Generator(ctx.device).manual_seed(0))
         with torch.no_grad():
-            with tinyvim.scan_implementation("parallel"):
+            with scan_implementation("parallel"):
                 ref = model(x)
-            with tinyvim.scan_implementation(ctx.scan_name):
+            with scan_implementation(ctx.scan_name):
                 got = model(x)
         delta = (got.float() - ref.float()).abs().max().item()
         out[v] = {"batch": batch, "max_abs_diff_logits": delta,
@@ -207,7 +207,6 @@ def _bytes_moved(b, d, L, n, elem) -> int:
 
 
 def sec_kernel_bench(ctx: Ctx, batches, deadline: float) -> dict:
-    from tinyvim.ops import scan_parallel
     dims = sorted({d for ds in D_INNER.values() for d in ds})
     rows = []
     for b in batches:
@@ -234,7 +233,6 @@ def sec_kernel_bench(ctx: Ctx, batches, deadline: float) -> dict:
 
 
 def sec_throughput(ctx: Ctx, variants, batch: int, iters: int, deadline: float) -> dict:
-    import tinyvim
     out = {}
     # fp16 autocast on the GPU; the dry run stays float32 (CPU bf16 autocast is very slow
     # and only the code path matters there).
@@ -243,13 +241,13 @@ def sec_throughput(ctx: Ctx, variants, batch: int, iters: int, deadline: float) 
         if time.perf_counter() > deadline:
             out[v] = {"skipped": "time budget reached"}
             continue
-        model = tinyvim.create_model(variant=v).to(ctx.device)
-        x = torch.randn(batch, 3, 224, 224, device=ctx.device)
+        model = create_model(variant=v).to(ctx.device)
+        x = torch.randn(batch, 3, *DEFAULT_IMG_SIZE, device=ctx.device)
         res = {}
         for impl in ("parallel", ctx.scan_name):
             def run():
                 autocast = torch.autocast(ctx.device, dtype=amp) if amp else contextlib.nullcontext()
-                with torch.no_grad(), autocast, tinyvim.scan_implementation(impl):
+                with torch.no_grad(), autocast, scan_implementation(impl):
                     model(x)
             ms = ctx.timer(run, iters, warmup=0 if ctx.dry_run else 2)
             res[impl] = {"ms_per_batch": round(ms, 2), "images_per_s": round(batch / (ms * 1e-3), 1)}

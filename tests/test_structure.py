@@ -1,0 +1,166 @@
+"""The package's shape, held: no import circles, imports at module top, a contract (and the CLI's
+help) that load without torch, and a command list that matches the commands."""
+from __future__ import annotations
+
+import ast
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+PACKAGE = ROOT / "tinyvim"
+#: modules that may import the project lazily: the CLI's command table (importlib), the
+#: package facade (PEP 562) and the Triton python model (runs inside Triton, cannot import tinyvim)
+LAZY_OK = {"tinyvim", "tinyvim.cli"}
+
+
+def _modules() -> dict[str, Path]:
+    mods = {}
+    for path in PACKAGE.rglob("*.py"):
+        parts = path.relative_to(ROOT).with_suffix("").parts
+        name = ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+        mods[name] = path
+    return mods
+
+
+def _resolve(name: str, mods) -> str | None:
+    while name and name not in mods:
+        name = name.rpartition(".")[0]
+    return name or None
+
+
+def import_graph() -> tuple[dict[str, set[str]], list[tuple[str, int]]]:
+    """(module -> project modules it imports at module level, including the packages Python
+    imports on the way; [(module, line) of imports of project modules inside functions])."""
+    mods = _modules()
+    graph: dict[str, set[str]] = {m: set() for m in mods}
+    nested: list[tuple[str, int]] = []
+    for name, path in mods.items():
+        tree = ast.parse(path.read_text())
+        top_level = set(map(id, tree.body))
+        for node in ast.walk(tree):
+            if isinstance(node, ast.Import):
+                targets = [a.name for a in node.names]
+            elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+                targets = [f"{node.module}.{a.name}" for a in node.names] + [node.module]
+            else:
+                continue
+            targets = [t for t in targets if t == "tinyvim" or t.startswith("tinyvim.")]
+            if not targets:
+                continue
+            if id(node) not in top_level and not _under_if(tree, node):
+                nested.append((name, node.lineno))
+                continue
+            for target in targets:
+                mod = _resolve(target, mods)
+                while mod:                       # the module and every package above it run
+                    if mod != name and not name.startswith(mod + "."):
+                        graph[name].add(mod)
+                    mod = mod.rpartition(".")[0]
+    return graph, nested
+
+
+def _under_if(tree, node) -> bool:
+    """An import in a module-level `if TYPE_CHECKING:` / try block counts as module level."""
+    for top in tree.body:
+        if isinstance(top, (ast.If, ast.Try)) and any(n is node for n in ast.walk(top)):
+            return True
+    return False
+
+
+def cycles(graph: dict[str, set[str]]) -> list[list[str]]:
+    """Strongly connected components of more than one module (Tarjan)."""
+    index, low, stack, on, out, counter = {}, {}, [], set(), [], [0]
+
+    def visit(v):
+        index[v] = low[v] = counter[0]
+        counter[0] += 1
+        stack.append(v)
+        on.add(v)
+        for w in graph.get(v, ()):
+            if w not in index:
+                visit(w)
+                low[v] = min(low[v], low[w])
+            elif w in on:
+                low[v] = min(low[v], index[w])
+        if low[v] == index[v]:
+            comp = []
+            while True:
+                w = stack.pop()
+                on.discard(w)
+                comp.append(w)
+                if w == v:
+                    break
+            if len(comp) > 1:
+                out.append(sorted(comp))
+    sys.setrecursionlimit(max(10000, sys.getrecursionlimit()))
+    for v in graph:
+        if v not in index:
+            visit(v)
+    return out
+
+
+def test_no_import_circles():
+    graph, _ = import_graph()
+    assert graph["tinyvim.tools.validate"] >= {"tinyvim.tools.per_block", "tinyvim.backends.registry"}  # sees edges
+    assert cycles(graph) == []
+
+
+def test_the_cycle_finder_finds_a_cycle():
+    assert cycles({"a": {"b"}, "b": {"c"}, "c": {"a"}, "d": {"a"}}) == [["a", "b", "c"]]
+
+
+def test_project_imports_are_at_module_top():
+    _, nested = import_graph()
+    assert [(m, line) for m, line in nested if m not in LAZY_OK] == []
+
+
+def test_layers_point_down():
+    """contract < model/ops < export < backends < tools < serve < commands < cli: a lower layer
+    never imports a higher one (that is how circles start)."""
+    order = ["tinyvim.errors", "tinyvim.contract", "tinyvim.utils", "tinyvim.lazy", "tinyvim.ops", "tinyvim.plugins",
+             "tinyvim.model", "tinyvim.export", "tinyvim.backends", "tinyvim.tools", "tinyvim.serve",
+             "tinyvim.commands", "tinyvim.cli"]
+
+    def layer(mod):
+        return max((i for i, p in enumerate(order) if mod == p or mod.startswith(p + ".")), default=None)
+    graph, _ = import_graph()
+    upward = [(m, t) for m, targets in graph.items() for t in targets
+              if layer(m) is not None and layer(t) is not None and layer(t) > layer(m)
+              and not (order[layer(m)] == "tinyvim.ops" and order[layer(t)] == "tinyvim.plugins")]
+    assert upward == []
+
+
+def _python(code: str) -> subprocess.CompletedProcess:
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    return subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=120)
+
+
+def test_contract_imports_without_torch():
+    r = _python("import sys\nsys.modules['torch'] = None\nimport tinyvim.contract as c\n"
+                "print(c.SCAN_PLUGIN.op_type, 'torch' in sys.modules and sys.modules['torch'] is not None)")
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.split() == ["CrossSelectiveScan", "False"]
+
+
+def test_help_lists_commands_without_importing_them():
+    r = _python("import sys\nfrom tinyvim.cli import main\ntry:\n    main(['--help'])\nexcept SystemExit:\n    pass\n"
+                "print('LOADED', sorted(m for m in sys.modules if m.startswith('tinyvim.commands.') or m == 'torch'))")
+    assert r.returncode == 0, r.stderr
+    assert "LOADED []" in r.stdout
+    from tinyvim.cli import SUMMARIES
+    for name, summary in SUMMARIES.items():
+        assert f"{name}" in r.stdout and summary[:30] in " ".join(r.stdout.split())
+
+
+@pytest.mark.parametrize("name", ["info", "export", "validate", "profile", "build-engine", "build-plugin",
+                                  "serve", "serve-bench"])
+def test_summaries_are_the_commands_own_first_line(name):
+    from tinyvim.cli import SUMMARIES, cli
+    import click
+    command = cli.get_command(click.Context(cli), name)
+    assert " ".join(command.help.split()).startswith(SUMMARIES[name]), (name, command.help)
+    assert set(SUMMARIES) == set(cli.list_commands(click.Context(cli)))
