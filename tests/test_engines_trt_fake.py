@@ -14,6 +14,8 @@ from click.testing import CliRunner
 
 import fake_tensorrt
 from scan_models import scan_onnx
+from tinyvim.utils import file_sha256
+from tinyvim.backends.trt import sidecar as sc
 from tinyvim.contract import ExportMetadata
 from tinyvim.backends.trt import builder as trt_build, common as trt_common, runner as trt_runner
 from tinyvim.errors import TinyvimError
@@ -93,7 +95,7 @@ def test_fp16_on_10x_pins_the_scan_and_registers_the_plugin_before_parsing(fake,
     side = json.loads(result.sidecar_path.read_text())
     assert side["tensorrt_version"] == TRT10 and side["gpu_name"] == "Fake GPU" and side["precision"] == "fp16"
     assert side["plugin"] == str(plugin_lib) and side["tf32"] is False and not side["strongly_typed"]
-    assert side["onnx_metadata"]["scan"] == "plugin" and side["onnx"]["sha256"] == trt_common.sha256_file(onnx_path)
+    assert side["onnx_metadata"]["scan"] == "plugin" and side["onnx"]["sha256"] == file_sha256(onnx_path)
     trtexec, poly = side["commands"]["trtexec"], side["commands"]["polygraphy"]
     assert f"--dynamicPlugins={plugin_lib}" in trtexec and "--fp16" in trtexec and "--noTF32" in trtexec
     assert "--layerPrecisions=node_scan_1:fp32,node_softplus_2:fp32,n3:fp32" in trtexec
@@ -114,7 +116,7 @@ def test_11x_builds_strongly_typed_without_precision_flags(fake, plugin_lib, tmp
     assert ("profile", "images", [1, 3, 64, 64], [2, 3, 64, 64], [2, 3, 64, 64]) in events
     commands = result.commands
     assert "--stronglyTyped" not in commands["trtexec"] and "--fp16" not in commands["trtexec"]
-    assert "--strongly-typed" in commands["polygraphy"] and result.sidecar["strongly_typed"]
+    assert "--strongly-typed" in commands["polygraphy"] and result.sidecar.strongly_typed
     with pytest.raises(TinyvimError, match="strongly typed networks only"):
         trt_build.build_engine(scan_onnx(tmp_path / "m32.onnx"), precision="fp16", plugin=plugin_lib)
 
@@ -125,7 +127,7 @@ def test_tf32_only_on_request(fake, tmp_path, plugin_lib):
                                     plugin=plugin_lib, log=lambda s: None)
     assert ("set_flag", "TF32") in events and ("clear_flag", "TF32") not in events
     assert "--tf32" in result.commands["polygraphy"] and "--noTF32" not in result.commands["trtexec"]
-    assert result.sidecar["tf32"] is True
+    assert result.sidecar.tf32 is True
 
 
 def test_dynamic_image_size_gets_an_hw_range(fake, tmp_path, plugin_lib):
@@ -136,7 +138,7 @@ def test_dynamic_image_size_gets_an_hw_range(fake, tmp_path, plugin_lib):
     result = trt_build.build_engine(onnx_path, tmp_path / "d.engine", min_shape="1x128x128", opt_shape="4x224x224",
                                     max_shape="8x320x256", plugin=plugin_lib, log=lambda s: None)
     assert ("profile", "images", [1, 3, 128, 128], [4, 3, 224, 224], [8, 3, 320, 256]) in events
-    assert result.sidecar["profiles"] == [{"images": {"min": [1, 3, 128, 128], "opt": [4, 3, 224, 224],
+    assert result.sidecar.profiles == [{"images": {"min": [1, 3, 128, 128], "opt": [4, 3, 224, 224],
                                                       "max": [8, 3, 320, 256]}}]
     assert "--maxShapes=images:8x3x320x256" in result.commands["trtexec"]
 
@@ -166,14 +168,14 @@ def test_missing_or_refused_plugin_library_is_one_line(fake, tmp_path, plugin_li
 def _engine_with_sidecar(tmp_path, plugin, data=b"ENGINE"):
     engine = tmp_path / "m.engine"
     engine.write_bytes(data)
-    side = trt_common.make_sidecar(tinyvim_version="0.1.0", trt_version=TRT10, gpu={"name": "Fake GPU",
+    side = sc.make_sidecar(tinyvim_version="0.1.0", trt_version=TRT10, gpu={"name": "Fake GPU",
                                    "compute_capability": "9.0"}, precision="fp32",
                                    profiles=[trt_build.profile_shapes([None, 3, 64, 64], max_batch=2)],
                                    onnx_path="m.onnx", onnx_sha256="0" * 64,
                                    onnx_metadata=ExportMetadata("s", input_size=(64, 64), batch=None,
                                                                 scan="plugin").to_props(),
                                    build_seconds=1.0, strongly_typed=False, plugin=str(plugin))
-    trt_common.sidecar_path(engine).write_text(json.dumps(side))
+    sc.sidecar_path(engine).write_text(json.dumps(side))
     return engine
 
 

@@ -7,6 +7,8 @@ import json
 import pytest
 from click.testing import CliRunner
 
+from tinyvim.utils import file_sha256
+from tinyvim.backends.trt import sidecar as sc
 from tinyvim.contract import ExportMetadata
 from tinyvim.backends.trt import builder as tb
 from tinyvim.backends.trt import common as tc
@@ -137,28 +139,28 @@ def test_sidecar_roundtrip_and_mismatch_messages(tmp_path):
     onnx_file = tmp_path / "m.onnx"
     onnx_file.write_bytes(b"onnx")
     gpu = {"name": "NVIDIA H100 80GB HBM3", "compute_capability": "9.0"}
-    side = tc.make_sidecar(tinyvim_version="0.1.0", trt_version="10.3.0.26", gpu=gpu, precision="fp16",
+    side = sc.make_sidecar(tinyvim_version="0.1.0", trt_version="10.3.0.26", gpu=gpu, precision="fp16",
                            profiles=[tb.profile_shapes([None, 3, 224, 224], max_batch=32)], onnx_path=str(onnx_file),
-                           onnx_sha256=tc.sha256_file(onnx_file), onnx_metadata={"variant": "s"},
+                           onnx_sha256=file_sha256(onnx_file), onnx_metadata={"variant": "s"},
                            build_seconds=12.3456, strongly_typed=False, plugin=None)
     import hashlib
     assert side["onnx"]["sha256"] == hashlib.sha256(b"onnx").hexdigest()
-    tc.sidecar_path(engine).write_text(json.dumps(side))
-    assert tc.read_sidecar(engine) == side
-    assert tc.check_sidecar(side, trt_version="10.3.0.30", gpu=gpu) == ([], [])
-    errors, _ = tc.check_sidecar(side, trt_version="10.5.0", gpu=gpu)
+    sc.sidecar_path(engine).write_text(json.dumps(side))
+    assert sc.read_sidecar(engine).to_dict() == side
+    assert sc.check_sidecar(side, trt_version="10.3.0.30", gpu=gpu) == ([], [])
+    errors, _ = sc.check_sidecar(side, trt_version="10.5.0", gpu=gpu)
     assert len(errors) == 1 and "built with TensorRT 10.3.0.26" in errors[0]
-    errors, _ = tc.check_sidecar(side, trt_version="10.3.0", gpu={"name": "NVIDIA A100", "compute_capability": "8.0"})
+    errors, _ = sc.check_sidecar(side, trt_version="10.3.0", gpu={"name": "NVIDIA A100", "compute_capability": "8.0"})
     assert len(errors) == 1 and "compute capability 9.0" in errors[0] and "rebuild" in errors[0]
-    errors, warnings = tc.check_sidecar(side, trt_version="10.3.0",
+    errors, warnings = sc.check_sidecar(side, trt_version="10.3.0",
                                         gpu={"name": "NVIDIA H100 PCIe", "compute_capability": "9.0"})
     assert errors == [] and "same compute capability" in warnings[0]
-    assert tc.check_sidecar({}, trt_version="10.3", gpu=gpu)[0]
+    assert sc.check_sidecar({}, trt_version="10.3", gpu=gpu)[0]
 
 
 def test_missing_sidecar_is_a_clear_error(tmp_path):
     with pytest.raises(TinyvimError, match="sidecar"):
-        tc.read_sidecar(tmp_path / "none.engine")
+        sc.read_sidecar(tmp_path / "none.engine")
 
 
 def test_parser_errors_explain_the_plugin():
@@ -234,12 +236,12 @@ def test_tensorrt_version_supported():
 def _fake_engine(tmp_path, metadata):
     engine = tmp_path / "m.fp16.engine"
     engine.write_bytes(b"not really an engine")
-    side = tc.make_sidecar(tinyvim_version="0.1.0", trt_version="10.3.0", gpu={"name": "H100", "compute_capability": "9.0"},
+    side = sc.make_sidecar(tinyvim_version="0.1.0", trt_version="10.3.0", gpu={"name": "H100", "compute_capability": "9.0"},
                            precision="fp16", profiles=[tb.profile_shapes([None, 3, 64, 64], max_batch=8)],
                            onnx_path="m.onnx",
                            onnx_sha256="0" * 64, onnx_metadata=metadata, build_seconds=1.0, strongly_typed=False,
                            plugin=None)
-    tc.sidecar_path(engine).write_text(json.dumps(side))
+    sc.sidecar_path(engine).write_text(json.dumps(side))
     return engine
 
 

@@ -14,9 +14,9 @@ from hypothesis import event, given, settings
 from hypothesis import strategies as st
 
 from test_engines_runners import tiny_onnx, tiny_torch
+from tinyvim.backends.trt import sidecar as sc
 from tinyvim.cli import cli
 from tinyvim.contract import MAX_BATCH, MAX_BATCH_PIXELS, MAX_IMAGE_SIDE, ExportMetadata
-from tinyvim.backends.trt import common as tc
 from tinyvim.backends.trt.model_file import read_engine_info
 from tinyvim.errors import TinyvimError
 
@@ -128,7 +128,7 @@ def test_bad_model_files_exit_2_before_any_work(tmp_path):
 
 # --------------------------------------------------------------------- engine sidecars
 def _sidecar(**changes) -> dict:
-    side = tc.make_sidecar(tinyvim_version="0.1.0", trt_version="10.3.0", gpu={"name": "H100", "compute_capability": "9.0"},
+    side = sc.make_sidecar(tinyvim_version="0.1.0", trt_version="10.3.0", gpu={"name": "H100", "compute_capability": "9.0"},
                            precision="fp16", profiles=[{"images": {"min": [1, 3, 64, 64], "opt": [4, 3, 64, 64],
                                                                    "max": [8, 3, 64, 64]}}],
                            onnx_path="m.onnx", onnx_sha256="0" * 64,
@@ -141,12 +141,12 @@ def _sidecar(**changes) -> dict:
 def _engine(tmp_path, document, raw: bytes | None = None):
     engine = tmp_path / "m.engine"
     engine.write_bytes(b"engine")
-    tc.sidecar_path(engine).write_bytes(raw if raw is not None else json.dumps(document).encode())
+    sc.sidecar_path(engine).write_bytes(raw if raw is not None else json.dumps(document).encode())
     return engine
 
 
 def test_make_sidecar_satisfies_the_schema(tmp_path):
-    assert tc.sidecar_problems(_sidecar()) == []
+    assert sc.sidecar_problems(_sidecar()) == []
     info = read_engine_info(_engine(tmp_path, _sidecar()))
     assert info.batch_range == (1, 8) and info.fixed_size == (64, 64)
 
@@ -174,13 +174,13 @@ BAD_SIDECAR = {
 def test_bad_sidecar_fields_are_refused(tmp_path, key, value):
     with pytest.raises(TinyvimError, match=f"not a valid engine sidecar \\({key}"):
         read_engine_info(_engine(tmp_path, _sidecar(**{key: value})))
-    errors, _ = tc.check_sidecar(_sidecar(**{key: value}), trt_version="10.3.0",
+    errors, _ = sc.check_sidecar(_sidecar(**{key: value}), trt_version="10.3.0",
                                  gpu={"name": "H100", "compute_capability": "9.0"})
     assert errors and key in errors[0]
 
 
 @pytest.mark.parametrize("raw", [b"", b"{", b"\xff\xfe", b"[1, 2]", b"null", b"[" * 100_000, b"1e999",
-                                 b'{"sidecar_version": 1}', b" " * (tc.MAX_SIDECAR_BYTES + 1)])
+                                 b'{"sidecar_version": 1}', b" " * (sc.MAX_SIDECAR_BYTES + 1)])
 def test_sidecars_that_are_not_json_objects(tmp_path, raw):
     with pytest.raises(TinyvimError, match="not (a valid )?an? engine sidecar|not a valid engine sidecar"):
         read_engine_info(_engine(tmp_path, None, raw=raw))

@@ -17,7 +17,7 @@ from serve_helpers import SIZE_64, stand_in_onnx
 
 from tinyvim.cli import cli
 from tinyvim.contract import TRITON_PYTHON_PARAMS, ExportMetadata
-from tinyvim.backends.trt.common import make_sidecar
+from tinyvim.backends.trt.sidecar import make_sidecar
 from tinyvim.errors import TinyvimError
 from tinyvim.serve.repository import PYTHON_MODEL_SOURCE, TritonSettings, write_repository
 from tinyvim.serve.server import free_port

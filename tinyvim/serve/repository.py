@@ -270,14 +270,14 @@ def render_config(settings: TritonSettings, signature: ModelSignature, notes: li
 
 
 # --------------------------------------------------------------------- writing
-def tensorrt_notes(sidecar: dict, metadata: ExportMetadata | None) -> list[str]:
-    """What a Triton server must know to load a plan: it is tied to one TensorRT version and GPU
-    generation, and a plugin-flavour plan needs the scan plugin library loaded into the server."""
-    notes = [f"TensorRT plan built with TensorRT {sidecar.get('tensorrt_version', '?')} on "
-             f"{sidecar.get('gpu_name', '?')} (compute capability {sidecar.get('compute_capability', '?')}), "
-             f"{sidecar.get('precision', '?')}: it loads only in a Triton with that TensorRT version, on that GPU "
-             "generation"]
-    if (metadata and metadata.scan == "plugin") or sidecar.get("plugin"):
+def tensorrt_notes(sidecar, metadata: ExportMetadata | None) -> list[str]:
+    """What a Triton server must know to load a plan (`sidecar`: its EngineSidecar): it is tied to
+    one TensorRT version and GPU generation, and a plugin-flavour plan needs the scan plugin
+    library loaded into the server."""
+    notes = [f"TensorRT plan built with TensorRT {sidecar.tensorrt_version} on {sidecar.gpu_name} (compute "
+             f"capability {sidecar.compute_capability}), {sidecar.precision}: it loads only in a Triton with that "
+             "TensorRT version, on that GPU generation"]
+    if (metadata and metadata.scan == "plugin") or sidecar.plugin:
         notes.append("the plan contains the tinyvim::CrossSelectiveScan plugin: load its library into the server, "
                      "e.g. LD_PRELOAD=/path/to/libtinyvim_trt_plugin.so tritonserver --model-repository REPO "
                      "(build it with `tinyvim build-plugin` against the server's TensorRT)")
@@ -294,18 +294,18 @@ def _check_engine_batches(profile: tuple[int, int] | None, settings: TritonSetti
                            f"`tinyvim build-engine --min-batch 1 --max-batch {settings.max_batch_size}`")
 
 
-def _engine_signature(engine: Path) -> tuple[ModelSignature, dict]:
+def _engine_signature(engine: Path) -> tuple[ModelSignature, object]:
     """A plan's signature, from the ONNX it was built from (named in its sidecar)."""
-    from tinyvim.backends.trt.common import read_sidecar
+    from tinyvim.backends.trt.sidecar import read_sidecar
     from tinyvim.utils import file_sha256
 
     sidecar = read_sidecar(engine)
-    onnx_path = Path((sidecar.get("onnx") or {}).get("path") or "")
+    onnx_path = Path(sidecar.onnx_path)
     if not onnx_path.is_file():
         raise TinyvimError(f"the ONNX {engine} was built from ({onnx_path or 'not named in its sidecar'}) is not "
                            "there: config.pbtxt takes its input/output signature from it; put it back or rebuild "
                            "the engine")
-    if sidecar["onnx"].get("sha256") and file_sha256(onnx_path) != sidecar["onnx"]["sha256"]:
+    if file_sha256(onnx_path) != sidecar.onnx_sha256:
         raise TinyvimError(f"{onnx_path} changed since {engine} was built from it (sha256 differs): rebuild the "
                            "engine with `tinyvim build-engine`")
     return onnx_signature(onnx_path), sidecar
@@ -404,7 +404,7 @@ def _stage_model(staged: _Staged, settings: TritonSettings, *, onnx, engine, exp
 
 def _stage_engine(staged: _Staged, settings: TritonSettings, engine: Path):
     """Copy a plan from `tinyvim build-engine` and its sidecar into the staged version folder."""
-    from tinyvim.backends.model_file import read_engine_info
+    from tinyvim.backends.trt.model_file import read_engine_info
 
     if not engine.is_file():
         raise TinyvimError(f"--engine {engine}: no such file")
@@ -412,8 +412,7 @@ def _stage_engine(staged: _Staged, settings: TritonSettings, engine: Path):
     _check_engine_batches(read_engine_info(engine).batch_range, settings, engine)
     plan = staged.version_dir / TRITON_PLAN_FILE
     shutil.copyfile(engine, plan)
-    side = staged.version_dir / (TRITON_PLAN_FILE + ".json")
-    side.write_text(json.dumps(sidecar, indent=2) + "\n")
+    side = sidecar.write(plan)     # model.plan.json: the same typed sidecar, beside the copied plan
     staged.files += [plan, side]
     return _batched(signature, settings, str(engine)), tensorrt_notes(sidecar, signature.metadata)
 

@@ -30,7 +30,7 @@ import torch
 from tinyvim.backends.model_file import ModelInfo
 from tinyvim.backends.spec import RunnerRequest
 from tinyvim.backends.trt.builder import build_engine
-from tinyvim.backends.trt.common import read_sidecar
+from tinyvim.backends.trt.sidecar import read_sidecar
 from tinyvim.contract import BF16, FP16, FP32, INPUT_NAME, TAP_PREFIX
 from tinyvim.errors import TinyvimError
 from tinyvim.model import create_model
@@ -238,7 +238,7 @@ def run_per_block(info: ModelInfo, config, *, backend, batch: np.ndarray, tolera
     options = dict(options or {})
     source = info.path
     if info.kind == "engine":
-        source = read_sidecar(Path(info.path)).get("onnx_path") or ""
+        source = read_sidecar(info.path).onnx_path
         if not os.path.isfile(source):
             raise TinyvimError(f"--per-block rebuilds the engine from the ONNX it was built from, {source or '?'}, "
                                "which is not found here")

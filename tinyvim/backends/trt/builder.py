@@ -26,7 +26,6 @@ Precision policy:
 """
 from __future__ import annotations
 
-import json
 import os
 import re
 import shlex
@@ -46,13 +45,11 @@ from tinyvim.backends.trt.common import (
     gpu_info,
     import_polygraphy,
     import_tensorrt,
-    make_sidecar,
     polygraphy_messages,
     register_plugin_library,
-    sha256_file,
-    sidecar_path,
     trt_major,
 )
+from tinyvim.backends.trt.sidecar import EngineSidecar, sidecar_path
 from tinyvim.contract import (
     BF16,
     FP16,
@@ -65,7 +62,7 @@ from tinyvim.contract import (
 )
 from tinyvim.contract import COMPUTE_PRECISIONS as PRECISIONS
 from tinyvim.errors import TinyvimError
-from tinyvim.utils import atomic_write_bytes, check_output_paths
+from tinyvim.utils import atomic_write_bytes, check_output_paths, file_sha256
 
 if TYPE_CHECKING:   # annotations only; imported lazily where used
     import tensorrt as trt
@@ -315,7 +312,7 @@ def explain_parser_errors(errors: list[str]) -> str:
 class BuildResult:
     engine_path: Path
     sidecar_path: Path
-    sidecar: dict
+    sidecar: EngineSidecar
     seconds: float
     commands: dict[str, str]
 
@@ -412,12 +409,12 @@ def build_engine(onnx_path: str | os.PathLike, output: str | os.PathLike | None 
     if timing_cache is not None:   # the loaded cache plus this build's timings
         cache: "trt.ITimingCache" = config.get_timing_cache()
         atomic_write_bytes(timing_cache, bytes(cache.serialize()))
-    sidecar = make_sidecar(tinyvim_version=__version__, trt_version=trt.__version__, gpu=gpu,
-                           precision=precision, profiles=[profile], onnx_path=os.fspath(onnx_path),
-                           onnx_sha256=sha256_file(onnx_path),
-                           onnx_metadata=info.metadata.to_props() if info.metadata else {},
-                           build_seconds=seconds, strongly_typed=policy.strongly_typed, plugin=plugin_path,
-                           tf32=policy.tf32, commands=commands)
-    side = sidecar_path(out)
-    atomic_write_bytes(side, (json.dumps(sidecar, indent=2) + "\n").encode())
+    # the ONNX path is absolute: per-block rebuilds from it, from wherever validate runs
+    sidecar = EngineSidecar(tinyvim_version=__version__, tensorrt_version=trt.__version__, gpu_name=gpu["name"],
+                            compute_capability=gpu["compute_capability"], precision=precision,
+                            strongly_typed=policy.strongly_typed, profiles=[profile],
+                            onnx_path=os.path.abspath(onnx_path), onnx_sha256=file_sha256(onnx_path),
+                            onnx_metadata=info.metadata.to_props() if info.metadata else {}, plugin=plugin_path,
+                            build_seconds=seconds, tf32=policy.tf32, commands=commands)
+    side = sidecar.write(out)
     return BuildResult(out, side, sidecar, seconds, commands)

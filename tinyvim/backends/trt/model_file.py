@@ -6,7 +6,7 @@ import os
 from pathlib import Path
 
 from tinyvim.backends.model_file import ModelInfo
-from tinyvim.backends.trt.common import read_sidecar
+from tinyvim.backends.trt.sidecar import read_sidecar
 from tinyvim.contract import (
     BACKBONE_OUTPUTS,
     CLASSIFIER_OUTPUTS,
@@ -22,15 +22,14 @@ def read_engine_info(path: str | os.PathLike) -> ModelInfo:
     if not p.is_file():
         raise TinyvimError(f"{p}: no such file" if not p.exists() else f"{p}: not a regular file")
     sidecar = read_sidecar(p)
-    meta = ExportMetadata.from_props(sidecar.get("onnx_metadata") or {}, source=f"{p}.json")
+    meta = ExportMetadata.from_props(sidecar.onnx_metadata, source=f"{p}.json")
     if meta is None:
         raise TinyvimError(f"{p}.json has no tinyvim metadata of the ONNX it was built from: rebuild the engine "
                            "with `tinyvim build-engine`")
-    profile = sidecar["profiles"][0][INPUT_NAME]          # shapes checked by read_sidecar
-    batch_range = (profile["min"][0], profile["max"][0])
+    batch_range = sidecar.batch_range
     fixed = batch_range[0] if batch_range and batch_range[0] == batch_range[1] else None
     h, w = meta.input_size if meta.input_size else (None, None)
     return ModelInfo(path=os.fspath(p), kind="engine", input_name=INPUT_NAME, input_shape=[fixed, 3, h, w],
                      output_names=list(BACKBONE_OUTPUTS if meta.backbone else CLASSIFIER_OUTPUTS),
-                     metadata=meta, precision=sidecar.get("precision", meta.precision),
+                     metadata=meta, precision=sidecar.precision,
                      plugin_nodes=meta.scan == "plugin", batch_range=batch_range)

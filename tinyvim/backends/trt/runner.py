@@ -16,16 +16,16 @@ from typing import TYPE_CHECKING, Mapping
 import numpy as np
 
 from tinyvim.backends.base import BaseRunner
-from tinyvim.backends.trt.common import check_sidecar as check_sidecar_against
 from tinyvim.backends.trt.common import (
     default_plugin_path,
     gpu_info,
     import_polygraphy,
     import_tensorrt,
     polygraphy_messages,
-    read_sidecar,
     register_plugin_library,
 )
+from tinyvim.backends.trt.sidecar import check_sidecar as check_sidecar_against
+from tinyvim.backends.trt.sidecar import read_sidecar
 from tinyvim.errors import TinyvimError
 
 if TYPE_CHECKING:   # annotations only; imported lazily where used
@@ -47,19 +47,19 @@ def load_engine(engine_path: str | os.PathLike, *, plugin: str | os.PathLike | N
     trt = import_tensorrt()
     poly = import_polygraphy()
     from polygraphy.exception import PolygraphyException
-    sidecar = read_sidecar(engine_path) if check_sidecar else {}
-    if sidecar:
+    sidecar = read_sidecar(engine_path) if check_sidecar else None
+    if sidecar is not None:
         errors, warnings = check_sidecar_against(sidecar, trt_version=trt.__version__, gpu=gpu_info())
         if errors:
             raise TinyvimError("; ".join(errors))
         for w in warnings:
             log(f"warning: {w}")
-    recorded = sidecar.get("plugin")
+    recorded = sidecar.plugin if sidecar is not None else None
     if plugin is not None:
         register_plugin_library(trt, plugin)
     elif recorded and os.path.isfile(recorded):
         register_plugin_library(trt, recorded)
-    elif recorded or sidecar.get("onnx_metadata", {}).get("scan") == "plugin":
+    elif recorded or (sidecar is not None and sidecar.onnx_metadata.get("scan") == "plugin"):
         register_plugin_library(trt, default_plugin_path())
     with open(engine_path, "rb") as f:
         data = f.read()
