@@ -27,6 +27,7 @@ from tinyvim.errors import TinyvimError
 # --------------------------------------------------------------------- vocabularies
 VARIANTS = ("s", "b", "l")
 SCAN_FLAVOURS = ("portable", "plugin")
+PORTABLE_SCAN, PLUGIN_SCAN = SCAN_FLAVOURS
 #: precisions an ONNX export can be written in
 EXPORT_PRECISIONS = ("fp32", "fp16")
 #: precisions a backend may compute in (TensorRT builder flags, OpenVINO hints)
@@ -74,6 +75,9 @@ TRITON_PORTS = {"http": 8000, "grpc": 8001, "metrics": 8002}
 TRITON_PYTHON_PARAMS = {"runtime": "runtime", "onnx_file": "onnx_file", "threads": "intra_op_thread_count"}
 TRITON_ONNX_FILE = "model.onnx"
 TRITON_PLAN_FILE = "model.plan"
+#: `export --fmt`: files (ONNX, OpenVINO IR) or, for TRITON_FORMAT, a model repository folder
+TRITON_FORMAT = "triton"
+EXPORT_FORMATS = ("onnx", "openvino", TRITON_FORMAT)
 
 
 def output_names(backbone: bool) -> list[str]:
