@@ -53,3 +53,22 @@ def children(pid: int) -> list[int]:
             if int(fields[1]) == pid and fields[0] != "Z":
                 found.append(int(entry.name))
     return found
+
+
+def fake_export(monkeypatch, calls: list | None = None):
+    """Make tinyvim.export.export_onnx write the stand-in (batch and scan as asked) instead of
+    tracing TinyViM: `export --fmt triton` runs in milliseconds. `calls` collects the kwargs."""
+    import tinyvim.export
+
+    def export_onnx(path, *, log=None, **kwargs):
+        if calls is not None:
+            calls.append(kwargs)
+        batch = None if kwargs.get("dynamic_batch") else kwargs.get("batch", 1)
+        return stand_in_onnx(Path(path), batch=batch, scan=kwargs.get("scan", "portable"))
+
+    monkeypatch.setattr(tinyvim.export, "export_onnx", export_onnx)
+
+
+def hidden_entries(folder: Path) -> list[str]:
+    """Hidden files and folders anywhere under `folder` (staging folders, temporaries)."""
+    return sorted(str(p.relative_to(folder)) for p in folder.rglob(".*"))

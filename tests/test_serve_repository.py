@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
-from serve_helpers import SIZE_64, stand_in_onnx
+from serve_helpers import SIZE_64, fake_export, hidden_entries, stand_in_onnx
 
 from tinyvim.cli import cli
 from tinyvim.contract import TRITON_PYTHON_PARAMS, ExportMetadata
@@ -111,7 +111,8 @@ def test_tensorrt_plan_whose_profile_misses_triton_batches_is_refused(tmp_path, 
     with pytest.raises(TinyvimError, match=message) as info:
         write_repository(tmp_path / "repo", TritonSettings(backend="tensorrt", max_batch_size=8), engine=engine)
     assert "build-engine --min-batch 1 --max-batch 8" in str(info.value)
-    assert not (tmp_path / "repo" / "tinyvim").exists() and not list((tmp_path / "repo").iterdir())
+    # nothing written: no repository, no staging folder beside it
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["s.engine", "s.engine.json", "s.onnx"]
 
 
 def test_python_backend_folder_and_parameters_match_the_model_file(tmp_path):
@@ -150,6 +151,7 @@ def test_rewriting_a_model_replaces_it_whole(tmp_path):
     assert parse_config(result.config_path).max_batch_size == 4
     assert sorted(p.name for p in (repo / "tinyvim" / "1").iterdir()) == ["model.onnx"]
     assert [p.name for p in repo.iterdir()] == ["tinyvim"]      # no staging or old folders left
+    assert hidden_entries(tmp_path) == []                         # beside the repository neither
 
 
 @pytest.mark.parametrize("settings, message", [
@@ -175,12 +177,105 @@ def test_plugin_export_needs_the_tensorrt_backend(tmp_path):
     (["--fmt", "triton", "--batch", "4"], "--batch 4: with --fmt triton the batch is dynamic"),
     (["--fmt", "triton", "--triton-backend", "onnxruntime", "--python-runtime", "openvino"],
      "--python-runtime applies to --triton-backend python only"),
+    # conflicts the writer used to find only in the exported file, after the export
+    (["--fmt", "triton", "--max-batch-size", "0", "--dynamic-batch"],
+     "--dynamic-batch with --max-batch-size 0: without Triton batching"),
+    (["--fmt", "triton", "--scan", "plugin"], "--scan plugin puts CrossSelectiveScan nodes in the ONNX"),
+    (["--fmt", "triton", "--preferred-batch-sizes", "4,x"], "--preferred-batch-sizes must be a comma-separated"),
 ])
-def test_export_cli_option_mistakes_are_one_line_errors_before_any_export(tmp_path, args, message):
+def test_export_cli_option_mistakes_are_one_line_errors_before_any_export(tmp_path, monkeypatch, args, message):
+    calls = []
+    fake_export(monkeypatch, calls)
     result = CliRunner().invoke(cli, ["export", "-o", str(tmp_path / "out"), *args])
     assert result.exit_code == 2, result.output
     assert message in result.output and "Traceback" not in result.output
-    assert not (tmp_path / "out").exists()
+    assert len(result.output.strip().splitlines()) <= 2      # the random-weights note, the error
+    assert calls == [] and list(tmp_path.iterdir()) == []
+
+
+def test_triton_options_are_declared_once_for_the_cli_and_the_settings(monkeypatch, tmp_path):
+    """Every option of the table is an `export` option and sets its TritonSettings field: a value
+    other than the default given on the command line arrives in config.pbtxt's settings."""
+    from tinyvim.serve.settings import TRITON_OPTIONS
+
+    help_text = CliRunner().invoke(cli, ["export", "--help"], terminal_width=200).output
+    assert all(o.flag in help_text for o in TRITON_OPTIONS)
+    values = {"--triton-backend": "onnxruntime", "--model-name": "m", "--max-batch-size": "4",
+              "--preferred-batch-sizes": "2,4", "--max-queue-delay-us": "7", "--instances": "3",
+              "--instance-kind": "cpu", "--intra-op-threads": "2", "--ort-accelerator": "openvino"}
+    fake_export(monkeypatch)
+    args = [x for flag, value in values.items() for x in (flag, value)]
+    result = CliRunner().invoke(cli, ["export", "--fmt", "triton", "--img-size", "64", "-o", str(tmp_path / "r"),
+                                      "--json", str(tmp_path / "r.json"), *args])
+    assert result.exit_code == 0, result.output
+    settings = json.loads((tmp_path / "r.json").read_text())["settings"]
+    expected = {"backend": "onnxruntime", "model_name": "m", "max_batch_size": 4, "preferred_batch_sizes": [2, 4],
+                "max_queue_delay_us": 7, "instances": 3, "instance_kind": "cpu", "threads": 2,
+                "accelerator": "openvino"}
+    assert {k: settings[k] for k in expected} == expected
+    # every settings option was exercised (the two left are the python backend's and the plan's)
+    assert {o.flag for o in TRITON_OPTIONS} - set(values) == {"--python-runtime", "--engine"}
+
+
+def test_disk_full_while_writing_is_one_line_and_leaves_nothing(tmp_path, monkeypatch):
+    import errno
+    import shutil as real_shutil
+
+    from tinyvim.serve import repository
+
+    def copyfile(src, dst, **kwargs):   # as sendfile reports it: the source's name first
+        if str(dst).endswith("model.py"):
+            raise OSError(errno.ENOSPC, "No space left on device", str(src), None, str(dst))
+        return real_shutil.copyfile(src, dst, **kwargs)
+
+    monkeypatch.setattr(repository.shutil, "copyfile", copyfile)
+    fake_export(monkeypatch)
+    result = CliRunner().invoke(cli, ["export", "--fmt", "triton", "--img-size", "64", "-o", str(tmp_path / "r")])
+    assert result.exit_code == 2 and "Traceback" not in result.output, result.output
+    assert result.output.strip().splitlines()[-1] == (
+        f"error: cannot write the model repository {tmp_path / 'r'}: No space left on device "
+        "(free some space or choose another -o)")
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_a_killed_exports_staging_folder_is_swept_and_a_live_ones_kept(tmp_path):
+    import subprocess
+
+    from tinyvim.serve.repository import remove_stale_staging
+    from tinyvim.utils import TEMP_MARK, temp_tag
+
+    repo = tmp_path / "repo"
+    write_repository(repo, TritonSettings(), onnx=stand_in_onnx(tmp_path / "s.onnx"))
+    gone = subprocess.Popen(["true"])
+    gone.wait()                                            # a PID that has ended
+    host, _, rand = temp_tag().split("-")
+    dead = [tmp_path / f".repo.tinyvim.{host}-{gone.pid}-{rand}{TEMP_MARK}",     # beside (the usual place)
+            repo / f".repo.tinyvim.{host}-{gone.pid}-{rand}{TEMP_MARK}"]         # inside (mount-point fallback)
+    live = tmp_path / f".repo.tinyvim.{host}-1-{rand}{TEMP_MARK}"                   # PID 1 runs
+    foreign = repo / ".tinyvim.abcd1234"                                         # not ours: no tag
+    for folder in (*dead, live, foreign):
+        (folder / "model" / "1").mkdir(parents=True)
+    write_repository(repo, TritonSettings(), onnx=tmp_path / "s.onnx")
+    assert not any(d.exists() for d in dead) and live.is_dir() and foreign.is_dir()
+    assert remove_stale_staging(tmp_path) == []
+
+
+def test_repository_on_another_filesystem_stages_inside_hidden(tmp_path, monkeypatch):
+    """Beside the repository is not the same filesystem (a mount point): stage inside, hidden,
+    and leave nothing there afterwards."""
+    from tinyvim.serve import repository
+
+    repo = tmp_path / "repo"
+    repo.mkdir()
+    seen = []
+    real_staging = repository._staging_parent
+    monkeypatch.setattr(repository, "_staging_parent", lambda r: seen.append(r.resolve()) or r.resolve())
+    result = write_repository(repo, TritonSettings(), onnx=stand_in_onnx(tmp_path / "s.onnx"))
+    assert seen == [repo.resolve()] and [p.name for p in repo.iterdir()] == ["tinyvim"]
+    assert hidden_entries(tmp_path) == [] and result.model_dir == repo / "tinyvim"
+    # the real choice: beside for a folder on the same filesystem, the nearest existing ancestor for a new one
+    assert real_staging(repo) == tmp_path.resolve()
+    assert real_staging(tmp_path / "a" / "b" / "repo") == tmp_path
 
 
 def test_serve_without_a_server_installed_is_one_line(tmp_path, monkeypatch):
@@ -189,7 +284,7 @@ def test_serve_without_a_server_installed_is_one_line(tmp_path, monkeypatch):
     monkeypatch.setattr(importlib.util, "find_spec",
                         lambda name, *a: None if name == "pytriton" else find_spec(name, *a))
     monkeypatch.setenv("PATH", str(tmp_path))          # no tritonserver on PATH either
-    (tmp_path / "repo").mkdir()
+    (tmp_path / "repo" / "tinyvim").mkdir(parents=True)
     result = CliRunner().invoke(cli, ["serve", str(tmp_path / "repo")])
     assert result.exit_code == 2
     assert result.output.strip().splitlines() == [
@@ -215,7 +310,7 @@ def test_tensorrt_repository_without_tensorrt_fails_before_exporting(tmp_path):
                                       "-o", str(tmp_path / "repo")])
     assert result.exit_code == 2, result.output
     assert "error: TensorRT is not installed" in result.output and "tracing" not in result.output
-    assert list((tmp_path / "repo").iterdir()) == []
+    assert list(tmp_path.iterdir()) == []
 
 
 def test_export_onnx_into_a_folder_and_triton_into_a_file_are_one_line_errors(tmp_path):

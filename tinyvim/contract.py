@@ -29,6 +29,7 @@ from tinyvim.errors import TinyvimError
 VARIANTS = ("s", "b", "l")
 DEFAULT_VARIANT = "s"
 SCAN_FLAVOURS = ("portable", "plugin")
+PORTABLE_SCAN, PLUGIN_SCAN = SCAN_FLAVOURS
 FP32, FP16, BF16 = "fp32", "fp16", "bf16"
 #: precisions an ONNX export can be written in
 EXPORT_PRECISIONS = (FP32, FP16)
@@ -87,6 +88,9 @@ TRITON_PORTS = {"http": 8000, "grpc": 8001, "metrics": 8002}
 TRITON_PYTHON_PARAMS = {"runtime": "runtime", "onnx_file": "onnx_file", "threads": "intra_op_thread_count"}
 TRITON_ONNX_FILE = "model.onnx"
 TRITON_PLAN_FILE = "model.plan"
+#: `export --fmt`: files (ONNX, OpenVINO IR) or, for TRITON_FORMAT, a model repository folder
+TRITON_FORMAT = "triton"
+EXPORT_FORMATS = ("onnx", "openvino", TRITON_FORMAT)
 
 
 def output_names(backbone: bool) -> list[str]:

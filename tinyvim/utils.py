@@ -224,6 +224,22 @@ def _pid_alive(pid: int) -> bool:
     return True
 
 
+def temp_tag() -> str:
+    """'<host>-<pid>-<random>': what our temporary names carry, so that a later run can tell a
+    leftover of a killed process (see temp_owner_gone) from one still being written."""
+    return f"{_host_tag()}-{os.getpid()}-{secrets.token_hex(4)}"
+
+
+def temp_owner_gone(tag: str) -> bool:
+    """Whether the process that made `tag` (a temp_tag()) has ended. A tag of another host, of
+    this process or not ours at all: False (it is not ours to remove)."""
+    parts = tag.split("-")
+    if len(parts) != 3 or parts[0] != _host_tag() or not parts[1].isdigit():
+        return False
+    pid = int(parts[1])
+    return pid != os.getpid() and not _pid_alive(pid)
+
+
 def remove_stale_temps(target: str | os.PathLike) -> list[Path]:
     """Remove temporaries of `target` left by killed processes of this host (SIGKILL, power
     cut of the process): their pid is no longer alive. Returns what was removed."""

@@ -6,10 +6,11 @@ import click
 
 from tinyvim.commands.common import (allow_nonfinite_option, announce_weights, backbone_option, checkpoint_option,
                                      ema_option, img_size_option, json_option, variant_option)
-from tinyvim.commands.serve import check_format_options, export_triton, triton_export_options
+from tinyvim.commands.serve import print_repository, triton_export_options
 from tinyvim.contract import (DEFAULT_OPSET, EXPORT_PRECISIONS, INPUT_MULTIPLE, MAX_BATCH, MAX_IMAGE_SIDE,
-                              SCAN_FLAVOURS, format_size)
+                              SCAN_FLAVOURS, TRITON_FORMAT, format_size)
 from tinyvim.errors import TinyvimError
+from tinyvim.serve.repository import check_format_options, export_repository
 from tinyvim.utils import atomic_write_json, check_output_paths
 
 
@@ -60,15 +61,14 @@ def export(fmt, variant, checkpoint, ema, backbone, img_size, batch, dynamic_bat
     check_format_options(fmt, output, triton)
     # every argument and output path before the model is built or traced
     check_export_args(scan=scan, precision=precision, img_size=img_size, batch=batch, opset=opset, seed=seed)
-    if fmt == "triton":   # -o is a folder here: the repository writer checks and renames it into place
+    if fmt == TRITON_FORMAT:   # -o is a folder here: the repository writer checks and renames it into place
         check_output_paths({"--json": json_path}, inputs={"--checkpoint": checkpoint})
         announce_weights(checkpoint, seed)
-        return export_triton(output=output, json_path=json_path, batch=batch, dynamic_batch=dynamic_batch,
-                             triton=triton, export_kwargs=dict(variant=variant, checkpoint=checkpoint, ema=ema,
-                                                               backbone=backbone, img_size=img_size, scan=scan,
-                                                               dynamic_size=dynamic_size, opset=opset,
-                                                               precision=precision, seed=seed,
-                                                               allow_nonfinite=allow_nonfinite))
+        result = export_repository(output, triton, dict(
+            variant=variant, checkpoint=checkpoint, ema=ema, backbone=backbone, img_size=img_size, batch=batch,
+            dynamic_batch=dynamic_batch, scan=scan, dynamic_size=dynamic_size, opset=opset, precision=precision,
+            seed=seed, allow_nonfinite=allow_nonfinite), log=lambda m: click.echo(f"  {m} ...", err=True))
+        return print_repository(result, json_path)
     output = output or default_output(variant, img_size, scan, precision, backbone, dynamic_size, fmt)
     check_output_paths({"-o": output, "--json": json_path}, inputs={"--checkpoint": checkpoint})
     announce_weights(checkpoint, seed)

@@ -2,107 +2,59 @@
 `serve-bench`. Parse, call tinyvim.serve, print."""
 from __future__ import annotations
 
-import signal
-import time
-from pathlib import Path
-
 import click
 
-from tinyvim.commands.common import echo_err as _err, int_list as _int_list, one_line_errors as _one_line_errors
-from tinyvim.utils import atomic_write_json, check_output_paths
-from tinyvim.contract import TRITON_BACKENDS, TRITON_MODEL_NAME, TRITON_PORTS, TRITON_PYTHON_RUNTIMES
+from tinyvim.commands.common import echo_err as _err
+from tinyvim.commands.common import int_list as _int_list
+from tinyvim.commands.common import one_line_errors as _one_line_errors
+from tinyvim.contract import TRITON_FORMAT, TRITON_MODEL_NAME, TRITON_PORTS
 from tinyvim.errors import TinyvimError
-from tinyvim.serve.repository import TritonSettings
+from tinyvim.serve.load import bench_repository, format_load_table, run_serve_bench
+from tinyvim.serve.server import (
+    TritonServer,
+    check_start_timeout,
+    find_triton,
+    serve_until_stopped,
+)
+from tinyvim.serve.settings import TRITON_OPTIONS, TritonOption, TritonSettings
+from tinyvim.tools import profile as prof
+from tinyvim.utils import atomic_write_json, check_output_paths
 
-DEFAULT_REPO = "model_repository"
 _D = TritonSettings()   # the library's defaults, shown in the help
 
+
 # --------------------------------------------------------------------- export --fmt triton
-#: (option name, click decorator); defaults are None so that using one without --fmt triton is caught
-_TRITON_OPTIONS = [
-    click.option("--triton-backend", type=click.Choice(TRITON_BACKENDS), default=None,
-                 help="[--fmt triton] Backend the repository is for: python (ONNX Runtime/OpenVINO inside Triton's "
-                      "Python backend: runs with the `serve` extra's server), onnxruntime, tensorrt "
-                      f"[default: {_D.backend}]."),
-    click.option("--model-name", default=None, help=f"[--fmt triton] Model name [default: {_D.model_name}]."),
-    click.option("--max-batch-size", type=int, default=None,
-                 help="[--fmt triton] Largest batch Triton forms (0: no batching, the ONNX's fixed --batch) "
-                      f"[default: {_D.max_batch_size}]."),
-    click.option("--preferred-batch-sizes", default=None, metavar="N,N",
-                 help="[--fmt triton] Dynamic batcher's preferred batch sizes [default: none]."),
-    click.option("--max-queue-delay-us", type=int, default=None,
-                 help="[--fmt triton] How long a request may wait for others to batch with "
-                      f"[default: {_D.max_queue_delay_us}]."),
-    click.option("--instances", type=int, default=None,
-                 help=f"[--fmt triton] Model instances [default: {_D.instances}]."),
-    click.option("--instance-kind", type=click.Choice(["cpu", "gpu"]), default=None,
-                 help="[--fmt triton] Where instances run [default: gpu for tensorrt, else cpu]."),
-    click.option("--intra-op-threads", type=int, default=None,
-                 help="[--fmt triton] Threads per instance (onnxruntime, python) [default: the runtime's]."),
-    click.option("--ort-accelerator", type=click.Choice(["none", "openvino", "tensorrt"]), default=None,
-                 help="[--fmt triton, onnxruntime] Execution accelerator: openvino (CPU) or tensorrt (GPU)."),
-    click.option("--python-runtime", type=click.Choice(TRITON_PYTHON_RUNTIMES), default=None,
-                 help=f"[--fmt triton, python] What model.py runs the ONNX with [default: {_D.python_runtime}]."),
-    click.option("--engine", type=click.Path(dir_okay=False), default=None,
-                 help="[--fmt triton, tensorrt] A plan from `tinyvim build-engine` [default: build one]."),
-]
-TRITON_OPTION_NAMES = ("triton_backend", "model_name", "max_batch_size", "preferred_batch_sizes",
-                       "max_queue_delay_us", "instances", "instance_kind", "intra_op_threads", "ort_accelerator",
-                       "python_runtime", "engine")
+def _click_option(option: TritonOption):
+    """A click option for one of tinyvim.serve.settings.TRITON_OPTIONS. Its default is None, so
+    that using it without --fmt triton is caught; 'N,N' lists are parsed here."""
+    if option.choices:
+        kind = click.Choice(option.choices)
+    elif option.kind == "file":
+        kind = click.Path(dir_okay=False)
+    elif option.kind is int:
+        kind = int
+    else:
+        kind = str
+    callback = None
+    if option.kind == "int_list":
+        def callback(ctx, param, value, flag=option.flag):
+            return None if value is None else tuple(_int_list(value, flag))
+    default = option.default if option.default is not None else getattr(_D, option.field)
+    scope = f"--fmt {TRITON_FORMAT}" + (f", {option.only}" if option.only else "")
+    return click.option(option.flag, option.param, type=kind, default=None, callback=callback,
+                        metavar="N,N" if option.kind == "int_list" else None,
+                        help=f"[{scope}] {option.help} [default: {default}].")
 
 
 def triton_export_options(fn):
     """The options of `export --fmt triton`, added to the export command."""
-    for decorator in reversed(_TRITON_OPTIONS):
-        fn = decorator(fn)
+    for option in reversed(TRITON_OPTIONS):
+        fn = _click_option(option)(fn)
     return fn
 
 
-def check_format_options(fmt: str, output: str | None, triton: dict) -> None:
-    """The Triton options only with --fmt triton; -o a file for onnx (a folder for triton)."""
-    given = [f"--{k.replace('_', '-')}" for k in TRITON_OPTION_NAMES if triton.get(k) is not None]
-    if fmt != "triton" and given:
-        raise TinyvimError(f"{', '.join(given)} apply to --fmt triton only")
-    if fmt == "onnx" and output and Path(output).is_dir():
-        raise TinyvimError(f"-o {output} is a folder: --fmt onnx writes one file "
-                           f"(e.g. -o {Path(output) / 'model.onnx'}); "
-                           "a Triton model repository is --fmt triton")
-    if fmt == "triton" and output and Path(output).exists() and not Path(output).is_dir():
-        raise TinyvimError(f"-o {output} is a file: --fmt triton writes a model repository folder")
-
-
-def triton_settings(options: dict):
-    """TritonSettings from the CLI options (unset ones keep the library defaults)."""
-    values = {"backend": options.get("triton_backend"), "model_name": options.get("model_name"),
-              "max_batch_size": options.get("max_batch_size"), "max_queue_delay_us": options.get("max_queue_delay_us"),
-              "instances": options.get("instances"), "instance_kind": options.get("instance_kind"),
-              "threads": options.get("intra_op_threads"), "accelerator": options.get("ort_accelerator"),
-              "python_runtime": options.get("python_runtime")}
-    if options.get("preferred_batch_sizes"):
-        values["preferred_batch_sizes"] = tuple(_int_list(options["preferred_batch_sizes"], "--preferred-batch-sizes"))
-    return TritonSettings(**{k: v for k, v in values.items() if v is not None}).check()
-
-
-def export_triton(*, output, json_path, batch, dynamic_batch, triton: dict, export_kwargs: dict) -> None:
-    """`export --fmt triton`: write the repository and print what a user needs to serve it."""
-    from tinyvim.serve.repository import write_repository
-
-    settings = triton_settings(triton)
-    if settings.max_batch_size:
-        if batch != 1:
-            raise TinyvimError(f"--batch {batch}: with --fmt triton the batch is dynamic up to --max-batch-size "
-                               f"({settings.max_batch_size}), Triton batches requests; for a fixed batch give "
-                               "--max-batch-size 0")
-        export_kwargs = {**export_kwargs, "batch": 1, "dynamic_batch": True}
-    else:
-        export_kwargs = {**export_kwargs, "batch": batch, "dynamic_batch": dynamic_batch}
-    repo = output or DEFAULT_REPO
-    engine = triton.get("engine")
-    if engine:
-        _err("  the plan's own metadata describes the model (--engine): the other export options do not apply")
-    build = {"precision": export_kwargs["precision"]} if settings.backend == "tensorrt" and not engine else None
-    result = write_repository(repo, settings, engine=engine, export=None if engine else export_kwargs, build=build,
-                              log=lambda m: click.echo(f"  {m} ...", err=True))
+def print_repository(result, json_path: str | None) -> None:
+    """What `export --fmt triton` wrote, and what a user needs to serve it."""
     s, sig = result.settings, result.signature
     click.echo(f"wrote Triton model repository {result.repo}")
     click.echo(f"  model    {s.model_name} ({s.backend} backend, version {s.version}): "
@@ -116,11 +68,7 @@ def export_triton(*, output, json_path, batch, dynamic_batch, triton: dict, expo
         click.echo(f"  note     {note}")
     click.echo(f"  serve    tinyvim serve {result.repo}")
     if json_path:
-        atomic_write_json(json_path, {
-            "repository": str(result.repo), "model_dir": str(result.model_dir),
-            "files": [str(f) for f in result.files], "config": result.config_path.read_text(),
-            "settings": {k: (list(v) if isinstance(v, tuple) else v) for k, v in vars(s).items()},
-            "metadata": sig.metadata.to_props() if sig.metadata else None, "notes": result.notes})
+        atomic_write_json(json_path, result.to_json())
 
 
 # --------------------------------------------------------------------- serve
@@ -132,7 +80,7 @@ def _port(name: str):
 @click.command("serve")
 @click.argument("repo", type=click.Path(file_okay=False))
 @click.option("--host", default="127.0.0.1", show_default=True,
-              help="Address the endpoints listen on (0.0.0.0 exposes the server to your network).")
+              help="Address the endpoints listen on (0.0.0.0 exposes the server to your network; ::1 for IPv6).")
 @_port("http")
 @_port("grpc")
 @_port("metrics")
@@ -147,47 +95,33 @@ def serve(repo, host, http_port, grpc_port, metrics_port, server_path, log_file,
     """Serve a model REPO (from `export --fmt triton`) with Triton Inference Server until Ctrl-C.
 
     Needs the `serve` extra: pip install 'tinyvim[serve]' && pip install --no-deps nvidia-pytriton==0.7.0"""
-    from tinyvim.serve.server import TritonServer, find_triton
-
-    install = find_triton(server_path)
-    server = TritonServer(repo, host=host, install=install, log_path=log_file, extra_args=server_args,
+    check_start_timeout(timeout)
+    server = TritonServer(repo, host=host, log_path=log_file, extra_args=server_args,
                           ports={"http": http_port, "grpc": grpc_port, "metrics": metrics_port})
-    _err(f"starting tritonserver ({install.origin}) on {repo}...")
-    # SIGTERM (kill, systemd, docker stop) must stop the server too: treat it like Ctrl-C.
-    previous = signal.signal(signal.SIGTERM, _raise_keyboard_interrupt)
-    try:
-        server.start(timeout)
-        click.echo(f"serving {Path(repo).resolve()} with tritonserver PID {server.pid}")
-        click.echo(f"  HTTP     http://{server.http_url}")
-        click.echo(f"  gRPC     {server.grpc_url}")
-        click.echo(f"  metrics  {server.metrics_url}")
-        for m in server.models():
+    server.install = find_triton(server_path)
+    _err(f"starting tritonserver ({server.install.origin}) on {repo}...")
+
+    def ready(srv):
+        click.echo(f"serving {srv.repo.resolve()} with tritonserver PID {srv.pid}")
+        click.echo(f"  HTTP     http://{srv.http_url}")
+        click.echo(f"  gRPC     {srv.grpc_url}")
+        click.echo(f"  metrics  {srv.metrics_url}")
+        for m in srv.models():
             click.echo(f"  model    {m['name']} version {m.get('version', '?')} {m.get('state', '?')}: "
-                       f"POST http://{server.http_url}/v2/models/{m['name']}/infer")
-        if host not in ("127.0.0.1", "localhost", "::1"):
+                       f"POST http://{srv.http_url}/v2/models/{m['name']}/infer")
+        if srv.exposed:
             click.secho(f"note: listening on {host}, not only loopback: anyone who reaches this machine can "
                         "send requests", fg="yellow", err=True)
         click.echo("Ctrl-C stops the server")
-        while server.alive():
-            time.sleep(0.5)
-        raise TinyvimError(f"tritonserver (PID {server.pid}) exited by itself with code {server.process.returncode}"
-                           + (f": see {log_file}" if log_file else ""), exit_code=1)
-    except KeyboardInterrupt:
-        pass
-    finally:
-        code = server.stop()
-        signal.signal(signal.SIGTERM, previous)
+
+    code = serve_until_stopped(server, timeout, on_ready=ready)
     click.echo(f"stopped tritonserver (PID {server.pid}, exit code {code})")
-
-
-def _raise_keyboard_interrupt(signum, frame):
-    raise KeyboardInterrupt
 
 
 # --------------------------------------------------------------------- serve-bench
 @click.command("serve-bench")
 @click.option("--url", "http_url", default=f"127.0.0.1:{TRITON_PORTS['http']}", show_default=True,
-              help="HTTP endpoint host:port (model metadata and statistics come from it).")
+              help="HTTP endpoint, host:port or http://host:port (model metadata and statistics come from it).")
 @click.option("--grpc-url", default=f"127.0.0.1:{TRITON_PORTS['grpc']}", show_default=True,
               help="gRPC endpoint host:port (for --protocol grpc).")
 @click.option("--repo", type=click.Path(file_okay=False), default=None,
@@ -216,36 +150,23 @@ def serve_bench(http_url, grpc_url, repo, model_name, protocol_text, concurrency
                 slices, compare_onnx, threads, server_path, seed, json_path, plot_path):
     """Load-test a model served by Triton: latency percentiles and images/s per concurrency,
     failed requests, and the server's own batch statistics."""
-    from tinyvim.tools import profile as prof
-    from tinyvim.serve.load import format_load_table, run_serve_bench
-    from tinyvim.serve.server import TritonServer, find_triton
-
     protocols = [p.strip().lower() for p in protocol_text.split(",") if p.strip()]
     concurrencies = _int_list(concurrency_text, "--concurrency")
     check_output_paths({"--json": json_path, "--plot": plot_path}, inputs={"--compare-onnx": compare_onnx})
     if plot_path:
         prof.check_plot_output(plot_path)
-    server = None
+    settings = dict(protocols=protocols, concurrencies=concurrencies, duration_s=duration, warmup_s=warmup,
+                    batch=batch, slices=slices, compare_onnx=compare_onnx, threads=threads, seed=seed, log=_err)
     if repo:
-        server = TritonServer(repo, install=find_triton(server_path), ports={"http": 0, "grpc": 0, "metrics": 0})
-        _err(f"starting tritonserver on {repo}...")
-        server.start()
-        http_url, grpc_url = server.http_url, server.grpc_url
-    try:
-        document = run_serve_bench(http_url, model_name, protocols=protocols, grpc_url=grpc_url,
-                                   concurrencies=concurrencies, duration_s=duration, warmup_s=warmup, batch=batch,
-                                   slices=slices, compare_onnx=compare_onnx, threads=threads, seed=seed, log=_err)
-    finally:
-        if server is not None:
-            server.stop()
-    env = document["environment"]
-    click.echo(prof.format_environment(env, []))
+        document = bench_repository(repo, model_name, server_path=server_path, **settings)
+    else:
+        document = run_serve_bench(http_url, model_name, grpc_url=grpc_url, **settings)
+    click.echo(prof.format_environment(document["environment"], []))
     click.echo(format_load_table(document["results"]))
     for backend, ratios in document["throughput_ratio_vs_inprocess"].items():
         if ratios:
             click.echo(f"{backend} / ort-inprocess throughput: "
                        + ", ".join(f"{r:.2f}x at concurrency {c}" for c, r in ratios.items()))
-    failed = sum(e["failed"] for e in document["results"])
     if json_path:
         atomic_write_json(json_path, document)
     if plot_path:
@@ -253,6 +174,7 @@ def serve_bench(http_url, grpc_url, repo, model_name, protocol_text, concurrency
         prof.plot_latency([e for e in document["results"] if "latency_ms" in e], plot_path,
                           title=f"{model_name} {'x'.join(map(str, shape[-2:]))}, batch {batch} per request",
                           x="concurrency", xlabel="concurrent requests")
+    failed = sum(e["failed"] for e in document["results"])
     if failed:
         errors = sorted({msg for e in document["results"] for msg in e["errors"]})
         raise TinyvimError(f"{failed} request(s) failed: {'; '.join(errors[:3])}", exit_code=1)

@@ -11,19 +11,35 @@ being measured. tritonclient is imported lazily: it is the `serve` extra.
 from __future__ import annotations
 
 import contextlib
+import os
+import re
 import threading
 import time
+import urllib.parse
 from dataclasses import dataclass
 from typing import Callable
 
 import numpy as np
 
-from tinyvim.contract import check_batch, check_count, check_positive_float, check_seed, check_threads
+from tinyvim.backends.model_file import read_onnx_info
+from tinyvim.backends.ort.runner import OrtRunner
+from tinyvim.contract import (
+    check_batch,
+    check_count,
+    check_positive_float,
+    check_seed,
+    check_threads,
+)
+from tinyvim.errors import TinyvimError
+from tinyvim.serve.interrupt import unwind_on_termination
+from tinyvim.serve.server import TritonServer, find_triton
+from tinyvim.tools.environment import default_threads, environment
 from tinyvim.tools.inputs import random_batches
 from tinyvim.tools.profile import latency_stats
-from tinyvim.errors import TinyvimError
 
 PROTOCOLS = ("http", "grpc")
+#: the option that names each protocol's endpoint, for messages
+URL_OPTIONS = {"http": "--url", "grpc": "--grpc-url"}
 MAX_CONCURRENCY = 64
 MAX_DURATION_S = 600.0
 #: a request that takes longer counts as failed (and cannot hang a bounded test)
@@ -42,6 +58,33 @@ def import_tritonclient(protocol: str):
     except ImportError as exc:
         raise TinyvimError(f"tritonclient[{protocol}] is not installed ({exc}): pip install 'tinyvim[serve]'") from exc
     return client
+
+
+def endpoint_address(url: str, protocol: str) -> str:
+    """'host:port', what tritonclient takes, from what a user may give: host:port,
+    <protocol>://host:port (the form `tinyvim serve` prints), [IPv6]:port. One-line errors
+    for another scheme, TLS, a path, or no port."""
+    what = URL_OPTIONS[protocol]
+    text = str(url).strip()
+    scheme = re.match(r"([A-Za-z][A-Za-z0-9+.-]*)://", text)
+    if scheme:
+        name = scheme.group(1).lower()
+        if name in ("https", "grpcs"):
+            raise TinyvimError(f"{what} {url}: TLS ({name}://) is not supported: serve-bench talks plain {protocol} "
+                               "to the server; give host:port")
+        if name != protocol:
+            raise TinyvimError(f"{what} {url}: expected {protocol}://host:port or host:port")
+        text = text[scheme.end():].rstrip("/")
+    parts = urllib.parse.urlsplit("//" + text)
+    try:
+        port = parts.port
+    except ValueError:
+        port = None
+    if not parts.hostname or port is None or not 1 <= port <= 65535 or parts.path or parts.query or parts.fragment \
+            or parts.username is not None:
+        raise TinyvimError(f"{what} {url!r} is not host:port: give e.g. 127.0.0.1:8000 or {protocol}://127.0.0.1:8000 "
+                           "([::1]:8000 for IPv6)")
+    return text
 
 
 @dataclass(frozen=True)
@@ -324,8 +367,6 @@ def inprocess_runner(onnx_path: str, batch: int, threads: int | None = None, see
     """(an ONNX Runtime runner of `onnx_path`, not yet active; its feed of `batch` random images):
     what the server is compared with. Its session.run is thread-safe and releases the GIL, so
     `concurrency` threads share one session."""
-    from tinyvim.backends.model_file import read_onnx_info
-    from tinyvim.backends.ort.runner import OrtRunner
 
     info = read_onnx_info(onnx_path)
     if not info.fixed_size:
@@ -387,8 +428,6 @@ def run_serve_bench(http_url: str, model: str, *, protocols=("http",), grpc_url:
     target alike; `warmup_s` of unmeasured requests precede each window. Returns the JSON
     document: settings, environment, one entry per (backend, concurrency) and the throughput
     ratios server / in-process."""
-    from tinyvim.tools.profile import default_threads, environment
-
     protocols = list(dict.fromkeys(protocols))
     unknown = [p for p in protocols if p not in ("http", "grpc")]
     if unknown or not protocols:
@@ -408,6 +447,9 @@ def run_serve_bench(http_url: str, model: str, *, protocols=("http",), grpc_url:
         raise TinyvimError(f"--slices must be 1..100 and leave at least 0.2 s per window, got {slices} for "
                            f"{duration_s:g} s")
     concurrencies = list(dict.fromkeys(concurrencies))
+    http_url = endpoint_address(http_url, "http")
+    if "grpc" in protocols:
+        grpc_url = endpoint_address(grpc_url, "grpc")
     endpoint = describe_model(http_url, model)
     urls = {"http": http_url, "grpc": grpc_url}
     callers = {f"triton-{p}": triton_caller(endpoint, p, urls[p], batch, seed) for p in protocols}
@@ -439,6 +481,20 @@ def run_serve_bench(http_url: str, model: str, *, protocols=("http",), grpc_url:
                          "slices": slices, "warmup_s": warmup_s, "batch": batch, "compare_onnx": compare_onnx,
                          "threads": threads, "seed": seed},
             "results": entries, "throughput_ratio_vs_inprocess": ratios}
+
+
+def bench_repository(repo: str | os.PathLike, model: str, *, server_path: str | os.PathLike | None = None,
+                     timeout_s: float = 120.0, log: Callable[[str], None] = print, **bench) -> dict:
+    """`serve-bench --repo`: run_serve_bench against a tritonserver started on `repo` for the
+    run (loopback, free ports) and stopped after it - also on an error, Ctrl-C or SIGTERM."""
+    server = TritonServer(repo, install=find_triton(server_path), ports={"http": 0, "grpc": 0, "metrics": 0})
+    log(f"starting tritonserver on {repo}...")
+    with unwind_on_termination():
+        server.start(timeout_s)
+        try:
+            return run_serve_bench(server.http_url, model, grpc_url=server.grpc_url, log=log, **bench)
+        finally:
+            server.stop()
 
 
 def _one_line(entry: dict) -> str:

@@ -19,11 +19,16 @@ What running the wheel's server takes (checked on this project's Debian 12 / Pyt
 
 The server runs in its own session (process group): stopping it sends SIGTERM to its PID,
 waits for Triton's graceful exit, then SIGKILLs whatever of its group is left (the stubs).
+
+It loads the repository's model folders by name (explicit model control): Triton would
+otherwise take every folder in the repository for a model, hidden ones too (a staging folder
+of an interrupted `export --fmt triton`, an editor's or notebook's leftovers) and fail on them.
 """
 from __future__ import annotations
 
 import atexit
 import importlib.util
+import ipaddress
 import json
 import os
 import re
@@ -39,9 +44,13 @@ import urllib.error
 import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Callable
 
-from tinyvim.contract import TRITON_PORTS
+from tinyvim.contract import TRITON_PORTS, check_positive_float
 from tinyvim.errors import TinyvimError
+from tinyvim.serve.interrupt import unwind_on_termination
+from tinyvim.serve.repository import remove_stale_staging
+from tinyvim.utils import check_output_path
 
 #: the server wheel this project checked; --no-deps keeps its numpy<2 pin out of the environment
 #: (only its tritonserver binary is used, not its Python package)
@@ -49,6 +58,10 @@ SERVER_WHEEL = "nvidia-pytriton==0.7.0"
 INSTALL_HINT = (f"pip install 'tinyvim[serve]' && pip install --no-deps {SERVER_WHEEL} "
                 "(or pass --tritonserver PATH of a Triton Inference Server install)")
 LOOPBACK = "127.0.0.1"
+#: longest --timeout for the server to come up (a typo guard; NaN or inf would wait forever)
+MAX_START_TIMEOUT_S = 3600.0
+#: the server's flags that choose which models load: given through --server-arg, ours stay off
+_MODEL_CONTROL_FLAGS = ("--model-control-mode", "--load-model")
 #: error-level lines a server logs on a machine without a GPU and still serves (CPU models)
 _HARMLESS = ("CudaDriverHelper", "NVML", "DCGM", "CUDA driver")
 
@@ -95,11 +108,37 @@ def _full_install(binary: Path, origin: str) -> TritonInstall:
                          python_stubs=None, origin=origin)
 
 
+def resolve_host(host: str) -> tuple[str, int]:
+    """(IP address, socket family) of `host`, IPv4 first; a one-line error when it names nothing."""
+    try:
+        found = socket.getaddrinfo(host, None, type=socket.SOCK_STREAM) if host else []
+    except (socket.gaierror, UnicodeError) as exc:
+        reason = getattr(exc, "strerror", None) or str(exc)
+        raise TinyvimError(f"--host {host}: cannot resolve it ({reason}): give an address of this machine, e.g. "
+                           "127.0.0.1 (loopback), ::1 or 0.0.0.0 (every interface)") from None
+    found = sorted((f for f in found if f[0] in (socket.AF_INET, socket.AF_INET6)),
+                   key=lambda f: f[0] != socket.AF_INET)
+    if not found:
+        raise TinyvimError(f"--host {host!r} names no IPv4 or IPv6 address: give e.g. 127.0.0.1")
+    family, _, _, _, sockaddr = found[0]
+    return sockaddr[0], family
+
+
 def free_port(host: str = LOOPBACK) -> int:
     """A TCP port nothing listens on right now (the OS picks it)."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind((host, 0))
+    ip, family = resolve_host(host)
+    with socket.socket(family, socket.SOCK_STREAM) as s:
+        s.bind((ip, 0))
         return s.getsockname()[1]
+
+
+def model_folders(repo: Path) -> list[str]:
+    """The model folders of a repository: its subfolders, hidden ones (.name) left out."""
+    return sorted(p.name for p in repo.iterdir() if p.is_dir() and not p.name.startswith("."))
+
+
+def check_start_timeout(timeout_s) -> float:
+    return check_positive_float(timeout_s, "--timeout", MAX_START_TIMEOUT_S)
 
 
 def python_library_dir() -> Path | None:
@@ -180,12 +219,25 @@ class TritonServer:
         if not self.repo.is_dir():
             raise TinyvimError(f"{self.repo} is not a folder: give a model repository "
                                "(`tinyvim export --fmt triton -o REPO` writes one)")
+        self.extra_args = tuple(extra_args)
+        # --server-arg=--model-control-mode=...: the user chooses what loads; else the visible folders
+        self.explicit = not any(a.split("=")[0] in _MODEL_CONTROL_FLAGS for a in self.extra_args)
+        self.model_names = model_folders(self.repo)
+        if self.explicit and not self.model_names:
+            raise TinyvimError(f"{self.repo} holds no model folder: write one with "
+                               f"`tinyvim export --fmt triton -o {self.repo}`")
         self.host = host
+        self.ip, self.family = resolve_host(host)
         self.requested_ports = {**TRITON_PORTS, **(ports or {})}
+        seen: dict[int, str] = {}
+        for name, port in self.requested_ports.items():
+            if port and port in seen:
+                raise TinyvimError(f"--{seen[port]}-port and --{name}-port are both {port}: each endpoint needs its "
+                                   "own port (0: a free one)")
+            seen[port] = name
         self.ports: dict[str, int] = {}
         self.install = install
-        self.log_path = Path(log_path) if log_path else None
-        self.extra_args = tuple(extra_args)
+        self.log_path = check_output_path(log_path, what="--log-file") if log_path else None
         self.exit_timeout_s = exit_timeout_s
         self.process: subprocess.Popen | None = None
         self._runtime: Path | None = None
@@ -198,30 +250,45 @@ class TritonServer:
 
     @property
     def client_host(self) -> str:
-        return LOOPBACK if self.host in ("0.0.0.0", "") else self.host
+        """The address a client on this machine reaches the server at (loopback for a wildcard)."""
+        if ipaddress.ip_address(self.ip.split("%")[0]).is_unspecified:
+            return LOOPBACK if self.family == socket.AF_INET else "::1"
+        return self.ip
+
+    @property
+    def exposed(self) -> bool:
+        """Listening beyond loopback: reachable from other machines."""
+        return not ipaddress.ip_address(self.ip.split("%")[0]).is_loopback
+
+    def _url_host(self) -> str:
+        return f"[{self.client_host}]" if self.family == socket.AF_INET6 else self.client_host
 
     @property
     def http_url(self) -> str:
         """host:port of the HTTP/REST endpoint (what tritonclient.http takes)."""
-        return f"{self.client_host}:{self.ports['http']}"
+        return f"{self._url_host()}:{self.ports['http']}"
 
     @property
     def grpc_url(self) -> str:
-        return f"{self.client_host}:{self.ports['grpc']}"
+        return f"{self._url_host()}:{self.ports['grpc']}"
 
     @property
     def metrics_url(self) -> str:
-        return f"http://{self.client_host}:{self.ports['metrics']}/metrics"
+        return f"http://{self._url_host()}:{self.ports['metrics']}/metrics"
 
     def command(self, backends: Path) -> list[str]:
         p = self.ports
+        # Triton's HTTP and metrics servers take IPv6 as 'ipv6:ADDR', its gRPC server as '[ADDR]'
+        v6 = self.family == socket.AF_INET6
+        http_address, grpc_address = (f"ipv6:{self.ip}", f"[{self.ip}]") if v6 else (self.ip, self.ip)
+        models = ["--model-control-mode", "explicit", *(f"--load-model={m}" for m in self.model_names)]
         return [str(self.install.server), "--model-repository", str(self.repo.resolve()),
                 "--backend-directory", str(backends),
-                "--http-address", self.host, "--http-port", str(p["http"]),
-                "--grpc-address", self.host, "--grpc-port", str(p["grpc"]),
-                "--metrics-address", self.host, "--metrics-port", str(p["metrics"]),
+                "--http-address", http_address, "--http-port", str(p["http"]),
+                "--grpc-address", grpc_address, "--grpc-port", str(p["grpc"]),
+                "--metrics-address", http_address, "--metrics-port", str(p["metrics"]),
                 "--allow-gpu-metrics", "false", "--exit-timeout-secs", str(self.exit_timeout_s),
-                *self.extra_args]
+                *(models if self.explicit else []), *self.extra_args]
 
     # ------------------------------------------------------------------ lifecycle
     def start(self, timeout_s: float = 120.0) -> "TritonServer":
@@ -229,17 +296,19 @@ class TritonServer:
         a one-line TinyvimError (with the models' load errors) when it does not come up."""
         if self.process is not None:
             raise RuntimeError("server already started")
+        timeout_s = check_start_timeout(timeout_s)
         self.install = self.install or find_triton()
         self.ports = {k: v or free_port(self.client_host) for k, v in self.requested_ports.items()}
-        busy = [f"{k} {v}" for k, v in self.ports.items() if not _port_free(self.client_host, v)]
+        busy = [f"{k} {v}" for k, v in self.ports.items() if not _port_free(self.client_host, self.family, v)]
         if busy:
             raise TinyvimError(f"port(s) {', '.join(busy)} on {self.client_host} already in use: stop what listens "
                                "there or choose other ports (--http-port/--grpc-port/--metrics-port)")
+        remove_stale_staging(self.repo)     # of killed exports that staged inside (hidden; not loaded anyway)
         self._runtime = Path(tempfile.mkdtemp(prefix="tinyvim-tritonserver-"))
         try:
             backends = assemble_backends(self.install, self._runtime)
             log_path = self.log_path or self._runtime / "tritonserver.log"
-            self._log_file = open(log_path, "wb")
+            self._log_file = _open_log(log_path)
             self.process = subprocess.Popen(self.command(backends), env=server_environment(self.install),
                                             stdin=subprocess.DEVNULL, stdout=self._log_file,
                                             stderr=subprocess.STDOUT, start_new_session=True)
@@ -276,10 +345,26 @@ class TritonServer:
             return False
 
     def models(self) -> list[dict]:
-        """The repository index: [{'name', 'version', 'state', 'reason'}]."""
-        request = urllib.request.Request(f"http://{self.http_url}/v2/repository/index", data=b"{}", method="POST")
-        with urllib.request.urlopen(request, timeout=5) as r:
-            return json.loads(r.read())
+        """The repository index: [{'name', 'version', 'state', 'reason'}] of the models it loaded
+        (every entry when --server-arg chose the model control). A one-line error (exit 1) when
+        the server does not answer with the index."""
+        url = f"http://{self.http_url}/v2/repository/index"
+        request = urllib.request.Request(url, data=b"{}", method="POST")
+        try:
+            with urllib.request.urlopen(request, timeout=5) as r:
+                index = json.loads(r.read())
+        except urllib.error.HTTPError as exc:
+            raise TinyvimError(f"tritonserver answered POST {url} with HTTP {exc.code} {exc.reason}",
+                               exit_code=1) from None
+        except (urllib.error.URLError, OSError) as exc:
+            raise TinyvimError(f"tritonserver did not answer POST {url}: {getattr(exc, 'reason', exc)}",
+                               exit_code=1) from None
+        except ValueError as exc:
+            raise TinyvimError(f"tritonserver's answer to POST {url} is not JSON ({exc})", exit_code=1) from None
+        if not isinstance(index, list) or not all(isinstance(m, dict) and "name" in m for m in index):
+            raise TinyvimError(f"tritonserver's answer to POST {url} is not a model index: {str(index)[:200]}",
+                               exit_code=1)
+        return [m for m in index if not self.explicit or m["name"] in self.model_names]
 
     def alive(self) -> bool:
         return self.process is not None and self.process.poll() is None
@@ -315,8 +400,40 @@ class TritonServer:
         self.stop()
 
 
-def _port_free(host: str, port: int) -> bool:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+def serve_until_stopped(server: TritonServer, timeout_s: float, *,
+                        on_ready: Callable[[TritonServer], None] = lambda srv: None, poll_s: float = 0.5) -> int | None:
+    """`tinyvim serve`: start `server`, call `on_ready(server)` once it and its models are
+    ready, and keep it up until Ctrl-C, SIGTERM or SIGHUP; then stop it and its stubs (its
+    runtime folder goes too). Returns its exit code; a TinyvimError (exit 1) when the server
+    ends by itself."""
+    timeout_s = check_start_timeout(timeout_s)
+    with unwind_on_termination():
+        try:
+            server.start(timeout_s)
+            on_ready(server)
+            while server.alive():
+                time.sleep(poll_s)
+            raise TinyvimError(f"tritonserver (PID {server.pid}) exited by itself with code "
+                               f"{server.process.returncode}" + (f": see {server.log_path}" if server.log_path else ""),
+                               exit_code=1)
+        except KeyboardInterrupt:    # Ctrl-C, or SIGTERM/SIGHUP through unwind_on_termination
+            pass
+        finally:
+            code = server.stop()
+    return code
+
+
+def _open_log(path: Path):
+    """The server's log file, opened for writing (its folder made); one-line errors."""
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        return open(path, "wb")
+    except OSError as exc:
+        raise TinyvimError(f"cannot write --log-file {path}: {exc.strerror or exc} (choose another path)") from None
+
+
+def _port_free(host: str, family: int, port: int) -> bool:
+    with socket.socket(family, socket.SOCK_STREAM) as s:
         return s.connect_ex((host, port)) != 0
 
 

@@ -11,9 +11,18 @@ reads below are declared in tinyvim.contract.TRITON_PYTHON_PARAMS, and a test ho
 
 Tensors cross the stub boundary through DLPack, not pb_utils' numpy bridge: the stub shipped
 with Triton 2.51 reads numpy 1's array-descriptor layout, so under numpy 2 `as_numpy()` returns
-wrong strides and `Tensor(name, array)` a wrong size (seen on this project's machines). DLPack
+wrong values and `Tensor(name, array)` a wrong size (seen on this project's machines). DLPack
 carries dtype, shape and strides itself and works with numpy 1 and 2.
+
+Outputs go through the capsule, not the array: `Tensor.from_dlpack` takes the array's
+DLPack capsule and marks it consumed by renaming it 'used_dlpack', where the DLPack protocol
+(and numpy's capsule destructor) expects 'used_dltensor'. numpy then takes the capsule for
+unconsumed and logs a 5-line `PyCapsule_GetPointer called with incorrect name` traceback per
+output tensor - into the server log, for every request. Renaming the capsule as the protocol
+says once the stub owns the tensor keeps numpy's destructor off it (the stub frees it through
+the tensor's own deleter, as before).
 """
+import ctypes
 import json
 import os
 
@@ -23,6 +32,20 @@ import triton_python_backend_utils as pb_utils
 PARAM_RUNTIME = "runtime"
 PARAM_ONNX_FILE = "onnx_file"
 PARAM_THREADS = "intra_op_thread_count"
+
+#: PyCapsule_SetName keeps the pointer, not a copy: the name must live as long as the module
+_CONSUMED = ctypes.create_string_buffer(b"used_dltensor")
+_capsule_set_name = ctypes.pythonapi.PyCapsule_SetName
+_capsule_set_name.argtypes = [ctypes.py_object, ctypes.c_char_p]
+_capsule_set_name.restype = ctypes.c_int
+
+
+def _output_tensor(name, array):
+    """pb_utils.Tensor holding `array` (C-contiguous), handed over through its DLPack capsule."""
+    capsule = np.ascontiguousarray(array).__dlpack__()
+    tensor = pb_utils.Tensor.from_dlpack(name, capsule)
+    _capsule_set_name(capsule, _CONSUMED)      # the stub owns it now (see the module docstring)
+    return tensor
 
 
 def _ort_runner(path, threads, gpu, device_id):
@@ -91,8 +114,7 @@ class TritonPythonModel:
         responses, start = [], 0
         for batch in images:
             stop = start + batch.shape[0]
-            tensors = [pb_utils.Tensor.from_dlpack(name, np.ascontiguousarray(outputs[i][start:stop]))
-                       for name, i in zip(self._output_names, self._order)]
+            tensors = [_output_tensor(name, outputs[i][start:stop]) for name, i in zip(self._output_names, self._order)]
             responses.append(pb_utils.InferenceResponse(output_tensors=tensors))
             start = stop
         return responses
