@@ -59,6 +59,7 @@ def fake_export(monkeypatch, calls: list | None = None):
     """Make tinyvim.export.export_onnx write the stand-in (batch and scan as asked) instead of
     tracing TinyViM: `export --fmt triton` runs in milliseconds. `calls` collects the kwargs."""
     import tinyvim.export
+    import tinyvim.serve.repository
 
     def export_onnx(path, *, log=None, **kwargs):
         if calls is not None:
@@ -67,6 +68,7 @@ def fake_export(monkeypatch, calls: list | None = None):
         return stand_in_onnx(Path(path), batch=batch, scan=kwargs.get("scan", "portable"))
 
     monkeypatch.setattr(tinyvim.export, "export_onnx", export_onnx)
+    monkeypatch.setattr(tinyvim.serve.repository, "export_onnx", export_onnx)   # imported there at module top
 
 
 def hidden_entries(folder: Path) -> list[str]:

@@ -102,7 +102,6 @@ def test_profile_cli_bad_input_exit_2(tmp_path):
 def test_profile_ort_without_model_exports_a_dynamic_batch_onnx(tmp_path, monkeypatch):
     import onnx
 
-    import tinyvim.export
     from test_engines_runners import tiny_onnx, tiny_torch
     from tinyvim.commands.engines import profile
     calls = []
@@ -115,7 +114,7 @@ def test_profile_ort_without_model_exports_a_dynamic_batch_onnx(tmp_path, monkey
             path = output
         return Result()
 
-    monkeypatch.setattr(tinyvim.export, "export_onnx", fake_export)
+    monkeypatch.setattr(prof, "export_onnx", fake_export)
     out = tmp_path / "p.json"
     r = CliRunner().invoke(profile, ["--backend", "ort", "--img-size", "64", "--batch", "1,3", "--warmup", "0",
                                      "--iters", "3", "--json", str(out)])

@@ -20,7 +20,7 @@ from serve_helpers import hidden_entries
 
 from tinyvim.cli import cli
 from tinyvim.errors import TinyvimError
-from tinyvim.serve.interrupt import Terminated, unwind_on_termination
+from tinyvim.interrupt import Terminated, unwind_on_termination
 from tinyvim.serve.server import TritonServer, free_port, serve_until_stopped
 
 pytest.importorskip("tritonclient.http", reason="the serve extra is not installed (pip install 'tinyvim[serve]')")

@@ -91,6 +91,16 @@ def default_backend_for(info: ModelInfo) -> Backend:
     raise TinyvimError(f"no backend runs {info.kind} files like {info.path}")
 
 
+def unused_option_warnings(backends: list[Backend], options: dict) -> list[str]:
+    """A warning for each given backend option (not None) that none of `backends` takes, e.g.
+    --ov-precision with --backend ort: said, not silently ignored."""
+    taken = {opt.name for b in backends for opt in b.options}
+    flags = {opt.name: (opt.flag, [b.name for b in _REGISTRY.values() if opt in b.options]) for opt in all_options()}
+    return [f"{flags[name][0]} applies to --backend {' or '.join(flags[name][1])} only: ignored for "
+            f"{', '.join(b.name for b in backends)}"
+            for name, value in options.items() if value is not None and name in flags and name not in taken]
+
+
 def all_options() -> list[BackendOption]:
     """Every backend option once, in registration order (for the CLI)."""
     seen: dict[str, BackendOption] = {}

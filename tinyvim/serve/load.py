@@ -31,7 +31,7 @@ from tinyvim.contract import (
     check_threads,
 )
 from tinyvim.errors import TinyvimError
-from tinyvim.serve.interrupt import unwind_on_termination
+from tinyvim.interrupt import unwind_on_termination
 from tinyvim.serve.server import TritonServer, find_triton
 from tinyvim.tools.environment import default_threads, environment
 from tinyvim.tools.inputs import random_batches

@@ -48,7 +48,7 @@ from typing import Callable
 
 from tinyvim.contract import TRITON_PORTS, check_positive_float
 from tinyvim.errors import TinyvimError
-from tinyvim.serve.interrupt import unwind_on_termination
+from tinyvim.interrupt import unwind_on_termination
 from tinyvim.serve.repository import remove_stale_staging
 from tinyvim.utils import check_output_path
 

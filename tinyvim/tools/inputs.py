@@ -3,18 +3,46 @@ the way ImageNet evaluation does it (resize the shorter side to size / crop_pct,
 centre crop; scale to [0, 1]; normalise with the ImageNet mean/std)."""
 from __future__ import annotations
 
+import contextlib
 import os
+import warnings
 from pathlib import Path
 from typing import Iterator
 
 import numpy as np
+from PIL import Image
 
+from tinyvim.backends.base import error_reason
 from tinyvim.contract import IMAGENET_MEAN, IMAGENET_STD
 from tinyvim.errors import TinyvimError
 
 #: 224 / 256: the resize-256-crop-224 evaluation the brief specifies (see README note).
 DEFAULT_CROP_PCT = 0.875
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff", ".ppm"}
+#: largest picture decoded (64 Mpx: 192 MB as RGB bytes); checked from the header, before decoding.
+#: Below PIL's own decompression-bomb limit (89 Mpx), whose warning therefore never fires.
+MAX_DECODED_PIXELS = 64 * 2**20
+#: largest intermediate the resize may produce (16 Mpx); above it (an extreme aspect ratio, a tiny
+#: --crop-pct) only the source region the centre crop needs is resampled, straight to H x W
+MAX_RESIZED_PIXELS = 16 * 2**20
+#: --crop-pct range: ImageNet evaluations use 0.8..1.0; below 0.1 the crop would be noise
+MIN_CROP_PCT = 0.1
+
+
+@contextlib.contextmanager
+def _quiet_pil() -> Iterator[None]:
+    """PIL's warnings (EXIF, palettes, bombs) are not printed raw: a picture either decodes (the
+    warning was benign) or fails with tinyvim's own one-line error; sizes are bounded by our checks."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        yield
+
+
+def check_crop_pct(crop_pct: float) -> float:
+    if not (isinstance(crop_pct, (int, float)) and MIN_CROP_PCT <= crop_pct <= 1.0):
+        raise TinyvimError(f"--crop-pct {crop_pct}: use a fraction in [{MIN_CROP_PCT}, 1] (0.875 is the ImageNet "
+                           "evaluation's resize-256-crop-224)")
+    return float(crop_pct)
 
 
 def normalize(pixels: np.ndarray, mean=None, std=None) -> np.ndarray:
@@ -42,27 +70,38 @@ def random_batches(num: int, batch: int, size: tuple[int, int], seed: int = 0) -
 
 def preprocess_image(path: str | os.PathLike, size: tuple[int, int], crop_pct: float = DEFAULT_CROP_PCT) -> np.ndarray:
     """One picture -> (3, H, W) normalised float32. The shorter side is resized to
-    floor(max(H, W) / crop_pct), keeping the aspect ratio, then the centre H x W is cropped."""
-    from PIL import Image
-
-    with Image.open(path) as im:
+    floor(max(H, W) / crop_pct), keeping the aspect ratio, then the centre H x W is cropped.
+    Memory is bounded: the picture by MAX_DECODED_PIXELS, the resized intermediate by
+    MAX_RESIZED_PIXELS (beyond it the crop's source region is resampled directly)."""
+    with _quiet_pil(), Image.open(path) as im:
+        _check_pixels(path, im.size)
         im = im.convert("RGB")
         w0, h0 = im.size
         target = int(max(size) / crop_pct)
         scale = target / min(w0, h0)
         nw, nh = max(size[1], round(w0 * scale)), max(size[0], round(h0 * scale))
-        im = im.resize((nw, nh), Image.BICUBIC)
         left, top = (nw - size[1]) // 2, (nh - size[0]) // 2
-        im = im.crop((left, top, left + size[1], top + size[0]))
+        if nw * nh <= MAX_RESIZED_PIXELS:
+            im = im.resize((nw, nh), Image.BICUBIC)
+            im = im.crop((left, top, left + size[1], top + size[0]))
+        else:   # the same centre crop, mapped back to source coordinates
+            sx, sy = w0 / nw, h0 / nh
+            box = (left * sx, top * sy, (left + size[1]) * sx, (top + size[0]) * sy)
+            im = im.resize((size[1], size[0]), Image.BICUBIC, box=box)
         pixels = np.asarray(im, dtype=np.float32).transpose(2, 0, 1) / 255.0
     return normalize(pixels[None])[0]
+
+
+def _check_pixels(path, wh: tuple[int, int]) -> None:
+    w, h = wh
+    if w * h > MAX_DECODED_PIXELS:
+        raise TinyvimError(f"--images: {path} is {w}x{h} ({w * h / 2**20:.0f} Mpx), above the "
+                           f"{MAX_DECODED_PIXELS // 2**20} Mpx tinyvim decodes: downscale it first")
 
 
 def list_images(folder: str | os.PathLike, batch: int, limit: int | None = None) -> list[Path]:
     """The pictures in `folder` (sorted by name, at most limit * batch), each checked to open
     as an image (header only, so it is cheap) before any work starts; one-line errors."""
-    from PIL import Image
-
     folder = Path(folder)
     if not folder.is_dir():
         raise TinyvimError(f"--images {folder}: not a folder")
@@ -73,10 +112,11 @@ def list_images(folder: str | os.PathLike, batch: int, limit: int | None = None)
         raise TinyvimError(f"--images {folder}: no pictures ({', '.join(sorted(IMAGE_SUFFIXES))})")
     for p in files:
         try:
-            with Image.open(p) as im:
-                im.size  # noqa: B018 - the header is parsed (and size-checked for bombs) on open
+            with _quiet_pil(), Image.open(p) as im:    # the header only: cheap
+                size = im.size
         except Exception as exc:  # noqa: BLE001 - PIL raises many types for a bad file
-            raise TinyvimError(f"--images: cannot read {p}: {str(exc).splitlines()[0] if str(exc) else type(exc).__name__}") from None
+            raise TinyvimError(f"--images: cannot read {p}: {error_reason(exc, 200)}") from None
+        _check_pixels(p, size)
     return files
 
 
@@ -91,8 +131,12 @@ def iter_image_batches(files: list[Path], batch: int, size: tuple[int, int],
             p = files[i % len(files)]
             try:
                 arrays.append(preprocess_image(p, size, crop_pct))
+            except TinyvimError:
+                raise
+            except MemoryError:
+                raise TinyvimError(f"--images: not enough memory to decode {p}: downscale it, or free memory") from None
             except Exception as exc:  # noqa: BLE001 - a picture that opened but does not decode
-                raise TinyvimError(f"--images: cannot read {p}: {exc}") from None
+                raise TinyvimError(f"--images: cannot read {p}: {error_reason(exc, 200)}") from None
         yield np.stack(arrays)
 
 

@@ -17,6 +17,7 @@ tap in network order, and names the tap whose error jumps most above everything 
 """
 from __future__ import annotations
 
+import math
 import os
 import tempfile
 from dataclasses import dataclass, replace
@@ -33,6 +34,7 @@ from tinyvim.backends.trt.builder import build_engine
 from tinyvim.backends.trt.sidecar import read_sidecar
 from tinyvim.contract import BF16, FP16, FP32, INPUT_NAME, TAP_PREFIX
 from tinyvim.errors import TinyvimError
+from tinyvim.interrupt import unwind_on_termination
 from tinyvim.model import create_model
 from tinyvim.model.ss2d import TViMBlock
 from tinyvim.ops import scan_implementation
@@ -185,26 +187,39 @@ def tap_key(tap: Tap) -> str:
 
 
 def per_block_rows(taps: list[Tap], reference: dict, candidate: dict, tolerance: Tolerance,
-                   precision: str) -> tuple[list[dict], str | None]:
-    """One row per tap (network order) and the module whose error jumps most: the tap whose
-    scale-relative error (max |Δ| / max |ref|) is the largest multiple of the largest before
-    it (both floored at NOISE_FLOOR[precision]), when that multiple is at least JUMP_FACTOR;
-    None when no tap's error jumps that much."""
+                   precision: str) -> tuple[list[dict], str | None, str | None]:
+    """One row per tap (network order), the module whose error jumps most, and the first module
+    with NaN/Inf in its output.
+
+    The jump: the tap whose scale-relative error (max |Δ| / max |ref| over finite values) is the
+    largest multiple of the largest before it (both floored at NOISE_FLOOR[precision]), when
+    that multiple is at least JUMP_FACTOR; None when no tap's error jumps that much. A tap with
+    non-finite values has no such error: from the first one on, the culprit is that tap (every
+    later tap inherits its NaN/Inf)."""
     ref = {tap_key(t): reference[t.module] for t in taps}
     comparison = compare_outputs(ref, {tap_key(t): candidate[tap_key(t)] for t in taps}, tolerance)
     floor = NOISE_FLOOR.get(precision, NOISE_FLOOR[FP32])
-    rows, worst_before, best_jump, culprit = [], floor, 0.0, None
+    rows, worst_before, best_jump, culprit, first_nonfinite = [], floor, 0.0, None, None
     for tap, result in zip(taps, comparison.outputs):
-        scale = float(np.max(np.abs(ref[tap_key(tap)]))) or 1.0
-        scaled = result.max_abs_err / scale
-        jump = max(scaled, floor) / worst_before
-        if jump > best_jump:
-            best_jump, culprit = jump, tap.module
-        worst_before = max(worst_before, scaled)
+        values = np.asarray(ref[tap_key(tap)], dtype=np.float64)
+        finite = values[np.isfinite(values)]
+        scale = float(np.max(np.abs(finite))) if finite.size else 0.0
+        nonfinite = result.nonfinite_candidate + result.nonfinite_reference
+        if nonfinite and first_nonfinite is None:
+            first_nonfinite = tap.module
+        scaled, jump = float("nan"), float("nan")
+        if not nonfinite and math.isfinite(result.max_abs_err):
+            scaled = result.max_abs_err / (scale or 1.0)
+            jump = max(scaled, floor) / worst_before
+            if jump > best_jump and first_nonfinite is None:
+                best_jump, culprit = jump, tap.module
+            worst_before = max(worst_before, scaled)
         rows.append({"module": tap.module, "kind": tap.kind, "stage": tap.stage, "onnx_tensor": tap.onnx,
                      "shape": result.shape, "max_abs_err": result.max_abs_err, "scaled_err": scaled,
-                     "max_rel_err": result.max_rel_err, "cosine": result.cosine, "jump": jump})
-    return rows, culprit if best_jump >= JUMP_FACTOR else None
+                     "max_rel_err": result.max_rel_err, "cosine": result.cosine, "jump": jump,
+                     "nonfinite_reference": result.nonfinite_reference,
+                     "nonfinite_candidate": result.nonfinite_candidate})
+    return rows, culprit if best_jump >= JUMP_FACTOR else None, first_nonfinite
 
 
 def _marked_model(info: ModelInfo, marked_proto, folder: Path, backend, options: dict, log) -> ModelInfo:
@@ -250,29 +265,39 @@ def run_per_block(info: ModelInfo, config, *, backend, batch: np.ndarray, tolera
                          seed=config.init_seed)
     proto = onnx.load(source)
     taps = taps_for(model, proto.graph, list(info.output_names))
-    with tempfile.TemporaryDirectory(prefix="tinyvim-per-block-") as tmp:
+    # SIGTERM/SIGHUP unwind like Ctrl-C, so the temporary folder goes too
+    with unwind_on_termination(), tempfile.TemporaryDirectory(prefix="tinyvim-per-block-") as tmp:
         marked = _marked_model(info, mark_outputs(proto, taps), Path(tmp), backend, options, log)
         runner = backend.runner(RunnerRequest("validate", model=marked, threads=threads, options=options, log=log))
         with runner:
             candidate = runner.infer({INPUT_NAME: batch})
     reference = capture_reference(model, taps, batch, list(info.output_names))
-    rows, culprit = per_block_rows(taps, reference, candidate, tolerance, precision)
-    return {"batch": int(batch.shape[0]), "rows": rows, "first_jump": culprit,
-            "noise_floor": NOISE_FLOOR.get(precision, NOISE_FLOOR[FP32])}
+    rows, culprit, first_nonfinite = per_block_rows(taps, reference, candidate, tolerance, precision)
+    return {"batch": int(batch.shape[0]), "rows": rows, "first_jump": first_nonfinite or culprit,
+            "first_nonfinite": first_nonfinite, "noise_floor": NOISE_FLOOR.get(precision, NOISE_FLOOR[FP32])}
 
 
 def format_per_block(section: dict) -> str:
-    """The per-block table: one line per tap, the largest jump marked."""
+    """The per-block table: one line per tap, the largest jump (or the first NaN/Inf) marked."""
     header = (f"{'block':<18} {'kind':<10} {'shape':<16} {'max abs':>9} {'abs/|ref|':>9} {'max rel':>9} "
               f"{'cosine':>10} {'jump':>8}")
     lines = [f"per-block comparison (batch of {section['batch']}; abs/|ref| = max |Δ| / max |reference|):",
              header, "-" * len(header)]
+    first_nonfinite = section.get("first_nonfinite")
     for r in section["rows"]:
+        shape = f"{r['module']:<18} {r['kind']:<10} {'x'.join(map(str, r['shape'])):<16}"
+        bad = {side: r.get(f"nonfinite_{side}", 0) for side in ("candidate", "reference")}
+        if any(bad.values()):
+            where = ", ".join(f"{n} NaN/Inf in the {side}" for side, n in bad.items() if n)
+            mark = "  <- first non-finite values here" if r["module"] == first_nonfinite else ""
+            lines.append(f"{shape} {where}{mark}")
+            continue
         mark = "  <- error jumps here" if r["module"] == section["first_jump"] else ""
-        lines.append(f"{r['module']:<18} {r['kind']:<10} {'x'.join(map(str, r['shape'])):<16} "
-                     f"{r['max_abs_err']:9.2e} {r['scaled_err']:9.2e} {r['max_rel_err']:9.2e} {r['cosine']:10.7f} "
-                     f"{r['jump']:7.1f}x{mark}")
-    if section["first_jump"] is None:
+        lines.append(f"{shape} {r['max_abs_err']:9.2e} {r['scaled_err']:9.2e} {r['max_rel_err']:9.2e} "
+                     f"{r['cosine']:10.7f} {r['jump']:7.1f}x{mark}")
+    if first_nonfinite is not None:
+        lines.append(f"the first NaN/Inf appears in {first_nonfinite}: the blocks after it only carry it on")
+    elif section["first_jump"] is None:
         lines.append(f"no block's error jumps by {JUMP_FACTOR:g}x or more above those before it (noise floor "
                      f"{section['noise_floor']:g} of its scale): the error grows evenly along the network")
     return "\n".join(lines)

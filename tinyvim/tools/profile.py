@@ -23,6 +23,7 @@ from tinyvim.backends.registry import (
     RunnerRequest,
     parse_backends,
     read_model_info,
+    unused_option_warnings,
 )
 from tinyvim.contract import (
     DEFAULT_IMG_SIZE,
@@ -39,6 +40,7 @@ from tinyvim.contract import (
 )
 from tinyvim.errors import TinyvimError
 from tinyvim.export import export_onnx
+from tinyvim.interrupt import unwind_on_termination
 from tinyvim.lazy import import_optional
 from tinyvim.tools.environment import cpu_model, default_threads, environment  # noqa: F401  (re-exported)
 from tinyvim.tools.reference import random_weights_note, resolve_checkpoint
@@ -249,6 +251,7 @@ def run_profile(backends, *, models: Sequence[str] = (), variant: str | None = N
     for b in batches:
         check_workload(b, size)
     checkpoint, warnings = resolve_checkpoint(meta, checkpoint, required=False)
+    warnings += unused_option_warnings(selected, dict(options or {}))
     for w in warnings:
         log(f"warning: {w}")
     init_seed = meta.init_seed if meta else 0
@@ -259,7 +262,8 @@ def run_profile(backends, *, models: Sequence[str] = (), variant: str | None = N
     threads = threads or default_threads()
     options = dict(options or {})
 
-    with tempfile.TemporaryDirectory(prefix="tinyvim-profile-") as tmp:
+    # SIGTERM/SIGHUP unwind like Ctrl-C, so the temporary folder goes too
+    with unwind_on_termination(), tempfile.TemporaryDirectory(prefix="tinyvim-profile-") as tmp:
         files: dict[str, ModelInfo | None] = {}
         for backend in selected:
             info = next((by_kind[k] for k in backend.model_kinds if k in by_kind), None)

@@ -52,11 +52,11 @@ from tinyvim.backends.registry import (
     default_backend_for,
     get_backend,
     read_model_info,
+    unused_option_warnings,
 )
 from tinyvim.contract import (
     INPUT_NAME,
     check_count,
-    check_positive_float,
     check_seed,
     check_threads,
     format_size,
@@ -72,6 +72,7 @@ from tinyvim.tools.compare import (
 from tinyvim.tools.environment import default_threads
 from tinyvim.tools.inputs import (
     DEFAULT_CROP_PCT,
+    check_crop_pct,
     iter_image_batches,
     iter_random_batches,
     list_images,
@@ -202,7 +203,7 @@ def validate_model(model: str | os.PathLike, *, backend: str | None = None, opti
     check_threads(threads)
     check_count(num_inputs, "--num-inputs")
     check_seed(seed)
-    check_positive_float(crop_pct, "--crop-pct", 1.0)
+    check_crop_pct(crop_pct)
     try:
         for name, value in (("atol", atol), ("rtol", rtol)):
             if value is not None:
@@ -214,6 +215,7 @@ def validate_model(model: str | os.PathLike, *, backend: str | None = None, opti
     check_model(target_backend, info)
     config, warnings = resolve_reference(info, variant=variant, checkpoint=checkpoint, ema=ema, backbone=backbone,
                                          img_size=img_size, init_seed=init_seed, batch=batch)
+    warnings += unused_option_warnings([target_backend], dict(options or {}))
     for w in warnings:
         log(f"warning: {w}")
     note = random_weights_note(config.checkpoint, config.init_seed)

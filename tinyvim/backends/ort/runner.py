@@ -14,7 +14,7 @@ from typing import Mapping, Sequence
 import numpy as np
 import onnx
 
-from tinyvim.backends.base import BaseRunner
+from tinyvim.backends.base import BaseRunner, error_reason
 from tinyvim.backends.model_file import has_plugin_nodes
 from tinyvim.backends.ort.custom_ops import plugin_session
 from tinyvim.backends.ort.loader import OPT_LEVELS, import_onnxruntime, parse_providers
@@ -92,7 +92,13 @@ class OrtRunner(BaseRunner):
         self._session = session
         self._inputs = [i.name for i in self._session.get_inputs()]
         self._outputs = [o.name for o in self._session.get_outputs()]
-        self._input_dtypes = {i.name: _ORT_TO_NUMPY.get(i.type, np.float32) for i in self._session.get_inputs()}
+        wrong = [f"{i.name} is {i.type}" for i in self._session.get_inputs() if i.type not in _ORT_TO_NUMPY]
+        if wrong:     # a foreign graph: said here, not as ONNX Runtime's error at the first inference
+            self._session = None
+            raise TinyvimError(f"{self.model if not isinstance(self.model, bytes) else 'the model'}: input "
+                               f"{', '.join(wrong)}; TinyViM exports take float images (tensor(float) or "
+                               "tensor(float16)): re-export it with `tinyvim export`")
+        self._input_dtypes = {i.name: _ORT_TO_NUMPY[i.type] for i in self._session.get_inputs()}
 
     def _plugin_session(self, model):
         if isinstance(model, bytes):
@@ -106,6 +112,9 @@ class OrtRunner(BaseRunner):
         # Cast to the graph's input type (an fp16 export takes float16 images).
         cast = {n: np.ascontiguousarray(feed[n], dtype=self._input_dtypes[n]) for n in self._inputs}
         start = time.perf_counter()
-        results = self._session.run(self._outputs, cast)
+        try:
+            results = self._session.run(self._outputs, cast)
+        except Exception as exc:  # noqa: BLE001 - onnxruntime's pybind errors (Fail, InvalidArgument, RuntimeException...)
+            raise TinyvimError(f"ONNX Runtime failed to run the model: {error_reason(exc)}") from None
         compute = time.perf_counter() - start
         return dict(zip(self._outputs, results)), {"compute": compute}

@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+from tinyvim.backends.base import error_reason
 from tinyvim.backends.model_file import ModelInfo, check_signature
 from tinyvim.backends.ov.loader import import_openvino, port_name
 from tinyvim.contract import FP32, IR_RT_INFO_KEY, IR_WEIGHTS_SUFFIX, ExportMetadata
@@ -23,7 +24,7 @@ def read_ir_info(path: str | os.PathLike):
     try:
         model = ov.Core().read_model(os.fspath(p))
     except Exception as exc:  # noqa: BLE001
-        raise TinyvimError(f"{p} is not an OpenVINO IR ({str(exc).strip().splitlines()[0][:200]})") from None
+        raise TinyvimError(f"{p} is not an OpenVINO IR ({error_reason(exc, 200)})") from None
     props = {}
     if model.has_rt_info(IR_RT_INFO_KEY):
         props = {k: v.astype(str) for k, v in model.get_rt_info()[IR_RT_INFO_KEY].items()}

@@ -18,7 +18,7 @@ from typing import Mapping
 
 import numpy as np
 
-from tinyvim.backends.base import BaseRunner
+from tinyvim.backends.base import BaseRunner, error_reason
 from tinyvim.backends.ov.loader import (
     DEFAULT_PRECISION,
     OV_PRECISIONS,
@@ -80,9 +80,7 @@ class OvRunner(BaseRunner):
         try:
             compiled = core.compile_model(self.model, self.device, self.config)
         except Exception as exc:  # noqa: BLE001 - OpenVINO raises RuntimeError subclasses with long texts
-            first = next((ln.strip() for ln in str(exc).splitlines() if ln.strip() and "Exception from" not in ln),
-                         type(exc).__name__)
-            raise TinyvimError(f"OpenVINO could not compile {self.model}: {first[:300]}") from exc
+            raise TinyvimError(f"OpenVINO could not compile {self.model}: {error_reason(exc)}") from None
         self._compiled = compiled
         self._request = compiled.create_infer_request()
         self._inputs = [port_name(i) for i in compiled.inputs]
@@ -102,7 +100,10 @@ class OvRunner(BaseRunner):
             for a in arrays.values():
                 check_input_size(*a.shape[2:])
         start = time.perf_counter()
-        results = self._request.infer(list(arrays.values()))     # by position: names may be merged
+        try:
+            results = self._request.infer(list(arrays.values()))     # by position: names may be merged
+        except Exception as exc:  # noqa: BLE001 - OpenVINO raises RuntimeError subclasses with long texts
+            raise TinyvimError(f"OpenVINO failed to run {self.model}: {error_reason(exc)}") from None
         compute = time.perf_counter() - start
         outputs = {port_name(port): np.array(value, copy=True) for port, value in results.items()}
         return {n: outputs[n] for n in self._outputs}, {"compute": compute}

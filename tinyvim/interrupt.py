@@ -1,4 +1,5 @@
-"""SIGTERM and SIGHUP unwind like Ctrl-C while Triton work runs.
+"""SIGTERM and SIGHUP unwind like Ctrl-C while long work runs (Triton staging and serving, profile's
+temporary export, ...).
 
 Python's default for SIGTERM (kill, systemd, `docker stop`) and SIGHUP (a closed terminal) ends
 the process on the spot: no `finally` runs, so a half-staged model folder, a started
