@@ -13,14 +13,15 @@ The plugin flavour (custom CrossSelectiveScan node) is refused: OpenVINO has no 
 from __future__ import annotations
 
 import os
+import re
 import time
 from pathlib import Path
 from typing import Mapping
 
 import numpy as np
 
-from tinyvim.contract import (BACKBONE_OUTPUTS, CLASSIFIER_OUTPUTS, INPUT_NAME, SCAN_PLUGIN, ExportMetadata,
-                              check_input_size)
+from tinyvim.contract import (BACKBONE_OUTPUTS, CLASSIFIER_OUTPUTS, INPUT_NAME, IR_RT_INFO_KEY, IR_WEIGHTS_SUFFIX,
+                              SCAN_PLUGIN, ExportMetadata, check_input_size)
 from tinyvim.engines.base import BaseRunner
 from tinyvim.engines.per_block import TAP_PREFIX
 from tinyvim.errors import TinyvimError
@@ -31,8 +32,7 @@ OV_PRECISIONS = {"f32": ("f32", "FP32", "fp32"), "bf16": ("bf16", "BF16", "bf16"
 OV_HINTS = {"latency": "LATENCY", "throughput": "THROUGHPUT"}
 DEFAULT_PRECISION = "f32"
 #: where IR files keep tinyvim's metadata (the ONNX metadata_props keys and texts, under this rt_info path)
-RT_INFO_KEY = "tinyvim"
-IR_SUFFIX = ".xml"
+RT_INFO_KEY = IR_RT_INFO_KEY
 
 
 def import_openvino():
@@ -43,6 +43,28 @@ def import_openvino():
         raise TinyvimError("OpenVINO is not installed: pip install 'tinyvim[openvino]' (the openvino package "
                            "from PyPI)") from exc
     return openvino
+
+
+#: where OpenVINO's messages say which C++ line raised ("Exception from src/...:84:",
+#: "Check 'x' failed at src/...:887:"), before the reason
+_OV_LOCATION = re.compile(r"^(?:\[\s*\w+\s*\]\s*)?(?:Exception from \S+:\d+:?|Check '.*?' failed at \S+:\d+:?)\s*")
+
+
+def ov_error_reason(exc: BaseException) -> str:
+    """OpenVINO's exception text reduced to its reason, on one line (at most 300 characters)."""
+    lines = []
+    for line in str(exc).splitlines():
+        line = line.strip()
+        while (shorter := _OV_LOCATION.sub("", line, count=1)) != line:
+            line = shorter
+        if line:
+            lines.append(line)
+    if not lines:
+        return type(exc).__name__
+    reason = lines[0]
+    if reason.endswith(":") and len(lines) > 1:     # "FrontEnd API failed with X:" + the reason
+        reason = f"{reason} {lines[1]}"
+    return reason[:300]
 
 
 def port_name(port) -> str:
@@ -143,9 +165,7 @@ class OvRunner(BaseRunner):
         try:
             compiled = core.compile_model(self.model, self.device, self.config)
         except Exception as exc:  # noqa: BLE001 - OpenVINO raises RuntimeError subclasses with long texts
-            first = next((ln.strip() for ln in str(exc).splitlines() if ln.strip() and "Exception from" not in ln),
-                         type(exc).__name__)
-            raise TinyvimError(f"OpenVINO could not compile {self.model}: {first[:300]}") from exc
+            raise TinyvimError(f"OpenVINO could not compile {self.model}: {ov_error_reason(exc)}") from exc
         self._compiled = compiled
         self._request = compiled.create_infer_request()
         self._inputs = [port_name(i) for i in compiled.inputs]
@@ -177,16 +197,19 @@ def read_ir_info(path: str | os.PathLike):
     metadata from its rt_info (written by `tinyvim export --fmt openvino`)."""
     from tinyvim.engines.model_info import ModelInfo, check_signature
 
+    from tinyvim.export.openvino_ir import check_ir_weights
+
     p = Path(path)
     if not p.is_file():
         raise TinyvimError(f"{p}: no such file")
-    if not p.with_suffix(".bin").is_file():
-        raise TinyvimError(f"{p} has no weights file {p.with_suffix('.bin').name} beside it")
+    if not p.with_suffix(IR_WEIGHTS_SUFFIX).is_file():
+        raise TinyvimError(f"{p} has no weights file {p.with_suffix(IR_WEIGHTS_SUFFIX).name} beside it")
+    check_ir_weights(p)          # the .bin is the one this .xml was written with
     ov = import_openvino()
     try:
         model = ov.Core().read_model(os.fspath(p))
     except Exception as exc:  # noqa: BLE001
-        raise TinyvimError(f"{p} is not an OpenVINO IR ({str(exc).strip().splitlines()[0][:200]})") from None
+        raise TinyvimError(f"{p} is not an OpenVINO IR ({ov_error_reason(exc)})") from None
     props = {}
     if model.has_rt_info(RT_INFO_KEY):
         props = {k: v.astype(str) for k, v in model.get_rt_info()[RT_INFO_KEY].items()}
