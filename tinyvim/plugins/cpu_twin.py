@@ -28,8 +28,15 @@ _ORDER = ("x", "delta", "Bs", "Cs", "A", "Ds", "delta_bias")
 
 
 def cache_dir() -> Path:
+    """<TINYVIM_CACHE_DIR or ~/.cache/tinyvim>/plugins. A TINYVIM_CACHE_DIR that names a file
+    (or lies below one) is a one-line PluginError here, where its name is still known, rather
+    than a failed mkdir of some folder under it later."""
     env = os.environ.get("TINYVIM_CACHE_DIR")
     base = Path(env) if env else Path.home() / ".cache" / "tinyvim"
+    blocker = next((a for a in (base, *base.parents) if os.path.exists(a) and not os.path.isdir(a)), None)
+    if env and blocker is not None:
+        raise PluginError(f"TINYVIM_CACHE_DIR={env}: {blocker} is not a folder: point TINYVIM_CACHE_DIR at a "
+                          "folder you can write, or unset it")
     return base / "plugins"
 
 
