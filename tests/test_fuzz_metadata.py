@@ -38,6 +38,7 @@ BAD_VALUES = {
     "scan": ["fast", "", "PORTABLE"],
     "opset": ["17", "100", "-1", "20.0", "9" * 25],
     "precision": ["fp64", "int8", "", "bf16"],
+    "weights": ["fp64", "", "FP16", "bf16"],
     "tinyvim_version": ["\x07", "v" * 5000],
 }
 

@@ -23,10 +23,11 @@ def test_build_plugin_missing_tools_is_one_line(tmp_path, monkeypatch):
     monkeypatch.setenv("CUDACXX", str(tmp_path / "nvcc"))
     monkeypatch.delenv("CXX", raising=False)
     r = CliRunner().invoke(build_plugin, ["--build-dir", str(tmp_path / "b")])
-    assert r.exit_code == 1
+    assert r.exit_code == 2                  # a missing dependency (README: exit codes)
     assert r.exception is None or isinstance(r.exception, SystemExit)   # no traceback
-    lines = [ln for ln in r.output.splitlines() if ln.startswith("Error:")]
+    lines = [ln for ln in r.output.splitlines() if ln.startswith("error:")]
     assert len(lines) == 1 and "cmake not found" in lines[0] and "g++" in lines[0]
+    assert "building tinyvim plugins" not in r.output and not (tmp_path / "b").exists()
 
 
 def test_build_plugin_rejects_bad_tensorrt_root(tmp_path):
@@ -34,7 +35,7 @@ def test_build_plugin_rejects_bad_tensorrt_root(tmp_path):
         pytest.skip("cmake not found")
     r = CliRunner().invoke(build_plugin, ["--build-dir", str(tmp_path / "b"), "--cpu-only",
                                           "--tensorrt-root", str(tmp_path)])
-    assert r.exit_code == 1 and "no include/NvInfer.h" in r.output
+    assert r.exit_code == 2 and "no include/NvInfer.h" in r.output
 
 
 def test_find_plugin_library(tmp_path, monkeypatch):

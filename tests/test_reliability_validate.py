@@ -64,11 +64,11 @@ def test_random_weights_are_announced_by_every_command(tinyvim_onnx, monkeypatch
         r = CliRunner().invoke(cli, args)
         assert r.exit_code == 0, (name, r.output)
         assert "note: no" in r.output and "randomly initialised weights (seed 0)" in r.output, (name, r.output)
-    import tinyvim.export
+    import tinyvim.export.onnx_export
 
     def no_export(*args, **kwargs):       # export says it before tracing: no need to trace here
         raise TinyvimError("stopped before tracing")
-    monkeypatch.setattr(tinyvim.export, "export_onnx", no_export)
+    monkeypatch.setattr(tinyvim.export.onnx_export, "export_onnx", no_export)
     r = CliRunner().invoke(cli, ["export", "--img-size", "64", "-o", str(tinyvim_onnx.parent / "x.onnx")])
     assert r.exit_code == 2 and "randomly initialised weights (seed 0)" in r.output
 

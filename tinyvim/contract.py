@@ -6,6 +6,7 @@ README's plugin table is rendered from them (`python -m tinyvim.contract`).
 
 - Vocabularies: variants, scan flavours, precisions, ImageNet mean/std, the multiple-of-32
   rule, batch and size limits, the graph's input and output names.
+- EXPORT_FORMATS: what `tinyvim export --fmt` writes, and the file kinds each is made of.
 - SCAN_PLUGIN: the CrossSelectiveScan plugin - name, version, namespace, ONNX domain, each
   field with its ONNX attribute type and the PluginField type TensorRT's ONNX parser turns it
   into, each input/output with rank, symbolic shape and dtype rule.
@@ -38,8 +39,8 @@ COMPUTE_PRECISIONS = (FP32, FP16, BF16)
 
 #: model files by kind: the suffixes that name them (any other suffix is read as ONNX)
 FILE_KINDS = {"onnx": (".onnx",), "openvino": (".xml",), "engine": (".engine", ".plan", ".trt")}
-#: an OpenVINO IR: the graph in .xml, its weights beside it in .bin, tinyvim's metadata under
-#: this rt_info key (the ONNX metadata_props keys and texts)
+#: an OpenVINO IR: the graph in .xml, its weights beside it in .bin (OpenVINO pairs them by name
+#: alone), tinyvim's metadata under this rt_info key (the ONNX metadata_props keys and texts)
 IR_SUFFIX, IR_WEIGHTS_SUFFIX, IR_RT_INFO_KEY = ".xml", ".bin", "tinyvim"
 #: graph outputs added for `validate --per-block` are named TAP_PREFIX + the module's name
 TAP_PREFIX = "tinyvim_tap__"
@@ -75,6 +76,36 @@ CLASSIFIER_OUTPUTS = ("logits",)
 BACKBONE_OUTPUTS = ("feat0", "feat1", "feat2", "feat3")
 
 
+# --------------------------------------------------------------------- export formats and file kinds
+@dataclass(frozen=True)
+class ExportFormat:
+    """One `tinyvim export --fmt` value: what -o names and what is written beside it."""
+    name: str
+    suffix: str                      # of the file -o names; "" when -o names a folder
+    companions: tuple[str, ...]      # suffixes of the files written beside it under the same stem
+    doc: str
+
+    @property
+    def is_folder(self) -> bool:
+        return not self.suffix
+
+    def files(self, output) -> tuple[str, ...]:
+        """Every path an export to `output` writes: `output`, then its companions (same stem)."""
+        text = str(output)
+        stem = text[: len(text) - len(self.suffix)] if self.suffix and text.lower().endswith(self.suffix) else text
+        return (text, *(stem + c for c in self.companions))
+
+
+#: `export --fmt triton` writes a model repository folder, not a file
+TRITON_FORMAT = "triton"
+EXPORT_FORMATS = {f.name: f for f in (
+    ExportFormat("onnx", ".onnx", (), "one ONNX file, weights inside"),
+    ExportFormat("openvino", IR_SUFFIX, (IR_WEIGHTS_SUFFIX,),
+                 "OpenVINO IR: the graph (.xml) and its weights (.bin, same stem)"),
+    ExportFormat(TRITON_FORMAT, "", (), "a Triton Inference Server model repository folder"),
+)}
+
+
 # --------------------------------------------------------------------- Triton serving
 #: Triton backends `export --fmt triton` writes a model repository for
 TRITON_BACKENDS = ("python", "onnxruntime", "tensorrt")
@@ -88,9 +119,6 @@ TRITON_PORTS = {"http": 8000, "grpc": 8001, "metrics": 8002}
 TRITON_PYTHON_PARAMS = {"runtime": "runtime", "onnx_file": "onnx_file", "threads": "intra_op_thread_count"}
 TRITON_ONNX_FILE = "model.onnx"
 TRITON_PLAN_FILE = "model.plan"
-#: `export --fmt`: files (ONNX, OpenVINO IR) or, for TRITON_FORMAT, a model repository folder
-TRITON_FORMAT = "triton"
-EXPORT_FORMATS = ("onnx", "openvino", TRITON_FORMAT)
 
 
 def output_names(backbone: bool) -> list[str]:
@@ -414,6 +442,14 @@ class ExportMetadata:
     opset: int = DEFAULT_OPSET
     precision: str = "fp32"
     tinyvim_version: str = field(default="")
+    # the precision the weights are stored in: the export's precision, or fp16 for an OpenVINO IR
+    # written with --compress-to-fp16 (computed in fp32 from fp16-rounded weights, so it is
+    # validated at the fp16 tolerance). None: the same as `precision`.
+    weights: str | None = None
+
+    def __post_init__(self) -> None:
+        if self.weights is None:
+            object.__setattr__(self, "weights", self.precision)
 
     # key -> parser of its text (raises ValueError); the order is the order written
     _PARSERS = {
@@ -431,7 +467,10 @@ class ExportMetadata:
         "scan": lambda k, t: _choice(k, t, SCAN_FLAVOURS),
         "opset": lambda k, t: _int(k, t, MIN_OPSET, 99),
         "precision": lambda k, t: _choice(k, t, EXPORT_PRECISIONS),
+        "weights": lambda k, t: _choice(k, t, EXPORT_PRECISIONS),
     }
+    #: keys that files written before them lack, and what such a file means by their absence
+    _OPTIONAL = {"weights": lambda parsed: parsed["precision"]}
 
     @classmethod
     def keys(cls) -> tuple[str, ...]:
@@ -462,6 +501,7 @@ class ExportMetadata:
             "scan": self.scan,
             "opset": str(self.opset),
             "precision": self.precision,
+            "weights": self.weights,
         }
         # Round-trip check: never write what from_props would refuse to read.
         ExportMetadata.from_props(values, source="(export metadata)")
@@ -475,12 +515,15 @@ class ExportMetadata:
         present = [k for k in cls._PARSERS if k in props]
         if not present:
             return None
-        missing = [k for k in cls._PARSERS if k not in props]
+        missing = [k for k in cls._PARSERS if k not in props and k not in cls._OPTIONAL]
         if missing:
             raise TinyvimError(f"{source}: tinyvim metadata is incomplete (missing {', '.join(missing)}): "
                                "re-export the model with `tinyvim export`")
         parsed = {}
         for key, parse in cls._PARSERS.items():
+            if key not in props:          # an optional key (checked above)
+                parsed[key] = cls._OPTIONAL[key](parsed)
+                continue
             text = props[key]
             try:
                 if not isinstance(text, str):
@@ -489,6 +532,9 @@ class ExportMetadata:
             except ValueError as exc:
                 raise TinyvimError(f"{source}: metadata {key!r} is invalid ({exc}): re-export the model "
                                    "with `tinyvim export`") from None
+        if parsed["precision"] == "fp16" and parsed["weights"] != "fp16":
+            raise TinyvimError(f"{source}: metadata 'weights' is invalid (an fp16 export stores fp16 weights, "
+                               f"got {parsed['weights']!r}): re-export the model with `tinyvim export`")
         if parsed["batch"] is not None and parsed["input_size"] is not None:
             try:
                 check_workload(parsed["batch"], parsed["input_size"], what="batch")

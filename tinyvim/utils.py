@@ -14,6 +14,11 @@ output paths with `check_output_path` / `check_output_paths` *before* it starts 
 - The temporary file is removed on any exception and on SIGTERM / SIGINT / SIGHUP. SIGKILL
   cannot be caught: the temporary name records host and pid, and the next write to the same
   target removes the temporaries whose process is gone (a live one is left alone).
+- A name the filesystem cannot hold (a component over NAME_MAX bytes, a path over PATH_MAX) is
+  refused by the check, before the work, not by the rename after it.
+
+`scratch_directory` is the same promise for a private working folder (an export staged before
+it is converted): removed on any exception and on SIGTERM / SIGINT / SIGHUP.
 """
 from __future__ import annotations
 
@@ -23,9 +28,11 @@ import json
 import math
 import os
 import secrets
+import shutil
 import signal
 import socket
 import stat
+import tempfile
 import threading
 from pathlib import Path
 from typing import Any, Iterable, Iterator, Mapping
@@ -40,6 +47,8 @@ _SYSTEM_ROOTS = ("/proc", "/sys", "/dev")
 _SYSTEM_EXCEPTIONS = ("/dev/shm",)
 #: the part of a target's name kept in its temporary name (names are limited to 255 bytes)
 _NAME_KEEP = 120
+#: Linux's limits, where pathconf cannot say
+_NAME_MAX, _PATH_MAX = 255, 4096
 
 
 # --------------------------------------------------------------------- checks before the work
@@ -59,6 +68,7 @@ def check_output_path(path: str | os.PathLike, *, suffixes: tuple[str, ...] | No
         raise _refuse("''", what, "the path is empty")
     if text.endswith(os.sep) or Path(text).name in ("", ".", ".."):
         raise _refuse(text, what, "it names a directory, not a file")
+    check_name_lengths(text, what)
     target, hops = _resolve(text)
     if suffixes is not None and target.suffix.lower() not in suffixes and Path(text).suffix.lower() not in suffixes:
         raise _refuse(text, what, f"unsupported format {Path(text).suffix or '(no suffix)'!r}: "
@@ -91,6 +101,35 @@ def check_output_path(path: str | os.PathLike, *, suffixes: tuple[str, ...] | No
     if st is not None and parent == target.parent and _sticky_blocks(parent, st):
         raise _refuse(text, what, f"{target} belongs to another user in a sticky directory")
     return target
+
+
+def check_name_lengths(path: str | os.PathLike, what: str = "") -> None:
+    """Every component within the filesystem's NAME_MAX bytes and the whole path within
+    PATH_MAX (beyond them stat, open and rename all fail with ENAMETOOLONG), or a one-line
+    TinyvimError. check_output_path calls it; a command writing a folder calls it itself."""
+    text = os.fspath(path)
+    absolute = os.path.abspath(text)
+    existing = absolute
+    while not os.path.isdir(existing) and os.path.dirname(existing) != existing:
+        existing = os.path.dirname(existing)
+    name_max, path_max = (_pathconf(existing, "PC_NAME_MAX", _NAME_MAX), _pathconf(existing, "PC_PATH_MAX", _PATH_MAX))
+    for part in Path(absolute).parts:
+        size = len(os.fsencode(part))
+        if size > name_max:
+            shown = part if len(part) <= 40 else f"{part[:20]}…{part[-12:]}"
+            raise _refuse(text if len(text) <= 80 else f"{text[:40]}…{text[-20:]}", what,
+                          f"the name {shown!r} is {size} bytes, longer than the {name_max} this filesystem allows")
+    if len(os.fsencode(absolute)) >= path_max:
+        raise _refuse(f"{text[:40]}…{text[-20:]}", what,
+                      f"the path is {len(os.fsencode(absolute))} bytes, the system allows under {path_max}")
+
+
+def _pathconf(path: str, name: str, default: int) -> int:
+    try:
+        value = os.pathconf(path, name)
+    except (OSError, ValueError, AttributeError):
+        return default
+    return value if value and value > 0 else default
 
 
 def _resolve(text: str) -> tuple[Path, list[Path]]:
@@ -178,8 +217,11 @@ def _on_signal(signum, frame) -> None:
 
 def _remove_live_temps() -> None:
     for tmp in list(_live_temps):
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
+        if os.path.isdir(tmp) and not os.path.islink(tmp):     # a scratch_directory
+            shutil.rmtree(tmp, ignore_errors=True)
+        else:
+            with contextlib.suppress(OSError):
+                os.unlink(tmp)
         _live_temps.discard(tmp)
 
 
@@ -333,6 +375,30 @@ def _replace(tmp: Path, target: Path, shown, new_mode: int) -> None:
     elif stat.S_IMODE(os.stat(tmp).st_mode) != new_mode:     # a writer re-created the file
         os.chmod(tmp, new_mode)
     os.replace(tmp, target)
+
+
+@contextlib.contextmanager
+def scratch_directory(prefix: str = "tinyvim-") -> Iterator[Path]:
+    """A private folder under the temporary directory ($TMPDIR) for intermediate files, removed
+    with everything in it on exit, on an exception and on SIGTERM / SIGINT / SIGHUP (where a
+    plain tempfile.TemporaryDirectory survives SIGTERM). A folder that cannot be made is a
+    one-line TinyvimError naming $TMPDIR."""
+    try:
+        path = Path(tempfile.mkdtemp(prefix=prefix))
+    except OSError as exc:      # gettempdir itself fails when no candidate folder is usable
+        where = tempfile.tempdir or os.environ.get("TMPDIR") or "the temporary folder"
+        raise TinyvimError(f"cannot create a temporary folder in {where}: {exc.strerror or exc} "
+                           "(set TMPDIR to a writable folder)") from None
+    with _lock:
+        _live_temps.add(os.fspath(path))
+    _install_handlers()
+    try:
+        yield path
+    finally:
+        with _lock:
+            _live_temps.discard(os.fspath(path))
+        shutil.rmtree(path, ignore_errors=True)
+        _restore_handlers()
 
 
 def file_sha256(path: str | os.PathLike) -> str:

@@ -7,22 +7,16 @@ import click
 from tinyvim.commands.common import (allow_nonfinite_option, announce_weights, backbone_option, checkpoint_option,
                                      ema_option, img_size_option, json_option, variant_option)
 from tinyvim.commands.serve import print_repository, triton_export_options
-from tinyvim.contract import (DEFAULT_OPSET, EXPORT_PRECISIONS, INPUT_MULTIPLE, MAX_BATCH, MAX_IMAGE_SIDE,
-                              SCAN_FLAVOURS, TRITON_FORMAT, format_size)
-from tinyvim.errors import TinyvimError
+from tinyvim.contract import (DEFAULT_IMG_SIZE, DEFAULT_OPSET, EXPORT_FORMATS, EXPORT_PRECISIONS, FP32, INPUT_MULTIPLE,
+                              MAX_BATCH, MAX_IMAGE_SIDE, SCAN_FLAVOURS, TRITON_FORMAT)
+from tinyvim.export import check_export_args
+from tinyvim.export.formats import check_format_flags, plan_export
 from tinyvim.serve.repository import check_format_options, export_repository
-from tinyvim.utils import atomic_write_json, check_output_paths
-
-
-def default_output(variant: str, img_size, scan: str, precision: str, backbone: bool, dynamic_size: bool = False,
-                   fmt: str = "onnx") -> str:
-    size = "dynamic" if dynamic_size else (format_size(img_size) if img_size[0] != img_size[1] else str(img_size[0]))
-    parts = [f"tinyvim-{variant}", "backbone" if backbone else "", size, scan, precision if precision != "fp32" else ""]
-    return "-".join(p for p in parts if p) + (".xml" if fmt == "openvino" else ".onnx")
+from tinyvim.utils import check_name_lengths, check_output_paths
 
 
 @click.command("export")
-@click.option("--fmt", type=click.Choice(["onnx", "openvino", "triton"]), default="onnx", show_default=True,
+@click.option("--fmt", type=click.Choice(list(EXPORT_FORMATS)), default="onnx", show_default=True,
               help="onnx; openvino (IR .xml + .bin, portable scan; needs tinyvim[openvino]); or triton (a Triton "
                    "Inference Server model repository folder at -o). TensorRT engines: export ONNX, then "
                    "`tinyvim build-engine`.")
@@ -40,7 +34,7 @@ def default_output(variant: str, img_size, scan: str, precision: str, backbone: 
               help="portable: standard ONNX ops only; plugin: one CrossSelectiveScan node per SS2D (TensorRT plugin).")
 @click.option("--opset", type=int, default=None,
               help=f"ONNX opset (default {DEFAULT_OPSET}; up to what the installed onnx supports).")
-@click.option("--precision", type=click.Choice(EXPORT_PRECISIONS), default="fp32", show_default=True,
+@click.option("--precision", type=click.Choice(EXPORT_PRECISIONS), default=FP32, show_default=True,
               help="fp16 keeps the scan state, softplus and LayerNorm in fp32; I/O stays fp32.")
 @click.option("--seed", type=int, default=0, show_default=True, help="Seed of the random weights (no checkpoint).")
 @click.option("--compress-to-fp16", is_flag=True,
@@ -54,10 +48,16 @@ def default_output(variant: str, img_size, scan: str, precision: str, backbone: 
 def export(fmt, variant, checkpoint, ema, backbone, img_size, batch, dynamic_batch, dynamic_size, scan, opset,
            precision, seed, compress_to_fp16, output, allow_nonfinite, json_path, **triton):
     """Export TinyViM (always re-parameterized) to ONNX, OpenVINO IR or a Triton model repository."""
-    from tinyvim.export import check_export_args, export_onnx
-    if compress_to_fp16 and fmt != "openvino":
-        raise TinyvimError("--compress-to-fp16 applies to --fmt openvino (an fp16 ONNX is --precision fp16)")
-    img_size = img_size or (224, 224)
+    check_format_flags(fmt, compress_to_fp16=compress_to_fp16)
+    img_size = img_size or DEFAULT_IMG_SIZE
+    plan = None
+    if fmt != TRITON_FORMAT:   # every argument and each file the format writes, before anything else
+        plan = plan_export(fmt, output, json_path=json_path, compress_to_fp16=compress_to_fp16, variant=variant,
+                           checkpoint=checkpoint, ema=ema, backbone=backbone, img_size=img_size, batch=batch,
+                           dynamic_batch=dynamic_batch, dynamic_size=dynamic_size, scan=scan, opset=opset,
+                           precision=precision, seed=seed, allow_nonfinite=allow_nonfinite)
+    elif output:          # the repository folder: a name the filesystem cannot hold, before any stat of it
+        check_name_lengths(output, "-o")
     check_format_options(fmt, output, triton)
     # every argument and output path before the model is built or traced
     check_export_args(scan=scan, precision=precision, img_size=img_size, batch=batch, opset=opset, seed=seed)
@@ -69,17 +69,8 @@ def export(fmt, variant, checkpoint, ema, backbone, img_size, batch, dynamic_bat
             dynamic_batch=dynamic_batch, scan=scan, dynamic_size=dynamic_size, opset=opset, precision=precision,
             seed=seed, allow_nonfinite=allow_nonfinite), log=lambda m: click.echo(f"  {m} ...", err=True))
         return print_repository(result, json_path)
-    output = output or default_output(variant, img_size, scan, precision, backbone, dynamic_size, fmt)
-    check_output_paths({"-o": output, "--json": json_path}, inputs={"--checkpoint": checkpoint})
     announce_weights(checkpoint, seed)
-    kwargs = dict(variant=variant, checkpoint=checkpoint, ema=ema, backbone=backbone, img_size=img_size, batch=batch,
-                  dynamic_batch=dynamic_batch, dynamic_size=dynamic_size, scan=scan, opset=opset, precision=precision,
-                  seed=seed, allow_nonfinite=allow_nonfinite, log=lambda m: click.echo(f"  {m} ...", err=True))
-    if fmt == "openvino":
-        from tinyvim.export.openvino_ir import export_ir
-        result = export_ir(output, compress_to_fp16=compress_to_fp16, **kwargs)
-    else:
-        result = export_onnx(output, **kwargs)
+    result = plan.run(log=lambda m: click.echo(f"  {m} ...", err=True))      # writes --json too
     ops = result.op_counts
     top = ", ".join(f"{k} {v}" for k, v in list(ops.items())[:10])
     more = f", … {len(ops) - 10} more types" if len(ops) > 10 else ""
@@ -91,7 +82,7 @@ def export(fmt, variant, checkpoint, ema, backbone, img_size, batch, dynamic_bat
     click.echo(f"  outputs {', '.join(result.output_names)}")
     click.echo(f"  scan    {scan}; precision {precision}; opset {meta.opset}")
     click.echo(f"  nodes   {top}{more}")
-    if json_path:
-        atomic_write_json(json_path, {
-            "path": str(result.path), "size_bytes": result.size_bytes, "num_nodes": result.num_nodes,
-            "op_counts": ops, "seconds": result.seconds, "metadata": meta.to_props()})
+    if len(plan.files) > 1:
+        click.echo(f"  files   {', '.join(str(f) for f in plan.files)}")
+    if meta.weights != meta.precision:
+        click.echo(f"  weights stored in {meta.weights} (validated at the {meta.weights} tolerance)")

@@ -1,13 +1,12 @@
 """`tinyvim build-plugin`: CMake configure + build of the scan's native libraries."""
 from __future__ import annotations
 
-import os
 import re
 
 import click
 
-from tinyvim.plugins.build import build, default_build_dir
-from tinyvim.plugins.errors import PluginError
+from tinyvim.commands.common import one_line_errors
+from tinyvim.plugins.build import prepare_build, run_build
 
 
 @click.command("build-plugin")
@@ -21,11 +20,12 @@ from tinyvim.plugins.errors import PluginError
 @click.option("--jobs", "-j", type=click.IntRange(min=1), default=None, help="Parallel compile jobs [default: CPU count].")
 @click.option("--cpu-only", is_flag=True, help="Build only the CPU twin and the host-logic tests (no nvcc needed).")
 @click.option("--verbose", is_flag=True, help="Show the full CMake/compiler output.")
+@one_line_errors     # one `error:` line and the PluginError's exit code, also outside the tinyvim group
 def build_plugin(build_dir, tensorrt_root, cuda_arch, jobs, cpu_only, verbose):
-    """Build the CUDA scan kernel, its CPU twin and the TensorRT plugin with CMake.
-
-    The plugin needs TensorRT's headers; the summary lists what was built and what was skipped."""
-    build_dir = build_dir or os.fspath(default_build_dir())
+    """Build the CUDA scan kernel, its CPU twin and the TensorRT plugin (when TensorRT's
+    headers are found) with CMake, then list what was built and what was skipped."""
+    # tools, --tensorrt-root and the build folder are checked before anything is said or run
+    plan = prepare_build(build_dir, tensorrt_root=tensorrt_root, cuda_arch=cuda_arch, jobs=jobs, cpu_only=cpu_only)
     percent = re.compile(r"^\[\s*(\d+)%\]\s+(.*)$")
 
     def progress(line: str) -> None:
@@ -38,14 +38,8 @@ def build_plugin(build_dir, tensorrt_root, cuda_arch, jobs, cpu_only, verbose):
         elif line.startswith("-- tinyvim:"):
             click.echo("  " + line[3:], err=True)
 
-    click.echo(f"building tinyvim plugins in {build_dir}", err=True)
-    try:
-        result = build(build_dir, tensorrt_root=tensorrt_root, cuda_arch=cuda_arch, jobs=jobs,
-                       cpu_only=cpu_only, progress=progress)
-    except PluginError as exc:
-        # Raised again as a ClickException so that the command prints one line and exits 1
-        # also when it is used on its own, outside the tinyvim group.
-        raise click.ClickException(str(exc)) from None
+    click.echo(f"building tinyvim plugins in {plan.build_dir}", err=True)
+    result = run_build(plan, progress=progress)
     for target, path in sorted(result.built.items()):
         click.echo(f"built    {target:<26} {path}")
     for target, reason in sorted(result.skipped.items()):

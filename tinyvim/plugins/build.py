@@ -4,12 +4,19 @@ Used by `tinyvim build-plugin`, the build test, the GPU check, and (find_*) by w
 loads the libraries later (the torch "cuda" scan, build-engine's TensorRT plugin).
 The default build folder is a per-user cache (the package may be installed read-only);
 TINYVIM_PLUGIN_BUILD_DIR overrides it, and the finders look there too.
+
+Every failure is a one-line PluginError: a missing tool, a bad --tensorrt-root or a build folder
+that cannot be made or written exit 2 (bad input, missing dependency) before CMake runs; a
+failed configure says CMake's own error (`CMake Error at …: <message>`) and exits 2; a failed
+compile says the compiler's first error and exits 1. Both name the log.
 """
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import subprocess
+import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
@@ -35,6 +42,22 @@ CUDA_LIB_NOT_FOUND = ("CUDA scan library not found: run `tinyvim build-plugin` "
 def default_build_dir() -> Path:
     env = os.environ.get("TINYVIM_PLUGIN_BUILD_DIR")
     return Path(env) if env else cache_dir() / "build"
+
+
+def prepare_build_dir(build_dir: Path | str) -> Path:
+    """`build_dir` created (parents too) and checked writable, or a one-line PluginError naming
+    the folder, why, and where else to build."""
+    path = Path(build_dir)
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryFile(dir=path):      # read-only filesystems pass mkdir(exist_ok)
+            pass
+    except OSError as exc:
+        blocker = next((a for a in (path, *path.parents) if os.path.exists(a) and not os.path.isdir(a)), None)
+        reason = f"{blocker} is not a folder" if blocker is not None else (exc.strerror or str(exc))
+        raise PluginError(f"cannot build in {path}: {reason}: pass --build-dir DIR (or set "
+                          "TINYVIM_PLUGIN_BUILD_DIR) to a folder you can write") from None
+    return path
 
 
 @dataclass
@@ -84,22 +107,39 @@ def parse_summary(build_dir: Path) -> BuildResult:
     return result
 
 
-def _run(cmd: list[str], log, progress: Callable[[str], None] | None) -> int:
+def _run(cmd: list[str], log, progress: Callable[[str], None] | None) -> tuple[int, list[str]]:
+    """Run `cmd`, its output into the log (after the echoed command) and to `progress`;
+    returns (exit code, its output lines) - the lines, not the log, are searched for the error."""
     log.write("$ " + " ".join(cmd) + "\n")
     log.flush()
-    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, errors="replace")
+    except OSError as exc:
+        raise PluginError(f"cannot run {cmd[0]}: {exc.strerror or exc}") from None
     assert proc.stdout is not None
+    lines = []
     for line in proc.stdout:
         log.write(line)
+        lines.append(line.rstrip("\n"))
         if progress:
-            progress(line.rstrip("\n"))
-    return proc.wait()
+            progress(lines[-1])
+    log.flush()
+    return proc.wait(), lines
 
 
-def _first_error(log_path: Path) -> str:
-    lines = log_path.read_text(errors="replace").splitlines()
+_ERROR_WORD = re.compile(r"\berror\b", re.IGNORECASE)
+
+
+def first_error(lines: list[str]) -> str:
+    """The line of a tool's output that says why it failed: CMake's `CMake Error at …` joined
+    with the message under it, else the first line with the word error (a compiler's), else the
+    last line."""
+    for i, line in enumerate(lines):
+        if line.startswith("CMake Error"):
+            detail = next((ln.strip() for ln in lines[i + 1:i + 6] if ln.strip()), "")
+            return f"{line.strip()} {detail}".strip()
     for line in lines:
-        if "error" in line.lower() or "Error" in line:
+        if _ERROR_WORD.search(line):
             return line.strip()
     return lines[-1].strip() if lines else "(no output)"
 
@@ -109,9 +149,30 @@ def build(build_dir: Path | str | None = None, *, tensorrt_root: str | None = No
           targets: list[str] | None = None,
           progress: Callable[[str], None] | None = None) -> BuildResult:
     """CMake configure + build of tinyvim/plugins into build_dir; raises PluginError."""
+    return run_build(prepare_build(build_dir, tensorrt_root=tensorrt_root, cuda_arch=cuda_arch, jobs=jobs,
+                                   cpu_only=cpu_only, targets=targets), progress=progress)
+
+
+@dataclass
+class BuildPlan:
+    """A checked build: the folder exists and is writable, the tools are found."""
+    build_dir: Path
+    configure: list[str]
+    compile: list[str]
+    targets: list[str] = field(default_factory=list)
+
+
+def prepare_build(build_dir: Path | str | None = None, *, tensorrt_root: str | None = None,
+                  cuda_arch: str | None = None, jobs: int | None = None, cpu_only: bool = False,
+                  targets: list[str] | None = None) -> BuildPlan:
+    """Every check before CMake runs (tools, --tensorrt-root, the build folder made and
+    writable); raises PluginError (exit 2)."""
     tools = check_tools(require_cuda=not cpu_only)
-    build_dir = Path(build_dir) if build_dir else default_build_dir()
-    build_dir.mkdir(parents=True, exist_ok=True)
+    if tensorrt_root and not (Path(tensorrt_root) / "include" / "NvInfer.h").is_file() and \
+            not (Path(tensorrt_root) / "NvInfer.h").is_file():
+        raise PluginError(f"--tensorrt-root {tensorrt_root}: no include/NvInfer.h there (pass the TensorRT prefix "
+                          "that holds include/NvInfer.h)")
+    build_dir = prepare_build_dir(build_dir if build_dir else default_build_dir())
     # Every choice is passed (or its cache entry dropped with -U) on each configure, so a
     # reused build folder never keeps a stale setting or a stale TensorRT search result.
     configure = [tools["cmake"], "-S", str(SOURCE_DIR), "-B", str(build_dir),
@@ -122,9 +183,6 @@ def build(build_dir: Path | str | None = None, *, tensorrt_root: str | None = No
     else:
         configure += ["-DTINYVIM_ENABLE_CUDA=ON", f"-DCMAKE_CUDA_COMPILER={tools['nvcc']}"]
     if tensorrt_root:
-        if not (Path(tensorrt_root) / "include" / "NvInfer.h").is_file() and \
-                not (Path(tensorrt_root) / "NvInfer.h").is_file():
-            raise PluginError(f"--tensorrt-root {tensorrt_root}: no include/NvInfer.h there")
         configure.append(f"-DTENSORRT_ROOT={os.path.abspath(tensorrt_root)}")
     else:
         configure.append("-UTENSORRT_ROOT")
@@ -132,12 +190,25 @@ def build(build_dir: Path | str | None = None, *, tensorrt_root: str | None = No
     compile_cmd = [tools["cmake"], "--build", str(build_dir), "-j", str(jobs or os.cpu_count() or 2)]
     for t in targets or []:
         compile_cmd += ["--target", t]
+    return BuildPlan(build_dir, configure, compile_cmd, list(targets or []))
+
+
+def run_build(plan: BuildPlan, progress: Callable[[str], None] | None = None) -> BuildResult:
+    """Configure and compile a prepared build; what was built and what was skipped (and why)."""
+    build_dir, targets = plan.build_dir, plan.targets
     log_path = build_dir / LOG_NAME
-    with open(log_path, "w") as log:
-        if _run(configure, log, progress) != 0:
-            raise PluginError(f"CMake configure failed: {_first_error(log_path)} (log: {log_path})")
-        if _run(compile_cmd, log, progress) != 0:
-            raise PluginError(f"build failed: {_first_error(log_path)} (log: {log_path})")
+    try:
+        log = open(log_path, "w")
+    except OSError as exc:
+        raise PluginError(f"cannot write the build log {log_path}: {exc.strerror or exc}: pass --build-dir DIR "
+                          "(or set TINYVIM_PLUGIN_BUILD_DIR) to a folder you can write") from None
+    with log:
+        code, lines = _run(plan.configure, log, progress)
+        if code != 0:
+            raise PluginError(f"CMake configure failed: {first_error(lines)} (log: {log_path})")
+        code, lines = _run(plan.compile, log, progress)
+        if code != 0:
+            raise PluginError(f"build failed: {first_error(lines)} (log: {log_path})", exit_code=1)
     result = parse_summary(build_dir)
     result.log = log_path
     if targets:

@@ -18,7 +18,9 @@ import tempfile
 from pathlib import Path
 
 import numpy as np
+import torch
 
+from tinyvim.ops import register_scan_implementation
 from tinyvim.plugins.errors import PluginError
 
 CSRC = Path(__file__).resolve().parent / "csrc"
@@ -28,8 +30,15 @@ _ORDER = ("x", "delta", "Bs", "Cs", "A", "Ds", "delta_bias")
 
 
 def cache_dir() -> Path:
+    """<TINYVIM_CACHE_DIR or ~/.cache/tinyvim>/plugins. A TINYVIM_CACHE_DIR that names a file
+    (or lies below one) is a one-line PluginError here, where its name is still known, rather
+    than a failed mkdir of some folder under it later."""
     env = os.environ.get("TINYVIM_CACHE_DIR")
     base = Path(env) if env else Path.home() / ".cache" / "tinyvim"
+    blocker = next((a for a in (base, *base.parents) if os.path.exists(a) and not os.path.isdir(a)), None)
+    if env and blocker is not None:
+        raise PluginError(f"TINYVIM_CACHE_DIR={env}: {blocker} is not a folder: point TINYVIM_CACHE_DIR at a "
+                          "folder you can write, or unset it")
     return base / "plugins"
 
 
@@ -120,8 +129,6 @@ def cross_selective_scan_cpu(x, delta, Bs, Cs, A, Ds, delta_bias) -> np.ndarray:
 def scan_cpu_twin_torch(x, delta, Bs, Cs, A, Ds, delta_bias):
     """Torch-facing wrapper (CPU tensors), same signature as tinyvim.ops.scan_* so it can
     be registered as a scan implementation; float64 stays float64, else float32 compute."""
-    import torch
-
     ct = torch.float64 if x.dtype == torch.float64 else torch.float32
     arrays = [t.detach().to("cpu", ct).contiguous().numpy() for t in (x, delta, Bs, Cs, A, Ds, delta_bias)]
     y = cross_selective_scan_cpu(*arrays)
@@ -130,6 +137,4 @@ def scan_cpu_twin_torch(x, delta, Bs, Cs, A, Ds, delta_bias):
 
 def register() -> None:
     """Make the twin selectable as scan implementation "cpu_twin"."""
-    from tinyvim.ops import register_scan_implementation
-
     register_scan_implementation("cpu_twin", scan_cpu_twin_torch)

@@ -239,6 +239,21 @@ def _marked_model(info: ModelInfo, marked_proto, folder: Path, backend, options:
     raise TinyvimError(f"--per-block needs an ONNX model or a TensorRT engine; {info.path} is {info.kind}")
 
 
+def per_block_source(info) -> str:
+    """The ONNX whose tensors --per-block marks for `info` (itself, or the one an engine was built
+    from); a one-line TinyvimError for a model it cannot mark - validate calls it before any work."""
+    if info.kind == "engine":
+        source = read_sidecar(info.path).onnx_path
+        if not os.path.isfile(source):
+            raise TinyvimError(f"--per-block rebuilds the engine from the ONNX it was built from, {source or '?'}, "
+                               "which is not found here")
+        return source
+    if info.kind != "onnx":
+        raise TinyvimError(f"--per-block marks tensors in an ONNX graph; {info.path} is {info.kind}: validate the "
+                           "ONNX it was made from")
+    return info.path
+
+
 def run_per_block(info: ModelInfo, config, *, backend, batch: np.ndarray, tolerance: Tolerance, precision: str,
                   threads: int | None = None, options: dict | None = None,
                   log: Callable[[str], None] = print) -> dict:
@@ -251,15 +266,7 @@ def run_per_block(info: ModelInfo, config, *, backend, batch: np.ndarray, tolera
 
 
     options = dict(options or {})
-    source = info.path
-    if info.kind == "engine":
-        source = read_sidecar(info.path).onnx_path
-        if not os.path.isfile(source):
-            raise TinyvimError(f"--per-block rebuilds the engine from the ONNX it was built from, {source or '?'}, "
-                               "which is not found here")
-    elif info.kind != "onnx":
-        raise TinyvimError(f"--per-block marks tensors in an ONNX graph; {info.path} is {info.kind}: validate the "
-                           "ONNX it was made from")
+    source = per_block_source(info)
     log("per-block comparison on the first batch...")
     model = create_model(config.variant, checkpoint=config.checkpoint, backbone=config.backbone, ema=config.ema,
                          seed=config.init_seed)

@@ -30,8 +30,9 @@ JSON report (`tinyvim validate --json PATH`), schema_version 1:
       "per_block": {...}                        # only with per_block=True (`--per-block`):
     }                                           # tinyvim.tools.per_block.run_per_block
 
-The tolerance's precision is the looser of the model's and the backend's compute precision
-(an fp32 export validated on OpenVINO with --ov-precision bf16 is judged as bf16).
+The tolerance's precision is the loosest of the model's and the backend's compute precision and
+the precision its weights are stored in (an fp32 export validated on OpenVINO with --ov-precision
+bf16 is judged as bf16, an IR with fp16-compressed weights as fp16).
 """
 from __future__ import annotations
 
@@ -77,7 +78,7 @@ from tinyvim.tools.inputs import (
     iter_random_batches,
     list_images,
 )
-from tinyvim.tools.per_block import format_per_block, run_per_block
+from tinyvim.tools.per_block import format_per_block, per_block_source, run_per_block
 from tinyvim.tools.reference import (
     ReferenceConfig,
     random_weights_note,
@@ -213,6 +214,8 @@ def validate_model(model: str | os.PathLike, *, backend: str | None = None, opti
     info = read_model_info(model)
     target_backend = get_backend(backend) if backend else default_backend_for(info)
     check_model(target_backend, info)
+    if per_block:
+        per_block_source(info)           # a model it cannot mark is refused before any work
     config, warnings = resolve_reference(info, variant=variant, checkpoint=checkpoint, ema=ema, backbone=backbone,
                                          img_size=img_size, init_seed=init_seed, batch=batch)
     warnings += unused_option_warnings([target_backend], dict(options or {}))
@@ -237,9 +240,10 @@ def validate_model(model: str | os.PathLike, *, backend: str | None = None, opti
     threads = threads or default_threads()
     target = target_backend.runner(RunnerRequest("validate", model=info, threads=threads, options=dict(options or {}),
                                                  log=log))
-    # a backend computing in a reduced precision (OpenVINO bf16/f16) is judged by that precision's tolerance
+    # a backend computing in a reduced precision (OpenVINO bf16/f16), or weights stored in one (an IR
+    # written with --compress-to-fp16), is judged by that precision's tolerance
     precision = max(info.precision, getattr(target, "compute_precision", info.precision),
-                    key=list(DEFAULT_TOLERANCES).index)
+                    info.metadata.weights if info.metadata else info.precision, key=list(DEFAULT_TOLERANCES).index)
     try:
         tolerance = tolerance_for(precision, atol, rtol)
     except ValueError as exc:

@@ -10,6 +10,7 @@ from tinyvim.backends.model_file import ModelInfo, check_signature
 from tinyvim.backends.ov.loader import import_openvino, port_name
 from tinyvim.contract import FP32, IR_RT_INFO_KEY, IR_WEIGHTS_SUFFIX, ExportMetadata
 from tinyvim.errors import TinyvimError
+from tinyvim.export.openvino_ir import check_ir_weights
 
 
 def read_ir_info(path: str | os.PathLike):
@@ -19,7 +20,8 @@ def read_ir_info(path: str | os.PathLike):
     if not p.is_file():
         raise TinyvimError(f"{p}: no such file")
     if not p.with_suffix(IR_WEIGHTS_SUFFIX).is_file():
-        raise TinyvimError(f"{p} has no weights file {p.with_suffix('.bin').name} beside it")
+        raise TinyvimError(f"{p} has no weights file {p.with_suffix(IR_WEIGHTS_SUFFIX).name} beside it")
+    check_ir_weights(p)          # the .bin is the one this .xml was written with
     ov = import_openvino()
     try:
         model = ov.Core().read_model(os.fspath(p))
