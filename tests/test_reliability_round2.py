@@ -22,12 +22,11 @@ from onnx import TensorProto, helper, numpy_helper
 from PIL import Image
 
 from tinyvim.backends import registry
-from tinyvim.backends.base import error_reason
 from tinyvim.backends.ort.runner import OrtRunner
 from tinyvim.backends.registry import read_model_info
 from tinyvim.backends.trt.sidecar import EngineSidecar, read_sidecar, sidecar_path
 from tinyvim.cli import cli
-from tinyvim.errors import TinyvimError
+from tinyvim.errors import TinyvimError, error_reason
 from tinyvim.tools import inputs, per_block
 from tinyvim.tools.per_block import Tap, format_per_block, per_block_rows
 from tinyvim.utils import file_sha256
@@ -91,7 +90,7 @@ def test_error_reason_keeps_the_reason_not_the_location():
     exc = RuntimeError("Exception from src/inference/src/cpp/core.cpp:112:\nException from src/x.cpp:3:\n"
                        "Check 'false' failed at src/frontends/onnx/frontend/src/core/graph.cpp:405:\n"
                        "FrontEnd API failed with GeneralFailure:\nunsupported data type: int4\n\n")
-    assert error_reason(exc) == "unsupported data type: int4"
+    assert error_reason(exc) == "FrontEnd API failed with GeneralFailure: unsupported data type: int4"
     assert error_reason(ValueError("[ONNXRuntimeError] : 6 : RUNTIME_EXCEPTION : bad alloc")).endswith("bad alloc")
     assert len(error_reason(RuntimeError("x" * 1000))) == 300 and error_reason(KeyError()) == "KeyError"
 

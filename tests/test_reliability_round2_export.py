@@ -244,7 +244,7 @@ def test_per_block_on_an_ir_is_refused_before_any_work(ov, tmp_path):
 
 def test_openvino_messages_are_reduced_to_their_reason(ov, tmp_path):
     from tinyvim.backends.registry import read_model_info
-    from tinyvim.backends.ov.runner import ov_error_reason
+    from tinyvim.errors import error_reason as ov_error_reason
     text = ("Exception from src/inference/src/cpp/core.cpp:84:\nCheck 'm_weights_provider' failed at "
             "src/core/xml_util/src/xml_deserialize_util.cpp:887:\nEmpty weights data in bin file or bin file "
             "cannot be found!\n\n")

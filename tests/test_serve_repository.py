@@ -315,7 +315,7 @@ def test_tensorrt_repository_without_tensorrt_fails_before_exporting(tmp_path):
 
 def test_export_onnx_into_a_folder_and_triton_into_a_file_are_one_line_errors(tmp_path):
     (tmp_path / "a_file").write_text("x")
-    for args, message in ((["-o", str(tmp_path)], "is a folder: --fmt onnx writes one file"),
+    for args, message in ((["-o", str(tmp_path)], "is a folder: --fmt onnx writes one ONNX file"),
                           (["--fmt", "triton", "-o", str(tmp_path / "a_file")], "is a file: --fmt triton writes")):
         result = CliRunner().invoke(cli, ["export", *args])
         assert result.exit_code == 2 and message in result.output and "Traceback" not in result.output, result.output

@@ -7,29 +7,12 @@ dicts of named numpy arrays, so comparison and profiling are written once for al
 from __future__ import annotations
 
 import abc
-import re
 import time
 from typing import Callable, Mapping
 
 import numpy as np
 
-from tinyvim.errors import TinyvimError
-
-#: lines of a runtime's error text that say where it was raised, not why (OpenVINO stacks
-#: "Exception from <file>:<line>:" and "Check '<expr>' failed at <file>:<line>:" above its reason)
-_WHERE_LINES = (re.compile(r"^Exception from \S+:\d+:?$"), re.compile(r"^Check '.*' failed at \S+:\d+:?$"),
-                re.compile(r"^FrontEnd API failed with \w+:?$"), re.compile(r"^\[ ?\w+ ?\] *$"))
-
-
-def error_reason(exc: BaseException, limit: int = 300) -> str:
-    """The line of a runtime's exception text that says why it failed (ONNX Runtime's
-    "[ONNXRuntimeError] : 6 : RUNTIME_EXCEPTION : ...", OpenVINO's reason under its location
-    lines), shortened to `limit` characters: what a one-line error quotes."""
-    lines = [ln.strip() for ln in str(exc).splitlines() if ln.strip()]
-    reasons = [ln for ln in lines if not any(p.match(ln) for p in _WHERE_LINES)]
-    text = (reasons or lines or [type(exc).__name__])[0]
-    return text if len(text) <= limit else text[:limit - 3] + "..."
-
+from tinyvim.errors import TinyvimError, error_reason  # noqa: F401  (re-exported for runners)
 
 #: Signature of a timing hook: (runner, timings) where timings maps a phase name
 #: ("total", and for TensorRT also "h2d", "compute", "d2h") to seconds.

@@ -4,11 +4,29 @@ from __future__ import annotations
 
 import click
 
-from tinyvim.commands.common import (allow_nonfinite_option, announce_weights, backbone_option, checkpoint_option,
-                                     ema_option, img_size_option, json_option, variant_option)
+from tinyvim.commands.common import (
+    allow_nonfinite_option,
+    announce_weights,
+    backbone_option,
+    checkpoint_option,
+    ema_option,
+    img_size_option,
+    json_option,
+    variant_option,
+)
 from tinyvim.commands.serve import print_repository, triton_export_options
-from tinyvim.contract import (DEFAULT_IMG_SIZE, DEFAULT_OPSET, EXPORT_FORMATS, EXPORT_PRECISIONS, FP32, INPUT_MULTIPLE,
-                              MAX_BATCH, MAX_IMAGE_SIDE, SCAN_FLAVOURS, TRITON_FORMAT)
+from tinyvim.contract import (
+    DEFAULT_IMG_SIZE,
+    DEFAULT_OPSET,
+    EXPORT_FORMATS,
+    EXPORT_PRECISIONS,
+    FP32,
+    INPUT_MULTIPLE,
+    MAX_BATCH,
+    MAX_IMAGE_SIDE,
+    SCAN_FLAVOURS,
+    TRITON_FORMAT,
+)
 from tinyvim.export import check_export_args
 from tinyvim.export.formats import check_format_flags, plan_export
 from tinyvim.serve.repository import check_format_options, export_repository

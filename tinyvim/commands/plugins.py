@@ -22,8 +22,9 @@ from tinyvim.plugins.build import prepare_build, run_build
 @click.option("--verbose", is_flag=True, help="Show the full CMake/compiler output.")
 @one_line_errors     # one `error:` line and the PluginError's exit code, also outside the tinyvim group
 def build_plugin(build_dir, tensorrt_root, cuda_arch, jobs, cpu_only, verbose):
-    """Build the CUDA scan kernel, its CPU twin and the TensorRT plugin (when TensorRT's
-    headers are found) with CMake, then list what was built and what was skipped."""
+    """Build the CUDA scan kernel, its CPU twin and the TensorRT plugin with CMake.
+
+    The plugin needs TensorRT's headers; the summary lists what was built and what was skipped."""
     # tools, --tensorrt-root and the build folder are checked before anything is said or run
     plan = prepare_build(build_dir, tensorrt_root=tensorrt_root, cuda_arch=cuda_arch, jobs=jobs, cpu_only=cpu_only)
     percent = re.compile(r"^\[\s*(\d+)%\]\s+(.*)$")

@@ -19,9 +19,24 @@ import torch
 from torch import nn
 
 from tinyvim import __version__
-from tinyvim.contract import (DEFAULT_OPSET, EXPORT_PRECISIONS, INPUT_MULTIPLE, INPUT_NAME, MAX_BATCH, MAX_IMAGE_SIDE,
-                              MIN_OPSET, SCAN_FLAVOURS, SCAN_PLUGIN, ExportMetadata, check_batch, check_input_size,
-                              check_seed, check_variant, check_workload, output_names)
+from tinyvim.contract import (
+    DEFAULT_OPSET,
+    EXPORT_PRECISIONS,
+    INPUT_MULTIPLE,
+    INPUT_NAME,
+    MAX_BATCH,
+    MAX_IMAGE_SIDE,
+    MIN_OPSET,
+    SCAN_FLAVOURS,
+    SCAN_PLUGIN,
+    ExportMetadata,
+    check_batch,
+    check_input_size,
+    check_seed,
+    check_variant,
+    check_workload,
+    output_names,
+)
 from tinyvim.errors import TinyvimError
 from tinyvim.model import create_model, file_sha256, reparameterize
 from tinyvim.ops import scan_implementation
@@ -85,7 +100,9 @@ def newest_opset() -> int:
     what that converter reaches and what the installed onnx (checker, shape inference) knows.
     Above it the converter silently leaves old ops behind and the checker fails after tracing."""
     try:
-        from onnxscript.version_converter._version_converter import SUPPORTED_MAX_ONNX_OPSET as converter_max
+        from onnxscript.version_converter._version_converter import (
+            SUPPORTED_MAX_ONNX_OPSET as converter_max,
+        )
     except ImportError:        # a converter that does not say: only the opset we test
         converter_max = DEFAULT_OPSET
     return min(onnx.defs.onnx_opset_version(), int(converter_max))

@@ -17,12 +17,22 @@ from dataclasses import replace
 from pathlib import Path
 from xml.etree import ElementTree
 
-from tinyvim.contract import IR_RT_INFO_KEY, IR_SUFFIX, IR_WEIGHTS_SUFFIX, ExportMetadata
-from tinyvim.backends.base import error_reason as ov_error_reason
-from tinyvim.lazy import import_optional
+from tinyvim.contract import (
+    IR_RT_INFO_KEY,
+    IR_SUFFIX,
+    IR_WEIGHTS_SUFFIX,
+    ExportMetadata,
+)
 from tinyvim.errors import TinyvimError
+from tinyvim.errors import error_reason as ov_error_reason
 from tinyvim.export import onnx_export
-from tinyvim.utils import atomic_output, check_output_paths, file_sha256, scratch_directory
+from tinyvim.lazy import import_optional
+from tinyvim.utils import (
+    atomic_output,
+    check_output_paths,
+    file_sha256,
+    scratch_directory,
+)
 
 try:
     import resource

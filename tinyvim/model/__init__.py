@@ -6,11 +6,23 @@ import os
 import torch
 from torch import nn
 
+from tinyvim.contract import (
+    IMAGENET_MEAN,
+    IMAGENET_STD,
+    INPUT_MULTIPLE,
+    check_input_size,
+)
 from tinyvim.errors import TinyvimError
-from tinyvim.model.checkpoint import (MAX_CLASSES, backbone_state, file_sha256, infer_variant, load_into,
-                                      read_checkpoint)
-from tinyvim.contract import IMAGENET_MEAN, IMAGENET_STD, INPUT_MULTIPLE, check_input_size
+from tinyvim.model.checkpoint import (
+    MAX_CLASSES,
+    backbone_state,
+    file_sha256,
+    infer_variant,
+    load_into,
+    read_checkpoint,
+)
 from tinyvim.model.tinyvim import VARIANTS, DeployTinyViM, TinyViM, variant_config
+
 # Registers the "cuda" scan implementation with tinyvim.ops (loads nothing until a CUDA tensor asks for it).
 import tinyvim.plugins.torch_cuda  # noqa: E402,F401  isort: skip
 

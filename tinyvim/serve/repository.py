@@ -45,8 +45,8 @@ from tinyvim.contract import (
 )
 from tinyvim.errors import TinyvimError
 from tinyvim.export import export_onnx, read_metadata
-from tinyvim.plugins.build import LIB_NAMES
 from tinyvim.interrupt import unwind_on_termination
+from tinyvim.plugins.build import LIB_NAMES
 from tinyvim.serve.settings import (
     FLAG,
     INSTANCE_KINDS,

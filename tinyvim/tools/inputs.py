@@ -12,9 +12,8 @@ from typing import Iterator
 import numpy as np
 from PIL import Image
 
-from tinyvim.backends.base import error_reason
 from tinyvim.contract import IMAGENET_MEAN, IMAGENET_STD
-from tinyvim.errors import TinyvimError
+from tinyvim.errors import TinyvimError, error_reason
 
 #: 224 / 256: the resize-256-crop-224 evaluation the brief specifies (see README note).
 DEFAULT_CROP_PCT = 0.875

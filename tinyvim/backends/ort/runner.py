@@ -14,12 +14,12 @@ from typing import Mapping, Sequence
 import numpy as np
 import onnx
 
-from tinyvim.backends.base import BaseRunner, error_reason
+from tinyvim.backends.base import BaseRunner
 from tinyvim.backends.model_file import has_plugin_nodes
 from tinyvim.backends.ort.custom_ops import plugin_session
 from tinyvim.backends.ort.loader import OPT_LEVELS, import_onnxruntime, parse_providers
 from tinyvim.contract import SCAN_PLUGIN
-from tinyvim.errors import TinyvimError
+from tinyvim.errors import TinyvimError, error_reason
 
 _ORT_TO_NUMPY = {"tensor(float)": np.float32, "tensor(float16)": np.float16,
                  "tensor(double)": np.float64, "tensor(bfloat16)": np.float32}

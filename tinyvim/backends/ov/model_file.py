@@ -5,11 +5,10 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from tinyvim.backends.base import error_reason
 from tinyvim.backends.model_file import ModelInfo, check_signature
 from tinyvim.backends.ov.loader import import_openvino, port_name
 from tinyvim.contract import FP32, IR_RT_INFO_KEY, IR_WEIGHTS_SUFFIX, ExportMetadata
-from tinyvim.errors import TinyvimError
+from tinyvim.errors import TinyvimError, error_reason
 from tinyvim.export.openvino_ir import check_ir_weights
 
 

@@ -18,7 +18,7 @@ from typing import Mapping
 
 import numpy as np
 
-from tinyvim.backends.base import BaseRunner, error_reason
+from tinyvim.backends.base import BaseRunner
 from tinyvim.backends.ov.loader import (
     DEFAULT_PRECISION,
     OV_PRECISIONS,
@@ -30,7 +30,7 @@ from tinyvim.backends.ov.loader import (
     supported_precisions,
 )
 from tinyvim.contract import SCAN_PLUGIN, check_input_size
-from tinyvim.errors import TinyvimError
+from tinyvim.errors import TinyvimError, error_reason
 
 
 class OvRunner(BaseRunner):
