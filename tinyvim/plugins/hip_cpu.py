@@ -280,6 +280,44 @@ def build_library(out_dir: Path | None = None, src_dir: Path | None = None) -> P
     return _atomic_build(target, build)
 
 
+#: the TensorRT plugin and its contract driver, as CMake builds them (warnings as errors)
+TRT_CXXFLAGS = ("-std=c++17", "-O1", "-fPIC", "-Wall", "-Wextra", "-Werror", "-Wsuggest-override")
+
+
+def build_trt_on_cpu(tensorrt_include: Path, out_dir: Path | None = None) -> dict[str, Path]:
+    """The TensorRT plugin (trt_plugin.cpp + plugin_logic.cpp) compiled against TensorRT's headers in
+    `tensorrt_include` with the shim's cuda_runtime_api.h, linked to the kernel-on-CPU library, and
+    tinyvim_trt_contract_check built the same way; cached by content. Returns {"kernel", "plugin",
+    "driver"} paths. Nothing of CUDA is needed: the plugin's enqueue runs the kernel's source on
+    host memory."""
+    tensorrt_include = Path(tensorrt_include)
+    if not (tensorrt_include / "NvInfer.h").is_file():
+        raise PluginError(f"TensorRT headers not found: no NvInfer.h in {tensorrt_include}")
+    out_dir = Path(out_dir) if out_dir else cache_dir()
+    kernel = build_library(out_dir)
+    cxx = find_compiler()
+    headers = sorted(tensorrt_include.glob("*.h"))
+    key = _hash([cxx, _compiler_version(cxx), *TRT_CXXFLAGS, kernel.name,
+                 *[(CSRC / f).read_bytes() for f in PLUGIN_SOURCES], *[p.read_bytes() for p in _shim_files()],
+                 *[h.read_bytes() for h in headers]])
+    includes = [f"-I{SHIM}", f"-I{CSRC}", "-isystem", str(tensorrt_include)]
+    plugin = out_dir / f"libtinyvim_trt_plugin_on_cpu-{key}.so"
+    driver = out_dir / f"tinyvim_trt_contract_check_on_cpu-{key}"
+    if not plugin.exists():
+        _atomic_build(plugin, lambda tmp: _compile(
+            [cxx, *TRT_CXXFLAGS, "-shared", "-fvisibility=hidden", *includes, str(CSRC / "trt_plugin.cpp"),
+             str(CSRC / "plugin_logic.cpp"), str(kernel), f"-Wl,-rpath,{kernel.parent}", "-o", tmp],
+            f"the TensorRT plugin on the CPU kernel ({tensorrt_include})"))
+    if not driver.exists():
+        def build_driver(tmp: str) -> None:
+            # -rdynamic: its getPluginRegistry stands in for libnvinfer's (CMake: ENABLE_EXPORTS)
+            _compile([cxx, *TRT_CXXFLAGS, *includes, str(CSRC / "trt_contract_check.cpp"), "-rdynamic", "-ldl",
+                      "-o", tmp], f"tinyvim_trt_contract_check ({tensorrt_include})")
+            os.chmod(tmp, 0o755)
+        _atomic_build(driver, build_driver)
+    return {"kernel": kernel, "plugin": plugin, "driver": driver}
+
+
 @functools.lru_cache(maxsize=None)
 def _compiler_version(cxx: str) -> str:
     return subprocess.run([cxx, "--version"], capture_output=True, text=True).stdout.splitlines()[0]
