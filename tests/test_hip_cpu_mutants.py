@@ -47,7 +47,8 @@ MUTANTS = {
     "smem_plan_undersized": ("cross_scan_kernel.cu", "static_cast<size_t>(L) * (cb + 1) * sizeof(float)",
                              "static_cast<size_t>(L) * cb * sizeof(float)"),
     "bf16_truncated": ("cross_scan_kernel.cuh", "return __float2bfloat16_rn(v);", "return __float2bfloat16_rz(v);"),
-    "grid_y_over_limit": ("cross_scan_kernel.cu", "constexpr int kMaxGridY = 65535;", "constexpr int kMaxGridY = 65536;"),
+    "grid_y_over_limit": ("cross_scan_kernel.cu", "constexpr int kMaxGridY = 65535;",
+                          "constexpr int kMaxGridY = 65536;"),
     "smem_budget_over_limit": ("cross_scan_kernel.cu", "constexpr size_t kSmemBudget = 48 * 1024;",
                                "constexpr size_t kSmemBudget = 64 * 1024;"),
 }
@@ -88,6 +89,7 @@ def mutate(name: str, root: Path) -> Path:
     return src
 
 
+@pytest.mark.slow    # cold: eleven g++ builds (~60 s on 2 cores); cached by content afterwards (~20 s)
 def test_check_suite_catches_every_mutant(tmp_path):
     t0 = time.perf_counter()
     original = hip_cpu.build_library()

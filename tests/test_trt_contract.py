@@ -44,7 +44,8 @@ BATCH_RANGE = (1, 2, 8)    # min, opt, max of a dynamic batch, as an engine prof
 
 pytestmark = pytest.mark.skipif(
     not all((HEADERS / v / "include" / "NvInfer.h").is_file() for v in VERSIONS),
-    reason=f"TensorRT {' and '.join(VERSIONS)} headers not found under {HEADERS} (../shared/third_party, see its README)")
+    reason=f"TensorRT {' and '.join(VERSIONS)} headers not found under {HEADERS} "
+           "(../shared/third_party, see its README)")
 
 
 def _cmake_build_missing() -> str | None:

@@ -263,7 +263,7 @@ def build_library(out_dir: Path | None = None, src_dir: Path | None = None) -> P
     out_dir = Path(out_dir) if out_dir else cache_dir()
     cxx, tbb = find_compiler(), find_tbb()
     inc, link = _tbb_flags(tbb)
-    key = _hash([cxx, _compiler_version(cxx), *CXXFLAGS, *inc, *link, hip_cpu_commit(),
+    key = _hash([cxx, _compiler_version(cxx), *CXXFLAGS, *inc, *link, hip_cpu_commit(), Path(__file__).read_bytes(),
                  *[(src_dir / f).read_bytes() for f in KERNEL_SOURCES], *[p.read_bytes() for p in _shim_files()]])
     target = out_dir / f"libtinyvim_scan_cuda_on_cpu-{key}.so"
     if target.exists():

@@ -371,7 +371,8 @@ std::string enqueue_node(const NodeSpec& n, const Library& lib, IPluginV3OneRunt
         buffers[i].assign(std::istreambuf_iterator<char>(in), std::istreambuf_iterator<char>());
         const size_t want = volume(concrete[i].dims) * element_size(concrete[i].type);
         if (buffers[i].size() != want)
-            return path + " has " + std::to_string(buffers[i].size()) + " bytes, the shape needs " + std::to_string(want);
+            return path + " has " + std::to_string(buffers[i].size()) + " bytes, the shape needs " +
+                   std::to_string(want);
     }
     // Outputs and workspace start as NaN bytes: nothing may rely on their contents.
     for (int32_t i = nb_in; i < nb_in + nb_out; ++i)
@@ -402,7 +403,8 @@ std::string enqueue_node(const NodeSpec& n, const Library& lib, IPluginV3OneRunt
         long long s[8] = {};
         stats(s, 8);   // launches, max block, max grid x, max grid y, max smem, last stream, overruns, refused
         char buf[160];
-        std::snprintf(buf, sizeof buf, " launches=%lld stream=0x%llx overruns=%lld refused=%lld", s[0], s[5], s[6], s[7]);
+        std::snprintf(buf, sizeof buf, " launches=%lld stream=0x%llx overruns=%lld refused=%lld", s[0], s[5], s[6],
+                      s[7]);
         *info += buf;
     }
     return "";

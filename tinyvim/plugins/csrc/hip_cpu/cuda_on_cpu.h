@@ -33,6 +33,13 @@
 
 #include "cuda_types_on_cpu.h"
 
+// Blocks must run concurrently, as on a GPU: a race between blocks (e.g. two batch items sharing
+// workspace rows) only shows then. libstdc++ silently runs the parallel algorithms serially when
+// it cannot see TBB's headers, so that case is refused here.
+#if defined(__GLIBCXX__) && !defined(_PSTL_PAR_BACKEND_TBB)
+#error "libstdc++ would run HIP-CPU's blocks serially: TBB headers not found (pip install tbb-devel)"
+#endif
+
 // HIP-CPU marks kernels and device functions `simd` (and kernels `flatten`) for a vectorised
 // path across a block's threads that only -fopenmp-simd enables and only barrier-free kernels
 // take. Built without it, those SIMD clones are never called: they would only cost compile time
