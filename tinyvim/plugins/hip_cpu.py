@@ -19,6 +19,7 @@ import ctypes
 import functools
 import hashlib
 import importlib.metadata
+import inspect
 import os
 import re
 import subprocess
@@ -29,7 +30,8 @@ from pathlib import Path
 
 import numpy as np
 
-from tinyvim.plugins.cpu_twin import cache_dir, find_compiler
+from tinyvim.ops.reference import cross_selective_scan_reference, random_scan_inputs
+from tinyvim.plugins.cpu_twin import cache_dir, cross_selective_scan_cpu, find_compiler
 from tinyvim.plugins.errors import PluginError
 
 PLUGIN_DIR = Path(__file__).resolve().parent
@@ -230,6 +232,13 @@ def _hash(parts) -> str:
     return h.hexdigest()[:16]
 
 
+def _generator_source() -> str:
+    """The code that writes the generated translation unit: part of the cache key, so that a
+    changed rewrite is never served from a stale library."""
+    return "".join(inspect.getsource(f) for f in (_strip_comments, _match_back, _match_forward, rewrite_launches,
+                                                  extern_shared_arrays, generate_translation_unit))
+
+
 def _shim_files() -> list[Path]:
     return sorted(p for p in SHIM.iterdir() if p.is_file())
 
@@ -263,7 +272,7 @@ def build_library(out_dir: Path | None = None, src_dir: Path | None = None) -> P
     out_dir = Path(out_dir) if out_dir else cache_dir()
     cxx, tbb = find_compiler(), find_tbb()
     inc, link = _tbb_flags(tbb)
-    key = _hash([cxx, _compiler_version(cxx), *CXXFLAGS, *inc, *link, hip_cpu_commit(), Path(__file__).read_bytes(),
+    key = _hash([cxx, _compiler_version(cxx), *CXXFLAGS, *inc, *link, hip_cpu_commit(), _generator_source(),
                  *[(src_dir / f).read_bytes() for f in KERNEL_SOURCES], *[p.read_bytes() for p in _shim_files()]])
     target = out_dir / f"libtinyvim_scan_cuda_on_cpu-{key}.so"
     if target.exists():
@@ -426,7 +435,6 @@ REF_TOL = {"float32": 1e-5, "float16": 1e-5 + 2.0 ** -11, "bfloat16": 1e-5 + 2.0
 
 def case_inputs(case: Case, dtype: str) -> dict[str, np.ndarray]:
     """The case's random inputs, x/delta/Bs/Cs rounded to `dtype` (as float32), A/Ds/bias float32."""
-    from tinyvim.ops.reference import random_scan_inputs
     inp = random_scan_inputs(*case.shape, seed=sum(case.shape[1:]), dtype=np.float32)
     for k in ("x", "delta", "Bs", "Cs"):
         inp[k] = from_storage(to_storage(inp[k], dtype), dtype)
@@ -443,9 +451,6 @@ def check_case(lib: ctypes.CDLL, case: Case, dtype: str, reference: bool = True)
     arithmetic header, same summation order; fed the same rounded inputs, its float32 output
     rounded to `dtype` as the kernel rounds) and, with `reference`, with the float64 reference
     within REF_TOL. Returns the figures and `problems` (empty when the case passes)."""
-    from tinyvim.ops.reference import cross_selective_scan_reference
-    from tinyvim.plugins.cpu_twin import cross_selective_scan_cpu
-
     inp = case_inputs(case, dtype)
     lib.tinyvim_cuda_on_cpu_reset_stats()
     status, y = cross_selective_scan_on_cpu(lib, **inp, dtype=dtype)
