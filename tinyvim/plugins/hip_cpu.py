@@ -8,8 +8,9 @@ enforces). The only edit is generated at build time into the build folder: each
 `kernel<<<grid, block, smem, stream>>>(args)` of the launcher becomes a call of the shim's
 launch(), and the kernel's `extern __shared__` array gets its per-thread definition.
 
-Libraries are cached like the CPU twin's (cache_dir(), keyed by a hash of every input: sources,
-shim, HIP-CPU, compiler, flags, TBB), so a second build is a file lookup. HIP-CPU runs a grid's
+Libraries are cached like the CPU twin's (cache_dir(), keyed by a hash of the sources, the shim,
+the generator's code, HIP-CPU's pinned commit, the compiler, flags and TBB paths), so a second
+build is a file lookup. HIP-CPU runs a grid's
 blocks through the C++17 parallel algorithms, which libstdc++ implements on TBB: the pip package
 tbb-devel (the `test` extra) provides it, or Debian's libtbb-dev.
 """
