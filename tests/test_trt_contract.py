@@ -7,24 +7,33 @@ drives it with the CrossSelectiveScan nodes of real plugin-flavour exports by th
 parser's rules and in the builder's order. The declared contract (tinyvim.contract.SCAN_PLUGIN)
 is the reference for the library's identity and fields.
 
-Needs ../shared/third_party/tensorrt (see its README), cmake and nvcc (the plugin links the CUDA
-kernel); skipped, with the reason, where one is missing.
+The plugin's enqueue runs too, on the CPU: the plugin and the driver are also compiled (with g++,
+no CUDA) against each version's headers on top of the CUDA kernel's own source built on HIP-CPU
+(tinyvim.plugins.hip_cpu), and every node is enqueued on host buffers holding the values it gets
+in the export, compared with what the ONNX Runtime custom op computed for it.
+
+Needs ../shared/third_party/tensorrt (see its README); the CMake-built library also needs cmake
+and nvcc (the plugin links the CUDA kernel), the CPU build TBB (tbb-devel); each is skipped, with
+the reason, where what it needs is missing.
 """
 from __future__ import annotations
 
 import shutil
 import subprocess
+from pathlib import Path
 from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
 from multiprocessing import get_context
-from pathlib import Path
 
+import numpy as np
 import onnx
 import pytest
 import torch
 
 from tinyvim.contract import SCAN_PLUGIN, TRT_FIELD_TYPE_VALUES
+from tinyvim.plugins import hip_cpu
 from tinyvim.plugins.build import build, find_nvcc
+from tinyvim.plugins.errors import PluginError
 
 HEADERS = Path(__file__).resolve().parents[2] / "shared" / "third_party" / "tensorrt"
 VERSIONS = ("10.16", "11.1")
@@ -33,13 +42,18 @@ TARGETS = ["tinyvim_trt_plugin", "tinyvim_trt_plugin_autoreg", "tinyvim_trt_cont
 EXPORTS = [(v, dyn, prec) for v in ("s", "b", "l") for dyn in (False, True) for prec in ("fp32", "fp16")]
 BATCH_RANGE = (1, 2, 8)    # min, opt, max of a dynamic batch, as an engine profile would give
 
-pytestmark = [
-    pytest.mark.skipif(not all((HEADERS / v / "include" / "NvInfer.h").is_file() for v in VERSIONS),
-                       reason=f"TensorRT {' and '.join(VERSIONS)} headers not found under {HEADERS} "
-                              "(../shared/third_party, see its README)"),
-    pytest.mark.skipif(not shutil.which("cmake"), reason="cmake not found"),
-    pytest.mark.skipif(find_nvcc() is None, reason="nvcc not found: the TensorRT plugin links the CUDA kernel"),
-]
+pytestmark = pytest.mark.skipif(
+    not all((HEADERS / v / "include" / "NvInfer.h").is_file() for v in VERSIONS),
+    reason=f"TensorRT {' and '.join(VERSIONS)} headers not found under {HEADERS} "
+           "(../shared/third_party, see its README)")
+
+
+def _cmake_build_missing() -> str | None:
+    if not shutil.which("cmake"):
+        return "cmake not found"
+    if find_nvcc() is None:
+        return "nvcc not found: the CMake-built TensorRT plugin links the CUDA kernel"
+    return None
 
 
 # --------------------------------------------------------------------- nodes as the driver reads them
@@ -58,6 +72,7 @@ class Node:
     inputs: list = field(default_factory=list)
     outputs: list = field(default_factory=list)
     syms: dict = field(default_factory=dict)       # symbol -> (min, opt, max)
+    data: str = ""                                 # enqueue mode: folder of the input buffers
 
 
 def scan_nodes(model: onnx.ModelProto, tag: str) -> list[Node]:
@@ -125,14 +140,17 @@ def write_spec(nodes: list[Node], path: Path) -> Path:
         for kind, tensors in (("input", n.inputs), ("output", n.outputs)):
             lines += [f"{kind} {t.name} {t.dtype} {' '.join(map(str, t.dims))}" for t in tensors]
         lines += [f"sym {s} {lo} {opt} {hi}" for s, (lo, opt, hi) in n.syms.items()]
+        if n.data:
+            assert " " not in n.data, n.data
+            lines.append(f"data {n.data}")
         lines.append("end")
     path.write_text("\n".join(lines) + "\n")
     return path
 
 
 def run_driver(built, *args) -> list[str]:
-    proc = subprocess.run([str(built["tinyvim_trt_contract_check"]), *map(str, args)], capture_output=True,
-                          text=True, timeout=60)
+    driver = built["tinyvim_trt_contract_check"] if "tinyvim_trt_contract_check" in built else built["driver"]
+    proc = subprocess.run([str(driver), *map(str, args)], capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stdout + proc.stderr
     return proc.stdout.splitlines()
 
@@ -155,7 +173,7 @@ def artifacts(tmp_path_factory):
             ProcessPoolExecutor(2, mp_context=get_context("spawn"), initializer=torch.set_num_threads,
                                 initargs=(1,)) as processes:
         builds = {v: threads.submit(build, root / v, tensorrt_root=str(HEADERS / v), cuda_arch="75-real", jobs=1,
-                                    targets=TARGETS) for v in VERSIONS}
+                                    targets=TARGETS) for v in VERSIONS} if _cmake_build_missing() is None else {}
         exports = {key: processes.submit(export_onnx, root / f"{key[0]}_{'dyn' if key[1] else 'b1'}_{key[2]}.onnx",
                                          variant=key[0], img_size=(64, 64), dynamic_batch=key[1], precision=key[2],
                                          scan="plugin") for key in EXPORTS}
@@ -164,14 +182,21 @@ def artifacts(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def built(artifacts, request):
+    if _cmake_build_missing():
+        pytest.skip(_cmake_build_missing())
     result = artifacts[0][request.param].result()
     assert set(TARGETS) <= set(result.built), result
     return result
 
 
 @pytest.fixture(scope="module")
-def exports(artifacts):
-    return {key: onnx.load(str(f.result().path), load_external_data=False) for key, f in artifacts[1].items()}
+def export_paths(artifacts):
+    return {key: Path(f.result().path) for key, f in artifacts[1].items()}
+
+
+@pytest.fixture(scope="module")
+def exports(export_paths):
+    return {key: onnx.load(str(path), load_external_data=False) for key, path in export_paths.items()}
 
 
 @pytest.fixture(scope="module")
@@ -273,3 +298,130 @@ def test_only_the_autoreg_library_registers_on_load(built):
                        built.built["tinyvim_trt_plugin_autoreg"])
     assert "registrations_after_plugin 0" in lines and "registrations_after_autoreg 1" in lines
     assert f"registered {SCAN_PLUGIN.op_type} {SCAN_PLUGIN.version} {SCAN_PLUGIN.namespace}" in lines
+
+
+# --------------------------------------------------------------------- enqueue on the CPU
+def _on_cpu_missing() -> str | None:
+    try:
+        hip_cpu.find_tbb()
+        return None
+    except PluginError as exc:
+        return str(exc)
+
+
+@pytest.fixture(scope="module")
+def on_cpu(request):
+    """The plugin and the driver built with g++ against that version's headers, on the kernel's
+    own source run on the CPU (hip_cpu.build_trt_on_cpu; cached like the CPU twin)."""
+    if _on_cpu_missing():
+        pytest.skip(_on_cpu_missing())
+    return hip_cpu.build_trt_on_cpu(HEADERS / request.param / "include")
+
+
+def _ort_options():
+    import onnxruntime as ort
+    so = ort.SessionOptions()
+    so.intra_op_num_threads = 1
+    so.add_session_config_entry("session.intra_op.allow_spinning", "0")   # no core stolen from the next test
+    return so
+
+
+def scan_io(path: Path, batch: int) -> list[tuple[list[np.ndarray], np.ndarray]]:
+    """(inputs, output) of every CrossSelectiveScan node of the export at `path`, in graph order, from
+    one ONNX Runtime run on a seeded image batch with the node computed by the ORT custom op
+    (tinyvim.export.ort_custom_ops): the node's inputs and output become extra graph outputs."""
+    from onnx import numpy_helper
+
+    from tinyvim.export.ort_custom_ops import plugin_session
+    model = onnx.load(str(path))
+    g = model.graph
+    inits = {i.name: numpy_helper.to_array(i) for i in g.initializer}
+    infos = {v.name: v for v in [*g.value_info, *g.input, *g.output]}
+    scan = [n for n in g.node if n.op_type == SCAN_PLUGIN.op_type]
+    present = {o.name for o in g.output}
+    for name in dict.fromkeys(x for n in scan for x in [*n.input, *n.output]):
+        if name not in inits and name not in present:
+            g.output.append(infos[name])
+    image = g.input[0]
+    shape = [d.dim_value if d.HasField("dim_value") else batch for d in image.type.tensor_type.shape.dim]
+    x = np.random.default_rng(0).standard_normal(shape).astype(np.float32)
+    sess = plugin_session(model, sess_options=_ort_options())
+    values = {**inits, **dict(zip([o.name for o in sess.get_outputs()], sess.run(None, {image.name: x})))}
+    return [([values[i] for i in n.input], values[n.output[0]]) for n in scan]
+
+
+def ort_custom_op(node: onnx.NodeProto, inputs: list[np.ndarray]) -> np.ndarray:
+    """The ORT custom op on `inputs` (float32), through a one-node graph with `node`'s attributes."""
+    from onnx import TensorProto, helper
+
+    from tinyvim.export.ort_custom_ops import plugin_session
+    names = [f"in{i}" for i in range(len(inputs))]
+    single = helper.make_node(node.op_type, names, ["y"], domain=node.domain)
+    single.attribute.extend(node.attribute)
+    graph = helper.make_graph([single], "scan", [helper.make_tensor_value_info(n, TensorProto.FLOAT, a.shape)
+                                                 for n, a in zip(names, inputs)],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, inputs[0].shape)])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 20), helper.make_opsetid(node.domain, 1)])
+    sess = plugin_session(model, sess_options=_ort_options())
+    return sess.run(None, {n: np.ascontiguousarray(a, np.float32) for n, a in zip(names, inputs)})[0]
+
+
+STORAGE = {"FLOAT": "float32", "FLOAT16": "float16", "BFLOAT16": "bfloat16"}
+STORAGE_NUMPY = {"float32": np.float32, "float16": np.float16, "bfloat16": np.uint16}   # bfloat16: bit patterns
+
+
+@pytest.fixture(scope="module")
+def enqueue_jobs(nodes, export_paths):
+    """(node, its inputs as float32, the ORT custom op's output, dtype) for every scan node of the 12
+    exports (60), the symbolic-H/W variants of L's (5) and float16 / bfloat16 variants of S's (10).
+    Inputs are the values each node gets in its export (one ORT run each, batch = the profile's opt
+    for a dynamic batch); the 16-bit variants get x/delta/Bs/Cs rounded to their type, and their
+    reference is the custom op on those same rounded values."""
+    io = {key: scan_io(export_paths[key], BATCH_RANGE[1]) for key in EXPORTS}
+    jobs = [(n, ins, y, "float32") for key in EXPORTS for n, (ins, y) in zip(nodes[key], io[key])]
+    jobs += [(symbolic_hw(n), ins, y, "float32") for n, (ins, y) in zip(nodes[("l", False, "fp32")],
+                                                                         io[("l", False, "fp32")])]
+    key = ("s", True, "fp16")
+    protos = [n for n in onnx.load(str(export_paths[key]), load_external_data=False).graph.node
+              if n.op_type == SCAN_PLUGIN.op_type]
+    for n, proto, (ins, _) in zip(nodes[key], protos, io[key]):
+        for onnx_dtype, dtype in (("FLOAT16", "float16"), ("BFLOAT16", "bfloat16")):
+            rounded = [hip_cpu.from_storage(hip_cpu.to_storage(a, dtype), dtype) if k < 4 else a
+                       for k, a in enumerate(ins)]
+            jobs.append((with_dtype(n, onnx_dtype), rounded, ort_custom_op(proto, rounded), dtype))
+    return jobs
+
+
+@pytest.mark.parametrize("on_cpu", VERSIONS, indirect=True)
+def test_enqueue_of_every_exported_node_matches_the_ort_custom_op(on_cpu, enqueue_jobs, tmp_path):
+    """Every node of enqueue_jobs through the driver's `enqueue` mode: the parser's and builder's
+    calls, then createPlugin(kRUNTIME) from the serialized fields, attachToContext, onShapeChange and
+    enqueue on host buffers, i.e. the plugin's real enqueue running the kernel's real source.
+    Compared with the ORT custom op's output for the same node: float32 within 1e-5 of max|y|
+    (observed ~2e-7: summation order only), 16-bit within float32 noise plus half an ulp of the
+    output type (hip_cpu.REF_TOL)."""
+    jobs = enqueue_jobs
+    spec = []
+    for j, (n, ins, _, _) in enumerate(jobs):
+        folder = tmp_path / str(j)
+        folder.mkdir()
+        for k, (t, a) in enumerate(zip(n.inputs, ins)):
+            (folder / f"in{k}.bin").write_bytes(hip_cpu.to_storage(a, STORAGE[t.dtype]).tobytes())
+        spec.append(replace(n, data=str(folder)))
+    lines = run_driver(on_cpu, "enqueue", on_cpu["plugin"], write_spec(spec, tmp_path / "spec"))
+    got = results(lines)
+    assert len(got) == len(jobs) == 5 * len(EXPORTS) + 5 + 10
+    failed = {k: v for k, v in got.items() if not v.startswith("ok ")}
+    assert not failed, failed
+    worst = {}
+    for j, (n, _, ref, dtype) in enumerate(jobs):
+        report = got[n.name]
+        # one launch per node (batch <= 65535), on the stream TensorRT gave enqueue, no overrun
+        assert report.endswith("enqueued launches=1 stream=0x5eed overruns=0 refused=0"), (n.name, report)
+        raw = (tmp_path / str(j) / "out0.bin").read_bytes()
+        y = hip_cpu.from_storage(np.frombuffer(raw, dtype=STORAGE_NUMPY[dtype]), dtype)
+        assert y.size == ref.size and np.abs(ref).max() > 0, n.name
+        err = float(np.abs(y.reshape(ref.shape) - ref).max() / np.abs(ref).max())
+        assert err <= hip_cpu.REF_TOL[dtype], (n.name, dtype, err)
+        worst[dtype] = max(worst.get(dtype, 0.0), err)
+    print(f"\nenqueue vs ORT custom op, max rel error: {worst}")

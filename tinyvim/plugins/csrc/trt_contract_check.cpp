@@ -7,6 +7,15 @@
 //                        call, in their order (see run_node)
 //   register LIB AUTOREG what loading each library registers (this program exports a
 //                        recording getPluginRegistry in place of libnvinfer's)
+//   enqueue LIB SPEC     as `nodes`, then, for each node with a `data DIR` line, what an engine
+//                        does at run time: createPlugin(kRUNTIME) from the serialized fields,
+//                        attachToContext, onShapeChange and enqueue on host buffers read from
+//                        DIR/in<i>.bin (raw, the node's dtype, the `opt` shape), writing
+//                        DIR/out.bin. For the plugin built on the CPU build of the kernel
+//                        (tinyvim/plugins/hip_cpu.py), where "device" memory is host memory; the
+//                        stream is a token (0x5EED) that the CPU runtime records, and its
+//                        counters (tinyvim_cuda_on_cpu_stats, found through the library's
+//                        dependencies) are reported.
 //
 // Loading follows IPluginRegistry::loadLibrary: dlopen, setLoggerFinder, getCreators. Node
 // attributes are turned into PluginFields by the ONNX parser's rules (onnx-tensorrt
@@ -18,7 +27,7 @@
 //
 // SPEC is line-based text written by the test (one block per node, values without spaces):
 //   node NAME / op TYPE / attr NAME INT|FLOAT|STRING|INTS|FLOATS VALUE... /
-//   input NAME DTYPE DIM... / output NAME DTYPE DIM... / sym NAME MIN OPT MAX / end
+//   input NAME DTYPE DIM... / output NAME DTYPE DIM... / sym NAME MIN OPT MAX / data DIR / end
 // DIM is an integer or a symbol (a dynamic dimension, given a range by a `sym` line); a
 // STRING value "-" is the empty string. Output per node: "node NAME ok ..." or
 // "node NAME error MESSAGE"; parser warnings as "warning NAME MESSAGE".
@@ -32,6 +41,7 @@
 #include <cstring>
 #include <deque>
 #include <fstream>
+#include <iterator>
 #include <map>
 #include <memory>
 #include <sstream>
@@ -148,6 +158,7 @@ struct NodeSpec {
     std::map<std::string, Attr> attrs;
     std::vector<TensorSpec> inputs, outputs;
     std::map<std::string, std::array<int64_t, 3>> syms;   // symbol -> min, opt, max
+    std::string data;                                     // enqueue mode: folder of in<i>.bin
 };
 
 std::vector<NodeSpec> read_spec(const char* path) {
@@ -178,6 +189,8 @@ std::vector<NodeSpec> read_spec(const char* path) {
             ls >> t.name >> t.dtype;
             for (std::string d; ls >> d;) t.dims.push_back(d);
             (key == "input" ? n.inputs : n.outputs).push_back(t);
+        } else if (key == "data") {
+            ls >> n.data;
         } else if (key == "sym") {
             std::string name;
             ls >> name;
@@ -326,9 +339,82 @@ Plugin capabilities(IPluginV3* p) {
     return r;
 }
 
+size_t element_size(DataType t) {
+    switch (t) {
+        case DataType::kFLOAT: case DataType::kINT32: return 4;
+        case DataType::kHALF: case DataType::kBF16: return 2;
+        case DataType::kINT64: return 8;
+        default: return 1;
+    }
+}
+
+size_t volume(const Dims& d) {
+    size_t v = 1;
+    for (int32_t i = 0; i < d.nbDims; ++i) v *= static_cast<size_t>(d.d[i]);
+    return v;
+}
+
+// What an engine does with the plugin at run time, on host buffers (see the header comment).
+std::string enqueue_node(const NodeSpec& n, const Library& lib, IPluginV3OneRuntime* deserialized,
+                         std::vector<PluginTensorDesc> concrete, int32_t nb_in, size_t workspace_bytes,
+                         CaptureLogger& logger, std::string* info) {
+    Plugin r = capabilities(deserialized->attachToContext(nullptr));
+    if (!r.runtime) return "attachToContext failed: " + logger.take();
+    const auto nb_out = static_cast<int32_t>(concrete.size()) - nb_in;
+    if (r.runtime->onShapeChange(concrete.data(), nb_in, concrete.data() + nb_in, nb_out) != 0)
+        return "attached plugin: onShapeChange failed: " + logger.take();
+    std::vector<std::vector<unsigned char>> buffers(concrete.size());
+    for (int32_t i = 0; i < nb_in; ++i) {
+        const std::string path = n.data + "/in" + std::to_string(i) + ".bin";
+        std::ifstream in(path, std::ios::binary);
+        if (!in) return "cannot read " + path;
+        buffers[i].assign(std::istreambuf_iterator<char>(in), std::istreambuf_iterator<char>());
+        const size_t want = volume(concrete[i].dims) * element_size(concrete[i].type);
+        if (buffers[i].size() != want)
+            return path + " has " + std::to_string(buffers[i].size()) + " bytes, the shape needs " +
+                   std::to_string(want);
+    }
+    // Outputs and workspace start as NaN bytes: nothing may rely on their contents.
+    for (int32_t i = nb_in; i < nb_in + nb_out; ++i)
+        buffers[i].assign(volume(concrete[i].dims) * element_size(concrete[i].type), 0xFF);
+    std::vector<unsigned char> workspace(workspace_bytes, 0xFF);
+    std::vector<const void*> ins;
+    std::vector<void*> outs;
+    for (int32_t i = 0; i < nb_in; ++i) ins.push_back(buffers[i].data());
+    for (int32_t i = nb_in; i < nb_in + nb_out; ++i) outs.push_back(buffers[i].data());
+
+    using Stats = int (*)(long long*, int);
+    using Reset = void (*)();
+    auto stats = reinterpret_cast<Stats>(dlsym(lib.handle, "tinyvim_cuda_on_cpu_stats"));
+    auto reset = reinterpret_cast<Reset>(dlsym(lib.handle, "tinyvim_cuda_on_cpu_reset_stats"));
+    if (reset) reset();
+    const auto stream = reinterpret_cast<cudaStream_t>(static_cast<uintptr_t>(0x5EED));
+    if (r.runtime->enqueue(concrete.data(), concrete.data() + nb_in, ins.data(), outs.data(),
+                           workspace.empty() ? nullptr : workspace.data(), stream) != 0)
+        return "enqueue failed: " + logger.take();
+    for (int32_t i = nb_in; i < nb_in + nb_out; ++i) {
+        const std::string path = n.data + "/out" + std::to_string(i - nb_in) + ".bin";
+        std::ofstream out(path, std::ios::binary);
+        out.write(reinterpret_cast<const char*>(buffers[i].data()), static_cast<std::streamsize>(buffers[i].size()));
+        if (!out.good()) return "cannot write " + path;
+    }
+    *info += " enqueued";
+    if (stats) {
+        long long s[8] = {};
+        stats(s, 8);   // launches, max block, max grid x, max grid y, max smem, last stream, overruns, refused
+        char buf[160];
+        std::snprintf(buf, sizeof buf, " launches=%lld stream=0x%llx overruns=%lld refused=%lld", s[0], s[5], s[6],
+                      s[7]);
+        *info += buf;
+    }
+    return "";
+}
+
 // One node through the parser's and the builder's calls. Returns "" or the first failure;
-// *info gets the output dtype/shape and workspace on success.
-std::string run_node(const NodeSpec& n, const Library& lib, CaptureLogger& logger, std::string* info) {
+// *info gets the output dtype/shape and workspace on success. With `enqueue` and a `data`
+// folder, enqueue_node follows.
+std::string run_node(const NodeSpec& n, const Library& lib, CaptureLogger& logger, std::string* info,
+                     bool enqueue = false) {
     auto attr_text = [&](const char* key, const char* fallback) {
         auto it = n.attrs.find(key);
         return it == n.attrs.end() || it->second.values.empty() ? std::string(fallback) : it->second.values[0];
@@ -472,6 +558,8 @@ std::string run_node(const NodeSpec& n, const Library& lib, CaptureLogger& logge
     if (!clone) return "clone failed";
 
     *info = "outputs=" + n.outputs[0].dtype + dims_text(out_exprs[0]) + " workspace=" + std::to_string(workspace);
+    if (enqueue && !n.data.empty())
+        return enqueue_node(n, lib, q.runtime, concrete, nb_in, workspace, logger, info);
     return "";
 }
 
@@ -545,9 +633,10 @@ extern "C" IPluginRegistry* getPluginRegistry() noexcept {
 
 int main(int argc, char** argv) {
     const std::string mode = argc > 1 ? argv[1] : "";
-    if (argc < 3 || (mode != "describe" && mode != "nodes" && mode != "register") ||
+    if (argc < 3 || (mode != "describe" && mode != "nodes" && mode != "register" && mode != "enqueue") ||
         (mode != "describe" && argc < 4)) {
-        std::fprintf(stderr, "usage: %s describe LIB | nodes LIB SPEC | register LIB AUTOREG\n", argv[0]);
+        std::fprintf(stderr, "usage: %s describe LIB | nodes LIB SPEC | enqueue LIB SPEC | register LIB AUTOREG\n",
+                     argv[0]);
         return 2;
     }
     std::printf("tensorrt_headers %d.%d.%d\n", NV_TENSORRT_MAJOR, NV_TENSORRT_MINOR, NV_TENSORRT_PATCH);
@@ -579,7 +668,7 @@ int main(int argc, char** argv) {
     }
     for (const NodeSpec& n : nodes) {
         std::string info;
-        const std::string err = run_node(n, lib, logger, &info);
+        const std::string err = run_node(n, lib, logger, &info, mode == "enqueue");
         if (err.empty())
             std::printf("node %s ok %s\n", n.name.c_str(), info.c_str());
         else
