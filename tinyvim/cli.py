@@ -23,6 +23,7 @@ COMMANDS = {
     "profile": ("tinyvim.commands.engines", "profile"),
     "build-engine": ("tinyvim.commands.engines", "build_engine"),
     "build-plugin": ("tinyvim.commands.plugins", "build_plugin"),
+    "quantize": ("tinyvim.commands.quantize", "quantize"),
     "serve": ("tinyvim.commands.serve", "serve"),
     "serve-bench": ("tinyvim.commands.serve", "serve_bench"),
 }

@@ -32,7 +32,9 @@ from tinyvim.errors import TinyvimError
 
 #: error of a tap relative to its reference's scale (max |ref|) below which a jump is noise,
 #: by the precision the backend computes in (round-off of that precision through a few layers)
-NOISE_FLOOR = {"fp32": 1e-6, "fp16": 1e-3, "bf16": 1e-2}
+NOISE_FLOOR = {"fp32": 1e-6, "fp16": 1e-3, "bf16": 1e-2,
+               # int8/fp8: the first quantized layer already rounds to ~1/127 of its range
+               "int8": 3e-2, "fp8": 3e-2}
 #: how many times the largest error before it a tap's error must be to be named as the jump
 JUMP_FACTOR = 3.0
 #: prefix of the extra graph outputs in the marked copy (never clashes with logits / featN)
