@@ -226,6 +226,7 @@ def test_precision_int8_needs_a_qdq_onnx():
         trt_build.precision_policy("int8", "11.1", onnx_precision="fp8")
     p = trt_build.precision_policy("fp8", "10.16", onnx_precision="fp8")
     assert p.fp8 and not p.int8 and not p.strongly_typed and not p.pin_fp32
+    assert str(trt_build.default_engine_path("/a/m.int8.onnx", "int8")) == "/a/m.int8.engine"
 
 
 def _cli(args):

@@ -303,9 +303,10 @@ def equivalent_commands(onnx_path, engine_path, *, policy: PrecisionPolicy, prof
 
 
 def default_engine_path(onnx_path: str | os.PathLike, precision: str) -> Path:
-    """`model.onnx` -> `model.fp16.engine` next to it."""
+    """`model.onnx` -> `model.fp16.engine` next to it (`model.int8.onnx` -> `model.int8.engine`)."""
     p = Path(onnx_path)
-    return p.with_name(f"{p.stem}.{precision}.engine")
+    stem = p.stem.removesuffix(f".{precision}")
+    return p.with_name(f"{stem}.{precision}.engine")
 
 
 def explain_parser_errors(errors: list[str]) -> str:
