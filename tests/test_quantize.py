@@ -288,3 +288,23 @@ def test_saturation_warning_only_for_8_bit_int8_without_vnni(tmp_path, monkeypat
     assert q.saturation_warning(seven) is None and q.saturation_warning(None) is None
     monkeypatch.setattr(q, "cpu_has_vnni", lambda: True)
     assert q.saturation_warning(eight) is None
+
+
+def test_per_block_follows_the_spine_through_qdq_at_a_fork():
+    """A backbone's stage output feeds its norm and, through Q -> DQ in a quantized model, the
+    downsampler: the trunk goes on through the quantized convolution."""
+    from onnx import helper
+
+    from tinyvim.engines.per_block import trunk_residuals
+
+    def qdq_conv(x, out):
+        return [helper.make_node("QuantizeLinear", [x, "s", "z"], [f"{out}_q"]),
+                helper.make_node("DequantizeLinear", [f"{out}_q", "s", "z"], [f"{out}_dq"]),
+                helper.make_node("Conv", [f"{out}_dq", "w"], [out])]
+    nodes = [helper.make_node("Conv", ["images", "w"], ["x"]), *qdq_conv("x", "b1"),
+             helper.make_node("Add", ["x", "b1"], ["y"]),
+             helper.make_node("ReduceMean", ["y"], ["feat"]), *qdq_conv("y", "z"),       # the fork
+             *qdq_conv("z", "b2"), helper.make_node("Add", ["z", "b2"], ["out"])]
+    graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("images", onnx.TensorProto.FLOAT, None)],
+                              [helper.make_tensor_value_info("out", onnx.TensorProto.FLOAT, None)])
+    assert [(r.spine_in, r.branch, r.out) for r in trunk_residuals(graph, 2)] == [("x", "b1", "y"), ("z", "b2", "out")]

@@ -104,7 +104,8 @@ def trunk_residuals(graph, count: int) -> list[Residual]:
             found.append(Residual(spine, others[0], add.output[0]))
             spine = add.output[0]
             continue
-        onward = readers if len(readers) == 1 else [n for n in readers if n.op_type == "Conv"]
+        # a quantized model (tinyvim quantize) reads the spine into a Conv through Q -> DQ
+        onward = readers if len(readers) == 1 else [n for n in readers if n.op_type in ("Conv", "QuantizeLinear")]
         if len(onward) != 1:
             break
         spine = onward[0].output[0]
