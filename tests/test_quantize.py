@@ -140,7 +140,7 @@ def test_fp8_is_float8_qdq_and_matches_pytorch_on_onnx_runtime(fp8_onnx):
     path, doc = fp8_onnx
     assert doc["metadata"]["precision"] == "fp8" and len(doc["quantized"]) == 89
     assert ExportMetadata.from_props(doc["metadata"], source="json").quantization.scheme == "fp8"
-    model, inits, dtypes, producer, _ = _graph(path)
+    model, inits, dtypes, _, _ = _graph(path)
     qdq = [n for n in model.graph.node if n.op_type in ("QuantizeLinear", "DequantizeLinear")]
     assert qdq and all(dtypes[n.input[2]] == onnx.TensorProto.FLOAT8E4M3FN for n in qdq)
     weights = [n for n in qdq if n.op_type == "DequantizeLinear" and n.input[0] in inits]

@@ -155,7 +155,7 @@ def precision_policy(precision: str, trt_version: str, onnx_precision: str = "fp
     tf32_note = (("TF32 enabled (--tf32): fp32 layers may run on TF32 tensor cores (~1e-3 relative error)",)
                  if tf32 else ("TF32 disabled: fp32 layers compute in real fp32",))
     if precision in QUANTIZED_PRECISIONS or onnx_precision in QUANTIZED_PRECISIONS:
-        return _quantized_policy(precision, onnx_precision, trt_version, major, tf32, tf32_note)
+        return _quantized_policy(precision, onnx_precision, major, tf32, tf32_note)
     if onnx_precision != "fp32" or major >= 11:
         # The graph's own types decide: the builder may not change them.
         if precision != onnx_precision:
@@ -176,7 +176,7 @@ def precision_policy(precision: str, trt_version: str, onnx_precision: str = "fp
                                   "to fp32", *tf32_note))
 
 
-def _quantized_policy(precision: str, onnx_precision: str, trt_version: str, major: int, tf32: bool,
+def _quantized_policy(precision: str, onnx_precision: str, major: int, tf32: bool,
                       tf32_note: tuple[str, ...]) -> PrecisionPolicy:
     """Explicit quantization: the precision is in the ONNX's Q/DQ nodes (module docstring)."""
     if onnx_precision not in QUANTIZED_PRECISIONS:

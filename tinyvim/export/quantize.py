@@ -444,8 +444,8 @@ def quantize_onnx(model: str | os.PathLike, output: str | os.PathLike, *, dtype:
     if meta is None:
         raise TinyvimError(f"{model} carries no tinyvim metadata: quantize an ONNX written by `tinyvim export`")
     if meta.precision != "fp32":
-        raise TinyvimError(f"{model} is already {meta.precision}: quantize the fp32 export it came from (`tinyvim export "
-                           "--precision fp32`)")
+        raise TinyvimError(f"{model} is already {meta.precision}: quantize the fp32 export it came from "
+                           "(`tinyvim export --precision fp32`)")
     if dtype == "fp8" and reduce_range:
         raise TinyvimError("--reduce-range is for int8 weights on CPUs without VNNI; fp8 has no such mode")
     proto = onnx.load(os.fspath(model))
@@ -459,7 +459,8 @@ def quantize_onnx(model: str | os.PathLike, output: str | os.PathLike, *, dtype:
     if img_size is not None:
         wanted = parse_size(img_size) if not isinstance(img_size, tuple) else img_size
         if size is not None and wanted != size:
-            raise TinyvimError(f"--img-size {wanted[0]}x{wanted[1]} does not match the model's input {size[0]}x{size[1]}")
+            raise TinyvimError(f"--img-size {wanted[0]}x{wanted[1]} does not match the model's input "
+                               f"{size[0]}x{size[1]}")
         size = wanted
     size = size or (224, 224)
     batch = info.fixed_batch or CALIBRATION_BATCH
@@ -495,7 +496,8 @@ def quantize_onnx(model: str | os.PathLike, output: str | os.PathLike, *, dtype:
         try:
             onnx.checker.check_model(os.fspath(tmp), full_check=True)
         except onnx.checker.ValidationError as exc:
-            raise TinyvimError(f"internal: the quantized graph fails onnx.checker: {str(exc).splitlines()[0]}") from None
+            raise TinyvimError(f"internal: the quantized graph fails onnx.checker: "
+                               f"{str(exc).splitlines()[0]}") from None
     path = Path(output)
     return QuantizeResult(path=path, metadata=new_meta, quantized=nodes, kept_fp32=kept,
                           num_nodes=len(qdq.graph.node), op_counts=op_counts(qdq),
@@ -520,6 +522,3 @@ def quantization_report(result: QuantizeResult) -> dict:
             "op_counts": result.op_counts, "quantized": result.quantized, "kept_fp32": result.kept_fp32,
             "seconds": result.seconds, "warnings": result.warnings, "metadata": result.metadata.to_props()}
 
-
-__all__ = ["QuantizeResult", "cpu_has_vnni", "select_nodes", "calibration_set", "collect_ranges", "to_fp8",
-           "qdq_problems", "quantize_onnx", "saturation_warning", "fp32_readers_back", "quantization_report", "QUANTIZED_OP_TYPES", "FP8_E4M3_MAX"]
