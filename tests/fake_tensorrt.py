@@ -21,7 +21,8 @@ import types
 import onnx
 
 _LAYER_OF_OP = {"Conv": "CONVOLUTION", "Softplus": "ACTIVATION", "Relu": "ACTIVATION", "Gelu": "ACTIVATION",
-                "ReduceMean": "REDUCE", "Exp": "UNARY", "LayerNormalization": "NORMALIZATION"}
+                "ReduceMean": "REDUCE", "Exp": "UNARY", "LayerNormalization": "NORMALIZATION",
+                "QuantizeLinear": "QUANTIZE", "DequantizeLinear": "DEQUANTIZE"}
 _ACTIVATION_OF_OP = {"Softplus": "SOFTPLUS", "Relu": "RELU", "Gelu": "GELU_ERF"}
 
 
@@ -30,12 +31,12 @@ def make(version: str, events: list, *, refuse_libraries: bool = False):
     major = int(version.split(".")[0])
     trt = types.ModuleType("tensorrt")
     trt.__version__ = version
-    flags = "TF32" if major >= 11 else "FP16 BF16 TF32 OBEY_PRECISION_CONSTRAINTS PREFER_PRECISION_CONSTRAINTS"
+    flags = "TF32" if major >= 11 else "FP16 BF16 INT8 FP8 TF32 OBEY_PRECISION_CONSTRAINTS PREFER_PRECISION_CONSTRAINTS"
     trt.BuilderFlag = enum.IntEnum("BuilderFlag", flags)
     trt.NetworkDefinitionCreationFlag = enum.IntEnum("NetworkDefinitionCreationFlag", "STRONGLY_TYPED")
     trt.MemoryPoolType = enum.IntEnum("MemoryPoolType", "WORKSPACE")
     trt.LayerType = enum.IntEnum("LayerType", "CONVOLUTION ACTIVATION REDUCE UNARY NORMALIZATION PLUGIN_V3 SHAPE "
-                                              "ELEMENTWISE")
+                                              "ELEMENTWISE QUANTIZE DEQUANTIZE")
     trt.ActivationType = enum.IntEnum("ActivationType", "RELU SOFTPLUS GELU_ERF")
     trt.DeviceType = enum.IntEnum("DeviceType", "GPU DLA")
     trt.ProfilingVerbosity = enum.IntEnum("ProfilingVerbosity", "LAYER_NAMES_ONLY DETAILED NONE")

@@ -73,4 +73,4 @@ def test_tolerance_overrides():
     t = tolerance_for("fp32", atol=1e-2)
     assert t.atol == 1e-2 and t.rtol == DEFAULT_TOLERANCES["fp32"].rtol
     with pytest.raises(ValueError):
-        tolerance_for("int8")
+        tolerance_for("int4")

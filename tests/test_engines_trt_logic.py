@@ -78,10 +78,12 @@ def test_profile_shapes_with_height_and_width():
 def test_precision_policy_by_trt_version():
     fp32 = tb.precision_policy("fp32", "10.3.0")
     assert not fp32.strongly_typed and not fp32.tf32 and not fp32.pin_fp32
-    assert fp32.config_kwargs() == {"tf32": False, "fp16": False, "bf16": False, "precision_constraints": None}
+    assert fp32.config_kwargs() == {"tf32": False, "fp16": False, "bf16": False, "int8": False, "fp8": False,
+                                    "precision_constraints": None}
     assert tb.precision_policy("fp32", "10.3.0", tf32=True).config_kwargs()["tf32"]
     fp16 = tb.precision_policy("fp16", "10.3.0")
-    assert fp16.config_kwargs() == {"tf32": False, "fp16": True, "bf16": False, "precision_constraints": "obey"}
+    assert fp16.config_kwargs() == {"tf32": False, "fp16": True, "bf16": False, "int8": False, "fp8": False,
+                                    "precision_constraints": "obey"}
     assert fp16.pin_fp32 and not fp16.strongly_typed
     assert tb.precision_policy("bf16", "10.8").config_kwargs()["bf16"]
     # TensorRT 11: strongly typed; reduced precision must come from the ONNX
@@ -95,7 +97,7 @@ def test_precision_policy_by_trt_version():
     with pytest.raises(TinyvimError, match="too old"):
         tb.precision_policy("fp16", "8.6.1")
     with pytest.raises(TinyvimError, match="unknown precision"):
-        tb.precision_policy("int8", "10.3")
+        tb.precision_policy("int4", "10.3")
 
 
 def test_equivalent_commands_for_a_fixed_shape_portable_build():

@@ -37,7 +37,7 @@ BAD_VALUES = {
     "std": ["0,1,1", "-1,1,1", "1,1,nan", "1,1", "1,1,inf"],
     "scan": ["fast", "", "PORTABLE"],
     "opset": ["17", "100", "-1", "20.0", "9" * 25],
-    "precision": ["fp64", "int8", "", "bf16"],
+    "precision": ["fp64", "int4", "", "bf16"],
     "weights": ["fp64", "", "FP16", "bf16"],
     "tinyvim_version": ["\x07", "v" * 5000],
 }
@@ -156,7 +156,7 @@ BAD_SIDECAR = {
     "sidecar_version": [2, "1", True, None],
     "tensorrt_version": [10, "ten", ""],
     "compute_capability": [9.0, "9", "sm_90", None],
-    "precision": ["int8", 16],
+    "precision": ["int4", 16],
     "strongly_typed": ["false", 0],
     "profiles": [[], {}, [{}], [{"images": {"min": [1, 3, 64, 64]}}],
                  [{"images": {"min": [0, 3, 64, 64], "opt": [1, 3, 64, 64], "max": [1, 3, 64, 64]}}],

@@ -157,7 +157,7 @@ def test_help_lists_commands_without_importing_them():
 
 
 @pytest.mark.parametrize("name", ["info", "export", "validate", "profile", "build-engine", "build-plugin",
-                                  "serve", "serve-bench"])
+                                  "serve", "serve-bench", "quantize"])
 def test_summaries_are_the_commands_own_first_line(name):
     from tinyvim.cli import SUMMARIES, cli
     import click

@@ -329,10 +329,10 @@ def _ort_options():
 def scan_io(path: Path, batch: int) -> list[tuple[list[np.ndarray], np.ndarray]]:
     """(inputs, output) of every CrossSelectiveScan node of the export at `path`, in graph order, from
     one ONNX Runtime run on a seeded image batch with the node computed by the ORT custom op
-    (tinyvim.export.ort_custom_ops): the node's inputs and output become extra graph outputs."""
+    (tinyvim.backends.ort.custom_ops): the node's inputs and output become extra graph outputs."""
     from onnx import numpy_helper
 
-    from tinyvim.export.ort_custom_ops import plugin_session
+    from tinyvim.backends.ort.custom_ops import plugin_session
     model = onnx.load(str(path))
     g = model.graph
     inits = {i.name: numpy_helper.to_array(i) for i in g.initializer}
@@ -354,7 +354,7 @@ def ort_custom_op(node: onnx.NodeProto, inputs: list[np.ndarray]) -> np.ndarray:
     """The ORT custom op on `inputs` (float32), through a one-node graph with `node`'s attributes."""
     from onnx import TensorProto, helper
 
-    from tinyvim.export.ort_custom_ops import plugin_session
+    from tinyvim.backends.ort.custom_ops import plugin_session
     names = [f"in{i}" for i in range(len(inputs))]
     single = helper.make_node(node.op_type, names, ["y"], domain=node.domain)
     single.attribute.extend(node.attribute)

@@ -24,6 +24,7 @@ COMMANDS = {
     "profile": ("tinyvim.commands.engines", "profile"),
     "build-engine": ("tinyvim.commands.engines", "build_engine"),
     "build-plugin": ("tinyvim.commands.plugins", "build_plugin"),
+    "quantize": ("tinyvim.commands.quantize", "quantize"),
     "serve": ("tinyvim.commands.serve", "serve"),
     "serve-bench": ("tinyvim.commands.serve", "serve_bench"),
 }
@@ -37,6 +38,7 @@ SUMMARIES = {
     "build-plugin": "Build the CUDA scan kernel, its CPU twin and the TensorRT plugin with CMake.",
     "serve": "Serve a model REPO (from `export --fmt triton`) with Triton Inference Server",
     "serve-bench": "Load-test a model served by Triton: latency percentiles and images/s per concurrency",
+    "quantize": "Quantize an fp32 TinyViM ONNX into an explicit Q/DQ ONNX",
 }
 
 

@@ -31,11 +31,16 @@ VARIANTS = ("s", "b", "l")
 DEFAULT_VARIANT = "s"
 SCAN_FLAVOURS = ("portable", "plugin")
 PORTABLE_SCAN, PLUGIN_SCAN = SCAN_FLAVOURS
-FP32, FP16, BF16 = "fp32", "fp16", "bf16"
+FP32, FP16, BF16, INT8, FP8 = "fp32", "fp16", "bf16", "int8", "fp8"
 #: precisions an ONNX export can be written in
 EXPORT_PRECISIONS = (FP32, FP16)
-#: precisions a backend may compute in (TensorRT builder flags, OpenVINO hints), loosest last
-COMPUTE_PRECISIONS = (FP32, FP16, BF16)
+#: precisions `tinyvim quantize` writes into an fp32 export as Q/DQ nodes (explicit quantization)
+QUANTIZED_PRECISIONS = (INT8, FP8)
+#: precisions an ONNX file's metadata may name: exported, or quantized afterwards
+MODEL_PRECISIONS = EXPORT_PRECISIONS + QUANTIZED_PRECISIONS
+#: precisions a backend may compute in (TensorRT builder flags or the ONNX's Q/DQ nodes, OpenVINO
+#: hints), loosest last
+COMPUTE_PRECISIONS = (FP32, FP16, BF16) + QUANTIZED_PRECISIONS
 
 #: model files by kind: the suffixes that name them (any other suffix is read as ONNX)
 FILE_KINDS = {"onnx": (".onnx",), "openvino": (".xml",), "engine": (".engine", ".plan", ".trt")}
@@ -65,6 +70,8 @@ MAX_THREADS = 1024
 MAX_SEED = 2**63 - 1
 #: iteration-like counts (--num-inputs, --iters, --warmup): an upper bound against typos
 MAX_COUNT = 1_000_000
+#: calibration images `tinyvim quantize` reads at most
+MAX_CALIBRATION_SAMPLES = 100_000
 #: seconds per profiled configuration (--duration)
 MAX_DURATION_S = 3600.0
 
@@ -423,6 +430,52 @@ def _text(key: str, text: str) -> str:
     return text
 
 
+#: how `tinyvim quantize` calibrates (activation ranges: max |x| over the calibration set)
+CALIBRATION_SOURCES = ("images", "random")
+CALIBRATION_METHODS = ("minmax",)
+_QUANT_KEYS = ("scheme", "weight_bits", "calibration", "samples", "seed", "method", "source_sha256")
+
+
+@dataclass(frozen=True)
+class QuantizationInfo:
+    """How a QDQ model was quantized (metadata key `quantization`, one line of key=value pairs):
+    scheme int8 | fp8 (symmetric, per-tensor activations, per-channel weights); weight_bits 8,
+    or 7 for CPUs without VNNI (see tinyvim.tools.quantize); the calibration set (images from
+    a folder or seeded random images, how many, the seed); the range method; the sha256 of the
+    fp32 ONNX it was made from."""
+    scheme: str
+    weight_bits: int
+    calibration: str
+    samples: int
+    seed: int | None
+    method: str = "minmax"
+    source_sha256: str = ""
+
+    def to_text(self) -> str:
+        values = {"scheme": self.scheme, "weight_bits": str(self.weight_bits), "calibration": self.calibration,
+                  "samples": str(self.samples), "seed": "" if self.seed is None else str(self.seed),
+                  "method": self.method, "source_sha256": self.source_sha256}
+        return ";".join(f"{k}={values[k]}" for k in _QUANT_KEYS)
+
+    @classmethod
+    def from_text(cls, text: str) -> "QuantizationInfo":
+        """Parse and check every field (ValueError naming the first bad one)."""
+        pairs = [p.partition("=") for p in text.split(";")]
+        values = {k: v for k, sep, v in pairs if sep}
+        if sorted(values) != sorted(_QUANT_KEYS) or len(pairs) != len(_QUANT_KEYS):
+            raise ValueError(f"expected {';'.join(k + '=…' for k in _QUANT_KEYS)}, got {text[:200]!r}")
+        scheme = _choice("scheme", values["scheme"], QUANTIZED_PRECISIONS)
+        bits = _int("weight_bits", values["weight_bits"], 7, 8)
+        if scheme == "fp8" and bits != 8:
+            raise ValueError("fp8 weights have 8 bits")
+        return cls(scheme=scheme, weight_bits=bits,
+                   calibration=_choice("calibration", values["calibration"], CALIBRATION_SOURCES),
+                   samples=_int("samples", values["samples"], 1, MAX_CALIBRATION_SAMPLES),
+                   seed=None if values["seed"] == "" else _int("seed", values["seed"], 0, MAX_SEED),
+                   method=_choice("method", values["method"], CALIBRATION_METHODS),
+                   source_sha256=_sha256("source_sha256", values["source_sha256"]))
+
+
 @dataclass(frozen=True)
 class ExportMetadata:
     """The tinyvim `metadata_props` of an ONNX export (also kept in engine sidecars).
@@ -450,6 +503,8 @@ class ExportMetadata:
     def __post_init__(self) -> None:
         if self.weights is None:
             object.__setattr__(self, "weights", self.precision)
+    #: set (and required) when precision is int8 / fp8: the model went through `tinyvim quantize`
+    quantization: QuantizationInfo | None = None
 
     # key -> parser of its text (raises ValueError); the order is the order written
     _PARSERS = {
@@ -466,11 +521,12 @@ class ExportMetadata:
         "std": lambda k, t: _floats3(k, t, positive=True),
         "scan": lambda k, t: _choice(k, t, SCAN_FLAVOURS),
         "opset": lambda k, t: _int(k, t, MIN_OPSET, 99),
-        "precision": lambda k, t: _choice(k, t, EXPORT_PRECISIONS),
-        "weights": lambda k, t: _choice(k, t, EXPORT_PRECISIONS),
+        "precision": lambda k, t: _choice(k, t, MODEL_PRECISIONS),
+        "weights": lambda k, t: _choice(k, t, MODEL_PRECISIONS),
+        "quantization": lambda k, t: QuantizationInfo.from_text(t),
     }
     #: keys that files written before them lack, and what such a file means by their absence
-    _OPTIONAL = {"weights": lambda parsed: parsed["precision"]}
+    _OPTIONAL = {"weights": lambda parsed: parsed["precision"], "quantization": lambda parsed: None}
 
     @classmethod
     def keys(cls) -> tuple[str, ...]:
@@ -503,6 +559,8 @@ class ExportMetadata:
             "precision": self.precision,
             "weights": self.weights,
         }
+        if self.quantization is not None:
+            values["quantization"] = self.quantization.to_text()
         # Round-trip check: never write what from_props would refuse to read.
         ExportMetadata.from_props(values, source="(export metadata)")
         return values
@@ -535,6 +593,12 @@ class ExportMetadata:
         if parsed["precision"] == "fp16" and parsed["weights"] != "fp16":
             raise TinyvimError(f"{source}: metadata 'weights' is invalid (an fp16 export stores fp16 weights, "
                                f"got {parsed['weights']!r}): re-export the model with `tinyvim export`")
+        quant = parsed.get("quantization")
+        if (parsed["precision"] in QUANTIZED_PRECISIONS) != (quant is not None) or (
+                quant is not None and quant.scheme != parsed["precision"]):
+            raise TinyvimError(f"{source}: metadata 'precision' ({parsed['precision']}) and 'quantization' "
+                               f"({quant.scheme if quant else 'absent'}) disagree: re-quantize the fp32 export "
+                               "with `tinyvim quantize`")
         if parsed["batch"] is not None and parsed["input_size"] is not None:
             try:
                 check_workload(parsed["batch"], parsed["input_size"], what="batch")

@@ -28,7 +28,7 @@ from dataclasses import asdict, dataclass, field
 
 import numpy as np
 
-from tinyvim.contract import BF16, FP16, FP32
+from tinyvim.contract import BF16, FP8, FP16, FP32, INT8
 
 REL_FLOOR_FRACTION = 1e-3
 
@@ -40,6 +40,9 @@ class Tolerance:
     atol: float
     rtol: float
     min_cosine: float | None = None
+    #: logits only: the fraction of samples whose reference top-1 class is among the
+    #: candidate's top 5 must be at least this (quantized models, where elementwise bounds are loose)
+    min_top5: float | None = None
 
     def __post_init__(self):
         for name in ("atol", "rtol"):
@@ -49,6 +52,8 @@ class Tolerance:
         if self.min_cosine is not None and (not _is_real(self.min_cosine) or not math.isfinite(self.min_cosine)
                                             or not -1 <= self.min_cosine <= 1):
             raise ValueError(f"min_cosine must be a finite number in [-1, 1], got {self.min_cosine!r}")
+        if self.min_top5 is not None and (not _is_real(self.min_top5) or not 0 <= self.min_top5 <= 1):
+            raise ValueError(f"min_top5 must be a number in [0, 1], got {self.min_top5!r}")
 
 
 def _is_real(value) -> bool:
@@ -65,10 +70,21 @@ def _is_real(value) -> bool:
 #:   error on logits of magnitude ~10; cosine >= 0.999 catches systematic errors that stay
 #:   inside the loose elementwise bound.
 #: bf16: 8-bit mantissa (eps 7.8e-3), another 8x looser.
+#: int8 (`tinyvim quantize`): every Conv/Gemm input is rounded to 1/127 of its calibrated range
+#:   (per-tensor activations, per-channel weights) - ~0.4 % of the range per layer, through ~90
+#:   quantized layers: a few % of each tensor's scale, ~0.1-1 on logits of magnitude ~10. The
+#:   elementwise bound is only a guard against gross failure (atol 1, rtol 0.25); the verdict
+#:   rests on cosine >= 0.99 (measured 0.9998 for TinyViM-S on ONNX Runtime and OpenVINO;
+#:   a saturating int8 kernel measured 0.97-0.994, a wrong scale or axis < 0.9) and on the
+#:   reference's top-1 class being in the candidate's top 5 for >= 95 % of the images.
+#: fp8 (e4m3: 3 mantissa bits, relative step 6.25 %) per-tensor amax/448 scales: the same guard
+#:   and top-5 rule, cosine >= 0.98.
 DEFAULT_TOLERANCES = {
     FP32: Tolerance(atol=1e-4, rtol=1e-3),
     FP16: Tolerance(atol=5e-2, rtol=5e-2, min_cosine=0.999),
     BF16: Tolerance(atol=2.5e-1, rtol=1e-1, min_cosine=0.995),
+    INT8: Tolerance(atol=1.0, rtol=0.25, min_cosine=0.99, min_top5=0.95),
+    FP8: Tolerance(atol=1.0, rtol=0.25, min_cosine=0.98, min_top5=0.95),
 }
 
 
@@ -79,7 +95,7 @@ def tolerance_for(precision: str, atol: float | None = None, rtol: float | None 
     base = DEFAULT_TOLERANCES[precision]
     return Tolerance(atol=base.atol if atol is None else float(atol),
                      rtol=base.rtol if rtol is None else float(rtol),
-                     min_cosine=base.min_cosine)
+                     min_cosine=base.min_cosine, min_top5=base.min_top5)
 
 
 @dataclass
@@ -296,6 +312,8 @@ class OutputAccumulator:
                 reasons.append("cosine undefined (no finite sample)")
             elif out.cosine < self.tolerance.min_cosine:
                 reasons.append(f"cosine {out.cosine:.6f} < {self.tolerance.min_cosine}")
+        if self.tolerance.min_top5 is not None and out.top5 is not None and out.top5 < self.tolerance.min_top5:
+            reasons.append(f"top-5 agreement {out.top5:.3f} < {self.tolerance.min_top5}")
         out.passed = not reasons
         out.reason = "; ".join(reasons)
         return out

@@ -32,7 +32,7 @@ from tinyvim.backends.model_file import ModelInfo
 from tinyvim.backends.spec import RunnerRequest
 from tinyvim.backends.trt.builder import build_engine
 from tinyvim.backends.trt.sidecar import read_sidecar
-from tinyvim.contract import BF16, FP16, FP32, INPUT_NAME, TAP_PREFIX
+from tinyvim.contract import BF16, FP8, FP16, FP32, INPUT_NAME, INT8, TAP_PREFIX
 from tinyvim.errors import TinyvimError
 from tinyvim.interrupt import unwind_on_termination
 from tinyvim.model import create_model
@@ -42,7 +42,9 @@ from tinyvim.tools.compare import Tolerance, compare_outputs
 
 #: error of a tap relative to its reference's scale (max |ref|) below which a jump is noise,
 #: by the precision the backend computes in (round-off of that precision through a few layers)
-NOISE_FLOOR = {FP32: 1e-6, FP16: 1e-3, BF16: 1e-2}
+NOISE_FLOOR = {FP32: 1e-6, FP16: 1e-3, BF16: 1e-2,
+               # int8/fp8: the first quantized layer already rounds to ~1/127 of its range
+               INT8: 3e-2, FP8: 3e-2}
 #: how many times the largest error before it a tap's error must be to be named as the jump
 JUMP_FACTOR = 3.0
 
@@ -109,7 +111,8 @@ def trunk_residuals(graph, count: int) -> list[Residual]:
             found.append(Residual(spine, others[0], add.output[0]))
             spine = add.output[0]
             continue
-        onward = readers if len(readers) == 1 else [n for n in readers if n.op_type == "Conv"]
+        # a quantized model (tinyvim quantize) reads the spine into a Conv through Q -> DQ
+        onward = readers if len(readers) == 1 else [n for n in readers if n.op_type in ("Conv", "QuantizeLinear")]
         if len(onward) != 1:
             break
         spine = onward[0].output[0]

@@ -18,8 +18,8 @@ JSON report (`tinyvim validate --json PATH`), schema_version 1:
       "backend": {"name": "ort" | "trt", "providers": [str] | null},
       "inputs": {"source": "random" | "images", "num_batches": int, "batch": int,
                  "seed": int | null, "images": [file name] | null},
-      "tolerance": {"precision": "fp32" | "fp16" | "bf16", "atol": float, "rtol": float,
-                    "min_cosine": float | null},
+      "tolerance": {"precision": "fp32" | "fp16" | "bf16" | "int8" | "fp8", "atol": float, "rtol": float,
+                    "min_cosine": float | null, "min_top5": float | null},
       "outputs": [{"name": str, "shape": [int], "max_abs_err": float | null, "max_rel_err": float | null,
                    "mean_abs_err": float | null, "cosine": float | null, "top1": float | null,
                    "top5": float | null, "mismatches": int, "nonfinite_reference": int,
@@ -79,6 +79,7 @@ from tinyvim.tools.inputs import (
     list_images,
 )
 from tinyvim.tools.per_block import format_per_block, per_block_source, run_per_block
+from tinyvim.tools.quantize import saturation_warning
 from tinyvim.tools.reference import (
     ReferenceConfig,
     random_weights_note,
@@ -183,7 +184,9 @@ def format_table(report: dict) -> str:
     verdict = "PASSED" if report["passed"] else "FAILED"
     lines.append(f"{verdict}: {report['backend']['name']} vs PyTorch reference (TinyViM-"
                  f"{report['reference']['variant'].upper()}, {n} images, {tol['precision']} tolerance "
-                 f"atol={tol['atol']:g} rtol={tol['rtol']:g})")
+                 f"atol={tol['atol']:g} rtol={tol['rtol']:g}"
+                 + (f" cosine>={tol['min_cosine']:g}" if tol.get("min_cosine") is not None else "")
+                 + (f" top5>={tol['min_top5']:g}" if tol.get("min_top5") is not None else "") + ")")
     if report.get("per_block"):
         lines[:0] = [format_per_block(report["per_block"]), ""]
     return "\n".join(lines)
@@ -237,6 +240,11 @@ def validate_model(model: str | os.PathLike, *, backend: str | None = None, opti
             return iter_random_batches(num_inputs, config.batch, config.img_size, seed)
         inputs = {"source": "random", "num_batches": num_inputs, "batch": config.batch, "seed": seed, "images": None}
 
+    if info.metadata is not None and "cpu" in target_backend.devices:
+        saturation = saturation_warning(info.metadata.quantization)
+        if saturation:
+            warnings.append(saturation)
+            log(f"warning: {saturation}")
     threads = threads or default_threads()
     target = target_backend.runner(RunnerRequest("validate", model=info, threads=threads, options=dict(options or {}),
                                                  log=log))

@@ -20,6 +20,11 @@ Precision policy:
 - TensorRT >= 11 (no FP16/BF16 builder flags) or an ONNX already exported in reduced precision:
   strongly typed network; the precision is the one written in the ONNX graph, so --precision
   must match the ONNX's `precision` metadata (export with `--precision fp16` for fp16).
+- int8 / fp8 (explicit quantization): the ONNX must hold the Q/DQ nodes (`tinyvim quantize`;
+  TensorRT 11 has no calibrator and no INT8 flag, and tinyvim calibrates on the CPU instead) and
+  --precision must name its dtype. TensorRT 10.x: weakly typed with the INT8 (FP8) builder flag,
+  which lets the Q/DQ nodes set the precision of the layers they wrap while every other layer
+  (scan, softplus, normalisation) stays fp32; 11.x: strongly typed, precision from the graph.
 - TF32 is off unless asked for (--tf32): TensorRT enables it by default, which puts ~1e-3
   relative error on every fp32 convolution and matrix product, and `validate`'s fp32
   tolerance assumes real fp32.
@@ -52,9 +57,12 @@ from tinyvim.backends.trt.common import (
 from tinyvim.backends.trt.sidecar import EngineSidecar, sidecar_path
 from tinyvim.contract import (
     BF16,
+    FP8,
     FP16,
     FP32,
     INPUT_NAME,
+    INT8,
+    QUANTIZED_PRECISIONS,
     SCAN_PLUGIN,
     check_batch,
     check_input_size,
@@ -143,13 +151,15 @@ class PrecisionPolicy:
     strongly_typed: bool
     fp16: bool = False
     bf16: bool = False
+    int8: bool = False                     # 10.x explicit quantization: the Q/DQ nodes need the flag
+    fp8: bool = False
     tf32: bool = False
     pin_fp32: bool = False                 # 10.x, weakly typed: pin the scan/softplus/norm layers
     notes: tuple[str, ...] = field(default_factory=tuple)
 
     def config_kwargs(self) -> dict:
         """Polygraphy CreateConfig arguments."""
-        return {"tf32": self.tf32, FP16: self.fp16, BF16: self.bf16,
+        return {"tf32": self.tf32, FP16: self.fp16, BF16: self.bf16, INT8: self.int8, FP8: self.fp8,
                 "precision_constraints": "obey" if self.pin_fp32 else None}
 
 
@@ -163,6 +173,8 @@ def precision_policy(precision: str, trt_version: str, onnx_precision: str = FP3
     major = trt_major(trt_version)
     tf32_note = (("TF32 enabled (--tf32): fp32 layers may run on TF32 tensor cores (~1e-3 relative error)",)
                  if tf32 else ("TF32 disabled: fp32 layers compute in real fp32",))
+    if precision in QUANTIZED_PRECISIONS or onnx_precision in QUANTIZED_PRECISIONS:
+        return _quantized_policy(precision, onnx_precision, major, tf32, tf32_note)
     if onnx_precision != FP32 or major >= 11:
         # The graph's own types decide: the builder may not change them.
         if precision != onnx_precision:
@@ -181,6 +193,25 @@ def precision_policy(precision: str, trt_version: str, onnx_precision: str = FP3
                            tf32=tf32, pin_fp32=True,
                            notes=(f"builder precision {precision}; scan plugin, softplus and normalisation pinned "
                                   "to fp32", *tf32_note))
+
+
+def _quantized_policy(precision: str, onnx_precision: str, major: int, tf32: bool,
+                      tf32_note: tuple[str, ...]) -> PrecisionPolicy:
+    """Explicit quantization: the precision is in the ONNX's Q/DQ nodes (module docstring)."""
+    if onnx_precision not in QUANTIZED_PRECISIONS:
+        raise TinyvimError(f"--precision {precision} needs an ONNX with {precision} Q/DQ nodes (TensorRT's explicit "
+                           f"quantization; TensorRT 11 has no calibrator): run `tinyvim quantize MODEL --dtype "
+                           f"{precision} --calib DIR` and build from its output")
+    if precision != onnx_precision:
+        raise TinyvimError(f"this ONNX is quantized to {onnx_precision} (Q/DQ nodes): build it with --precision "
+                           f"{onnx_precision}, or build the fp32 export it came from for --precision {precision}")
+    if major >= 11:
+        return PrecisionPolicy(precision, strongly_typed=True, tf32=tf32,
+                               notes=(f"strongly typed network: {precision} from the ONNX's Q/DQ nodes, every other "
+                                      "layer fp32", *tf32_note))
+    return PrecisionPolicy(precision, strongly_typed=False, int8=precision == INT8, fp8=precision == FP8,
+                           tf32=tf32, notes=(f"builder flag {precision.upper()}: the Q/DQ nodes set the {precision} "
+                                             "layers, every other layer stays fp32", *tf32_note))
 
 
 _PIN_NAME = re.compile(r"crossselectivescan|selective_scan|cross_selective|softplus|layernorm|layer_norm|out_norm",
@@ -266,7 +297,7 @@ def equivalent_commands(onnx_path, engine_path, *, policy: PrecisionPolicy, prof
         if trt_major(trt_version) < 11:   # 11 builds strongly typed networks only; the flag is gone
             trtexec.append("--stronglyTyped")
         poly.append("--strongly-typed")
-    for flag in (FP16, BF16):
+    for flag in (FP16, BF16, INT8, FP8):
         if getattr(policy, flag):
             trtexec.append(f"--{flag}")
             poly.append(f"--{flag}")
@@ -291,9 +322,10 @@ def equivalent_commands(onnx_path, engine_path, *, policy: PrecisionPolicy, prof
 
 
 def default_engine_path(onnx_path: str | os.PathLike, precision: str) -> Path:
-    """`model.onnx` -> `model.fp16.engine` next to it."""
+    """`model.onnx` -> `model.fp16.engine` next to it (`model.int8.onnx` -> `model.int8.engine`)."""
     p = Path(onnx_path)
-    return p.with_name(f"{p.stem}.{precision}.engine")
+    stem = p.stem.removesuffix(f".{precision}")
+    return p.with_name(f"{stem}.{precision}.engine")
 
 
 def explain_parser_errors(errors: list[str]) -> str:

@@ -1,0 +1,310 @@
+"""`tinyvim quantize`: the Q/DQ graph is what the README promises (checked here node by node,
+not through the quantizer's own checker), it matches PyTorch within the int8 / fp8 tolerance on
+ONNX Runtime and OpenVINO, TensorRT gets the right build recipe, bad input is one line."""
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import onnx
+import pytest
+from click.testing import CliRunner
+from onnx import numpy_helper
+
+import fake_tensorrt
+from conftest import BATCH, SIZE
+from test_engines_trt_fake import TRT10, TRT11, fake, plugin_lib  # noqa: F401 - pytest fixtures
+from tinyvim.cli import cli
+from tinyvim.contract import ExportMetadata, QuantizationInfo
+from tinyvim.backends.trt import builder as trt_build
+from tinyvim.tools.inputs import iter_random_batches
+from tinyvim.tools.validate import validate_model
+from tinyvim.errors import TinyvimError
+from tinyvim.export import quantize as q
+
+CALIB = 4          # random calibration images: ranges, not accuracy, are under test here
+
+
+@pytest.fixture(scope="module")
+def int8_onnx(tinyvim_onnx, tmp_path_factory):
+    """The session's 64x64 export quantized to int8 with 7-bit weights (so that every CPU, VNNI or
+    not, computes it exactly: OpenVINO is validated on it too)."""
+    out = tmp_path_factory.mktemp("int8") / "s64.int8.onnx"
+    return q.quantize_onnx(tinyvim_onnx, out, calib_random=CALIB, reduce_range=True, seed=3)
+
+
+@pytest.fixture(scope="module")
+def fp8_onnx(tinyvim_onnx, tmp_path_factory):
+    """fp8 through the command line, with its JSON report: (path, report)."""
+    folder = tmp_path_factory.mktemp("fp8")
+    out, report = folder / "s64.fp8.onnx", folder / "q.json"
+    r = CliRunner().invoke(cli, ["quantize", str(tinyvim_onnx), "--dtype", "fp8", "--calib-random", str(CALIB),
+                                 "--seed", "3", "-o", str(out), "--json", str(report)], catch_exceptions=False)
+    assert r.exit_code == 0, r.output
+    assert "89 layers" in r.output and "5 weighted layer(s)" in r.output
+    return out, json.loads(report.read_text())
+
+
+def _graph(path):
+    model = onnx.load(str(path))
+    inits = {i.name: numpy_helper.to_array(i) for i in model.graph.initializer}
+    dtypes = {i.name: i.data_type for i in model.graph.initializer}
+    producer = {o: n for n in model.graph.node for o in n.output}
+    consumers = {}
+    for n in model.graph.node:
+        for i in n.input:
+            consumers.setdefault(i, []).append(n)
+    return model, inits, dtypes, producer, consumers
+
+
+def _calibration_amax_of_images(size=(SIZE, SIZE)) -> float:
+    """max |x| of the calibration images, computed here from the same seeded generator."""
+    batches = iter_random_batches(-(-CALIB // BATCH), BATCH, size, seed=3)
+    return max(float(np.abs(b).max()) for b in batches)
+
+
+def test_int8_graph_is_tensorrt_style_qdq(tinyvim_onnx, int8_onnx):
+    src = onnx.load(str(tinyvim_onnx))
+    src_weights = {i.name: numpy_helper.to_array(i) for i in src.graph.initializer}
+    src_producer = {o: n for n in src.graph.node for o in n.output}
+    model, inits, dtypes, producer, consumers = _graph(int8_onnx.path)
+    weighted = [n for n in model.graph.node if n.op_type in ("Conv", "Gemm")
+                and (n.input[1] in inits or producer[n.input[1]].input[0] in inits)]
+    quantized = set(int8_onnx.quantized)
+    assert len(weighted) == 94 and len(quantized) == 89
+    assert set(int8_onnx.kept_fp32) == {n.name for n in weighted} - quantized
+    # only the five SS2D out_proj convolutions (fed by a Concat) stay fp32
+    assert [src_producer[n.input[0]].op_type for n in src.graph.node if n.name in int8_onnx.kept_fp32] == ["Concat"] * 5
+    for node in weighted:
+        act, wdq = producer.get(node.input[0]), producer.get(node.input[1])
+        if node.name not in quantized:
+            assert act is None or act.op_type != "DequantizeLinear"
+            continue
+        # activation: a Q -> DQ pair of its own, per tensor, zero point 0
+        assert act.op_type == "DequantizeLinear" and producer[act.input[0]].op_type == "QuantizeLinear"
+        assert [c.name for c in consumers[act.output[0]]] == [node.name]
+        assert inits[act.input[1]].shape == () and dtypes[act.input[2]] == onnx.TensorProto.INT8
+        assert inits[act.input[2]] == 0
+        # weight: stored int8 in [-64, 64] (7 bits), one scale per output channel
+        w, scale, zero = inits[wdq.input[0]], inits[wdq.input[1]], inits[wdq.input[2]]
+        axis = {a.name: a.i for a in wdq.attribute}.get("axis", 1)
+        transb = {a.name: a.i for a in node.attribute}.get("transB", 0)
+        out_axis = 0 if node.op_type == "Conv" or transb else 1
+        assert w.dtype == np.int8 and np.abs(w).max() <= 64 and axis == out_axis
+        assert scale.shape == (w.shape[out_axis],) and not zero.any()
+        # the weight is the fp32 original within half a step of its channel's scale
+        original = src_weights[wdq.input[0].removesuffix("_quantized")]
+        shape = [1] * w.ndim
+        shape[out_axis] = -1
+        assert np.abs(w * scale.reshape(shape) - original).max() <= 0.5 * scale.max() + 1e-7
+        # biases stay fp32 (TensorRT fuses them)
+        if len(node.input) > 2 and node.input[2]:
+            assert node.input[2] in inits and inits[node.input[2]].dtype == np.float32
+    # nothing but the quantized layers reads a DequantizeLinear: the scan's MatMuls, Exp, softplus,
+    # the LayerNorm statistics and the residual adds read fp32
+    for node in model.graph.node:
+        if node.name in quantized or node.op_type in ("QuantizeLinear", "DequantizeLinear"):
+            continue
+        assert all(producer.get(i) is None or producer[i].op_type != "DequantizeLinear" for i in node.input), node.name
+    # one Q/DQ pair per quantized layer and no other: nothing else (no layer output) is quantized
+    assert sum(n.op_type == "QuantizeLinear" for n in model.graph.node) == len(quantized)
+    # the input's scale is max |x| of the calibration images / 127 (symmetric int8)
+    images_q = next(n for n in model.graph.node if n.op_type == "QuantizeLinear" and n.input[0] == "images")
+    assert inits[images_q.input[1]] == pytest.approx(_calibration_amax_of_images() / 127, rel=1e-6)
+    # metadata: every export key kept, precision and the quantization record updated
+    before = {p.key: p.value for p in src.metadata_props}
+    after = {p.key: p.value for p in model.metadata_props}
+    assert {k: v for k, v in after.items() if k not in ("precision", "quantization")} == \
+        {k: v for k, v in before.items() if k != "precision"}
+    meta = ExportMetadata.from_props(after, source="test")
+    assert meta.precision == "int8" and meta.quantization == QuantizationInfo(
+        "int8", 7, "random", CALIB, 3, "minmax", int8_onnx.metadata.quantization.source_sha256)
+
+
+def test_int8_matches_pytorch_on_onnx_runtime_and_openvino(int8_onnx):
+    report = validate_model(int8_onnx.path, num_inputs=1, per_block=True, log=lambda m: None)
+    assert report["passed"] and report["tolerance"]["precision"] == "int8"
+    (logits,) = report["outputs"]
+    assert logits["cosine"] >= 0.99 and logits["top5"] >= 0.95
+    assert logits["max_abs_err"] > 1e-5          # it is quantized: not the fp32 numbers
+    # --per-block follows the Q/DQ graph; int8 rounding spreads evenly, no block stands out
+    rows = report["per_block"]["rows"]
+    assert [r["kind"] for r in rows].count("ss2d") == 5 and rows[-1]["module"] == "logits"
+    assert all(r["cosine"] > 0.99 for r in rows) and report["per_block"]["first_jump"] is None
+    pytest.importorskip("openvino", reason="openvino is not installed (pip install 'tinyvim[openvino]')")
+    report = validate_model(int8_onnx.path, backend="ov", num_inputs=1, log=lambda m: None)
+    assert report["passed"] and report["outputs"][0]["cosine"] >= 0.99
+
+
+def test_fp8_is_float8_qdq_and_matches_pytorch_on_onnx_runtime(fp8_onnx):
+    path, doc = fp8_onnx
+    assert doc["metadata"]["precision"] == "fp8" and len(doc["quantized"]) == 89
+    assert ExportMetadata.from_props(doc["metadata"], source="json").quantization.scheme == "fp8"
+    model, inits, dtypes, _, _ = _graph(path)
+    qdq = [n for n in model.graph.node if n.op_type in ("QuantizeLinear", "DequantizeLinear")]
+    assert qdq and all(dtypes[n.input[2]] == onnx.TensorProto.FLOAT8E4M3FN for n in qdq)
+    weights = [n for n in qdq if n.op_type == "DequantizeLinear" and n.input[0] in inits]
+    assert len(weights) == 89 and all(dtypes[n.input[0]] == onnx.TensorProto.FLOAT8E4M3FN for n in weights)
+    # per-channel scales reach e4m3's largest value exactly at each channel's largest weight
+    w = weights[0]
+    values = inits[w.input[0]].astype(np.float32)
+    assert np.abs(values).reshape(values.shape[0], -1).max(axis=1) == pytest.approx(q.FP8_E4M3_MAX)
+    images_q = next(n for n in qdq if n.op_type == "QuantizeLinear" and n.input[0] == "images")
+    assert inits[images_q.input[1]] == pytest.approx(_calibration_amax_of_images() / q.FP8_E4M3_MAX, rel=1e-6)
+    report = validate_model(path, num_inputs=1, log=lambda m: None)
+    assert report["passed"] and report["tolerance"]["precision"] == "fp8", report["outputs"]
+
+
+def test_plugin_nodes_are_left_untouched(tmp_path):
+    pytest.importorskip("onnxruntime_extensions", reason="onnxruntime-extensions runs the plugin node on CPU")
+    from tinyvim.export import export_onnx
+    src = export_onnx(tmp_path / "p.onnx", variant="s", img_size=(32, 32), batch=1, scan="plugin").path
+    result = q.quantize_onnx(src, tmp_path / "p.int8.onnx", calib_random=1)
+    before = {n.name: n.SerializeToString() for n in onnx.load(str(src)).graph.node if n.domain == "tinyvim"}
+    model, _, _, producer, _ = _graph(result.path)
+    after = {n.name: n for n in model.graph.node if n.domain == "tinyvim"}
+    assert len(before) == 5 and {k: v.SerializeToString() for k, v in after.items()} == before
+    assert all(producer.get(i) is None or producer[i].op_type != "DequantizeLinear"
+               for n in after.values() for i in n.input)
+    assert len(result.quantized) == 89      # calibration ran the plugin graph (its CPU path) end to end
+
+
+def test_openvino_concat_qdq_conv_is_still_miscomputed(tmp_path):
+    """Why convolutions fed by a Concat stay fp32: OpenVINO's CPU plugin computes this five-node
+    graph ~40 % off ONNX Runtime. If this starts failing, OpenVINO fixed it: drop the exclusion
+    in tinyvim.tools.quantize.select_nodes."""
+    ov = pytest.importorskip("openvino", reason="openvino is not installed")
+    import onnxruntime as ort
+    from onnx import helper
+    rng = np.random.default_rng(0)
+    w = rng.integers(-64, 64, (48, 48, 1, 1)).astype(np.int8)
+    nodes = [helper.make_node("Concat", ["a", "b"], ["cat"], axis=1),
+             helper.make_node("QuantizeLinear", ["cat", "s", "z"], ["q"]),
+             helper.make_node("DequantizeLinear", ["q", "s", "z"], ["dq"]),
+             helper.make_node("DequantizeLinear", ["w", "ws", "wz"], ["wdq"], axis=0),
+             helper.make_node("Conv", ["dq", "wdq"], ["y"])]
+    inits = [numpy_helper.from_array(np.array(0.016, np.float32), "s"), numpy_helper.from_array(np.int8(0), "z"),
+             numpy_helper.from_array(w, "w"), numpy_helper.from_array(np.full(48, 0.01, np.float32), "ws"),
+             numpy_helper.from_array(np.zeros(48, np.int8), "wz")]
+    inputs = [helper.make_tensor_value_info(n, onnx.TensorProto.FLOAT, [2, c, 8, 8]) for n, c in (("a", 12), ("b", 36))]
+    graph = helper.make_graph(nodes, "g", inputs, [helper.make_tensor_value_info("y", onnx.TensorProto.FLOAT, None)],
+                              inits)
+    path = tmp_path / "concat_qdq_conv.onnx"
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 20)]), str(path))
+    a, b = (rng.standard_normal((2, c, 8, 8)).astype(np.float32) * 0.6 for c in (12, 36))
+    so = ort.SessionOptions()
+    so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL   # the Q/DQ arithmetic as written
+    want = ort.InferenceSession(str(path), so, providers=["CPUExecutionProvider"]).run(None, {"a": a, "b": b})[0]
+    compiled = ov.Core().compile_model(str(path), "CPU", {"INFERENCE_PRECISION_HINT": "f32"})
+    got = next(iter(compiled.create_infer_request().infer([a, b]).values()))
+    assert np.abs(got - want).max() / np.abs(want).max() > 0.1
+
+
+def test_build_engine_takes_the_qdq_onnx(fake, plugin_lib, int8_onnx, tmp_path):  # noqa: F811 - fixtures
+    trt, events = fake(TRT10)
+    result = trt_build.build_engine(int8_onnx.path, tmp_path / "m.engine", precision="int8", max_batch=BATCH,
+                                    log=lambda s: None)
+    assert ("network_flags", 0) in events and ("set_flag", "INT8") in events       # 10.x: the INT8 flag
+    assert not [e for e in events if e[0] in ("precision", "output_type")]       # nothing pinned
+    assert "--int8" in result.commands["trtexec"] and "--fp16" not in result.commands["trtexec"]
+    assert "--int8" in result.commands["polygraphy"] and result.sidecar["precision"] == "int8"
+    assert result.sidecar["onnx_metadata"]["quantization"].startswith("scheme=int8;")
+    trt, events = fake(TRT11)
+    result = trt_build.build_engine(int8_onnx.path, tmp_path / "m11.engine", precision="int8", max_batch=BATCH,
+                                    log=lambda s: None)
+    assert ("network_flags", 1 << int(trt.NetworkDefinitionCreationFlag.STRONGLY_TYPED)) in events
+    assert "--int8" not in result.commands["trtexec"] and "--strongly-typed" in result.commands["polygraphy"]
+    with pytest.raises(TinyvimError, match="already|quantized to int8"):
+        trt_build.build_engine(int8_onnx.path, tmp_path / "x.engine", precision="fp16", log=lambda s: None)
+    assert "INT8" in fake_tensorrt.make(TRT10, []).BuilderFlag.__members__
+
+
+def test_precision_int8_needs_a_qdq_onnx():
+    with pytest.raises(TinyvimError, match="tinyvim quantize"):
+        trt_build.precision_policy("int8", "10.16", onnx_precision="fp32")
+    with pytest.raises(TinyvimError, match="--precision fp8"):
+        trt_build.precision_policy("int8", "11.1", onnx_precision="fp8")
+    p = trt_build.precision_policy("fp8", "10.16", onnx_precision="fp8")
+    assert p.fp8 and not p.int8 and not p.strongly_typed and not p.pin_fp32
+    assert str(trt_build.default_engine_path("/a/m.int8.onnx", "int8")) == "/a/m.int8.engine"
+
+
+def _cli(args):
+    return CliRunner().invoke(cli, args, catch_exceptions=False)
+
+
+def test_bad_input_is_one_error_line(tinyvim_onnx, int8_onnx, tmp_path):
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    notes = tmp_path / "notes.onnx"
+    notes.write_text("not a model")
+    cases = {
+        (str(tinyvim_onnx), "-o", str(tmp_path / "a.onnx")): "exactly one of --calib DIR",
+        (str(tinyvim_onnx), "--calib", str(empty), "--calib-random", "4"): "exactly one of --calib DIR",
+        (str(tinyvim_onnx), "--calib", str(empty), "-o", str(tmp_path / "b.onnx")): "no pictures",
+        (str(notes), "--calib-random", "4"): "is not an ONNX model",
+        (str(int8_onnx.path), "--calib-random", "4", "-o", str(tmp_path / "c.onnx")): "is already int8",
+        (str(tinyvim_onnx), "--calib-random", "0", "-o", str(tmp_path / "d.onnx")): "--calib-random must be",
+        (str(tinyvim_onnx), "--dtype", "fp8", "--reduce-range", "--calib-random", "2",
+         "-o", str(tmp_path / "e.onnx")): "fp8 has no such mode",
+        (str(tinyvim_onnx), "--calib-random", "2", "-o", str(tinyvim_onnx)): "would overwrite the input",
+    }
+    for args, message in cases.items():
+        r = _cli(["quantize", *args])
+        lines = [ln for ln in r.output.splitlines() if ln.startswith("error:")]
+        assert r.exit_code == 2 and len(lines) == 1 and message in lines[0], (args, r.output)
+        assert "Traceback" not in r.output
+    assert not list(tmp_path.glob("*.onnx*")) or [p.name for p in tmp_path.glob("*.onnx")] == ["notes.onnx"]
+
+
+def test_quantization_metadata_is_typed_and_checked():
+    info = QuantizationInfo("int8", 8, "images", 64, None, "minmax", "ab" * 32)
+    assert QuantizationInfo.from_text(info.to_text()) == info
+    for bad in ("scheme=int4;weight_bits=8;calibration=images;samples=1;seed=;method=minmax;source_sha256=",
+                "scheme=fp8;weight_bits=7;calibration=images;samples=1;seed=;method=minmax;source_sha256=",
+                "scheme=int8;weight_bits=8;calibration=images;samples=0;seed=;method=minmax;source_sha256=",
+                "scheme=int8;weight_bits=8"):
+        with pytest.raises(ValueError):
+            QuantizationInfo.from_text(bad)
+    props = ExportMetadata("s", precision="int8", quantization=info).to_props()
+    assert ExportMetadata.from_props(props, source="t").quantization == info
+    del props["quantization"]
+    with pytest.raises(TinyvimError, match="'precision' \\(int8\\) and 'quantization' \\(absent\\) disagree"):
+        ExportMetadata.from_props(props, source="t")
+    # files written before the key existed still read
+    assert ExportMetadata.from_props(ExportMetadata("s").to_props(), source="t").quantization is None
+
+
+def test_saturation_warning_only_for_8_bit_int8_without_vnni(tmp_path, monkeypatch):
+    cpuinfo = tmp_path / "cpuinfo"
+    cpuinfo.write_text("processor\t: 0\nflags\t\t: fpu sse avx2 fma\n")
+    assert q.cpu_has_vnni(cpuinfo) is False
+    cpuinfo.write_text("flags\t\t: avx2 avx512f avx512_vnni\n")
+    assert q.cpu_has_vnni(cpuinfo) is True
+    assert q.cpu_has_vnni(tmp_path / "missing") is None
+    monkeypatch.setattr(q, "cpu_has_vnni", lambda: False)
+    eight, seven = (QuantizationInfo("int8", b, "random", 1, 0) for b in (8, 7))
+    assert "--reduce-range" in q.saturation_warning(eight)
+    assert q.saturation_warning(seven) is None and q.saturation_warning(None) is None
+    monkeypatch.setattr(q, "cpu_has_vnni", lambda: True)
+    assert q.saturation_warning(eight) is None
+
+
+def test_per_block_follows_the_spine_through_qdq_at_a_fork():
+    """A backbone's stage output feeds its norm and, through Q -> DQ in a quantized model, the
+    downsampler: the trunk goes on through the quantized convolution."""
+    from onnx import helper
+
+    from tinyvim.tools.per_block import trunk_residuals
+
+    def qdq_conv(x, out):
+        return [helper.make_node("QuantizeLinear", [x, "s", "z"], [f"{out}_q"]),
+                helper.make_node("DequantizeLinear", [f"{out}_q", "s", "z"], [f"{out}_dq"]),
+                helper.make_node("Conv", [f"{out}_dq", "w"], [out])]
+    nodes = [helper.make_node("Conv", ["images", "w"], ["x"]), *qdq_conv("x", "b1"),
+             helper.make_node("Add", ["x", "b1"], ["y"]),
+             helper.make_node("ReduceMean", ["y"], ["feat"]), *qdq_conv("y", "z"),       # the fork
+             *qdq_conv("z", "b2"), helper.make_node("Add", ["z", "b2"], ["out"])]
+    graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("images", onnx.TensorProto.FLOAT, None)],
+                              [helper.make_tensor_value_info("out", onnx.TensorProto.FLOAT, None)])
+    assert [(r.spine_in, r.branch, r.out) for r in trunk_residuals(graph, 2)] == [("x", "b1", "y"), ("z", "b2", "out")]

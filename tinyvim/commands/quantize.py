@@ -1,0 +1,72 @@
+"""`tinyvim quantize MODEL.onnx`: explicit INT8/FP8 quantization into a Q/DQ ONNX
+(tinyvim.tools.quantize does the work; this module parses and prints)."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import click
+
+from tinyvim.commands.common import SIZE_METAVAR, echo_err, json_option, one_line_errors
+from tinyvim.contract import QUANTIZED_PRECISIONS
+from tinyvim.tools.quantize import quantization_report, quantize_onnx
+from tinyvim.utils import atomic_write_json, check_output_paths
+
+
+def default_output(model: str, dtype: str) -> str:
+    """`model.onnx` -> `model.int8.onnx` beside it."""
+    p = Path(model)
+    return str(p.with_name(f"{p.stem}.{dtype}.onnx"))
+
+
+@click.command("quantize")
+@click.argument("model", type=click.Path(dir_okay=False))
+@click.option("--calib", "calib_dir", type=click.Path(file_okay=False), default=None,
+              help="Folder of calibration pictures (preprocessed like ImageNet evaluation).")
+@click.option("--calib-random", type=int, default=None, metavar="N",
+              help="Calibrate on N seeded random images instead (for a try-out: real pictures give real ranges).")
+@click.option("--calib-max", type=int, default=512, show_default=True, help="Use at most this many --calib pictures.")
+@click.option("--dtype", type=click.Choice(QUANTIZED_PRECISIONS), default="int8", show_default=True,
+              help="int8, or fp8 (float8e4m3fn Q/DQ, for Hopper/Blackwell GPUs; opset >= 19).")
+@click.option("--reduce-range", is_flag=True,
+              help="7-bit int8 weights, for x86 CPUs without VNNI (AVX2: their int8 kernels saturate on 8-bit "
+                   "weights). Default: 8 bits (TensorRT, VNNI/AMX CPUs).")
+@click.option("--img-size", default=None, metavar=SIZE_METAVAR,
+              help="Calibration size for a dynamic-size export [default: the model's, else 224].")
+@click.option("--seed", type=int, default=0, show_default=True, help="Seed of --calib-random.")
+@click.option("--crop-pct", type=float, default=0.875, show_default=True, help="Centre-crop fraction for --calib.")
+@click.option("--threads", type=int, default=None, help="ONNX Runtime threads for calibration [default: all cores].")
+@click.option("-o", "--output", type=click.Path(dir_okay=False), default=None,
+              help="Output path [default: MODEL.<dtype>.onnx].")
+@json_option
+@one_line_errors
+def quantize(model, calib_dir, calib_random, calib_max, dtype, reduce_range, img_size, seed, crop_pct, threads,
+             output, json_path):
+    """Quantize an fp32 TinyViM ONNX into an explicit Q/DQ ONNX (symmetric, per-channel weights on
+    Conv/MatMul/Gemm; scan, softplus, LayerNorm statistics and plugin nodes stay fp32) that
+    TensorRT, ONNX Runtime and OpenVINO all run. Calibration runs on the CPU."""
+
+    output = output or default_output(model, dtype)
+    check_output_paths({"-o": output, "--json": json_path}, inputs={"MODEL": model})
+    result = quantize_onnx(model, output, dtype=dtype, calib_dir=calib_dir, calib_random=calib_random, seed=seed,
+                           max_images=calib_max, crop_pct=crop_pct, img_size=img_size, reduce_range=reduce_range,
+                           threads=threads, log=lambda m: echo_err(f"  {m} ..."))
+    for warning in result.warnings:
+        click.secho(f"warning: {warning}", fg="yellow", err=True)
+    quant = result.metadata.quantization
+    click.echo(f"quantized {result.path}  ({result.size_bytes / 2**20:.1f} MiB, {result.num_nodes} nodes, "
+               f"{result.seconds['total']:.1f} s)")
+    click.echo(f"  {dtype}      {len(result.quantized)} layers: Q/DQ on their inputs, weights per output channel"
+               f" ({quant.weight_bits}-bit)" if dtype == "int8" else
+               f"  {dtype}       {len(result.quantized)} layers: float8e4m3fn Q/DQ, weights per output channel")
+    if result.kept_fp32:
+        reasons: dict[str, list[str]] = {}
+        for name, why in result.kept_fp32.items():
+            reasons.setdefault(why, []).append(name)
+        for why, names in reasons.items():
+            click.echo(f"  fp32      {len(names)} weighted layer(s): {why}")
+    click.echo(f"  calib     {quant.samples} {'pictures' if quant.calibration == 'images' else 'random images'}"
+               f"{'' if quant.seed is None else f' (seed {quant.seed})'}, ranges by {quant.method}")
+    click.echo("  next      tinyvim validate " + str(result.path) + " [--backend ov] [--per-block]; "
+               "tinyvim build-engine " + str(result.path) + f" --precision {dtype}")
+    if json_path:
+        atomic_write_json(json_path, quantization_report(result))
