@@ -20,7 +20,7 @@ from tinyvim.backends.trt import builder as trt_build
 from tinyvim.tools.inputs import iter_random_batches
 from tinyvim.tools.validate import validate_model
 from tinyvim.errors import TinyvimError
-from tinyvim.export import quantize as q
+from tinyvim.tools import quantize as q
 
 CALIB = 4          # random calibration images: ranges, not accuracy, are under test here
 
