@@ -4,7 +4,7 @@ import json
 import subprocess
 from pathlib import Path
 
-from tinyvim.plugins import gpu_check
+from tinyvim.tools import gpu_check
 
 REPO = Path(__file__).resolve().parents[1]
 
