@@ -208,7 +208,7 @@ def test_build_engine_takes_the_qdq_onnx(fake, plugin_lib, int8_onnx, tmp_path):
     assert not [e for e in events if e[0] in ("precision", "output_type")]       # nothing pinned
     assert "--int8" in result.commands["trtexec"] and "--fp16" not in result.commands["trtexec"]
     assert "--int8" in result.commands["polygraphy"] and result.sidecar.precision == "int8"
-    assert result.sidecar["onnx_metadata"]["quantization"].startswith("scheme=int8;")
+    assert result.sidecar.onnx_metadata["quantization"].startswith("scheme=int8;")
     trt, events = fake(TRT11)
     result = trt_build.build_engine(int8_onnx.path, tmp_path / "m11.engine", precision="int8", max_batch=BATCH,
                                     log=lambda s: None)
