@@ -23,6 +23,7 @@ from tinyvim.contract import (DEFAULT_OPSET, EXPORT_PRECISIONS, INPUT_MULTIPLE, 
                               MIN_OPSET, SCAN_FLAVOURS, SCAN_PLUGIN, ExportMetadata, check_batch, check_input_size,
                               check_seed, check_variant, check_workload, output_names)
 from tinyvim.errors import TinyvimError
+from tinyvim.export.scan_lowering import expand_scan_nodes
 from tinyvim.model import create_model, file_sha256, reparameterize
 from tinyvim.ops import scan_implementation
 from tinyvim.utils import atomic_output, check_output_path
@@ -114,6 +115,10 @@ def check_export_args(*, scan: str, precision: str, img_size: tuple[int, int], b
     return opset
 
 
+#: portable-scan lowerings written directly as ONNX nodes (tinyvim.export.scan_lowering); any
+#: other scan implementation name is traced from its torch ops
+DIRECT_LOWERINGS = ("parallel", "dynamic")
+
 #: example size traced for a dynamic-size export: H != W so that the tracer keeps them apart
 DYNAMIC_SIZE_EXAMPLE = (224, 256)
 
@@ -140,9 +145,13 @@ def _torch_export(model: nn.Module, example: torch.Tensor, *, scan: str, dynamic
     shapes = dynamic_shapes_for(dynamic_batch=dynamic_batch, dynamic_size=dynamic_size)
     if shapes:
         kwargs["dynamic_shapes"] = shapes
-    # plugin: the scan becomes the contract's custom node (tinyvim.ops.scan._plugin_node);
-    # portable: trace the scan implementation's standard ops
-    ctx = contextlib.nullcontext() if scan == "plugin" else scan_implementation(lowering, inline=True)
+    # The scan becomes the contract's custom node (tinyvim.ops.scan._plugin_node); a portable
+    # export with the parallel lowering then writes that node out as standard ops
+    # (tinyvim.export.scan_lowering): tracing the scan's torch ops cost two thirds of an export.
+    # Other lowerings (e.g. sequential, for comparisons) trace the implementation's own ops.
+    direct = scan == "portable" and lowering in DIRECT_LOWERINGS
+    traced = scan == "portable" and not direct
+    ctx = scan_implementation(lowering, inline=True) if traced else contextlib.nullcontext()
     # The exporter is chatty (progress lines, deprecation and torchvision warnings): keep
     # our own summary readable, and surface its text only if it fails.
     sink = io.StringIO()
@@ -158,7 +167,10 @@ def _torch_export(model: nn.Module, example: torch.Tensor, *, scan: str, dynamic
             onnxscript.optimizer.remove_unused_nodes(program.model)
         except Exception as exc:  # noqa: BLE001 - the exporter raises many types; all mean "export failed"
             raise TinyvimError(f"ONNX export failed: {str(exc).strip().splitlines()[0][:300]}") from exc
-    return program.model_proto
+    proto = program.model_proto
+    if direct:
+        expand_scan_nodes(proto)
+    return proto
 
 
 @contextlib.contextmanager
@@ -200,19 +212,20 @@ def export_onnx(output: str | os.PathLike, *, variant: str = "s", checkpoint: st
 
     Input `images` (B, 3, H, W) float32; outputs `logits` (B, 1000) or `feat0..feat3`.
     `model` may pass an already-built unfused TinyViM (then variant/checkpoint only
-    feed the metadata). `lowering` picks the scan implementation traced into a portable
-    graph: "parallel" (log depth, the default) or "sequential" (one unrolled step per
-    position; bench/onnx_cpu.py compares them). `dynamic_size`: H and W symbolic (any multiples
-    of 32 up to MAX_IMAGE_SIDE from one file); the portable scan is then traced with the
-    "dynamic" lowering (orders from the runtime shape, tinyvim.ops.scan.scan_dynamic) and
-    img_size is not used. Every argument and the output path are checked before the model is
-    built. Returns an ExportResult with the node census."""
+    feed the metadata). `lowering` picks the portable graph's scan: "parallel" (log depth, the
+    default; written directly as ONNX nodes by tinyvim.export.scan_lowering) or the name of a
+    scan implementation whose torch ops are traced instead, e.g. "sequential" (one unrolled step
+    per position; bench/onnx_cpu.py compares them). `dynamic_size`: H and W symbolic (any
+    multiples of 32 up to MAX_IMAGE_SIDE from one file); the parallel scan then takes its orders
+    and padding from the runtime shape and ends in an ONNX Scan loop, and img_size is not used.
+    Every argument and the output path are checked before the model is built. Returns an
+    ExportResult with the node census."""
     img_size = tuple(img_size)
     variant = check_variant(variant)
     opset = check_export_args(scan=scan, precision=precision, img_size=img_size, batch=batch, opset=opset, seed=seed)
     check_output_path(output)
     if dynamic_size:
-        if scan == "portable" and lowering not in ("parallel", "dynamic"):
+        if scan == "portable" and lowering not in DIRECT_LOWERINGS:
             raise TinyvimError(f"the {lowering!r} scan lowering needs a fixed input size: drop --dynamic-size")
         lowering = "dynamic"
     log = log or (lambda msg: None)
@@ -262,10 +275,11 @@ def uniform_constants_to_fills(model: onnx.ModelProto, min_elements: int = UNIFO
     """Replace each large initializer whose elements are all equal and which only feeds Concat
     nodes by a ConstantOfShape node; returns how many were replaced.
 
-    Under a static batch the exporter folds the parallel scan's identity padding (ones and
-    zeros of shape (B, 4, 1, N, D), tinyvim.ops.scan._odd_even_scan) into initializers, so the
-    file grew with the batch (486 MiB at batch 5000 vs 21.7 MiB at batch 1). As a fill the
-    padding costs a few bytes whatever the batch; runtimes fold it back in memory at load.
+    Under a static batch the exporter folds a traced scan's identity padding (ones and zeros
+    of shape (B, 4, 1, N, D), tinyvim.ops.scan._odd_even_scan) into initializers, so the file
+    grew with the batch (486 MiB at batch 5000 vs 21.7 MiB at batch 1). As a fill the padding
+    costs a few bytes whatever the batch; runtimes fold it back in memory at load. The scan
+    written as ONNX nodes (the default lowering) has no such padding; traced lowerings may.
     Weights are never touched: only inputs of Concat qualify."""
     consumers: dict[str, set[str]] = {}
     for node in model.graph.node:
