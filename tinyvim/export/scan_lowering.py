@@ -177,7 +177,7 @@ def _lower_fixed(g: _Builder, x, delta, bs, cs, a, ds, bias, out: str, h: int, w
                 g.op("Reshape", bs, g.i64([0, 4, n, length])), g.op("Reshape", cs, g.i64([0, 4, n, length])), axis=2)
     rows = g.op("Reshape", g.op("Transpose", maps, perm=[0, 1, 3, 2]), g.i64([0, 4 * length, channels]))
     steps = g.op("Gather", rows, g.i64(flat_in), axis=1)                               # (B, 4, Lp, C)
-    y = _scan_core(g, steps, a, bias, levels, lambda av, bv: _unrolled_tail(g, av, bv, tail, d, n))
+    y = _scan_core(g, steps, a, bias, levels, lambda av, bv: _unrolled_tail(g, av, bv, tail), half=padded // 2)
     # back to (h, w) positions (the padded slots are not read), summed over the directions
     y = g.op("Gather", g.op("Reshape", y, g.i64([0, 4 * padded, d])), g.i64(flat_out), axis=1)  # (B, 4, L, D)
     y = g.op("Transpose", g.op("ReduceSum", y, g.i64([1]), keepdims=0), perm=[0, 2, 1])    # (B, D, L)
@@ -208,11 +208,11 @@ def _lower_dynamic(g: _Builder, x, delta, bs, cs, a, ds, bias, out: str) -> None
     forward, backward = g.op("Split", seq, g.i64([1, 1]), axis=1, outputs=2)
     backward = g.op("Slice", backward, g.i64([-1]), g.i64([np.iinfo(np.int64).min]), g.i64([4]), g.i64([-1]))
     seq = g.op("Reshape", g.op("Concat", forward, backward, axis=1), g.i64([0, 4, channels, -1]))  # (B,4,C,L)
-    seq = g.op("Pad", seq, g.op("Concat", g.i64([0]), pad, axis=0), "", g.i64([3]))   # (B,4,C,Lp)
+    seq = g.op("Pad", seq, g.op("Concat", g.i64([0] * 7), pad, axis=0))               # (B, 4, C, Lp)
     # even steps before odd ones, channels last
     seq = g.op("Transpose", g.op("Reshape", seq, g.i64([0, 4, channels, -1, 2])), perm=[0, 1, 4, 3, 2])
     steps = g.op("Reshape", seq, g.i64([0, 4, -1, channels]))                          # (B, 4, Lp, C)
-    y = _scan_core(g, steps, a, bias, DYNAMIC_LEVELS, lambda av, bv: _loop_tail(g, av, bv, d, n))
+    y = _scan_core(g, steps, a, bias, DYNAMIC_LEVELS, lambda av, bv: _loop_tail(g, av, bv, d, n), half=None)
     # undo the parity layout, drop the padding, unflip, and put both flattenings back on the map
     y = g.op("Transpose", g.op("Reshape", y, g.i64([0, 4, 2, -1, d])), perm=[0, 1, 3, 2, 4])
     y = g.op("Slice", g.op("Reshape", y, g.i64([0, 2, 2, -1, d])), g.i64([0]), length, g.i64([3]))  # (B,2,2,L,D)
@@ -234,15 +234,19 @@ def _add_skip(g: _Builder, y: str, x: str, ds: np.ndarray, d: int, out: str) -> 
 
 
 # --------------------------------------------------------------------------- the scan itself
-def _scan_core(g: _Builder, steps: str, a: np.ndarray, bias: np.ndarray, levels: int, tail) -> str:
-    """(B, 4, Lp, C) steps laid out evens then odds -> y (B, 4, Lp, 1, D) in the same layout."""
+def _scan_core(g: _Builder, steps: str, a: np.ndarray, bias: np.ndarray, levels: int, tail, half: int | None) -> str:
+    """(B, 4, Lp, C) steps laid out evens then odds -> y (B, 4, Lp, 1, D) in the same layout;
+    `half` = Lp / 2 when it is known at export time."""
     d, n = a.shape[0] // 4, a.shape[1]
     dt, u, b_in, c_in = g.op("Split", steps, g.i64([d, d, n, n]), axis=3, outputs=4)
     # softplus as relu(v) + log(1 + exp(-|v|)): no overflow branch, plain elementwise ops
     v = g.op("Add", dt, g.const(bias.reshape(4, 1, d)))
     dt = g.op("Add", g.op("Relu", v), g.op("Log", g.op("Add", g.op("Exp", g.op("Neg", g.op("Abs", v))), g.const(1.0))))
     dtu = g.op("Mul", dt, u)
-    halves = [g.op("Split", g.op("Unsqueeze", t, g.i64([axis])), axis=2, num_outputs=2, outputs=2)
+    # explicit sizes where known (the most widely supported form of Split), else two equal halves
+    split = dict(axis=2, num_outputs=2) if half is None else dict(axis=2)
+    sizes = () if half is None else (g.i64([half, half]),)
+    halves = [g.op("Split", g.op("Unsqueeze", t, g.i64([axis])), *sizes, outputs=2, **split)
               for t, axis in ((dt, 3), (dtu, 3), (b_in, 4), (c_in, 3))]
     a4 = g.const(a.reshape(4, d, n).transpose(0, 2, 1)[:, None])                       # (4, 1, N, D)
     decay = [g.op("Exp", g.op("Mul", halves[0][p], a4)) for p in (0, 1)]               # (B, 4, Lp/2, N, D)
@@ -254,8 +258,8 @@ def _scan_core(g: _Builder, steps: str, a: np.ndarray, bias: np.ndarray, levels:
 
 
 def _shift(g: _Builder, s: str) -> str:
-    """s[i - 1] along the steps (axis 2), zero at i = 0."""
-    return g.op("Pad", g.op("Slice", s, g.i64([0]), g.i64([-1]), g.i64([2])), g.i64([1, 0]), "", g.i64([2]))
+    """s[i - 1] along the steps (axis 2 of 5), zero at i = 0."""
+    return g.op("Pad", g.op("Slice", s, g.i64([0]), g.i64([-1]), g.i64([2])), g.i64([0, 0, 1, 0, 0] + [0] * 5))
 
 
 def _levels(g: _Builder, a: str, b: str, levels: int, tail, d: int, n: int) -> str:
@@ -272,7 +276,7 @@ def _levels(g: _Builder, a: str, b: str, levels: int, tail, d: int, n: int) -> s
     return g.op("Reshape", g.op("Concat", s_even, s_odd, axis=3), g.i64([0, 4, -1, n, d]))
 
 
-def _unrolled_tail(g: _Builder, a: str, b: str, steps: int, d: int, n: int) -> str:
+def _unrolled_tail(g: _Builder, a: str, b: str, steps: int) -> str:
     if steps == 1:
         return b
     sizes = g.i64([1] * steps)
