@@ -157,16 +157,17 @@ def test_uniform_fills_replace_only_concat_padding():
 
 
 def test_static_batch_export_stores_no_batch_sized_constants(tmp_path):
-    """At 64x96 the scan grid is 2x3 (6 steps): the parallel scan pads its odd half-length with
-    identity steps, which a static batch used to fold into (B, 4, 1, N, D) initializers."""
+    """At 64x96 the scan grid is 2x3 (6 steps, an odd half-length): the traced parallel scan
+    padded it with identity steps, which a static batch folded into (B, 4, 1, N, D) initializers
+    (486 MiB at batch 5000). The scan written as ONNX nodes pads nothing batch-sized; the check
+    stays for any lowering."""
     batch = 8
     model = tinyvim.create_model("s", seed=0)
     result = export_onnx(tmp_path / "b8.onnx", model=model, img_size=(SIZE, 96), batch=batch)
     proto = onnx.load(str(result.path))
-    fills = [n for n in proto.graph.node if n.op_type == "ConstantOfShape" and n.name.endswith("__fill")]
     batch_sized = [i.name for i in proto.graph.initializer if i.dims and i.dims[0] == batch and
                    int(np.prod(i.dims)) >= 256]
-    assert fills and batch_sized == []               # the padding exists here, and none of it is stored
+    assert batch_sized == []
     x = np.random.default_rng(1).standard_normal((batch, 3, SIZE, 96)).astype(np.float32)
     out = ort.InferenceSession(str(result.path), providers=["CPUExecutionProvider"]).run(None, {"images": x})[0]
     with torch.no_grad():

@@ -38,6 +38,7 @@ from tinyvim.contract import (
     output_names,
 )
 from tinyvim.errors import TinyvimError
+from tinyvim.export.scan_lowering import expand_scan_nodes
 from tinyvim.model import create_model, file_sha256, reparameterize
 from tinyvim.ops import scan_implementation
 from tinyvim.utils import atomic_output, check_output_path
@@ -131,6 +132,10 @@ def check_export_args(*, scan: str, precision: str, img_size: tuple[int, int], b
     return opset
 
 
+#: portable-scan lowerings written directly as ONNX nodes (tinyvim.export.scan_lowering); any
+#: other scan implementation name is traced from its torch ops
+DIRECT_LOWERINGS = ("parallel", "dynamic")
+
 #: example size traced for a dynamic-size export: H != W so that the tracer keeps them apart
 DYNAMIC_SIZE_EXAMPLE = (224, 256)
 
@@ -157,9 +162,13 @@ def _torch_export(model: nn.Module, example: torch.Tensor, *, scan: str, dynamic
     shapes = dynamic_shapes_for(dynamic_batch=dynamic_batch, dynamic_size=dynamic_size)
     if shapes:
         kwargs["dynamic_shapes"] = shapes
-    # plugin: the scan becomes the contract's custom node (tinyvim.ops.scan._plugin_node);
-    # portable: trace the scan implementation's standard ops
-    ctx = contextlib.nullcontext() if scan == "plugin" else scan_implementation(lowering, inline=True)
+    # The scan becomes the contract's custom node (tinyvim.ops.scan._plugin_node); a portable
+    # export with the parallel lowering then writes that node out as standard ops
+    # (tinyvim.export.scan_lowering): tracing the scan's torch ops cost two thirds of an export.
+    # Other lowerings (e.g. sequential, for comparisons) trace the implementation's own ops.
+    direct = scan == "portable" and lowering in DIRECT_LOWERINGS
+    traced = scan == "portable" and not direct
+    ctx = scan_implementation(lowering, inline=True) if traced else contextlib.nullcontext()
     # The exporter is chatty (progress lines, deprecation and torchvision warnings): keep
     # our own summary readable, and surface its text only if it fails.
     sink = io.StringIO()
@@ -175,7 +184,24 @@ def _torch_export(model: nn.Module, example: torch.Tensor, *, scan: str, dynamic
             onnxscript.optimizer.remove_unused_nodes(program.model)
         except Exception as exc:  # noqa: BLE001 - the exporter raises many types; all mean "export failed"
             raise TinyvimError(f"ONNX export failed: {str(exc).strip().splitlines()[0][:300]}") from exc
-    return program.model_proto
+    proto = program.model_proto
+    if direct:
+        expand_scan_nodes(proto)
+    return proto
+
+
+@contextlib.contextmanager
+def _environ(name: str, value: str):
+    """Set an environment variable for the block unless the user set it (onnxslim reads its
+    iteration limit from ONNXSLIM_MAX_ITER only)."""
+    if name in os.environ:
+        yield
+        return
+    os.environ[name] = value
+    try:
+        yield
+    finally:
+        os.environ.pop(name, None)
 
 
 @contextlib.contextmanager
@@ -195,13 +221,18 @@ def cleanup_graph(model: onnx.ModelProto) -> onnx.ModelProto:
 
     onnxslim was picked over onnxsim (needs onnxruntime at simplify time and a compiled
     wheel) and onnx-graphsurgeon (folding only, no pattern clean-up): it is pure Python,
-    keeps custom-domain nodes, and on TinyViM removes what the exporter leaves behind."""
+    keeps custom-domain nodes, and on TinyViM removes what the exporter leaves behind.
+
+    One pass, without onnxslim's own shape inference: by default it repeats optimisation and
+    shape inference until a pass changes nothing, and on every TinyViM export (S/B/L, both
+    flavours, fixed/dynamic batch and size, fp16, backbone) the first pass already gives the
+    final node count; the export runs shape inference once afterwards. Saves 1-2 s an export."""
     import onnxslim
     sink = io.StringIO()
-    with contextlib.redirect_stdout(sink), warnings.catch_warnings():
+    with contextlib.redirect_stdout(sink), warnings.catch_warnings(), _environ("ONNXSLIM_MAX_ITER", "1"):
         warnings.simplefilter("ignore")
         try:
-            return onnxslim.slim(model, skip_fusion_patterns=None)
+            return onnxslim.slim(model, skip_fusion_patterns=None, no_shape_infer=True)
         except Exception as exc:  # noqa: BLE001 - keep the unslimmed graph rather than fail the export
             logging.getLogger(__name__).warning("onnxslim clean-up skipped: %s", exc)
             return model
@@ -217,19 +248,20 @@ def export_onnx(output: str | os.PathLike, *, variant: str = "s", checkpoint: st
 
     Input `images` (B, 3, H, W) float32; outputs `logits` (B, 1000) or `feat0..feat3`.
     `model` may pass an already-built unfused TinyViM (then variant/checkpoint only
-    feed the metadata). `lowering` picks the scan implementation traced into a portable
-    graph: "parallel" (log depth, the default) or "sequential" (one unrolled step per
-    position; bench/onnx_cpu.py compares them). `dynamic_size`: H and W symbolic (any multiples
-    of 32 up to MAX_IMAGE_SIDE from one file); the portable scan is then traced with the
-    "dynamic" lowering (orders from the runtime shape, tinyvim.ops.scan.scan_dynamic) and
-    img_size is not used. Every argument and the output path are checked before the model is
-    built. Returns an ExportResult with the node census."""
+    feed the metadata). `lowering` picks the portable graph's scan: "parallel" (log depth, the
+    default; written directly as ONNX nodes by tinyvim.export.scan_lowering) or the name of a
+    scan implementation whose torch ops are traced instead, e.g. "sequential" (one unrolled step
+    per position; bench/onnx_cpu.py compares them). `dynamic_size`: H and W symbolic (any
+    multiples of 32 up to MAX_IMAGE_SIDE from one file); the parallel scan then takes its orders
+    and padding from the runtime shape and ends in an ONNX Scan loop, and img_size is not used.
+    Every argument and the output path are checked before the model is built. Returns an
+    ExportResult with the node census."""
     img_size = tuple(img_size)
     variant = check_variant(variant)
     opset = check_export_args(scan=scan, precision=precision, img_size=img_size, batch=batch, opset=opset, seed=seed)
     check_output_path(output)
     if dynamic_size:
-        if scan == "portable" and lowering not in ("parallel", "dynamic"):
+        if scan == "portable" and lowering not in DIRECT_LOWERINGS:
             raise TinyvimError(f"the {lowering!r} scan lowering needs a fixed input size: drop --dynamic-size")
         lowering = "dynamic"
     log = log or (lambda msg: None)
@@ -279,10 +311,11 @@ def uniform_constants_to_fills(model: onnx.ModelProto, min_elements: int = UNIFO
     """Replace each large initializer whose elements are all equal and which only feeds Concat
     nodes by a ConstantOfShape node; returns how many were replaced.
 
-    Under a static batch the exporter folds the parallel scan's identity padding (ones and
-    zeros of shape (B, 4, 1, N, D), tinyvim.ops.scan._odd_even_scan) into initializers, so the
-    file grew with the batch (486 MiB at batch 5000 vs 21.7 MiB at batch 1). As a fill the
-    padding costs a few bytes whatever the batch; runtimes fold it back in memory at load.
+    Under a static batch the exporter folds a traced scan's identity padding (ones and zeros
+    of shape (B, 4, 1, N, D), tinyvim.ops.scan._odd_even_scan) into initializers, so the file
+    grew with the batch (486 MiB at batch 5000 vs 21.7 MiB at batch 1). As a fill the padding
+    costs a few bytes whatever the batch; runtimes fold it back in memory at load. The scan
+    written as ONNX nodes (the default lowering) has no such padding; traced lowerings may.
     Weights are never touched: only inputs of Concat qualify."""
     consumers: dict[str, set[str]] = {}
     for node in model.graph.node:

@@ -20,16 +20,16 @@ the result is cast back to x's dtype.
 Implementations (``scan_implementation(name)`` picks one):
     sequential  the plain recurrence, one step per position: the reference.
     parallel    a recursive-doubling (odd-even) prefix scan of log depth built from
-                Gather/Slice/Concat/Mul/Add/Exp only, so it exports to standard ONNX.
-                Decay factors exp(dt*A) lie in (0, 1] and are only ever multiplied,
-                never divided or exponentiated from a positive cumulative sum:
-                no overflow whatever the sequence length.
-    dynamic     the parallel scan with nothing taken from the grid size at trace time, for
-                exports whose H and W are symbolic (`export --dynamic-size`): the four
-                orders are reshapes/transposes/flips of the runtime map, the padding to a
-                multiple of 8 is derived from the runtime length, three odd-even levels run
-                as in `parallel`, and the remaining ceil(L/8) steps run as one ONNX Scan
-                (a loop whose trip count is the runtime length).
+                Gather/Slice/Concat/Mul/Add/Exp only. Decay factors exp(dt*A) lie in
+                (0, 1] and are only ever multiplied, never divided or exponentiated from a
+                positive cumulative sum: no overflow whatever the sequence length. The
+                portable ONNX export writes the same algorithm directly as ONNX nodes
+                (tinyvim.export.scan_lowering) rather than tracing this function.
+    dynamic     the parallel scan with nothing taken from the grid size: the four orders
+                are reshapes/transposes/flips of the map, the padding to a multiple of 8 is
+                derived from the length, three odd-even levels run as in `parallel`, and the
+                remaining ceil(L/8) steps run as one loop (torch's scan op when compiled).
+                The eager twin of the symbolic-size ONNX lowering (`export --dynamic-size`).
     cuda        registered by tinyvim.plugins (our CUDA kernel through ctypes).
     auto        the default: cuda for CUDA tensors when the kernel is built, else parallel.
 """
@@ -433,8 +433,8 @@ def scan_implementation(name: str, *, inline: bool = False) -> Iterator[None]:
     """Run the scan with implementation `name` inside the block.
 
     inline=True calls the implementation directly instead of through the
-    `tinyvim::cross_selective_scan` op, so that tracing (portable ONNX export)
-    sees its standard ops rather than one custom node."""
+    `tinyvim::cross_selective_scan` op, so that tracing (a portable ONNX export with a
+    traced lowering, e.g. sequential) sees its standard ops rather than one custom node."""
     _check_name(name)
     stack = getattr(_local, "stack", None)
     if stack is None:
