@@ -198,19 +198,22 @@ def _lower_dynamic(g: _Builder, x, delta, bs, cs, a, ds, bias, out: str) -> None
                            g.i64([block])), length)                                    # [Lp - L]
     maps = g.op("Concat", g.op("Reshape", delta, g.op("Concat", g.i64([0, 4, d]), hw, axis=0)),
                 g.op("Expand", g.op("Unsqueeze", x, g.i64([1])), g.i64([1, 4, 1, 1, 1])), bs, cs, axis=2)
+    # channels last first: every later move then copies whole C-long rows (a transpose whose
+    # innermost axis is short is several times slower on ONNX Runtime)
+    maps = g.op("Transpose", maps, perm=[0, 1, 3, 4, 2])                               # (B, 4, h, w, C)
     # directions k = 2 * reversed + column_major: row-major and column-major flattening of the
     # map, then the reversed pair flipped along the steps
-    by_kind = g.op("Reshape", maps, g.op("Concat", g.i64([0, 2, 2, channels]), hw, axis=0))  # (B, 2, 2, C, h, w)
-    row_major, col_major = g.op("Split", by_kind, g.i64([1, 1]), axis=2, outputs=2)
-    col_major = g.op("Transpose", col_major, perm=[0, 1, 2, 3, 5, 4])
-    flat = g.i64([0, 2, 1, channels, -1])
-    seq = g.op("Concat", g.op("Reshape", row_major, flat), g.op("Reshape", col_major, flat), axis=2)  # (B,2,2,C,L)
+    by_kind = g.op("Reshape", maps, g.op("Concat", g.i64([0, 2, 2]), hw, g.i64([channels]), axis=0))
+    row_major, col_major = g.op("Split", by_kind, g.i64([1, 1]), axis=2, outputs=2)   # (B, 2, 1, h, w, C)
+    col_major = g.op("Transpose", col_major, perm=[0, 1, 2, 4, 3, 5])
+    flat = g.i64([0, 2, 1, -1, channels])
+    seq = g.op("Concat", g.op("Reshape", row_major, flat), g.op("Reshape", col_major, flat), axis=2)  # (B,2,2,L,C)
     forward, backward = g.op("Split", seq, g.i64([1, 1]), axis=1, outputs=2)
-    backward = g.op("Slice", backward, g.i64([-1]), g.i64([np.iinfo(np.int64).min]), g.i64([4]), g.i64([-1]))
-    seq = g.op("Reshape", g.op("Concat", forward, backward, axis=1), g.i64([0, 4, channels, -1]))  # (B,4,C,L)
-    seq = g.op("Pad", seq, g.op("Concat", g.i64([0] * 7), pad, axis=0))               # (B, 4, C, Lp)
-    # even steps before odd ones, channels last
-    seq = g.op("Transpose", g.op("Reshape", seq, g.i64([0, 4, channels, -1, 2])), perm=[0, 1, 4, 3, 2])
+    backward = g.op("Slice", backward, g.i64([-1]), g.i64([np.iinfo(np.int64).min]), g.i64([3]), g.i64([-1]))
+    seq = g.op("Reshape", g.op("Concat", forward, backward, axis=1), g.i64([0, 4, -1, channels]))  # (B,4,L,C)
+    seq = g.op("Pad", seq, g.op("Concat", g.i64([0] * 6), pad, g.i64([0]), axis=0))   # (B, 4, Lp, C)
+    # even steps before odd ones
+    seq = g.op("Transpose", g.op("Reshape", seq, g.i64([0, 4, -1, 2, channels])), perm=[0, 1, 3, 2, 4])
     steps = g.op("Reshape", seq, g.i64([0, 4, -1, channels]))                          # (B, 4, Lp, C)
     y = _scan_core(g, steps, a, bias, DYNAMIC_LEVELS, lambda av, bv: _loop_tail(g, av, bv, d, n), half=None)
     # undo the parity layout, drop the padding, unflip, and put both flattenings back on the map
@@ -220,12 +223,11 @@ def _lower_dynamic(g: _Builder, x, delta, bs, cs, a, ds, bias, out: str) -> None
     y = g.op("Add", forward, g.op("Slice", backward, g.i64([-1]), g.i64([np.iinfo(np.int64).min]), g.i64([3]),
                                   g.i64([-1])))                                        # (B, 1, 2, L, D)
     row_major, col_major = g.op("Split", y, g.i64([1, 1]), axis=2, outputs=2)
-    row_major = g.op("Reshape", g.op("Transpose", row_major, perm=[0, 1, 2, 4, 3]),
-                     g.op("Concat", g.i64([0, d]), hw, axis=0))                         # (B, D, h, w)
-    wh = g.op("Concat", g.i64([0, d]), g.op("Shape", x, start=3), g.op("Shape", x, start=2, end=3), axis=0)
-    col_major = g.op("Transpose", g.op("Reshape", g.op("Transpose", col_major, perm=[0, 1, 2, 4, 3]), wh),
-                     perm=[0, 1, 3, 2])                                                # (B, D, h, w)
-    _add_skip(g, g.op("Add", row_major, col_major), x, ds, d, out)
+    row_major = g.op("Reshape", row_major, g.op("Concat", g.i64([0]), hw, g.i64([d]), axis=0))    # (B, h, w, D)
+    wh = g.op("Concat", g.i64([0]), g.op("Shape", x, start=3), g.op("Shape", x, start=2, end=3), g.i64([d]), axis=0)
+    col_major = g.op("Transpose", g.op("Reshape", col_major, wh), perm=[0, 2, 1, 3])   # (B, h, w, D)
+    y = g.op("Transpose", g.op("Add", row_major, col_major), perm=[0, 3, 1, 2])        # (B, D, h, w)
+    _add_skip(g, y, x, ds, d, out)
 
 
 def _add_skip(g: _Builder, y: str, x: str, ds: np.ndarray, d: int, out: str) -> None:
