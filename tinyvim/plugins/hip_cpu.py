@@ -192,6 +192,15 @@ class Tbb:
     lib: Path | None
 
 
+def tbb_problem() -> str | None:
+    """Why the kernel-on-CPU build cannot run here (TBB missing), or None: what tests skip on."""
+    try:
+        find_tbb()
+        return None
+    except PluginError as exc:
+        return str(exc)
+
+
 def find_tbb() -> Tbb:
     """TBB's headers and library: the tbb-devel wheel of this Python environment, else the system's."""
     try:
