@@ -17,7 +17,6 @@ both. With --backbone-check also the backbone at 512x512, fixed-size and dynamic
 """
 from __future__ import annotations
 
-import json
 import os
 import statistics
 import tempfile
@@ -28,6 +27,7 @@ import torch
 
 import tinyvim
 from _common import bench_parser, interleaved
+from tinyvim.utils import atomic_write_json
 from tinyvim.backends.ort.runner import OrtRunner
 from tinyvim.backends.ov.runner import OvRunner, import_openvino, supported_precisions
 from tinyvim.tools.profile import cpu_model
@@ -176,7 +176,7 @@ def main():
     report["env"]["load_average_end"] = os.getloadavg()
     print(f"load average at the end: {report['env']['load_average_end'][0]:.1f}")
     if args.json:
-        Path(args.json).write_text(json.dumps(report, indent=2))
+        atomic_write_json(args.json, report)     # the safe writer, like every other report
 
 
 if __name__ == "__main__":

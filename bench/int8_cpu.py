@@ -18,7 +18,6 @@ agreement says little; a trained checkpoint separates classes far more).
 """
 from __future__ import annotations
 
-import json
 import os
 import statistics
 import tempfile
@@ -29,6 +28,7 @@ import torch
 
 import tinyvim
 from _common import bench_parser, interleaved
+from tinyvim.utils import atomic_write_json
 from tinyvim.tools.compare import DEFAULT_TOLERANCES, compare_output
 from tinyvim.tools.inputs import iter_random_batches
 from tinyvim.backends.ort.runner import OrtRunner
@@ -118,7 +118,7 @@ def main():
     report["env"]["load_average_end"] = os.getloadavg()
     print(f"load average at the end: {report['env']['load_average_end'][0]:.1f}")
     if args.json:
-        Path(args.json).write_text(json.dumps(report, indent=2))
+        atomic_write_json(args.json, report)     # the safe writer, like every other report
 
 
 if __name__ == "__main__":
