@@ -68,7 +68,7 @@ def test_portable_graph_is_standard_onnx_with_names_and_metadata(portable_s):
     assert portable_s.num_nodes == len(proto.graph.node) == sum(portable_s.op_counts.values())
 
 
-@pytest.mark.parametrize("batch", [1, 3, 64])
+@pytest.mark.parametrize("batch", [1, 3, 17])   # 17: past the usual 8/16 profile sizes, odd
 def test_portable_matches_pytorch_for_any_batch(portable_s, model_s, batch):
     x = _images(batch, seed=batch)
     out = _ort(portable_s.path).run(None, {"images": x})[0]

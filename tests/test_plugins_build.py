@@ -1,7 +1,10 @@
-"""The full CMake build (CUDA kernel fat binary, CPU twin, host-logic tests; the TensorRT
-plugin is skipped without its headers) and the C ABI the libraries export.
+"""The full CMake build (CUDA kernel, CPU twin, host-logic tests; the TensorRT plugin is
+skipped without its headers) and the C ABI the libraries export. The kernel is built for one
+architecture (each one adds ~4 s of nvcc and the host code is the same); that nvcc knows every
+architecture of the default fat binary is checked separately.
 Skipped, with the reason, only where cmake or nvcc is absent."""
 import ctypes
+import re
 import shutil
 import subprocess
 
@@ -10,7 +13,7 @@ import pytest
 
 from tinyvim.ops.reference import cross_selective_scan_reference, random_scan_inputs
 from tinyvim.plugins import cpu_twin
-from tinyvim.plugins.build import build, find_nvcc
+from tinyvim.plugins.build import SOURCE_DIR, build, find_nvcc
 
 pytestmark = [
     pytest.mark.skipif(not shutil.which("cmake"), reason="cmake not found"),
@@ -26,7 +29,22 @@ CPU_SYMBOLS = ["tinyvim_cross_scan_cpu", "tinyvim_cross_scan_cpu_error_string",
 
 @pytest.fixture(scope="module")
 def built(tmp_path_factory):
-    return build(tmp_path_factory.mktemp("plugins") / "build", jobs=2)
+    return build(tmp_path_factory.mktemp("plugins") / "build", jobs=2, cuda_arch="75-real")
+
+
+def test_nvcc_knows_every_architecture_of_the_default_fat_binary():
+    """CMake syntax: NN-real is SASS for sm_NN only, a bare NN is SASS plus PTX (compute_NN)."""
+    text = (SOURCE_DIR / "CMakeLists.txt").read_text()
+    default = re.search(r'set\(TINYVIM_CUDA_ARCH "([^"]+)"', text).group(1).split(";")
+    assert len(default) >= 5 and "90-real" in default          # H100/H200 among them
+    nvcc = find_nvcc()
+    sass = subprocess.run([nvcc, "--list-gpu-code"], capture_output=True, text=True, check=True).stdout.split()
+    ptx = subprocess.run([nvcc, "--list-gpu-arch"], capture_output=True, text=True, check=True).stdout.split()
+    for arch in default:
+        number = arch.removesuffix("-real")
+        assert f"sm_{number}" in sass, (arch, sass)
+        if not arch.endswith("-real"):
+            assert f"compute_{number}" in ptx, (arch, ptx)
 
 
 def _exported(path):
