@@ -1,9 +1,12 @@
-"""What the benchmarks share: their common flags and the interleaved timing loop."""
+"""What the benchmarks share: their common flags, the interleaved timing loop and the end of a report."""
 from __future__ import annotations
 
 import argparse
+import os
 import time
 from typing import Callable
+
+from tinyvim.utils import atomic_write_json
 
 
 def bench_parser(doc: str) -> argparse.ArgumentParser:
@@ -28,3 +31,12 @@ def interleaved(fns: dict[str, Callable[[], object]], iters: int, warmup: int) -
             if i >= warmup:
                 times[name].append((time.perf_counter() - t0) * 1e3)
     return times
+
+
+def finish_report(report: dict, json_path: str | None) -> None:
+    """Record and print the load average at the end (a run that ends busy is suspect), then write
+    the JSON through the safe writer, like every other report."""
+    report["env"]["load_average_end"] = os.getloadavg()
+    print(f"load average at the end: {report['env']['load_average_end'][0]:.1f}")
+    if json_path:
+        atomic_write_json(json_path, report)

@@ -26,8 +26,7 @@ import numpy as np
 import torch
 
 import tinyvim
-from _common import bench_parser, interleaved
-from tinyvim.utils import atomic_write_json
+from _common import bench_parser, finish_report, interleaved
 from tinyvim.backends.ort.runner import OrtRunner
 from tinyvim.backends.ov.runner import OvRunner, import_openvino, supported_precisions
 from tinyvim.tools.profile import cpu_model
@@ -173,10 +172,7 @@ def main():
             report["dynamic_size"] = dynamic_vs_fixed(args, Path(tmp))
         if args.backbone_check:
             report["backbone_512"] = backbone_512(args, Path(tmp))
-    report["env"]["load_average_end"] = os.getloadavg()
-    print(f"load average at the end: {report['env']['load_average_end'][0]:.1f}")
-    if args.json:
-        atomic_write_json(args.json, report)     # the safe writer, like every other report
+    finish_report(report, args.json)
 
 
 if __name__ == "__main__":

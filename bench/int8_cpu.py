@@ -27,8 +27,7 @@ import numpy as np
 import torch
 
 import tinyvim
-from _common import bench_parser, interleaved
-from tinyvim.utils import atomic_write_json
+from _common import bench_parser, finish_report, interleaved
 from tinyvim.tools.compare import DEFAULT_TOLERANCES, compare_output
 from tinyvim.tools.inputs import iter_random_batches
 from tinyvim.backends.ort.runner import OrtRunner
@@ -115,10 +114,7 @@ def main():
         finally:
             for r in (*timed.values(), *other.values()):
                 r.deactivate()
-    report["env"]["load_average_end"] = os.getloadavg()
-    print(f"load average at the end: {report['env']['load_average_end'][0]:.1f}")
-    if args.json:
-        atomic_write_json(args.json, report)     # the safe writer, like every other report
+    finish_report(report, args.json)
 
 
 if __name__ == "__main__":

@@ -65,29 +65,21 @@ def _strip_comments(text: str) -> str:
     return re.sub(r"//[^\n]*|/\*.*?\*/", blank, text, flags=re.S)
 
 
-def _match_back(code: str, end: int, open_ch: str, close_ch: str) -> int:
-    """Index of the `open_ch` that balances the `close_ch` at code[end]."""
+def _matching(code: str, at: int, open_ch: str, close_ch: str, step: int) -> int:
+    """Index of the bracket that balances the one at code[at]: forward from an `open_ch`
+    (step 1) or back from a `close_ch` (step -1)."""
     depth = 0
-    for i in range(end, -1, -1):
-        if code[i] == close_ch:
+    into, out_of = (open_ch, close_ch) if step == 1 else (close_ch, open_ch)
+    i = at
+    while 0 <= i < len(code):
+        if code[i] == into:
             depth += 1
-        elif code[i] == open_ch:
+        elif code[i] == out_of:
             depth -= 1
             if depth == 0:
                 return i
-    raise PluginError(f"unbalanced {open_ch}{close_ch} before offset {end}")
-
-
-def _match_forward(code: str, start: int, open_ch: str, close_ch: str) -> int:
-    depth = 0
-    for i in range(start, len(code)):
-        if code[i] == open_ch:
-            depth += 1
-        elif code[i] == close_ch:
-            depth -= 1
-            if depth == 0:
-                return i
-    raise PluginError(f"unbalanced {open_ch}{close_ch} after offset {start}")
+        i += step
+    raise PluginError(f"unbalanced {open_ch}{close_ch} {'after' if step == 1 else 'before'} offset {at}")
 
 
 def rewrite_launches(text: str) -> tuple[str, int]:
@@ -108,7 +100,7 @@ def rewrite_launches(text: str) -> tuple[str, int]:
         while k > 0 and code[k - 1].isspace():
             k -= 1
         if code[k - 1] == ">":
-            k = _match_back(code, k - 1, "<", ">")
+            k = _matching(code, k - 1, "<", ">", -1)
         while k > 0 and (code[k - 1].isalnum() or code[k - 1] in "_:"):
             k -= 1
         kernel = out[k:start].strip()
@@ -119,7 +111,7 @@ def rewrite_launches(text: str) -> tuple[str, int]:
             open_paren += 1
         if code[open_paren] != "(":
             raise PluginError(f"`>>>` not followed by the kernel's arguments at offset {stop}")
-        close_paren = _match_forward(code, open_paren, "(", ")")
+        close_paren = _matching(code, open_paren, "(", ")", 1)
         config = out[start + 3:stop]
         args = out[open_paren + 1:close_paren]
         call = f"::{_LAUNCH}({kernel}, ::{_CONFIG}({config})" + (f",{args})" if args.strip() else ")")
@@ -245,7 +237,7 @@ def _hash(parts) -> str:
 def _generator_source() -> str:
     """The code that writes the generated translation unit: part of the cache key, so that a
     changed rewrite is never served from a stale library."""
-    return "".join(inspect.getsource(f) for f in (_strip_comments, _match_back, _match_forward, rewrite_launches,
+    return "".join(inspect.getsource(f) for f in (_strip_comments, _matching, rewrite_launches,
                                                   extern_shared_arrays, generate_translation_unit))
 
 
