@@ -233,6 +233,19 @@ def _cli(args):
     return CliRunner().invoke(cli, args, catch_exceptions=False)
 
 
+def test_profile_says_that_ort_cpu_is_not_the_int8_fast_path(tinyvim_onnx, int8_onnx):
+    """Timing the Q/DQ file on ORT's CPU provider comes with the note (once, before the figures);
+    OpenVINO on the same file and ORT on the fp32 file get none."""
+    common = ["--batch", str(BATCH), "--warmup", "0", "--iters", "1", "--threads", "1"]
+    quantized = _cli(["profile", "--backend", "ort,ov", "--model", str(int8_onnx.path), *common])
+    assert quantized.exit_code == 0, quantized.output
+    assert quantized.output.count("note: ONNX Runtime's CPU provider runs a TensorRT-style Q/DQ file") == 1
+    assert "--backend ov" in quantized.output
+    fp32 = _cli(["profile", "--backend", "ort,ov", "--model", str(tinyvim_onnx), *common])
+    assert fp32.exit_code == 0, fp32.output
+    assert "Q/DQ" not in fp32.output
+
+
 def test_bad_input_is_one_error_line(tinyvim_onnx, int8_onnx, tmp_path):
     empty = tmp_path / "empty"
     empty.mkdir()
