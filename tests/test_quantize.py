@@ -251,10 +251,17 @@ def test_bad_input_is_one_error_line(tinyvim_onnx, int8_onnx, tmp_path):
     empty.mkdir()
     notes = tmp_path / "notes.onnx"
     notes.write_text("not a model")
+    broken = tmp_path / "broken"
+    broken.mkdir()
+    (broken / "cat.png").write_bytes(b"not a picture")
     cases = {
         (str(tinyvim_onnx), "-o", str(tmp_path / "a.onnx")): "exactly one of --calib DIR",
         (str(tinyvim_onnx), "--calib", str(empty), "--calib-random", "4"): "exactly one of --calib DIR",
-        (str(tinyvim_onnx), "--calib", str(empty), "-o", str(tmp_path / "b.onnx")): "no pictures",
+        # the errors name quantize's own option (the picture loader is validate's --images too)
+        (str(tinyvim_onnx), "--calib", str(empty), "-o", str(tmp_path / "b.onnx")): f"--calib {empty}: no pictures",
+        (str(tinyvim_onnx), "--calib", str(tmp_path / "nowhere"), "-o", str(tmp_path / "b.onnx")):
+            f"--calib {tmp_path / 'nowhere'}: not a folder",
+        (str(tinyvim_onnx), "--calib", str(broken), "-o", str(tmp_path / "b.onnx")): "--calib: cannot read",
         (str(notes), "--calib-random", "4"): "is not an ONNX model",
         (str(int8_onnx.path), "--calib-random", "4", "-o", str(tmp_path / "c.onnx")): "is already int8",
         (str(tinyvim_onnx), "--calib-random", "0", "-o", str(tmp_path / "d.onnx")): "--calib-random must be",

@@ -68,13 +68,14 @@ def random_batches(num: int, batch: int, size: tuple[int, int], seed: int = 0) -
     return list(iter_random_batches(num, batch, size, seed))
 
 
-def preprocess_image(path: str | os.PathLike, size: tuple[int, int], crop_pct: float = DEFAULT_CROP_PCT) -> np.ndarray:
+def preprocess_image(path: str | os.PathLike, size: tuple[int, int], crop_pct: float = DEFAULT_CROP_PCT,
+                     flag: str = "--images") -> np.ndarray:
     """One picture -> (3, H, W) normalised float32. The shorter side is resized to
     floor(max(H, W) / crop_pct), keeping the aspect ratio, then the centre H x W is cropped.
     Memory is bounded: the picture by MAX_DECODED_PIXELS, the resized intermediate by
     MAX_RESIZED_PIXELS (beyond it the crop's source region is resampled directly)."""
     with _quiet_pil(), Image.open(path) as im:
-        _check_pixels(path, im.size)
+        _check_pixels(path, im.size, flag)
         im = im.convert("RGB")
         w0, h0 = im.size
         target = int(max(size) / crop_pct)
@@ -92,36 +93,37 @@ def preprocess_image(path: str | os.PathLike, size: tuple[int, int], crop_pct: f
     return normalize(pixels[None])[0]
 
 
-def _check_pixels(path, wh: tuple[int, int]) -> None:
+def _check_pixels(path, wh: tuple[int, int], flag: str = "--images") -> None:
     w, h = wh
     if w * h > MAX_DECODED_PIXELS:
-        raise TinyvimError(f"--images: {path} is {w}x{h} ({w * h / 2**20:.0f} Mpx), above the "
+        raise TinyvimError(f"{flag}: {path} is {w}x{h} ({w * h / 2**20:.0f} Mpx), above the "
                            f"{MAX_DECODED_PIXELS // 2**20} Mpx tinyvim decodes: downscale it first")
 
 
-def list_images(folder: str | os.PathLike, batch: int, limit: int | None = None) -> list[Path]:
+def list_images(folder: str | os.PathLike, batch: int, limit: int | None = None, flag: str = "--images") -> list[Path]:
     """The pictures in `folder` (sorted by name, at most limit * batch), each checked to open
-    as an image (header only, so it is cheap) before any work starts; one-line errors."""
+    as an image (header only, so it is cheap) before any work starts; one-line errors that name
+    the command's option (`flag`: validate's --images, quantize's --calib)."""
     folder = Path(folder)
     if not folder.is_dir():
-        raise TinyvimError(f"--images {folder}: not a folder")
+        raise TinyvimError(f"{flag} {folder}: not a folder")
     files = sorted(p for p in folder.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file())
     if limit:
         files = files[: limit * batch]
     if not files:
-        raise TinyvimError(f"--images {folder}: no pictures ({', '.join(sorted(IMAGE_SUFFIXES))})")
+        raise TinyvimError(f"{flag} {folder}: no pictures ({', '.join(sorted(IMAGE_SUFFIXES))})")
     for p in files:
         try:
             with _quiet_pil(), Image.open(p) as im:    # the header only: cheap
                 size = im.size
         except Exception as exc:  # noqa: BLE001 - PIL raises many types for a bad file
-            raise TinyvimError(f"--images: cannot read {p}: {error_reason(exc, 200)}") from None
-        _check_pixels(p, size)
+            raise TinyvimError(f"{flag}: cannot read {p}: {error_reason(exc, 200)}") from None
+        _check_pixels(p, size, flag)
     return files
 
 
 def iter_image_batches(files: list[Path], batch: int, size: tuple[int, int],
-                       crop_pct: float = DEFAULT_CROP_PCT) -> Iterator[np.ndarray]:
+                       crop_pct: float = DEFAULT_CROP_PCT, flag: str = "--images") -> Iterator[np.ndarray]:
     """Batches (batch, 3, H, W) of `files`, preprocessed one batch at a time; the last batch is
     padded by repeating pictures from the start so every batch has the model's batch size."""
     total = -(-len(files) // batch) * batch
@@ -130,13 +132,13 @@ def iter_image_batches(files: list[Path], batch: int, size: tuple[int, int],
         for i in range(start, start + batch):
             p = files[i % len(files)]
             try:
-                arrays.append(preprocess_image(p, size, crop_pct))
+                arrays.append(preprocess_image(p, size, crop_pct, flag))
             except TinyvimError:
                 raise
             except MemoryError:
-                raise TinyvimError(f"--images: not enough memory to decode {p}: downscale it, or free memory") from None
+                raise TinyvimError(f"{flag}: not enough memory to decode {p}: downscale it, or free memory") from None
             except Exception as exc:  # noqa: BLE001 - a picture that opened but does not decode
-                raise TinyvimError(f"--images: cannot read {p}: {error_reason(exc, 200)}") from None
+                raise TinyvimError(f"{flag}: cannot read {p}: {error_reason(exc, 200)}") from None
         yield np.stack(arrays)
 
 

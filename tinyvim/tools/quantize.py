@@ -190,7 +190,7 @@ class CalibrationSet:
 
     def batches(self) -> Iterator[np.ndarray]:
         if self.source == "images":
-            yield from iter_image_batches(list(self.files), self.batch, self.size, self.crop_pct)
+            yield from iter_image_batches(list(self.files), self.batch, self.size, self.crop_pct, flag="--calib")
         else:
             yield from iter_random_batches(-(-self.samples // self.batch), self.batch, self.size, self.seed or 0)
 
@@ -211,7 +211,7 @@ def calibration_set(*, calib_dir: str | os.PathLike | None, calib_random: int | 
     check_workload(batch, size)
     if calib_dir is not None:
         check_count(max_images, "--calib-max", 1, MAX_CALIBRATION_SAMPLES)
-        files = list_images(calib_dir, 1, max_images)
+        files = list_images(calib_dir, 1, max_images, flag="--calib")
         return CalibrationSet("images", len(files), batch, size, None, tuple(files), crop_pct)
     check_count(calib_random, "--calib-random", 1, MAX_CALIBRATION_SAMPLES)
     check_seed(seed)
