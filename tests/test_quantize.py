@@ -233,6 +233,24 @@ def _cli(args):
     return CliRunner().invoke(cli, args, catch_exceptions=False)
 
 
+def test_build_engine_refuses_a_precision_the_file_cannot_have_before_needing_tensorrt(
+        tinyvim_onnx, int8_onnx, tmp_path, monkeypatch):
+    """A mismatch between --precision and the file is the user's to fix whatever TensorRT builds
+    it: said on a machine without TensorRT too, instead of "install TensorRT" first."""
+    def no_tensorrt():
+        raise TinyvimError("TensorRT is not installed")
+    monkeypatch.setattr(trt_build, "import_tensorrt", no_tensorrt)
+    cases = {(str(tinyvim_onnx), "--precision", "int8"): "needs an ONNX with int8 Q/DQ nodes",
+             (str(int8_onnx.path), "--precision", "fp16"): "this ONNX is quantized to int8",
+             (str(int8_onnx.path), "--precision", "fp8"): "this ONNX is quantized to int8"}
+    for args, message in cases.items():
+        r = _cli(["build-engine", *args, "-o", str(tmp_path / "m.engine")])
+        assert r.exit_code == 2 and message in r.output and "not installed" not in r.output, (args, r.output)
+    r = _cli(["build-engine", str(int8_onnx.path), "--precision", "int8", "-o", str(tmp_path / "m.engine")])
+    assert r.exit_code == 2 and "TensorRT is not installed" in r.output      # a consistent request gets that far
+    assert not list(tmp_path.iterdir())
+
+
 def test_profile_says_that_ort_cpu_is_not_the_int8_fast_path(tinyvim_onnx, int8_onnx):
     """Timing the Q/DQ file on ORT's CPU provider comes with the note (once, before the figures);
     OpenVINO on the same file and ORT on the fp32 file get none."""

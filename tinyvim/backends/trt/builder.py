@@ -163,27 +163,46 @@ class PrecisionPolicy:
                 "precision_constraints": "obey" if self.pin_fp32 else None}
 
 
+def _typed_graph_error(precision: str, onnx_precision: str, why: str) -> TinyvimError:
+    return TinyvimError(f"--precision {precision} with an {onnx_precision} ONNX: {why}, so the precision is the one "
+                        f"written in the ONNX graph; export it with `tinyvim export --precision {precision}` (keeps "
+                        f"scan/softplus in fp32) or build with --precision {onnx_precision}")
+
+
+def check_precision_for_file(precision: str, onnx_precision: str = FP32) -> None:
+    """The --precision an ONNX exported in `onnx_precision` allows whatever TensorRT builds it:
+    checked before TensorRT is needed (a machine without it hears of the mismatch first)."""
+    if precision not in PRECISIONS:
+        raise TinyvimError(f"unknown precision {precision!r}; choose {', '.join(PRECISIONS)}")
+    if precision in QUANTIZED_PRECISIONS or onnx_precision in QUANTIZED_PRECISIONS:
+        # explicit quantization: the precision is in the ONNX's Q/DQ nodes (module docstring)
+        if onnx_precision not in QUANTIZED_PRECISIONS:
+            raise TinyvimError(f"--precision {precision} needs an ONNX with {precision} Q/DQ nodes (TensorRT's "
+                               f"explicit quantization; TensorRT 11 has no calibrator): run `tinyvim quantize MODEL "
+                               f"--dtype {precision} --calib DIR` and build from its output")
+        if precision != onnx_precision:
+            raise TinyvimError(f"this ONNX is quantized to {onnx_precision} (Q/DQ nodes): build it with --precision "
+                               f"{onnx_precision}, or build the fp32 export it came from for --precision {precision}")
+    elif onnx_precision != FP32 and precision != onnx_precision:
+        raise _typed_graph_error(precision, onnx_precision, f"the ONNX was exported in {onnx_precision}")
+
+
 def precision_policy(precision: str, trt_version: str, onnx_precision: str = FP32,
                      tf32: bool = False) -> PrecisionPolicy:
     """The build recipe for `precision` with TensorRT `trt_version` and an ONNX exported in
     `onnx_precision` (its metadata; fp32 when absent)."""
-    if precision not in PRECISIONS:
-        raise TinyvimError(f"unknown precision {precision!r}; choose {', '.join(PRECISIONS)}")
+    check_precision_for_file(precision, onnx_precision)
     check_trt_version(trt_version)
     major = trt_major(trt_version)
     tf32_note = (("TF32 enabled (--tf32): fp32 layers may run on TF32 tensor cores (~1e-3 relative error)",)
                  if tf32 else ("TF32 disabled: fp32 layers compute in real fp32",))
-    if precision in QUANTIZED_PRECISIONS or onnx_precision in QUANTIZED_PRECISIONS:
-        return _quantized_policy(precision, onnx_precision, major, tf32, tf32_note)
+    if precision in QUANTIZED_PRECISIONS:
+        return _quantized_policy(precision, major, tf32, tf32_note)
     if onnx_precision != FP32 or major >= 11:
         # The graph's own types decide: the builder may not change them.
         if precision != onnx_precision:
-            why = (f"TensorRT {trt_version} builds strongly typed networks only"
-                   if major >= 11 else f"the ONNX was exported in {onnx_precision}")
-            raise TinyvimError(f"--precision {precision} with an {onnx_precision} ONNX: {why}, so the precision "
-                               f"is the one written in the ONNX graph; export it with "
-                               f"`tinyvim export --precision {precision}` (keeps scan/softplus in fp32) "
-                               f"or build with --precision {onnx_precision}")
+            raise _typed_graph_error(precision, onnx_precision,
+                                     f"TensorRT {trt_version} builds strongly typed networks only")
         return PrecisionPolicy(precision, strongly_typed=True, tf32=tf32,
                                notes=(f"strongly typed network: precision from the ONNX graph ({onnx_precision})",
                                       *tf32_note))
@@ -195,16 +214,8 @@ def precision_policy(precision: str, trt_version: str, onnx_precision: str = FP3
                                   "to fp32", *tf32_note))
 
 
-def _quantized_policy(precision: str, onnx_precision: str, major: int, tf32: bool,
-                      tf32_note: tuple[str, ...]) -> PrecisionPolicy:
-    """Explicit quantization: the precision is in the ONNX's Q/DQ nodes (module docstring)."""
-    if onnx_precision not in QUANTIZED_PRECISIONS:
-        raise TinyvimError(f"--precision {precision} needs an ONNX with {precision} Q/DQ nodes (TensorRT's explicit "
-                           f"quantization; TensorRT 11 has no calibrator): run `tinyvim quantize MODEL --dtype "
-                           f"{precision} --calib DIR` and build from its output")
-    if precision != onnx_precision:
-        raise TinyvimError(f"this ONNX is quantized to {onnx_precision} (Q/DQ nodes): build it with --precision "
-                           f"{onnx_precision}, or build the fp32 export it came from for --precision {precision}")
+def _quantized_policy(precision: str, major: int, tf32: bool, tf32_note: tuple[str, ...]) -> PrecisionPolicy:
+    """Explicit quantization (the file's precision already checked to be `precision`)."""
     if major >= 11:
         return PrecisionPolicy(precision, strongly_typed=True, tf32=tf32,
                                notes=(f"strongly typed network: {precision} from the ONNX's Q/DQ nodes, every other "
@@ -386,6 +397,7 @@ def build_engine(onnx_path: str | os.PathLike, output: str | os.PathLike | None 
     # every file this build writes, checked before minutes of building (and before TensorRT is needed)
     check_output_paths({"-o": out, "sidecar": sidecar_path(out), "--timing-cache": timing_cache},
                        inputs={"MODEL": onnx_path})
+    check_precision_for_file(precision, info.precision)
     trt = import_tensorrt()
     poly = import_polygraphy()
     from polygraphy.exception import PolygraphyException
