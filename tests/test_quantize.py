@@ -233,16 +233,17 @@ def _cli(args):
     return CliRunner().invoke(cli, args, catch_exceptions=False)
 
 
-def test_build_engine_refuses_a_precision_the_file_cannot_have_before_needing_tensorrt(
-        tinyvim_onnx, int8_onnx, tmp_path, monkeypatch):
-    """A mismatch between --precision and the file is the user's to fix whatever TensorRT builds
-    it: said on a machine without TensorRT too, instead of "install TensorRT" first."""
+def test_build_engine_refuses_bad_inputs_before_needing_tensorrt(tinyvim_onnx, int8_onnx, tmp_path, monkeypatch):
+    """A --precision the file cannot have, or a missing --plugin library, is the user's to fix
+    whatever TensorRT builds it: said on a machine without TensorRT too, not "install TensorRT" first."""
     def no_tensorrt():
         raise TinyvimError("TensorRT is not installed")
     monkeypatch.setattr(trt_build, "import_tensorrt", no_tensorrt)
     cases = {(str(tinyvim_onnx), "--precision", "int8"): "needs an ONNX with int8 Q/DQ nodes",
              (str(int8_onnx.path), "--precision", "fp16"): "this ONNX is quantized to int8",
-             (str(int8_onnx.path), "--precision", "fp8"): "this ONNX is quantized to int8"}
+             (str(int8_onnx.path), "--precision", "fp8"): "this ONNX is quantized to int8",
+             (str(int8_onnx.path), "--precision", "int8", "--plugin", str(tmp_path / "gone.so")):
+                 f"plugin library {tmp_path / 'gone.so'} does not exist"}
     for args, message in cases.items():
         r = _cli(["build-engine", *args, "-o", str(tmp_path / "m.engine")])
         assert r.exit_code == 2 and message in r.output and "not installed" not in r.output, (args, r.output)

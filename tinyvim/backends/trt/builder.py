@@ -45,6 +45,7 @@ import onnx
 from tinyvim import __version__
 from tinyvim.backends.model_file import read_onnx_info
 from tinyvim.backends.trt.common import (
+    check_plugin_file,
     check_trt_version,
     default_plugin_path,
     gpu_info,
@@ -398,6 +399,8 @@ def build_engine(onnx_path: str | os.PathLike, output: str | os.PathLike | None 
     check_output_paths({"-o": out, "sidecar": sidecar_path(out), "--timing-cache": timing_cache},
                        inputs={"MODEL": onnx_path})
     check_precision_for_file(precision, info.precision)
+    if plugin is not None or info.plugin_nodes:        # the plugin library too, before TensorRT is needed
+        plugin = check_plugin_file(plugin if plugin is not None else default_plugin_path())
     trt = import_tensorrt()
     poly = import_polygraphy()
     from polygraphy.exception import PolygraphyException
@@ -407,7 +410,7 @@ def build_engine(onnx_path: str | os.PathLike, output: str | os.PathLike | None 
     plugin_path = None
     if info.plugin_nodes or plugin is not None:
         # Before the parser looks for the CrossSelectiveScan creator.
-        plugin_path = register_plugin_library(trt, plugin if plugin is not None else default_plugin_path())
+        plugin_path = register_plugin_library(trt, plugin)
         log(f"[build] scan plugin registered from {plugin_path}")
 
     pinned: list[str] = []

@@ -126,6 +126,16 @@ def default_plugin_path() -> str:
 _registered: dict[str, object] = {}
 
 
+def check_plugin_file(path: str | os.PathLike) -> str:
+    """The absolute path of a plugin library that exists, else the one-line error; needs no
+    TensorRT, so commands check it before TensorRT is imported."""
+    path = os.path.abspath(os.fspath(path))
+    if not os.path.isfile(path):
+        raise TinyvimError(f"plugin library {path} does not exist: build it with `tinyvim build-plugin "
+                           "--tensorrt-root <TensorRT prefix>` and pass it with --plugin")
+    return path
+
+
 def register_plugin_library(trt, path: str | os.PathLike) -> str:
     """Register the scan plugin with TensorRT's plugin registry the way TensorRT discovers a
     plugin library: IPluginRegistry::loadLibrary, which calls the library's setLoggerFinder and
@@ -136,9 +146,7 @@ def register_plugin_library(trt, path: str | os.PathLike) -> str:
     path = os.path.abspath(os.fspath(path))
     if path in _registered:
         return path
-    if not os.path.isfile(path):
-        raise TinyvimError(f"plugin library {path} does not exist: build it with `tinyvim build-plugin "
-                           "--tensorrt-root <TensorRT prefix>` and pass it with --plugin")
+    check_plugin_file(path)
     spec = SCAN_PLUGIN
     registry: "trt.IPluginRegistry" = trt.get_plugin_registry()
     handle = None
