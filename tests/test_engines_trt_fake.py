@@ -203,7 +203,9 @@ def test_cli_builds_and_reports_bad_profiles_in_one_line(fake, tmp_path, plugin_
     assert f"wrote {tmp_path / 'm.fp32.engine'}" in r.output and "same build with polygraphy: polygraphy convert" in r.output
     for args, message in ((["--min-shape", "1x64x64", "--max-batch", "4"], "not both"),
                           (["--max-shape", "4x96x64"], "fixed image size of 64x64"),
-                          (["--min-shape", "8x64x64", "--max-shape", "2x64x64"], "min (8x64x64) <= opt")):
+                          (["--min-shape", "8x64x64", "--max-shape", "2x64x64"], "min (8x64x64) <= opt"),
+                          # NCHW habit: the option is named and the form recalled
+                          (["--min-shape", "1x3x64"], "--min-shape 1x3x64: input size 3x64 is not divisible by 32")):
         r = CliRunner().invoke(build_engine, [str(onnx_path), "--plugin", str(plugin_lib), *args])
         lines = [ln for ln in r.output.splitlines() if ln.strip()]
         assert r.exit_code == 2 and len(lines) == 1 and message in lines[0], (args, r.output)

@@ -88,7 +88,10 @@ def parse_shape(text: str, what: str) -> tuple[int, int, int]:
         raise TinyvimError(f"{what} {text!r} is not BxHxW (batch x height x width, e.g. 1x224x224)")
     b, h, w = (int(p) for p in parts)
     check_batch(b, f"the batch of {what}")
-    check_input_size(h, w)
+    try:
+        check_input_size(h, w)
+    except TinyvimError as exc:     # name the option: "3x224" alone reads like a typo elsewhere
+        raise TinyvimError(f"{what} {text}: {exc} (the shape is BxHxW: batch, height, width)") from None
     return b, h, w
 
 
