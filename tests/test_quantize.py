@@ -4,6 +4,7 @@ ONNX Runtime and OpenVINO, TensorRT gets the right build recipe, bad input is on
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 
 import numpy as np
 import onnx
@@ -287,6 +288,14 @@ def test_bad_input_is_one_error_line(tinyvim_onnx, int8_onnx, tmp_path):
         (str(tinyvim_onnx), "--dtype", "fp8", "--reduce-range", "--calib-random", "2",
          "-o", str(tmp_path / "e.onnx")): "fp8 has no such mode",
         (str(tinyvim_onnx), "--calib-random", "2", "-o", str(tinyvim_onnx)): "would overwrite the input",
+        (str(tinyvim_onnx), "--calib-random", "2", "--percentile", "99", "-o", str(tmp_path / "f.onnx")):
+            "--percentile applies to --calib-method percentile",
+        (str(tinyvim_onnx), "--calib-random", "2", "--calib-method", "percentile", "--percentile", "100",
+         "-o", str(tmp_path / "g.onnx")): "--percentile: a percentile must be at least 90 and below 100",
+        (str(tinyvim_onnx), "--calib-random", "2", "--calib-method", "percentile", "--percentile", "nan",
+         "-o", str(tmp_path / "h.onnx")): "--percentile: a percentile must be",
+        (str(tinyvim_onnx), "--calib-random", "2", "--calib-method", "entropy", "-o", str(tmp_path / "i.onnx")):
+            "invalid value for '--calib-method'",
     }
     for args, message in cases.items():
         r = _cli(["quantize", *args])
@@ -296,15 +305,78 @@ def test_bad_input_is_one_error_line(tinyvim_onnx, int8_onnx, tmp_path):
     assert not list(tmp_path.glob("*.onnx*")) or [p.name for p in tmp_path.glob("*.onnx")] == ["notes.onnx"]
 
 
+def _tiny_calibration_model() -> onnx.ModelProto:
+    """images -> Exp(images) -> e (a skewed tensor next to the input's bounded one)."""
+    from onnx import helper
+    graph = helper.make_graph([helper.make_node("Exp", ["images"], ["e"])], "g",
+                              [helper.make_tensor_value_info("images", onnx.TensorProto.FLOAT, [BATCH, 3, 16, 16])],
+                              [helper.make_tensor_value_info("e", onnx.TensorProto.FLOAT, [BATCH, 3, 16, 16])])
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+
+
+@pytest.mark.parametrize("percentile", [None, 99.99, 99.0, 90.0])
+def test_calibration_ranges_are_the_max_or_the_percentile_of_abs_x(percentile):
+    """Against numpy on the very batches calibration sees: minmax exactly; a percentile within one
+    histogram bin (max|x| / HISTOGRAM_BINS) above numpy's percentile (the inverted-CDF definition:
+    the smallest |x| with P % of the values at or below it), and below max|x| (it clips)."""
+    calib = q.CalibrationSet("random", 24, BATCH, (16, 16), seed=5)    # 18,432 values: 99.99 % clips the top 1
+    ranges = q.collect_ranges(_tiny_calibration_model(), ["images", "e"], calib, threads=1, percentile=percentile)
+    x = np.concatenate(list(iter_random_batches(12, BATCH, (16, 16), seed=5)))
+    for name, v in (("images", x), ("e", np.exp(x))):
+        lo, hi = ranges[name]
+        amax = np.abs(v).max()
+        if percentile is None:     # ORT's Exp and numpy's may differ in the last bit
+            assert np.allclose((lo, hi), (v.min(), v.max()), rtol=1e-6, atol=0)
+            continue
+        exact = np.percentile(np.abs(v), percentile, method="inverted_cdf")   # P % of the values at or below
+        width = amax / q.HISTOGRAM_BINS
+        assert lo == -hi and exact - 1e-6 * amax <= hi <= min(exact + width, amax) + 1e-6 * amax, (name, hi, exact)
+        if exact < amax - width:   # the percentile lies bins below the maximum: the range clips
+            assert hi < amax
+    if percentile is not None and percentile <= 99:      # exp's top 1 % is spread out: visibly clipped
+        assert ranges["e"][1] < 0.9 * np.exp(x).max()
+
+
+def test_percentile_calibration_end_to_end(tinyvim_onnx, tmp_path):
+    """--calib-method percentile: the method in the metadata, every activation scale at most
+    minmax's (most strictly smaller), and the file still validates at the int8 tolerance."""
+    args = ["--calib-random", str(CALIB), "--reduce-range", "--seed", "3"]
+    r = _cli(["quantize", str(tinyvim_onnx), *args, "--calib-method", "percentile", "-o", str(tmp_path / "p.onnx")])
+    assert r.exit_code == 0, r.output
+    assert "ranges by percentile-99.99" in r.output
+    meta = ExportMetadata.from_props({p.key: p.value for p in onnx.load(str(tmp_path / "p.onnx")).metadata_props},
+                                     source="p")
+    assert meta.quantization.method == "percentile-99.99"
+    minmax = q.quantize_onnx(tinyvim_onnx, tmp_path / "m.onnx", calib_random=CALIB, reduce_range=True, seed=3)
+    assert minmax.metadata.quantization.method == "minmax"
+
+    def activation_scales(path):
+        model, inits, _, producer, _ = _graph(path)
+        return {n.input[0]: float(inits[n.input[1]]) for n in model.graph.node
+                if n.op_type == "QuantizeLinear" and n.input[0] not in inits}
+    pct, mm = activation_scales(tmp_path / "p.onnx"), activation_scales(tmp_path / "m.onnx")
+    assert pct.keys() == mm.keys() and len(pct) > 50
+    assert all(pct[k] <= mm[k] * (1 + 1e-6) for k in pct)
+    assert sum(pct[k] < mm[k] * (1 - 1e-4) for k in pct) > len(pct) // 2
+    report = validate_model(str(tmp_path / "p.onnx"), backend="ort", num_inputs=2, log=lambda m: None)
+    assert report["passed"], report
+
+
 def test_quantization_metadata_is_typed_and_checked():
     info = QuantizationInfo("int8", 8, "images", 64, None, "minmax", "ab" * 32)
     assert QuantizationInfo.from_text(info.to_text()) == info
     for bad in ("scheme=int4;weight_bits=8;calibration=images;samples=1;seed=;method=minmax;source_sha256=",
                 "scheme=fp8;weight_bits=7;calibration=images;samples=1;seed=;method=minmax;source_sha256=",
                 "scheme=int8;weight_bits=8;calibration=images;samples=0;seed=;method=minmax;source_sha256=",
-                "scheme=int8;weight_bits=8"):
+                "scheme=int8;weight_bits=8",
+                "scheme=int8;weight_bits=8;calibration=images;samples=1;seed=;method=percentile-100;source_sha256=",
+                "scheme=int8;weight_bits=8;calibration=images;samples=1;seed=;method=percentile-5;source_sha256=",
+                "scheme=int8;weight_bits=8;calibration=images;samples=1;seed=;method=percentile;source_sha256=",
+                "scheme=int8;weight_bits=8;calibration=images;samples=1;seed=;method=entropy;source_sha256="):
         with pytest.raises(ValueError):
             QuantizationInfo.from_text(bad)
+    pct = replace(info, method="percentile-99.9")
+    assert QuantizationInfo.from_text(pct.to_text()) == pct
     props = ExportMetadata("s", precision="int8", quantization=info).to_props()
     assert ExportMetadata.from_props(props, source="t").quantization == info
     del props["quantization"]

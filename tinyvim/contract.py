@@ -430,9 +430,42 @@ def _text(key: str, text: str) -> str:
     return text
 
 
-#: how `tinyvim quantize` calibrates (activation ranges: max |x| over the calibration set)
+#: how `tinyvim quantize` calibrates: the activation range is max |x| over the calibration set
+#: (minmax), or the P-th percentile of |x| (percentile, written `percentile-P` in the metadata),
+#: which clips rare outliers so the bulk of the values gets finer steps
 CALIBRATION_SOURCES = ("images", "random")
-CALIBRATION_METHODS = ("minmax",)
+CALIBRATION_METHODS = ("minmax", "percentile")
+DEFAULT_PERCENTILE = 99.99
+#: percentiles accepted: below 90 clips far too much to be a calibration; 100 is minmax
+PERCENTILE_RANGE = (90.0, 100.0)
+
+
+def check_percentile(value: float) -> float:
+    """A percentile in [90, 100), else ValueError naming the range."""
+    lo, hi = PERCENTILE_RANGE
+    if not (isinstance(value, (int, float)) and math.isfinite(value) and lo <= value < hi):
+        raise ValueError(f"a percentile must be at least {lo:g} and below {hi:g} ({hi:g} is minmax), got {value}")
+    return float(value)
+
+
+def calibration_method_name(method: str, percentile: float | None = None) -> str:
+    """The metadata's method text: 'minmax' or 'percentile-P'."""
+    if method == "percentile":
+        return f"percentile-{check_percentile(DEFAULT_PERCENTILE if percentile is None else percentile):g}"
+    return _choice("method", method, CALIBRATION_METHODS)
+
+
+def _method(key: str, text: str) -> str:
+    name, sep, value = text.partition("-")
+    if name == "percentile" and sep:
+        try:
+            number = float(value)
+        except ValueError:
+            raise ValueError(f"expected percentile-P with a number P, got {text!r}") from None
+        return calibration_method_name("percentile", check_percentile(number))
+    if text != "minmax":
+        raise ValueError(f"expected minmax or percentile-P, got {text!r}")
+    return text
 _QUANT_KEYS = ("scheme", "weight_bits", "calibration", "samples", "seed", "method", "source_sha256")
 
 
@@ -441,8 +474,8 @@ class QuantizationInfo:
     """How a QDQ model was quantized (metadata key `quantization`, one line of key=value pairs):
     scheme int8 | fp8 (symmetric, per-tensor activations, per-channel weights); weight_bits 8,
     or 7 for CPUs without VNNI (see tinyvim.tools.quantize); the calibration set (images from
-    a folder or seeded random images, how many, the seed); the range method; the sha256 of the
-    fp32 ONNX it was made from."""
+    a folder or seeded random images, how many, the seed); the range method (minmax or
+    percentile-P); the sha256 of the fp32 ONNX it was made from."""
     scheme: str
     weight_bits: int
     calibration: str
@@ -472,7 +505,7 @@ class QuantizationInfo:
                    calibration=_choice("calibration", values["calibration"], CALIBRATION_SOURCES),
                    samples=_int("samples", values["samples"], 1, MAX_CALIBRATION_SAMPLES),
                    seed=None if values["seed"] == "" else _int("seed", values["seed"], 0, MAX_SEED),
-                   method=_choice("method", values["method"], CALIBRATION_METHODS),
+                   method=_method("method", values["method"]),
                    source_sha256=_sha256("source_sha256", values["source_sha256"]))
 
 

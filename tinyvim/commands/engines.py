@@ -15,6 +15,7 @@ from tinyvim.commands.common import int_list as _int_list
 from tinyvim.commands.common import one_line_errors as _one_line_errors
 from tinyvim.contract import COMPUTE_PRECISIONS, FILE_KINDS, FP32, VARIANTS
 from tinyvim.tools import profile as prof
+from tinyvim.tools.inputs import DEFAULT_CROP_PCT
 from tinyvim.tools.validate import format_table, validate_model
 from tinyvim.utils import atomic_write_json, check_output_paths
 
@@ -63,7 +64,8 @@ def _pop_backend_options(kwargs: dict) -> dict:
 @click.option("--seed", type=int, default=0, show_default=True, help="Seed of the random inputs.")
 @click.option("--images", type=click.Path(file_okay=False), default=None,
               help="Folder of pictures to use instead of random inputs (ImageNet preprocessing).")
-@click.option("--crop-pct", type=float, default=0.875, show_default=True, help="Centre-crop fraction for --images.")
+@click.option("--crop-pct", type=float, default=DEFAULT_CROP_PCT, show_default=True,
+              help="Centre-crop fraction for --images.")
 @click.option("--atol", type=float, default=None, help="Absolute tolerance [default: by precision].")
 @click.option("--rtol", type=float, default=None, help="Relative tolerance [default: by precision].")
 @click.option("--per-block", is_flag=True, default=False,

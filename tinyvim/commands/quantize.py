@@ -7,7 +7,8 @@ from pathlib import Path
 import click
 
 from tinyvim.commands.common import SIZE_METAVAR, echo_err, json_option, one_line_errors
-from tinyvim.contract import QUANTIZED_PRECISIONS
+from tinyvim.contract import CALIBRATION_METHODS, DEFAULT_PERCENTILE, QUANTIZED_PRECISIONS
+from tinyvim.tools.inputs import DEFAULT_CROP_PCT
 from tinyvim.tools.quantize import quantization_report, quantize_onnx
 from tinyvim.utils import atomic_write_json, check_output_paths
 
@@ -25,6 +26,11 @@ def default_output(model: str, dtype: str) -> str:
 @click.option("--calib-random", type=int, default=None, metavar="N",
               help="Calibrate on N seeded random images instead (for a try-out: real pictures give real ranges).")
 @click.option("--calib-max", type=int, default=512, show_default=True, help="Use at most this many --calib pictures.")
+@click.option("--calib-method", type=click.Choice(CALIBRATION_METHODS), default="minmax", show_default=True,
+              help="Activation range: max |x| over the calibration set, or a percentile of |x| (clips rare "
+                   "outliers; two passes over the pictures).")
+@click.option("--percentile", type=float, default=None,
+              help=f"With --calib-method percentile: which one, in [90, 100) [default: {DEFAULT_PERCENTILE:g}].")
 @click.option("--dtype", type=click.Choice(QUANTIZED_PRECISIONS), default="int8", show_default=True,
               help="int8, or fp8 (float8e4m3fn Q/DQ, for Hopper/Blackwell GPUs; opset >= 19).")
 @click.option("--reduce-range", is_flag=True,
@@ -33,14 +39,15 @@ def default_output(model: str, dtype: str) -> str:
 @click.option("--img-size", default=None, metavar=SIZE_METAVAR,
               help="Calibration size for a dynamic-size export [default: the model's, else 224].")
 @click.option("--seed", type=int, default=0, show_default=True, help="Seed of --calib-random.")
-@click.option("--crop-pct", type=float, default=0.875, show_default=True, help="Centre-crop fraction for --calib.")
+@click.option("--crop-pct", type=float, default=DEFAULT_CROP_PCT, show_default=True,
+              help="Centre-crop fraction for --calib.")
 @click.option("--threads", type=int, default=None, help="ONNX Runtime threads for calibration [default: all cores].")
 @click.option("-o", "--output", type=click.Path(dir_okay=False), default=None,
               help="Output path [default: MODEL.<dtype>.onnx].")
 @json_option
 @one_line_errors
-def quantize(model, calib_dir, calib_random, calib_max, dtype, reduce_range, img_size, seed, crop_pct, threads,
-             output, json_path):
+def quantize(model, calib_dir, calib_random, calib_max, calib_method, percentile, dtype, reduce_range, img_size, seed,
+             crop_pct, threads, output, json_path):
     """Quantize an fp32 TinyViM ONNX into an explicit Q/DQ ONNX (symmetric, per-channel weights on
     Conv/MatMul/Gemm; scan, softplus, LayerNorm statistics and plugin nodes stay fp32) that
     TensorRT, ONNX Runtime and OpenVINO all run. Calibration runs on the CPU."""
@@ -49,7 +56,8 @@ def quantize(model, calib_dir, calib_random, calib_max, dtype, reduce_range, img
     check_output_paths({"-o": output, "--json": json_path}, inputs={"MODEL": model})
     result = quantize_onnx(model, output, dtype=dtype, calib_dir=calib_dir, calib_random=calib_random, seed=seed,
                            max_images=calib_max, crop_pct=crop_pct, img_size=img_size, reduce_range=reduce_range,
-                           threads=threads, log=lambda m: echo_err(f"  {m} ..."))
+                           calib_method=calib_method, percentile=percentile, threads=threads,
+                           log=lambda m: echo_err(f"  {m} ..."))
     for warning in result.warnings:
         click.secho(f"warning: {warning}", fg="yellow", err=True)
     quant = result.metadata.quantization

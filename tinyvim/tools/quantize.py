@@ -24,7 +24,8 @@ never both), and pulls cupy-cuda12x, lief and cppimport - a CUDA stack on CPU-on
 quantize_static writes the same TensorRT-style graph with the options below and is already
 installed. The calibration is ours: the activation ranges come from tinyvim's ORT runner
 (which also runs the plugin flavour's custom node, which ORT's own calibrator cannot), and are
-handed to quantize_static as its calibration cache.
+handed to quantize_static as its calibration cache: max |x| (minmax) or a percentile of |x|
+(collect_ranges).
 
 Weights in 7 bits (`reduce_range`, [-64, 64]): x86 CPUs without VNNI (AVX2 and early
 AVX-512: Zen 1-3, Haswell..Skylake) multiply int8 with vpmaddubsw, whose 16-bit pair sums
@@ -55,13 +56,17 @@ from onnx import numpy_helper
 from tinyvim.backends.model_file import read_onnx_info
 from tinyvim.backends.ort.runner import OrtRunner
 from tinyvim.contract import (
+    CALIBRATION_METHODS,
+    DEFAULT_PERCENTILE,
     INPUT_NAME,
     MAX_CALIBRATION_SAMPLES,
     QUANTIZED_PRECISIONS,
     SCAN_PLUGIN,
     ExportMetadata,
     QuantizationInfo,
+    calibration_method_name,
     check_count,
+    check_percentile,
     check_seed,
     check_threads,
     check_workload,
@@ -218,11 +223,21 @@ def calibration_set(*, calib_dir: str | os.PathLike | None, calib_random: int | 
     return CalibrationSet("random", int(calib_random), batch, size, int(seed))
 
 
+#: bins of the |x| histogram behind a percentile range: the range is exact to max|x| / HISTOGRAM_BINS
+HISTOGRAM_BINS = 4096
+
+
 def collect_ranges(model: onnx.ModelProto, tensors: list[str], calib: CalibrationSet, *,
-                   threads: int | None = None) -> dict[str, tuple[float, float]]:
+                   threads: int | None = None, percentile: float | None = None) -> dict[str, tuple[float, float]]:
     """(min, max) of each of `tensors` over the calibration set: the model, with those tensors
     as extra outputs, runs batch by batch through tinyvim's ORT runner (the plugin flavour's
-    scan node through its CPU path); memory is that of one batch."""
+    scan node through its CPU path); memory is that of one batch.
+
+    With `percentile` (P in [90, 100)) a second pass over the same batches histograms |x| of each
+    tensor over [0, max|x|] in HISTOGRAM_BINS bins, and the range becomes -a..a with a the upper
+    edge of the bin holding the P-th percentile of |x| - the smallest |x| with P % of the values
+    at or below it - so at most max|x| / HISTOGRAM_BINS above it (the activations are quantized
+    symmetrically: only |x| matters)."""
 
     marked = onnx.ModelProto()
     marked.CopyFrom(model)
@@ -233,19 +248,42 @@ def collect_ranges(model: onnx.ModelProto, tensors: list[str], calib: Calibratio
             marked.graph.output.append(onnx.helper.make_tensor_value_info(name, onnx.TensorProto.FLOAT, None))
     ranges: dict[str, list[float]] = {}
     runner = OrtRunner(marked.SerializeToString(), threads=threads, name="calibration")
-    with runner:
-        for batch in calib.batches():
+
+    def calibration_values() -> Iterator[dict[str, np.ndarray]]:
+        for batch in calib.batches():     # the same batches on every pass (pictures, or seeded)
             values = runner.infer({INPUT_NAME: batch})
             values[INPUT_NAME] = batch
-            for name in tensors:
-                v = np.asarray(values[name])
+            yield {name: np.asarray(values[name]) for name in tensors}
+
+    with runner:
+        for values in calibration_values():
+            for name, v in values.items():
                 if not np.all(np.isfinite(v)):
                     raise TinyvimError(f"calibration: tensor {name} has NaN/Inf values: the model or the images are "
                                        "broken (validate the fp32 export first)")
                 lo, hi = float(v.min()), float(v.max())
                 cur = ranges.setdefault(name, [lo, hi])
                 cur[0], cur[1] = min(cur[0], lo), max(cur[1], hi)
-    return {k: (v[0], v[1]) for k, v in ranges.items()}
+        if percentile is None:
+            return {k: (v[0], v[1]) for k, v in ranges.items()}
+        amax = {k: max(-v[0], v[1]) for k, v in ranges.items()}
+        hist = {k: np.zeros(HISTOGRAM_BINS, np.int64) for k in ranges}
+        for values in calibration_values():
+            for name, v in values.items():
+                if amax[name] > 0:
+                    bins = np.minimum((np.abs(v).ravel() * (HISTOGRAM_BINS / amax[name])).astype(np.int64),
+                                      HISTOGRAM_BINS - 1)
+                    hist[name] += np.bincount(bins, minlength=HISTOGRAM_BINS)
+    clipped = {}
+    for name, counts in hist.items():
+        if amax[name] == 0:
+            clipped[name] = (0.0, 0.0)
+            continue
+        cumulative = np.cumsum(counts)
+        k = int(np.searchsorted(cumulative, percentile / 100.0 * cumulative[-1]))   # first bin reaching P %
+        a = min((k + 1) * amax[name] / HISTOGRAM_BINS, amax[name])
+        clipped[name] = (-a, a)
+    return clipped
 
 
 # --------------------------------------------------------------------- the Q/DQ graph
@@ -445,12 +483,14 @@ def _output_axis(node: onnx.NodeProto) -> int:
 def quantize_onnx(model: str | os.PathLike, output: str | os.PathLike, *, dtype: str = "int8",
                   calib_dir: str | os.PathLike | None = None, calib_random: int | None = None, seed: int = 0,
                   max_images: int = 512, crop_pct: float = DEFAULT_CROP_PCT, img_size: str | None = None,
-                  reduce_range: bool = False, threads: int | None = None,
-                  log: Callable[[str], None] = lambda m: None) -> QuantizeResult:
+                  reduce_range: bool = False, calib_method: str = "minmax", percentile: float | None = None,
+                  threads: int | None = None, log: Callable[[str], None] = lambda m: None) -> QuantizeResult:
     """Quantize the fp32 TinyViM ONNX `model` into a Q/DQ ONNX at `output` (written
     atomically): int8 (or fp8) per the module docstring, calibrated on `calib_dir`'s pictures
     or `calib_random` seeded random images. metadata_props are kept, with `precision` set to
-    `dtype` and `quantization` describing how. Every argument is checked before any work."""
+    `dtype` and `quantization` describing how. `calib_method` minmax (max |x|) or percentile
+    (`percentile` of |x|, default DEFAULT_PERCENTILE; see collect_ranges). Every argument is
+    checked before any work."""
     start = time.perf_counter()
     if dtype not in QUANTIZED_PRECISIONS:
         raise TinyvimError(f"unknown --dtype {dtype!r}: choose {' or '.join(QUANTIZED_PRECISIONS)}")
@@ -465,6 +505,16 @@ def quantize_onnx(model: str | os.PathLike, output: str | os.PathLike, *, dtype:
                            "(`tinyvim export --precision fp32`)")
     if dtype == "fp8" and reduce_range:
         raise TinyvimError("--reduce-range is for int8 weights on CPUs without VNNI; fp8 has no such mode")
+    if calib_method not in CALIBRATION_METHODS:
+        raise TinyvimError(f"unknown --calib-method {calib_method!r}: choose {' or '.join(CALIBRATION_METHODS)}")
+    if calib_method == "minmax" and percentile is not None:
+        raise TinyvimError("--percentile applies to --calib-method percentile (minmax takes max |x|)")
+    if calib_method == "percentile":
+        try:
+            percentile = check_percentile(DEFAULT_PERCENTILE if percentile is None else percentile)
+        except ValueError as exc:
+            raise TinyvimError(f"--percentile: {exc}") from None
+    method = calibration_method_name(calib_method, percentile)
     proto = onnx.load(os.fspath(model))
     if any(n.op_type in _QDQ for n in proto.graph.node):
         raise TinyvimError(f"{model} already has QuantizeLinear/DequantizeLinear nodes: quantize the fp32 export")
@@ -490,9 +540,10 @@ def quantize_onnx(model: str | os.PathLike, output: str | os.PathLike, *, dtype:
     if not nodes:
         raise TinyvimError(f"{model} has no Conv/MatMul/Gemm with weights to quantize")
     tensors = activation_inputs(proto.graph, nodes)
-    log(f"calibrating {len(tensors)} activation ranges on {calib.describe()}, batch {batch}")
+    how = "max |x|" if percentile is None else f"the {percentile:g}th percentile of |x|, two passes"
+    log(f"calibrating {len(tensors)} activation ranges ({how}) on {calib.describe()}, batch {batch}")
     t0 = time.perf_counter()
-    ranges = collect_ranges(proto, tensors, calib, threads=threads)
+    ranges = collect_ranges(proto, tensors, calib, threads=threads, percentile=percentile)
     t1 = time.perf_counter()
     log(f"quantizing {len(nodes)} layers ({dtype}, per-channel weights"
         f"{', 7-bit' if reduce_range else ''}; {len(kept)} weighted layer(s) kept in fp32)")
@@ -504,7 +555,7 @@ def quantize_onnx(model: str | os.PathLike, output: str | os.PathLike, *, dtype:
         raise TinyvimError(f"internal: the quantized graph breaks its promises: {'; '.join(problems[:5])}"
                            + (f" (+{len(problems) - 5} more)" if len(problems) > 5 else ""))
     quant = QuantizationInfo(scheme=dtype, weight_bits=7 if reduce_range else 8, calibration=calib.source,
-                             samples=calib.samples, seed=calib.seed, method="minmax",
+                             samples=calib.samples, seed=calib.seed, method=method,
                              source_sha256=file_sha256(model))
     new_meta = replace(meta, precision=dtype, quantization=quant)
     _set_metadata(qdq, proto, new_meta)
