@@ -209,3 +209,17 @@ def test_cli_builds_and_reports_bad_profiles_in_one_line(fake, tmp_path, plugin_
         r = CliRunner().invoke(build_engine, [str(onnx_path), "--plugin", str(plugin_lib), *args])
         lines = [ln for ln in r.output.splitlines() if ln.strip()]
         assert r.exit_code == 2 and len(lines) == 1 and message in lines[0], (args, r.output)
+
+
+def test_load_engine_names_a_missing_plugin_before_needing_tensorrt(tmp_path, monkeypatch):
+    """`validate/profile --plugin WRONG` on a machine without TensorRT: the wrong path is said,
+    not "install TensorRT" (which would be followed by the path error after installing it)."""
+    def no_tensorrt():
+        raise TinyvimError("TensorRT is not installed")
+    monkeypatch.setattr(trt_runner, "import_tensorrt", no_tensorrt)
+    engine = tmp_path / "m.engine"
+    engine.write_bytes(b"engine bytes")
+    with pytest.raises(TinyvimError, match=f"plugin library {tmp_path / 'gone.so'} does not exist"):
+        trt_runner.load_engine(engine, plugin=tmp_path / "gone.so")
+    with pytest.raises(TinyvimError, match="TensorRT is not installed"):    # no plugin given: that far
+        trt_runner.load_engine(engine)

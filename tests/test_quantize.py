@@ -319,9 +319,9 @@ def test_calibration_ranges_are_the_max_or_the_percentile_of_abs_x(percentile):
     """Against numpy on the very batches calibration sees: minmax exactly; a percentile within one
     histogram bin (max|x| / HISTOGRAM_BINS) above numpy's percentile (the inverted-CDF definition:
     the smallest |x| with P % of the values at or below it), and below max|x| (it clips)."""
-    calib = q.CalibrationSet("random", 24, BATCH, (16, 16), seed=5)    # 18,432 values: 99.99 % clips the top 1
+    calib = q.CalibrationSet("random", 24, BATCH, (16, 16), seed=5)    # 18,432 values per tensor
     ranges = q.collect_ranges(_tiny_calibration_model(), ["images", "e"], calib, threads=1, percentile=percentile)
-    x = np.concatenate(list(iter_random_batches(12, BATCH, (16, 16), seed=5)))
+    x = np.concatenate(list(iter_random_batches(24 // BATCH, BATCH, (16, 16), seed=5)))   # the same batches
     for name, v in (("images", x), ("e", np.exp(x))):
         lo, hi = ranges[name]
         amax = np.abs(v).max()

@@ -466,6 +466,8 @@ def _method(key: str, text: str) -> str:
     if text != "minmax":
         raise ValueError(f"expected minmax or percentile-P, got {text!r}")
     return text
+
+
 _QUANT_KEYS = ("scheme", "weight_bits", "calibration", "samples", "seed", "method", "source_sha256")
 
 

@@ -17,6 +17,7 @@ import numpy as np
 
 from tinyvim.backends.base import BaseRunner
 from tinyvim.backends.trt.common import (
+    check_plugin_file,
     default_plugin_path,
     gpu_info,
     import_polygraphy,
@@ -44,6 +45,8 @@ def load_engine(engine_path: str | os.PathLike, *, plugin: str | os.PathLike | N
     engine_path = os.fspath(engine_path)
     if not os.path.isfile(engine_path):
         raise TinyvimError(f"{engine_path}: no such file")
+    if plugin is not None:             # the user's path is checked before TensorRT is needed
+        plugin = check_plugin_file(plugin)
     trt = import_tensorrt()
     poly = import_polygraphy()
     from polygraphy.exception import PolygraphyException
