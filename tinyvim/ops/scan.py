@@ -45,6 +45,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 from torch._higher_order_ops.scan import scan as _scan_hop
+from torch.utils._python_dispatch import _get_current_dispatch_mode
 
 from tinyvim.contract import SCAN_PLUGIN
 
@@ -91,7 +92,9 @@ def _layout(h: int, w: int, Lp: int, parity_split: bool = False) -> tuple[np.nda
     flat_in = order + np.arange(4)[:, None] * L
     flat_out = slot_of_step[inverse] + np.arange(4)[:, None] * Lp
     valid = (step_in_slot < L).astype(np.float32).reshape(Lp, 1)
-    return order, flat_in, flat_out, valid
+    # row-major copies: fancy indexing may hand back a column-major array, and a constant with
+    # a transposed dim order is what ExecuTorch refuses ("Failed to map a given dim_order")
+    return tuple(np.ascontiguousarray(a) for a in (order, flat_in, flat_out, valid))
 
 
 @functools.lru_cache(maxsize=64)
@@ -99,13 +102,24 @@ def _layout_tensors_cached(h: int, w: int, Lp: int, parity_split: bool, device: 
     return tuple(torch.tensor(a, device=device) for a in _layout(h, w, Lp, parity_split))
 
 
-def _layout_tensors(h: int, w: int, Lp: int, parity_split: bool, device: torch.device) -> tuple[Tensor, ...]:
-    """The index constants as tensors on `device`. Eager calls reuse cached copies (no
+def _layout_tensors(h: int, w: int, Lp: int, parity_split: bool, like: Tensor) -> tuple[Tensor, ...]:
+    """The index constants as tensors on `like`'s device. Eager calls reuse cached copies (no
     host-to-device copy per call on a GPU); traced calls build fresh ones, which become
-    graph constants (a cached tensor made inside a trace would be a fake tensor)."""
-    if torch.compiler.is_compiling() or torch.jit.is_tracing():
-        return tuple(torch.tensor(a, device=device) for a in _layout(h, w, Lp, parity_split))
-    return _layout_tensors_cached(h, w, Lp, parity_split, torch.device(device))
+    graph constants (a cached tensor made inside a trace would be a fake tensor). Symbolic
+    sizes (a dynamic-shape trace of the op's backward) are specialized to their values: the
+    tables are made for one grid size."""
+    h, w, Lp = int(h), int(w), int(Lp)
+    if _recording(like):
+        return tuple(torch.tensor(a, device=like.device) for a in _layout(h, w, Lp, parity_split))
+    return _layout_tensors_cached(h, w, Lp, parity_split, like.device)
+
+
+def _recording(like: Tensor) -> bool:
+    """Is a graph being recorded rather than run: dynamo, TorchScript tracing, or a dispatch
+    mode such as make_fx / fake tensors (AOTAutograd tracing the op's backward), seen by the
+    mode or by `like` being a tensor subclass (FakeTensor, FunctionalTensor)?"""
+    return (torch.compiler.is_compiling() or torch.jit.is_tracing() or type(like) is not torch.Tensor
+            or _get_current_dispatch_mode() is not None)
 
 
 def _per_direction_to_steps(t: Tensor, flat: Tensor) -> Tensor:
@@ -131,7 +145,7 @@ def _prepare(x, delta, Bs, Cs, A, Ds, delta_bias, padded_length: int | None = No
     n = A.shape[1]
     L = h * w
     Lp = padded_length or L
-    order, flat_in, flat_out, valid = _layout_tensors(h, w, Lp, parity_split, x.device)
+    order, flat_in, flat_out, valid = _layout_tensors(h, w, Lp, parity_split, x)
     ct = compute_dtype(x.dtype)
     x, delta, Bs, Cs, A, Ds, delta_bias = (
         t.to(ct) for t in (x, delta, Bs, Cs, A, Ds, delta_bias))
@@ -321,6 +335,18 @@ def scan_parallel(x, delta, Bs, Cs, A, Ds, delta_bias) -> Tensor:
     C per half (N times less data) and put back in place by the merge's own index, so
     the full-size states are never interleaved. L is padded to a multiple of 8 through
     the gather (identity steps) so the three largest levels need no padding copies."""
+    # in place only where nothing records the graph for a backward pass
+    in_place = _in_place_ok() and not (torch.is_grad_enabled() and any(
+        t.requires_grad for t in (x, delta, Bs, Cs, A, Ds, delta_bias)))
+    return _scan_parallel(x, delta, Bs, Cs, A, Ds, delta_bias, in_place=in_place)
+
+
+def _scan_parallel_functional(x, delta, Bs, Cs, A, Ds, delta_bias) -> Tensor:
+    """`scan_parallel` without in-place updates (what the op's backward differentiates)."""
+    return _scan_parallel(x, delta, Bs, Cs, A, Ds, delta_bias, in_place=False)
+
+
+def _scan_parallel(x, delta, Bs, Cs, A, Ds, delta_bias, *, in_place: bool) -> Tensor:
     b, d, h, w = x.shape
     L = h * w
     Lp = L if L % 2 == 0 and L <= 8 else -(-L // 8) * 8
@@ -329,9 +355,6 @@ def scan_parallel(x, delta, Bs, Cs, A, Ds, delta_bias) -> Tensor:
         y = _contract_c((dt * u).unsqueeze(3) * Bq.unsqueeze(-1), Cq) + D4.unsqueeze(1) * u
         return _merge(y, flat_out, h, w, x.dtype)
     u, dt, Bq, Cq, A4, D4, flat_out = _prepare(x, delta, Bs, Cs, A, Ds, delta_bias, Lp, parity_split=True)
-    # in place only where nothing records the graph for a backward pass
-    in_place = _in_place_ok() and not (torch.is_grad_enabled() and any(
-        t.requires_grad for t in (x, delta, Bs, Cs, A, Ds, delta_bias)))
     y = _parity_split_scan(u, dt, Bq, Cq, A4, D4, in_place=in_place)
     return _merge(y, flat_out, h, w, x.dtype)
 
@@ -446,15 +469,54 @@ def scan_implementation(name: str, *, inline: bool = False) -> Iterator[None]:
         stack.pop()
 
 
+# ------------------------------------------------------------------ the custom op
+#: The op's output layout, whatever the implementation: channels-last (B, D, h, w), which is
+#: what the CPU scans produce for free (their merge ends in a (B, h·w, D) sum). The fake kernel
+#: declares exactly these strides: torch.compile and AOTInductor plan every later op's reads
+#: from the fake's strides, so a fake that says "contiguous" while the real tensor is
+#: channels-last makes compile fail and AOTInductor read the wrong elements without a word.
+OP_MEMORY_FORMAT = torch.channels_last
+
+
+def _op_output_like(x: Tensor) -> Tensor:
+    return torch.empty(x.shape, dtype=x.dtype, device=x.device, memory_format=OP_MEMORY_FORMAT)
+
+
+def _in_op_layout(y: Tensor) -> Tensor:
+    """`y` with exactly the strides the fake kernel declares (a copy only where an
+    implementation, e.g. the CUDA kernel, returns another layout; size-1 dims included, since
+    AOTInductor compares strides literally)."""
+    want = _op_output_like(y)
+    return y if y.stride() == want.stride() else want.copy_(y)
+
+
 @torch.library.custom_op("tinyvim::cross_selective_scan", mutates_args=())
 def _cross_selective_scan_op(x: Tensor, delta: Tensor, Bs: Tensor, Cs: Tensor, A: Tensor,
                              Ds: Tensor, delta_bias: Tensor) -> Tensor:
-    return _IMPLEMENTATIONS[current_scan_implementation()](x, delta, Bs, Cs, A, Ds, delta_bias)
+    return _in_op_layout(_IMPLEMENTATIONS[current_scan_implementation()](x, delta, Bs, Cs, A, Ds, delta_bias))
 
 
 @_cross_selective_scan_op.register_fake
 def _(x, delta, Bs, Cs, A, Ds, delta_bias):
-    return torch.empty_like(x)
+    return _op_output_like(x)
+
+
+def _setup_context(ctx, inputs, output) -> None:
+    ctx.save_for_backward(*inputs)
+
+
+def _backward(ctx, grad_y):
+    """Gradients w.r.t. the seven inputs: the vector-Jacobian product of the functional parallel
+    scan, recomputed from the saved inputs (storing the scan's (B, 4, L, N, D) activations would
+    cost far more memory than the recompute costs time). The CUDA kernel has no backward of its
+    own; the parallel scan is the same function of the inputs. Written with torch.func, so
+    AOTAutograd (torch.compile's backward) traces it into plain aten ops."""
+    _, vjp = torch.func.vjp(_scan_parallel_functional, *ctx.saved_tensors)
+    grads = vjp(grad_y)
+    return tuple(g if need else None for g, need in zip(grads, ctx.needs_input_grad))
+
+
+_cross_selective_scan_op.register_autograd(_backward, setup_context=_setup_context)
 
 
 def check_scan_inputs(x, delta, Bs, Cs, A, Ds, delta_bias) -> None:
