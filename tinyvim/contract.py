@@ -43,7 +43,19 @@ MODEL_PRECISIONS = EXPORT_PRECISIONS + QUANTIZED_PRECISIONS
 COMPUTE_PRECISIONS = (FP32, FP16, BF16) + QUANTIZED_PRECISIONS
 
 #: model files by kind: the suffixes that name them (any other suffix is read as ONNX)
-FILE_KINDS = {"onnx": (".onnx",), "openvino": (".xml",), "engine": (".engine", ".plan", ".trt")}
+FILE_KINDS = {"onnx": (".onnx",), "openvino": (".xml",), "engine": (".engine", ".plan", ".trt"),
+              # torch.export's ExportedProgram and an AOTInductor package are both .pt2 archives
+              # (torch requires the suffix for either): the pt2 reader tells them apart by content
+              "pt2": (".pt2",), "aoti": (".pt2",), "torchscript": (".torchscript",), "ort": (".ort",),
+              "executorch": (".pte",)}
+#: the tinyvim metadata (ExportMetadata.to_props() as a JSON object) inside a .pt2 / .torchscript
+#: archive (an extra file), an AOTInductor package (its metadata) and a .pte (a constant method)
+ARTIFACT_METADATA_NAME = "tinyvim_metadata.json"
+ARTIFACT_METADATA_METHOD = "tinyvim_metadata"
+#: `export --fmt ort --target-platform`: what ORT's converter optimizes the .ort for
+ORT_TARGET_PLATFORMS = ("arm", "amd64")
+#: beside a .ort: the operator list for an ONNX Runtime reduced-operator (mobile) build
+ORT_REQUIRED_OPS_SUFFIX = ".required_operators.config"
 #: an OpenVINO IR: the graph in .xml, its weights beside it in .bin (OpenVINO pairs them by name
 #: alone), tinyvim's metadata under this rt_info key (the ONNX metadata_props keys and texts)
 IR_SUFFIX, IR_WEIGHTS_SUFFIX, IR_RT_INFO_KEY = ".xml", ".bin", "tinyvim"
@@ -110,6 +122,14 @@ EXPORT_FORMATS = {f.name: f for f in (
     ExportFormat("openvino", IR_SUFFIX, (IR_WEIGHTS_SUFFIX,),
                  "OpenVINO IR: the graph (.xml) and its weights (.bin, same stem)"),
     ExportFormat(TRITON_FORMAT, "", (), "a Triton Inference Server model repository folder"),
+    ExportFormat("pt2", ".pt2", (), "a torch.export ExportedProgram (scan as standard aten ops; loads without "
+                                    "tinyvim)"),
+    ExportFormat("aoti", ".pt2", (), "an AOTInductor package (compiled C++ for this CPU; minutes to build)"),
+    ExportFormat("torchscript", ".torchscript", (), "a traced TorchScript module (scan inlined; loads in libtorch "
+                                                    "without tinyvim)"),
+    ExportFormat("ort", ".ort", (ORT_REQUIRED_OPS_SUFFIX,),
+                 "ONNX Runtime's mobile format from the portable ONNX, and the operator list of a reduced build"),
+    ExportFormat("executorch", ".pte", (), "an ExecuTorch program, XNNPACK-delegated (needs tinyvim[executorch])"),
 )}
 
 

@@ -23,6 +23,7 @@ OPTIONAL = {
                                                          "--scan portable)"),
     "onnx_graphsurgeon": ("onnx-graphsurgeon", "pip install onnx-graphsurgeon"),
     "tritonclient": ("tritonclient", "pip install 'tinyvim[serve]'"),
+    "executorch": ("ExecuTorch", "pip install 'tinyvim[executorch]'"),
 }
 
 

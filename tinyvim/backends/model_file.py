@@ -141,3 +141,18 @@ def read_onnx_info(path: str | os.PathLike) -> ModelInfo:
                      plugin_nodes=has_plugin_nodes(proto.graph))
     check_signature(info)
     return info
+
+
+def info_from_metadata(path: str | os.PathLike, kind: str, meta: ExportMetadata | None) -> ModelInfo:
+    """ModelInfo of an artifact whose signature is not read from a graph (a .pt2, .torchscript,
+    .pte): the input shape and outputs the tinyvim metadata recorded at export. An artifact
+    without that metadata is refused: nothing else says what it takes."""
+    if meta is None:
+        raise TinyvimError(f"{path} carries no tinyvim metadata: it was not written by `tinyvim export` "
+                           f"(re-export it with `tinyvim export --fmt {kind}`)")
+    size = meta.input_size or (None, None)
+    info = ModelInfo(path=os.fspath(path), kind=kind, input_name=INPUT_NAME, input_shape=[meta.batch, 3, *size],
+                     output_names=list(BACKBONE_OUTPUTS if meta.backbone else CLASSIFIER_OUTPUTS), metadata=meta,
+                     precision=meta.precision)
+    check_signature(info)
+    return info

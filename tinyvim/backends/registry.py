@@ -10,7 +10,7 @@ import os
 from pathlib import Path
 from typing import Callable
 
-from tinyvim.backends import ort, ov, trt
+from tinyvim.backends import executorch, ort, ov, pt2, trt
 from tinyvim.backends import torch as torch_backends
 from tinyvim.backends.model_file import ModelInfo, read_onnx_info
 from tinyvim.backends.spec import PURPOSES, Backend, BackendOption, RunnerRequest  # noqa: F401  (re-exported)
@@ -73,8 +73,18 @@ def read_model_info(path: str | os.PathLike) -> ModelInfo:
     """The ModelInfo of any model file: its kind from the suffix (contract.FILE_KINDS; anything
     else is read as ONNX), read by the backend that owns that kind."""
     suffix = Path(path).suffix.lower()
-    kind = next((k for k, suffixes in FILE_KINDS.items() if suffix in suffixes), "onnx")
-    return file_readers()[kind](path)
+    kinds = [k for k, suffixes in FILE_KINDS.items() if suffix in suffixes] or ["onnx"]
+    readers = file_readers()
+    # kinds sharing a suffix (.pt2: ExportedProgram or AOTInductor package): each reader but the
+    # last may answer None, "another kind's file"
+    for kind in kinds[:-1]:
+        if kind in readers:
+            info = readers[kind](path)
+            if info is not None:
+                return info
+    if kinds[-1] not in readers:
+        raise TinyvimError(f"{path}: no registered backend reads {kinds[-1]} files")
+    return readers[kinds[-1]](path)
 
 
 def file_readers() -> dict[str, Callable[[str], ModelInfo]]:
@@ -115,3 +125,5 @@ register(*torch_backends.BACKENDS)
 register(*ort.BACKENDS)
 register(*trt.BACKENDS)
 register(*ov.BACKENDS)
+register(*pt2.BACKENDS)
+register(*executorch.BACKENDS)

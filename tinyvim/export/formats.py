@@ -20,9 +20,11 @@ from typing import Callable
 
 from tinyvim.contract import EXPORT_FORMATS, check_variant, format_size
 from tinyvim.errors import TinyvimError
-from tinyvim.export import onnx_export
+from tinyvim.export import aoti, executorch, onnx_export, ort_format, pt2, torchscript
 from tinyvim.export.onnx_export import ExportResult, check_export_args
 from tinyvim.export.openvino_ir import check_ir_outputs, export_ir
+from tinyvim.export.ort_format import check_target_platform, ort_outputs
+from tinyvim.export.torch_program import TORCH_FORMATS, check_torch_format_args
 from tinyvim.lazy import import_optional
 from tinyvim.utils import atomic_write_json, check_output_paths
 
@@ -38,12 +40,28 @@ def default_output(fmt: str, *, variant: str = "s", img_size=(224, 224), scan: s
     return "-".join(p for p in parts if p) + EXPORT_FORMATS[fmt].suffix
 
 
-def check_format_flags(fmt: str, *, compress_to_fp16: bool = False) -> None:
+def check_format_flags(fmt: str, *, compress_to_fp16: bool = False, target_platform: str | None = None) -> None:
     """The format is known, and its flags belong to it."""
     if fmt not in EXPORT_FORMATS:
         raise TinyvimError(f"unknown export format {fmt!r}: choose {', '.join(EXPORT_FORMATS)}")
     if compress_to_fp16 and fmt != "openvino":
         raise TinyvimError("--compress-to-fp16 applies to --fmt openvino (an fp16 ONNX is --precision fp16)")
+    if target_platform is not None and fmt != "ort":
+        raise TinyvimError("--target-platform applies to --fmt ort")
+    if fmt == "ort":
+        check_target_platform(target_platform)
+
+
+#: the PyTorch 2 formats: what the export needs installed, checked before the minutes of tracing
+_NEEDS = {"openvino": "openvino", "ort": "onnxruntime", "executorch": "executorch"}
+
+
+def _writers() -> dict[str, Callable]:
+    """fmt -> writer(output, log=..., **kwargs). Looked up when called (one place to stand in for
+    an exporter in tests)."""
+    return {"onnx": onnx_export.export_onnx, "openvino": export_ir, "pt2": pt2.export_pt2,
+            "torchscript": torchscript.export_torchscript, "ort": ort_format.export_ort,
+            "aoti": aoti.export_aoti, "executorch": executorch.export_executorch}
 
 
 @dataclass
@@ -55,28 +73,30 @@ class ExportPlan:
     json_path: str | None = None
     compress_to_fp16: bool = False
     export_kwargs: dict = field(default_factory=dict)
+    target_platform: str | None = None
 
     def run(self, log: Callable[[str], None] | None = None) -> ExportResult:
         """Build, trace and write; then the JSON report when one was asked for."""
+        kwargs = dict(self.export_kwargs)
         if self.fmt == "openvino":
-            result = export_ir(self.output, compress_to_fp16=self.compress_to_fp16, log=log, **self.export_kwargs)
-        else:
-            # looked up when called, as export_ir does: one place to stand in for the exporter
-            result = onnx_export.export_onnx(self.output, log=log, **self.export_kwargs)
+            kwargs["compress_to_fp16"] = self.compress_to_fp16
+        if self.fmt == "ort":
+            kwargs["target_platform"] = self.target_platform
+        result = _writers()[self.fmt](self.output, log=log, **kwargs)
         if self.json_path:
             atomic_write_json(self.json_path, export_report(result, self.files))
         return result
 
 
 def plan_export(fmt: str, output: str | os.PathLike | None = None, *, json_path: str | os.PathLike | None = None,
-                compress_to_fp16: bool = False, variant: str = "s", img_size=(224, 224), scan: str = "portable",
+                compress_to_fp16: bool = False, target_platform: str | None = None, variant: str = "s", img_size=(224, 224), scan: str = "portable",
                 precision: str = "fp32", backbone: bool = False, dynamic_size: bool = False, batch: int = 1,
                 opset: int | None = None, seed: int = 0, checkpoint: str | os.PathLike | None = None,
                 **export_kwargs) -> ExportPlan:
     """Every argument, then every file the export writes (the safe writer's checks: each path
     writable, none a folder, device or an input), before anything is built. `output` None: the
     default name in the current folder. Other keyword arguments go to export_onnx."""
-    check_format_flags(fmt, compress_to_fp16=compress_to_fp16)
+    check_format_flags(fmt, compress_to_fp16=compress_to_fp16, target_platform=target_platform)
     spec = EXPORT_FORMATS[fmt]
     if spec.is_folder:
         raise TinyvimError(f"--fmt {fmt} writes {spec.doc}: use tinyvim.serve.repository.write_repository")
@@ -85,6 +105,12 @@ def plan_export(fmt: str, output: str | os.PathLike | None = None, *, json_path:
     check_export_args(scan=scan, precision=precision, img_size=img_size, batch=batch, opset=opset, seed=seed)
     if fmt == "openvino" and scan != "portable":
         raise TinyvimError("--fmt openvino needs --scan portable: OpenVINO has no CrossSelectiveScan op")
+    if fmt == "ort" and scan != "portable":
+        raise TinyvimError("--fmt ort needs --scan portable: a mobile ONNX Runtime has no CrossSelectiveScan op")
+    if fmt in TORCH_FORMATS:
+        check_torch_format_args(fmt, scan=scan, precision=precision, img_size=img_size, batch=batch, seed=seed,
+                                dynamic_batch=bool(export_kwargs.get("dynamic_batch")), dynamic_size=dynamic_size,
+                                dynamic_ok=fmt == "pt2")
     output = os.fspath(output) if output else default_output(fmt, variant=variant, img_size=img_size, scan=scan,
                                                               precision=precision, backbone=backbone,
                                                               dynamic_size=dynamic_size)
@@ -95,20 +121,25 @@ def plan_export(fmt: str, output: str | os.PathLike | None = None, *, json_path:
     inputs = {"--checkpoint": checkpoint}
     if fmt == "openvino":
         files = check_ir_outputs(output, json_path=json_path, inputs=inputs)
-        import_optional("openvino")          # a missing extra is said before the minutes of tracing
+    elif fmt == "ort":
+        files = ort_outputs(output, json_path=json_path, inputs=inputs)
     else:
+        if spec.suffix and not output.lower().endswith(spec.suffix):
+            raise TinyvimError(f"--fmt {fmt} writes {spec.doc}, named *{spec.suffix}: got -o {output}")
         check_output_paths({"-o": output, "--json": json_path}, inputs=inputs)
         files = (Path(output),)
+    if fmt in _NEEDS:
+        import_optional(_NEEDS[fmt])          # a missing extra is said before the minutes of tracing
     kwargs = dict(variant=variant, img_size=img_size, scan=scan, precision=precision, backbone=backbone,
                   dynamic_size=dynamic_size, batch=batch, opset=opset, seed=seed, checkpoint=checkpoint,
                   **export_kwargs)
     return ExportPlan(fmt, Path(output), tuple(files), os.fspath(json_path) if json_path else None,
-                      compress_to_fp16, kwargs)
+                      compress_to_fp16, kwargs, target_platform)
 
 
 def export_model(fmt: str, output: str | os.PathLike | None = None, *,
                  log: Callable[[str], None] | None = None, **kwargs) -> ExportResult:
-    """`tinyvim export --fmt onnx|openvino` as one call: plan_export(fmt, output, **kwargs).run(log)."""
+    """`tinyvim export --fmt FMT` (any file format) as one call: plan_export(fmt, output, **kwargs).run(log)."""
     return plan_export(fmt, output, **kwargs).run(log)
 
 

@@ -1,7 +1,9 @@
-"""ONNX Runtime: a portable ONNX export (a plugin-flavour one too, for checks, through a CPU custom op)."""
+"""ONNX Runtime: a portable ONNX export (a plugin-flavour one too, for checks, through a CPU custom op),
+or its ORT-format conversion (.ort, `export --fmt ort`: the same runtime, so the same backend)."""
 from __future__ import annotations
 
 from tinyvim.backends.ort.loader import parse_providers
+from tinyvim.backends.ort.model_file import read_ort_info
 from tinyvim.backends.ort.runner import OrtRunner
 from tinyvim.backends.spec import Backend, BackendOption, RunnerRequest
 from tinyvim.contract import EXPORT_PRECISIONS
@@ -25,8 +27,9 @@ def _make(req: RunnerRequest) -> OrtRunner:
 
 
 BACKENDS = (
-    Backend("ort", "ONNX Runtime on an ONNX export", _make, model_kinds=("onnx",), default_for=("onnx",),
-            devices=("cpu", "cuda"), precisions=EXPORT_PRECISIONS, exports_onnx=True,
+    Backend("ort", "ONNX Runtime on an ONNX export or its .ort conversion", _make, model_kinds=("onnx", "ort"),
+            default_for=("onnx", "ort"), devices=("cpu", "cuda"), precisions=EXPORT_PRECISIONS, exports_onnx=True,
+            readers={"ort": read_ort_info},
             options=(BackendOption("providers", "--providers",
                                    "ONNX Runtime providers, comma list (cpu, cuda, ...) [default: cpu]."),)),
 )
