@@ -74,7 +74,8 @@ def test_registry_refuses_what_would_make_flags_or_files_ambiguous():
     with pytest.raises(ValueError, match="FILE_KINDS"):
         registry.register(Backend("x2", "", make, readers={"tflite": lambda p: None}))
     assert "x1" not in registry.backend_names() and "x2" not in registry.backend_names()
-    with pytest.raises(TinyvimError, match="unknown backend 'nope'; choose from torch, torch-fused, ort, trt, ov"):
+    with pytest.raises(TinyvimError, match="unknown backend 'nope'; choose from torch, torch-fused, ort, trt, ov, pt2, aoti, "
+                                                "torchscript, executorch"):
         registry.get_backend("nope")
 
 
@@ -87,4 +88,5 @@ def test_file_kinds_are_read_by_the_backend_that_owns_them(tinyvim_onnx, tmp_pat
     (tmp_path / "m.xml").write_text("<net/>")
     with pytest.raises(TinyvimError, match="no weights file m.bin"):
         registry.read_model_info(tmp_path / "m.xml")
-    assert set(registry.file_readers()) == {"onnx", "openvino", "engine"}
+    assert set(registry.file_readers()) == {"onnx", "openvino", "engine", "ort", "pt2", "aoti", "torchscript",
+                                            "executorch"}

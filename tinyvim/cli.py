@@ -31,7 +31,8 @@ COMMANDS = {
 #: the first words of each command's docstring (tests/test_cli_structure.py holds them equal)
 SUMMARIES = {
     "info": "Parameters, GMACs and the SS2D blocks of a TinyViM variant.",
-    "export": "Export TinyViM (always re-parameterized) to ONNX, OpenVINO IR or a Triton model repository.",
+    "export": "Export TinyViM (always re-parameterized) to ONNX, OpenVINO IR, a Triton model repository, or a "
+              "PyTorch 2 / mobile format (pt2, aoti, torchscript, executorch, ort).",
     "validate": "Check an exported MODEL (.onnx, .xml or .engine) against the PyTorch reference.",
     "profile": "Measure latency and throughput of TinyViM on several backends and batch sizes.",
     "build-engine": "Build a TensorRT engine (and its JSON sidecar) from a TinyViM ONNX MODEL.",

@@ -24,6 +24,7 @@ from tinyvim.contract import (
     INPUT_MULTIPLE,
     MAX_BATCH,
     MAX_IMAGE_SIDE,
+    ORT_TARGET_PLATFORMS,
     SCAN_FLAVOURS,
     TRITON_FORMAT,
 )
@@ -35,9 +36,11 @@ from tinyvim.utils import check_name_lengths, check_output_paths
 
 @click.command("export")
 @click.option("--fmt", type=click.Choice(list(EXPORT_FORMATS)), default="onnx", show_default=True,
-              help="onnx; openvino (IR .xml + .bin, portable scan; needs tinyvim[openvino]); or triton (a Triton "
-                   "Inference Server model repository folder at -o). TensorRT engines: export ONNX, then "
-                   "`tinyvim build-engine`.")
+              help="onnx; openvino (IR .xml + .bin, portable scan; needs tinyvim[openvino]); triton (a Triton "
+                   "Inference Server model repository folder at -o); pt2 (torch.export .pt2), aoti (AOTInductor "
+                   ".pt2, minutes), torchscript, executorch (.pte, needs tinyvim[executorch]): the scan inlined, "
+                   "loadable without tinyvim; ort (ONNX Runtime mobile .ort + its operator list). See "
+                   "docs/targets.md. TensorRT engines: export ONNX, then `tinyvim build-engine`.")
 @variant_option
 @checkpoint_option
 @ema_option
@@ -57,6 +60,9 @@ from tinyvim.utils import check_name_lengths, check_output_paths
 @click.option("--seed", type=int, default=0, show_default=True, help="Seed of the random weights (no checkpoint).")
 @click.option("--compress-to-fp16", is_flag=True,
               help="--fmt openvino: store the IR's weights in fp16 (default: fp32, as exported).")
+@click.option("--target-platform", type=click.Choice(ORT_TARGET_PLATFORMS), default=None,
+              help="--fmt ort: optimize the .ort for arm (phones; runs on any CPU) or amd64 (x86 layout "
+                   "transforms) [default: arm].")
 @click.option("-o", "--output", type=click.Path(), default=None,
               help="Output path (default: tinyvim-<variant>-<size>-<scan>.onnx, .xml for openvino; "
                    "--fmt triton: model_repository).")
@@ -64,13 +70,15 @@ from tinyvim.utils import check_name_lengths, check_output_paths
 @json_option
 @triton_export_options
 def export(fmt, variant, checkpoint, ema, backbone, img_size, batch, dynamic_batch, dynamic_size, scan, opset,
-           precision, seed, compress_to_fp16, output, allow_nonfinite, json_path, **triton):
-    """Export TinyViM (always re-parameterized) to ONNX, OpenVINO IR or a Triton model repository."""
-    check_format_flags(fmt, compress_to_fp16=compress_to_fp16)
+           precision, seed, compress_to_fp16, target_platform, output, allow_nonfinite, json_path, **triton):
+    """Export TinyViM (always re-parameterized) to ONNX, OpenVINO IR, a Triton model repository, or a
+    PyTorch 2 / mobile format (pt2, aoti, torchscript, executorch, ort)."""
+    check_format_flags(fmt, compress_to_fp16=compress_to_fp16, target_platform=target_platform)
     img_size = img_size or DEFAULT_IMG_SIZE
     plan = None
     if fmt != TRITON_FORMAT:   # every argument and each file the format writes, before anything else
-        plan = plan_export(fmt, output, json_path=json_path, compress_to_fp16=compress_to_fp16, variant=variant,
+        plan = plan_export(fmt, output, json_path=json_path, compress_to_fp16=compress_to_fp16,
+                           target_platform=target_platform, variant=variant,
                            checkpoint=checkpoint, ema=ema, backbone=backbone, img_size=img_size, batch=batch,
                            dynamic_batch=dynamic_batch, dynamic_size=dynamic_size, scan=scan, opset=opset,
                            precision=precision, seed=seed, allow_nonfinite=allow_nonfinite)
@@ -98,7 +106,9 @@ def export(fmt, variant, checkpoint, ema, backbone, img_size, batch, dynamic_bat
     hw = "H, W (multiples of 32)" if meta.dynamic_size else f"{img_size[0]}, {img_size[1]}"
     click.echo(f"  inputs  images (batch {'dynamic' if meta.dynamic_batch else meta.batch}, 3, {hw}) float32")
     click.echo(f"  outputs {', '.join(result.output_names)}")
-    click.echo(f"  scan    {scan}; precision {precision}; opset {meta.opset}")
+    onnx_based = fmt in ("onnx", "openvino", "ort")     # the others inline the scan and have no opset
+    click.echo(f"  scan    {scan if onnx_based else 'inlined (standard ops)'}; precision {precision}"
+               + (f"; opset {meta.opset}" if onnx_based else ""))
     click.echo(f"  nodes   {top}{more}")
     if len(plan.files) > 1:
         click.echo(f"  files   {', '.join(str(f) for f in plan.files)}")
