@@ -1,5 +1,6 @@
 """ExecuTorch runner: a .pte (`tinyvim export --fmt executorch`) through ExecuTorch's Python
-runtime (the same C++ runtime and XNNPACK kernels a phone app links), on this CPU."""
+runtime (the same C++ runtime and XNNPACK kernels a phone app links), on this CPU; `threads`
+sizes ExecuTorch's threadpool while active."""
 from __future__ import annotations
 
 import contextlib
@@ -32,8 +33,6 @@ class ExecutorchRunner(BaseRunner):
                  name: str = "executorch"):
         super().__init__(name)
         self.path = os.fspath(path)
-        # XNNPACK sizes its thread pool from the machine; torch's setting is what the Python
-        # runtime shares it with (ExecuTorch's own threadpool follows the process's CPUs)
         self.threads = threads
         self._inputs = list(input_names)
         self._outputs = list(output_names)
@@ -41,15 +40,20 @@ class ExecutorchRunner(BaseRunner):
         self._saved_threads: int | None = None
 
     def activate_impl(self) -> None:
-        self._saved_threads = torch.get_num_threads()
-        if self.threads:
-            torch.set_num_threads(int(self.threads))
         self._method = load_program(self.path).load_method("forward")
+        # XNNPACK runs on ExecuTorch's own threadpool (sized from the CPU count), not torch's: its
+        # size is set through the pybindings' reset call, the one the Python runtime offers
+        if self.threads:
+            pool = import_optional("executorch.extension.pybindings.portable_lib")
+            self._saved_threads = pool._threadpool_get_thread_count()
+            pool._unsafe_reset_threadpool(int(self.threads))
 
     def deactivate_impl(self) -> None:
         self._method = None
         if self._saved_threads:
-            torch.set_num_threads(self._saved_threads)
+            import_optional("executorch.extension.pybindings.portable_lib")._unsafe_reset_threadpool(
+                self._saved_threads)
+            self._saved_threads = None
 
     def infer_impl(self, feed: Mapping[str, np.ndarray]):
         args = [torch.from_numpy(np.ascontiguousarray(feed[n], dtype=np.float32)) for n in self._inputs]
