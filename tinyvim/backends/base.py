@@ -10,9 +10,11 @@ import abc
 import time
 from typing import Callable, Mapping
 
-import numpy as np
 
 from tinyvim.errors import TinyvimError, error_reason  # noqa: F401  (re-exported for runners)
+from tinyvim.lazy import lazy_import
+
+np = lazy_import("numpy")
 
 #: Signature of a timing hook: (runner, timings) where timings maps a phase name
 #: ("total", and for TensorRT also "h2d", "compute", "d2h") to seconds.

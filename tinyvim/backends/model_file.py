@@ -10,9 +10,6 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
-import onnx
-from google.protobuf.message import DecodeError
-
 from tinyvim.contract import (
     BACKBONE_OUTPUTS,
     CLASSIFIER_OUTPUTS,
@@ -27,6 +24,10 @@ from tinyvim.contract import (
     format_size,
 )
 from tinyvim.errors import TinyvimError
+from tinyvim.lazy import lazy_import
+
+onnx = lazy_import("onnx")
+protobuf = lazy_import("google.protobuf.message")
 
 #: protobuf cannot hold a single-file ONNX above 2 GiB; a larger file is not read into memory
 MAX_ONNX_BYTES = 2**31
@@ -125,7 +126,7 @@ def read_onnx_info(path: str | os.PathLike) -> ModelInfo:
     try:
         # Weights are not needed here; external data (large models) is not read.
         proto = onnx.load(os.fspath(p), load_external_data=False)
-    except (DecodeError, ValueError, RuntimeError, OSError) as exc:
+    except (protobuf.DecodeError, ValueError, RuntimeError, OSError) as exc:
         raise TinyvimError(f"{p} is not an ONNX model ({type(exc).__name__}: {exc})".splitlines()[0]) from None
     if not proto.graph.node and not proto.graph.input:
         raise TinyvimError(f"{p} is not an ONNX model (empty graph)")

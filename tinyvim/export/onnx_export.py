@@ -12,11 +12,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
-import numpy as np
-import onnx
-import onnxscript.optimizer
-import torch
-from torch import nn
 
 from tinyvim import __version__
 from tinyvim.contract import (
@@ -39,9 +34,16 @@ from tinyvim.contract import (
 )
 from tinyvim.errors import TinyvimError
 from tinyvim.export.scan_lowering import expand_scan_nodes
-from tinyvim.model import create_model, file_sha256, reparameterize
-from tinyvim.ops import scan_implementation
-from tinyvim.utils import atomic_output, check_output_path
+from tinyvim.utils import atomic_output, check_output_path, file_sha256
+from tinyvim.lazy import lazy_import
+
+np = lazy_import("numpy")
+onnx = lazy_import("onnx")
+onnxscript_optimizer = lazy_import("onnxscript.optimizer")
+torch = lazy_import("torch")
+nn = lazy_import("torch.nn")
+models = lazy_import("tinyvim.model")
+ops = lazy_import("tinyvim.ops")
 
 
 @dataclass
@@ -54,19 +56,6 @@ class ExportResult:
     size_bytes: int
     input_names: list[str] = field(default_factory=list)
     output_names: list[str] = field(default_factory=list)
-
-
-class _FP16Wrapper(nn.Module):
-    """float32 images in, float32 outputs out, float16 inside: runners and validation
-    stay dtype-agnostic; the scan and LayerNorm statistics still compute in float32."""
-
-    def __init__(self, model: nn.Module):
-        super().__init__()
-        self.model = model.half()
-
-    def forward(self, x):
-        out = self.model(x.half())
-        return tuple(o.float() for o in out) if isinstance(out, tuple) else out.float()
 
 
 def build_metadata(*, variant, backbone, ema, checkpoint, seed, img_size, batch, dynamic_batch, scan,
@@ -168,7 +157,7 @@ def _torch_export(model: nn.Module, example: torch.Tensor, *, scan: str, dynamic
     # Other lowerings (e.g. sequential, for comparisons) trace the implementation's own ops.
     direct = scan == "portable" and lowering in DIRECT_LOWERINGS
     traced = scan == "portable" and not direct
-    ctx = scan_implementation(lowering, inline=True) if traced else contextlib.nullcontext()
+    ctx = ops.scan_implementation(lowering, inline=True) if traced else contextlib.nullcontext()
     # The exporter is chatty (progress lines, deprecation and torchvision warnings): keep
     # our own summary readable, and surface its text only if it fails.
     sink = io.StringIO()
@@ -180,8 +169,8 @@ def _torch_export(model: nn.Module, example: torch.Tensor, *, scan: str, dynamic
             # The exporter's full optimizer spends most of an export (minutes on 2 cores)
             # in pattern rewrites that onnxslim repeats anyway; constant folding is the
             # part we need (it also turns the exporter's float64 Resize scales into float32).
-            onnxscript.optimizer.fold_constants(program.model)
-            onnxscript.optimizer.remove_unused_nodes(program.model)
+            onnxscript_optimizer.fold_constants(program.model)
+            onnxscript_optimizer.remove_unused_nodes(program.model)
         except Exception as exc:  # noqa: BLE001 - the exporter raises many types; all mean "export failed"
             raise TinyvimError(f"ONNX export failed: {str(exc).strip().splitlines()[0][:300]}") from exc
     proto = program.model_proto
@@ -267,11 +256,11 @@ def export_onnx(output: str | os.PathLike, *, variant: str = "s", checkpoint: st
     log = log or (lambda msg: None)
     start = time.perf_counter()
     if model is None:
-        model = create_model(variant, checkpoint=checkpoint, backbone=backbone, ema=ema, seed=seed,
+        model = models.create_model(variant, checkpoint=checkpoint, backbone=backbone, ema=ema, seed=seed,
                              allow_nonfinite=allow_nonfinite)
-    deploy = reparameterize(model)
+    deploy = models.reparameterize(model)
     if precision == "fp16":
-        deploy = _FP16Wrapper(deploy)
+        deploy = models.FP16Wrapper(deploy)
     names = output_names(backbone)
     example_batch = max(batch, 2) if dynamic_batch else batch   # batch 1 would pin the dimension
     trace_size = DYNAMIC_SIZE_EXAMPLE if dynamic_size else img_size
@@ -364,8 +353,6 @@ def _verify(proto: onnx.ModelProto, scan: str, names: list[str]) -> None:
         raise TinyvimError("internal: exported graph has unexpected input/output names")
 
 
-_ATTR_TYPE_NAMES = {onnx.AttributeProto.INT: "INT", onnx.AttributeProto.FLOAT: "FLOAT",
-                    onnx.AttributeProto.STRING: "STRING"}
 
 
 def plugin_node_problems(node: onnx.NodeProto) -> list[str]:
@@ -386,7 +373,7 @@ def plugin_node_problems(node: onnx.NodeProto) -> list[str]:
         if f.name not in attrs:
             problems.append(f"attribute {f.name} is missing")
             continue
-        kind = _ATTR_TYPE_NAMES.get(attrs[f.name].type, onnx.AttributeProto.AttributeType.Name(attrs[f.name].type))
+        kind = onnx.AttributeProto.AttributeType.Name(attrs[f.name].type)
         if kind != f.onnx_type:
             problems.append(f"attribute {f.name} is {kind}, the contract says {f.onnx_type}")
         elif kind == "INT" and not f.minimum <= attrs[f.name].i <= f.maximum:

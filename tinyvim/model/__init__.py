@@ -65,12 +65,25 @@ def reparameterize(model: nn.Module) -> nn.Module:
     return model.fuse().eval()
 
 
+class FP16Wrapper(nn.Module):
+    """float32 images in, float32 outputs out, float16 inside (an fp16 export): runners and
+    validation stay dtype-agnostic; the scan and LayerNorm statistics still compute in float32."""
+
+    def __init__(self, model: nn.Module):
+        super().__init__()
+        self.model = model.half()
+
+    def forward(self, x):
+        out = self.model(x.half())
+        return tuple(o.float() for o in out) if isinstance(out, tuple) else out.float()
+
+
 def count_parameters(model: nn.Module) -> int:
     return sum(p.numel() for p in model.parameters())
 
 
 __all__ = [
-    "IMAGENET_MEAN", "IMAGENET_STD", "INPUT_MULTIPLE", "VARIANTS", "DeployTinyViM", "TinyViM",
+    "IMAGENET_MEAN", "IMAGENET_STD", "INPUT_MULTIPLE", "VARIANTS", "DeployTinyViM", "FP16Wrapper", "TinyViM",
     "backbone_state", "check_input_size", "count_parameters", "create_model", "file_sha256",
     "infer_variant", "load_into", "read_checkpoint", "reparameterize", "variant_config",
 ]

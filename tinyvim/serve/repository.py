@@ -26,7 +26,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterator, Mapping
 
-import onnx
 
 from tinyvim import __version__
 from tinyvim.backends.trt.builder import build_engine
@@ -56,6 +55,9 @@ from tinyvim.serve.settings import (
     settings_from_options,
 )
 from tinyvim.utils import TEMP_MARK, file_sha256, temp_owner_gone, temp_tag
+from tinyvim.lazy import lazy_import
+
+onnx = lazy_import("onnx")
 
 DEFAULT_REPOSITORY = "model_repository"
 #: ONNX TensorProto element type name -> Triton data type

@@ -9,11 +9,13 @@ import warnings
 from pathlib import Path
 from typing import Iterator
 
-import numpy as np
-from PIL import Image
 
 from tinyvim.contract import IMAGENET_MEAN, IMAGENET_STD
 from tinyvim.errors import TinyvimError, error_reason
+from tinyvim.lazy import lazy_import
+
+np = lazy_import("numpy")
+Image = lazy_import("PIL.Image")
 
 #: 224 / 256: the resize-256-crop-224 evaluation the validate issue asked for; TinyViM's own
 #: evaluation crops 0.9 (SPEC.md), which --crop-pct 0.9 gives.

@@ -14,7 +14,6 @@ import time
 from pathlib import Path
 from typing import Callable, Sequence
 
-import numpy as np
 
 from tinyvim.backends.base import BaseRunner
 from tinyvim.backends.model_file import ModelInfo
@@ -41,10 +40,12 @@ from tinyvim.contract import (
 from tinyvim.errors import TinyvimError
 from tinyvim.export import export_onnx
 from tinyvim.interrupt import unwind_on_termination
-from tinyvim.lazy import import_optional
+from tinyvim.lazy import import_optional, lazy_import
 from tinyvim.tools.environment import cpu_model, default_threads, environment  # noqa: F401  (re-exported)
 from tinyvim.tools.reference import random_weights_note, resolve_checkpoint
 from tinyvim.utils import atomic_output, check_output_path
+
+np = lazy_import("numpy")
 
 SCHEMA_VERSION = 1
 #: formats `--plot` writes (matplotlib picks the format from the suffix)

@@ -42,7 +42,6 @@ import time
 from dataclasses import asdict, dataclass
 from typing import Callable, Iterable
 
-import numpy as np
 
 from tinyvim import __version__
 from tinyvim.backends.base import BaseRunner
@@ -85,6 +84,9 @@ from tinyvim.tools.reference import (
     random_weights_note,
     resolve_reference,
 )
+from tinyvim.lazy import lazy_import
+
+np = lazy_import("numpy")
 
 SCHEMA_VERSION = 1
 

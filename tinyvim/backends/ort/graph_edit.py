@@ -7,9 +7,10 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Callable
 
-import onnx
 
-from tinyvim.lazy import import_optional
+from tinyvim.lazy import import_optional, lazy_import
+
+onnx = lazy_import("onnx")
 
 if TYPE_CHECKING:   # optional dependency, imported where used
     import onnx_graphsurgeon

@@ -11,8 +11,6 @@ import os
 import time
 from typing import Mapping, Sequence
 
-import numpy as np
-import onnx
 
 from tinyvim.backends.base import BaseRunner
 from tinyvim.backends.model_file import has_plugin_nodes
@@ -20,9 +18,14 @@ from tinyvim.backends.ort.custom_ops import plugin_session
 from tinyvim.backends.ort.loader import OPT_LEVELS, import_onnxruntime, parse_providers
 from tinyvim.contract import SCAN_PLUGIN
 from tinyvim.errors import TinyvimError, error_reason
+from tinyvim.lazy import lazy_import
 
-_ORT_TO_NUMPY = {"tensor(float)": np.float32, "tensor(float16)": np.float16,
-                 "tensor(double)": np.float64, "tensor(bfloat16)": np.float32}
+np = lazy_import("numpy")
+onnx = lazy_import("onnx")
+
+#: input type -> the numpy dtype fed to it (by name: numpy is imported on first use)
+_ORT_TO_NUMPY = {"tensor(float)": "float32", "tensor(float16)": "float16",
+                 "tensor(double)": "float64", "tensor(bfloat16)": "float32"}
 
 
 class OrtRunner(BaseRunner):
@@ -98,7 +101,7 @@ class OrtRunner(BaseRunner):
             raise TinyvimError(f"{self.model if not isinstance(self.model, bytes) else 'the model'}: input "
                                f"{', '.join(wrong)}; TinyViM exports take float images (tensor(float) or "
                                "tensor(float16)): re-export it with `tinyvim export`")
-        self._input_dtypes = {i.name: _ORT_TO_NUMPY[i.type] for i in self._session.get_inputs()}
+        self._input_dtypes = {i.name: np.dtype(_ORT_TO_NUMPY[i.type]) for i in self._session.get_inputs()}
 
     def _plugin_session(self, model):
         if isinstance(model, bytes):

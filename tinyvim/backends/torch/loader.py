@@ -5,7 +5,10 @@ from __future__ import annotations
 
 from typing import Callable
 
-from tinyvim.model import create_model, reparameterize
+from tinyvim.lazy import lazy_import
+
+#: the network (torch): imported when a loader runs, not when a backend is declared
+models = lazy_import("tinyvim.model")
 
 
 def tinyvim_loader(variant: str, *, checkpoint: str | None = None, ema: bool = False,
@@ -15,10 +18,10 @@ def tinyvim_loader(variant: str, *, checkpoint: str | None = None, ema: bool = F
     described before the model package is imported or the weights are read)."""
 
     def load():
-        model = create_model(variant, checkpoint=checkpoint, backbone=backbone, ema=ema, seed=seed,
+        model = models.create_model(variant, checkpoint=checkpoint, backbone=backbone, ema=ema, seed=seed,
                              allow_nonfinite=allow_nonfinite)
         if fused:
-            model = reparameterize(model)
+            model = models.reparameterize(model)
         return model.eval()
 
     return load

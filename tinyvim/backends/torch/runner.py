@@ -5,14 +5,16 @@ from __future__ import annotations
 import time
 from typing import Mapping, Sequence
 
-import numpy as np
-import torch
 
 from tinyvim import contract
 from tinyvim.backends.base import BaseRunner
 from tinyvim.backends.torch.loader import tinyvim_loader
 from tinyvim.errors import TinyvimError
-from tinyvim.ops import scan_implementation
+from tinyvim.lazy import lazy_import
+
+np = lazy_import("numpy")
+torch = lazy_import("torch")
+ops = lazy_import("tinyvim.ops")
 
 #: backend name -> (fuse the model?, scan implementation). "auto" is the parallel scan on
 #: the CPU and our CUDA kernel on a GPU where it is built.
@@ -64,7 +66,7 @@ class TorchRunner(BaseRunner):
     def infer_impl(self, feed: Mapping[str, np.ndarray]):
         args = [torch.from_numpy(np.ascontiguousarray(feed[n], dtype=np.float32)) for n in self._inputs]
         start = time.perf_counter()
-        with torch.inference_mode(), scan_implementation(self.scan):
+        with torch.inference_mode(), ops.scan_implementation(self.scan):
             result = self._model(*args)
         compute = time.perf_counter() - start
         tensors = [result] if isinstance(result, torch.Tensor) else list(result)

@@ -40,7 +40,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Callable
 
-import onnx
 
 from tinyvim import __version__
 from tinyvim.backends.model_file import read_onnx_info
@@ -72,6 +71,9 @@ from tinyvim.contract import (
 from tinyvim.contract import COMPUTE_PRECISIONS as PRECISIONS
 from tinyvim.errors import TinyvimError
 from tinyvim.utils import atomic_write_bytes, check_output_paths, file_sha256
+from tinyvim.lazy import lazy_import
+
+onnx = lazy_import("onnx")
 
 if TYPE_CHECKING:   # annotations only; imported lazily where used
     import tensorrt as trt

@@ -13,14 +13,15 @@ import os
 import re
 from typing import Callable
 
-import torch
 
 from tinyvim.contract import (
     SCAN_PLUGIN,
 )
 from tinyvim.errors import TinyvimError
-from tinyvim.lazy import OPTIONAL, import_optional
+from tinyvim.lazy import OPTIONAL, import_optional, lazy_import
 from tinyvim.plugins import find_plugin_library
+
+torch = lazy_import("torch")
 
 MIN_TRT_MAJOR = 10
 

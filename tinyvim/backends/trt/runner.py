@@ -13,7 +13,6 @@ from __future__ import annotations
 import os
 from typing import TYPE_CHECKING, Mapping
 
-import numpy as np
 
 from tinyvim.backends.base import BaseRunner
 from tinyvim.backends.trt.common import (
@@ -28,6 +27,9 @@ from tinyvim.backends.trt.common import (
 from tinyvim.backends.trt.sidecar import check_sidecar as check_sidecar_against
 from tinyvim.backends.trt.sidecar import read_sidecar
 from tinyvim.errors import TinyvimError
+from tinyvim.lazy import lazy_import
+
+np = lazy_import("numpy")
 
 if TYPE_CHECKING:   # annotations only; imported lazily where used
     import tensorrt as trt
