@@ -213,6 +213,12 @@ def check_seed(seed, what: str = "--seed") -> int:
     return check_count(seed, what, 0, MAX_SEED)
 
 
+def loosest_precision(*precisions: str | None) -> str:
+    """The loosest of `precisions` (COMPUTE_PRECISIONS order, loosest last; None skipped): the
+    tolerance a check uses when the file, the backend and the stored weights differ."""
+    return max((p for p in precisions if p is not None), key=COMPUTE_PRECISIONS.index)
+
+
 def check_choice(value, choices: tuple[str, ...], what: str) -> str:
     """`value` if it is one of `choices`, else a one-line error naming the option and the choices."""
     if value not in choices:
@@ -274,6 +280,26 @@ class ModelSpec:
                       ema=meta.ema, backbone=meta.backbone, weight_seed=meta.init_seed)
         values.update({k: v for k, v in overrides.items() if v is not None})
         return cls(**values)
+
+
+@dataclass(frozen=True)
+class ModelOverrides:
+    """What a caller says about the model of an existing file (validate, profile): each None
+    means "as the file records" (tinyvim.tools.reference turns file + overrides into a ModelSpec)."""
+    variant: str | None = None
+    checkpoint: str | None = None
+    ema: bool | None = None
+    backbone: bool | None = None
+    weight_seed: int | None = None
+    allow_nonfinite: bool = False
+
+    def __post_init__(self) -> None:
+        if self.variant is not None:
+            object.__setattr__(self, "variant", check_variant(self.variant))
+        if self.checkpoint is not None:
+            object.__setattr__(self, "checkpoint", os.fspath(self.checkpoint))
+        if self.weight_seed is not None:
+            check_seed(self.weight_seed, "--init-seed (weight seed)")
 
 
 @dataclass(frozen=True)

@@ -24,6 +24,12 @@ TimingHook = Callable[["BaseRunner", dict], None]
 class BaseRunner(abc.ABC):
     """activate / infer / deactivate, named inputs and outputs, and per-call timings."""
 
+    #: what the runner computes in where that differs from its file's precision (OpenVINO's
+    #: bf16/f16 hints): validate judges by the loosest; None: as the file says
+    compute_precision: str | None = None
+    #: the execution providers, for runners that have them (ONNX Runtime)
+    providers: list[str] | None = None
+
     def __init__(self, name: str):
         self.name = name
         self.is_active = False

@@ -266,21 +266,20 @@ def run_per_block(info: ModelInfo, config, *, backend, batch: np.ndarray, tolera
     "stage", "onnx_tensor", "shape", "max_abs_err", "scaled_err", "max_rel_err", "cosine",
     "jump"}], "first_jump": module or None, "noise_floor": float}.
 
-    `info` is the validated model, `config` its tinyvim.tools.validate.ReferenceConfig (the
+    `info` is the validated model, `config` its tinyvim.tools.reference.ReferenceConfig (the
     PyTorch reference is rebuilt from it, unfused), `backend` the registry entry it runs on."""
 
 
     options = dict(options or {})
     source = per_block_source(info)
     log("per-block comparison on the first batch...")
-    model = models.create_model(config.variant, checkpoint=config.checkpoint, backbone=config.backbone, ema=config.ema,
-                         seed=config.init_seed)
+    model = models.build_model(config.model)
     proto = onnx.load(source)
     taps = taps_for(model, proto.graph, list(info.output_names))
     # SIGTERM/SIGHUP unwind like Ctrl-C, so the temporary folder goes too
     with unwind_on_termination(), tempfile.TemporaryDirectory(prefix="tinyvim-per-block-") as tmp:
         marked = _marked_model(info, mark_outputs(proto, taps), Path(tmp), backend, options, log)
-        runner = backend.runner(RunnerRequest("validate", model=marked, threads=threads, options=options, log=log))
+        runner = backend.runner(RunnerRequest(model=marked, threads=threads, options=options, log=log))
         with runner:
             candidate = runner.infer({INPUT_NAME: batch})
     reference = capture_reference(model, taps, batch, list(info.output_names))

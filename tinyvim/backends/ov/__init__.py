@@ -10,7 +10,7 @@ from tinyvim.backends.spec import Backend, BackendOption, RunnerRequest
 def _make(req: RunnerRequest) -> OvRunner:
     return OvRunner(req.model.path, device=req.option("ov_device"), precision=req.option("ov_precision"),
                     threads=req.threads, hint=req.option("ov_hint"), plugin_nodes=req.model.plugin_nodes,
-                    log=req.log if req.purpose == "validate" else None)
+                    log=None if req.timed else req.log)
 
 
 BACKENDS = (

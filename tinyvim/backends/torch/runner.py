@@ -40,15 +40,13 @@ class TorchRunner(BaseRunner):
         self._saved_threads: int | None = None
 
     @classmethod
-    def for_backend(cls, backend: str, variant: str, *, checkpoint=None, ema=False, backbone=False,
-                    seed=0, threads=None, allow_nonfinite=False) -> "TorchRunner":
-        """`torch` (reference) or `torch-fused` runner for a TinyViM variant."""
+    def for_backend(cls, backend: str, spec: contract.ModelSpec, *, threads: int | None = None) -> "TorchRunner":
+        """`torch` (reference) or `torch-fused` runner for the model `spec` names."""
         if backend not in TORCH_BACKENDS:
             raise TinyvimError(f"unknown torch backend {backend!r}; choose {', '.join(TORCH_BACKENDS)}")
         fused, scan = TORCH_BACKENDS[backend]
-        loader = tinyvim_loader(variant, checkpoint=checkpoint, ema=ema, backbone=backbone,
-                                seed=seed, fused=fused, allow_nonfinite=allow_nonfinite)
-        return cls(loader, scan=scan, threads=threads, output_names=contract.output_names(backbone),
+        return cls(tinyvim_loader(spec, fused=fused), scan=scan, threads=threads,
+                   output_names=contract.output_names(spec.backbone),
                    name=backend)
 
     def activate_impl(self) -> None:
