@@ -213,3 +213,17 @@ def test_commands_parse_without_heavy_imports(argv):
     new = eval(r.stdout.split("NEW", 1)[1].splitlines()[0])        # noqa: S307 - our own repr of a list
     assert set(new) <= ALLOWED_AT_PARSE_TIME, f"{argv}: {sorted(set(new) - ALLOWED_AT_PARSE_TIME)} imported"
     assert "OWN []" in r.stdout, r.stdout
+
+
+def test_the_wheel_holds_what_users_run_and_not_the_test_tools(tmp_path):
+    """The TensorRT contract checker (plugins/csrc/trt_contract_check.cpp) is a test tool:
+    excluded from the wheel, while the sources `tinyvim build-plugin` compiles ship. (~10 s: a
+    real wheel build, the only way to see what setuptools' globs and excludes make of the tree.)"""
+    import zipfile
+    r = subprocess.run([sys.executable, "-m", "pip", "wheel", str(ROOT), "--no-deps", "--no-build-isolation", "-q",
+                        "-w", str(tmp_path)], capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr[-2000:]
+    names = set(zipfile.ZipFile(next(tmp_path.glob("tinyvim-*.whl"))).namelist())
+    assert "tinyvim/plugins/csrc/trt_plugin.cpp" in names and "tinyvim/plugins/CMakeLists.txt" in names
+    assert "tinyvim/plugins/csrc/trt_contract_check.cpp" not in names
+    assert not any(n.startswith("tests/") for n in names)
