@@ -19,7 +19,7 @@ import tinyvim
 from conftest import SIZE
 from tinyvim.cli import cli
 from tinyvim.backends.model_file import read_onnx_info
-from tinyvim.contract import InputSpec, ModelOverrides, ModelSpec
+from tinyvim.contract import InputSpec, ModelOverrides
 from tinyvim.tools.reference import resolve_checkpoint, resolve_reference
 from tinyvim.errors import TinyvimError
 from tinyvim.export import export_onnx

@@ -1,7 +1,8 @@
 """What two or more layers must agree on, declared once.
 
 Every other module reads these names instead of spelling them again; the C++ plugin, which
-cannot import Python, is checked against them by tests (tests/test_contract*.py), and the
+cannot import Python, is checked against them by tests (tests/test_trt_contract.py,
+tests/test_plugins_host_logic.py), and the
 README's plugin table is rendered from them (`python -m tinyvim.contract`).
 
 - Vocabularies: variants, scan flavours, precisions, ImageNet mean/std, the multiple-of-32
@@ -22,7 +23,8 @@ import math
 import os
 import re
 from dataclasses import dataclass, field, fields, replace
-from typing import Literal, Mapping
+from typing import Literal
+from collections.abc import Mapping
 
 from tinyvim import __version__
 from tinyvim.errors import TinyvimError
@@ -269,14 +271,15 @@ class ModelSpec:
     def random_weights(self) -> bool:
         return self.checkpoint is None
 
-    def with_(self, **changes) -> "ModelSpec":
+    def with_(self, **changes) -> ModelSpec:
         """A copy with `changes` (checked again)."""
         return replace(self, **changes)
 
     @classmethod
-    def from_metadata(cls, meta: "ExportMetadata", **overrides) -> "ModelSpec":
+    def from_metadata(cls, meta: ExportMetadata, **overrides) -> ModelSpec:
         """The model an export was made from; `overrides` (not None) replace what it recorded."""
-        values = dict(variant=meta.variant, checkpoint=meta.checkpoint or None, checkpoint_sha256=meta.checkpoint_sha256,
+        values = dict(variant=meta.variant, checkpoint=meta.checkpoint or None,
+                      checkpoint_sha256=meta.checkpoint_sha256,
                       ema=meta.ema, backbone=meta.backbone, weight_seed=meta.init_seed)
         values.update({k: v for k, v in overrides.items() if v is not None})
         return cls(**values)
@@ -328,7 +331,7 @@ class InputSpec:
     def dynamic_batch(self) -> bool:
         return self.batch is None
 
-    def with_(self, **changes) -> "InputSpec":
+    def with_(self, **changes) -> InputSpec:
         return replace(self, **changes)
 
     def describe(self) -> str:
@@ -337,7 +340,7 @@ class InputSpec:
         return f"{size}, batch {DYNAMIC if self.batch is None else self.batch}"
 
     @classmethod
-    def from_metadata(cls, meta: "ExportMetadata") -> "InputSpec":
+    def from_metadata(cls, meta: ExportMetadata) -> InputSpec:
         return cls(size=meta.input_size, batch=meta.batch)
 
 
@@ -627,7 +630,7 @@ class QuantizationInfo:
         return ";".join(f"{k}={values[k]}" for k in _QUANT_KEYS)
 
     @classmethod
-    def from_text(cls, text: str) -> "QuantizationInfo":
+    def from_text(cls, text: str) -> QuantizationInfo:
         """Parse and check every field (ValueError naming the first bad one)."""
         pairs = [p.partition("=") for p in text.split(";")]
         values = {k: v for k, sep, v in pairs if sep}
@@ -705,7 +708,7 @@ class ExportMetadata:
     @classmethod
     def build(cls, model: ModelSpec, inputs: InputSpec, *, scan: ScanFlavour, precision: Precision,
               opset: int = DEFAULT_OPSET, weights: Precision | None = None,
-              quantization: QuantizationInfo | None = None) -> "ExportMetadata":
+              quantization: QuantizationInfo | None = None) -> ExportMetadata:
         """The metadata of an export of `model` at `inputs` (the one way exports make it). The
         checkpoint is recorded as an absolute path; its sha256 must already be in `model`."""
         if model.checkpoint is not None and not model.checkpoint_sha256:
@@ -761,7 +764,7 @@ class ExportMetadata:
         return values
 
     @classmethod
-    def from_props(cls, props: Mapping[str, str], *, source: str) -> "ExportMetadata | None":
+    def from_props(cls, props: Mapping[str, str], *, source: str) -> ExportMetadata | None:
         """Validated metadata from `props` (metadata_props as a dict), or None when the file
         carries no tinyvim metadata at all. Raises a one-line TinyvimError naming the key, the
         value and `source` when a key is missing or its value is malformed or out of range."""

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import abc
 import time
-from typing import Callable, Mapping
+from collections.abc import Callable, Mapping
 
 
 from tinyvim.errors import TinyvimError, error_reason  # noqa: F401  (re-exported for runners)
@@ -39,7 +39,7 @@ class BaseRunner(abc.ABC):
         self._outputs: list[str] = []
 
     # ------------------------------------------------------------------ lifecycle
-    def activate(self) -> "BaseRunner":
+    def activate(self) -> BaseRunner:
         if not self.is_active:
             self.activate_impl()
             self.is_active = True
@@ -52,7 +52,7 @@ class BaseRunner(abc.ABC):
             finally:
                 self.is_active = False
 
-    def __enter__(self) -> "BaseRunner":
+    def __enter__(self) -> BaseRunner:
         return self.activate()
 
     def __exit__(self, *exc) -> None:

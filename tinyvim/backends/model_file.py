@@ -18,8 +18,11 @@ from tinyvim.contract import (
     INPUT_NAME,
     MAX_BATCH,
     MAX_IMAGE_SIDE,
+    PLUGIN_SCAN,
+    PORTABLE_SCAN,
     SCAN_PLUGIN,
     ExportMetadata,
+    ScanFlavour,
     check_workload,
     format_size,
 )
@@ -55,6 +58,14 @@ class ModelInfo:
     @property
     def backbone(self) -> bool:
         return tuple(self.output_names) == BACKBONE_OUTPUTS
+
+    @property
+    def scan(self) -> ScanFlavour:
+        """The scan flavour, as the file shows it: an ONNX's own nodes (read once, here), else
+        what the metadata records (an engine, whose graph is compiled)."""
+        if self.plugin_nodes:
+            return PLUGIN_SCAN
+        return self.metadata.scan if self.kind == "engine" and self.metadata is not None else PORTABLE_SCAN
 
     @property
     def fixed_batch(self) -> int | None:

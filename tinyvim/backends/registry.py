@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Callable
+from collections.abc import Callable
 
 from tinyvim.backends import ort, ov, trt
 from tinyvim.backends import torch as torch_backends

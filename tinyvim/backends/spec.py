@@ -5,7 +5,8 @@ tinyvim/backends/registry.py collects the declarations; tools look backends up b
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Callable, Mapping, Sequence
+from typing import Any
+from collections.abc import Callable, Mapping, Sequence
 
 from tinyvim.backends.base import BaseRunner
 from tinyvim.backends.model_file import ModelInfo

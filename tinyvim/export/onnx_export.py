@@ -10,7 +10,7 @@ import time
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
+from collections.abc import Callable
 
 
 from tinyvim import __version__
@@ -65,7 +65,8 @@ def with_checkpoint_digest(model: ModelSpec) -> ModelSpec:
     """`model` with its checkpoint's sha256 filled in (what the export metadata records)."""
     if model.checkpoint is None or model.checkpoint_sha256:
         return model
-    return model.with_(checkpoint=str(Path(model.checkpoint).resolve()), checkpoint_sha256=file_sha256(model.checkpoint))
+    return model.with_(checkpoint=str(Path(model.checkpoint).resolve()),
+                       checkpoint_sha256=file_sha256(model.checkpoint))
 
 
 def read_metadata(model: onnx.ModelProto | str | os.PathLike) -> ExportMetadata | None:

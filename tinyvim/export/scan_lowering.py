@@ -299,10 +299,11 @@ def _loop_tail(g: _Builder, a: str, b: str, d: int, n: int) -> str:
     step = [onnx.helper.make_tensor_value_info(name, onnx.TensorProto.FLOAT, None) for name in ("state", "a_t", "b_t")]
     # `state` first in the product: OpenVINO 2026.4 mis-binds the body's inputs otherwise
     # (see tinyvim.ops.scan._loop_step)
-    body = onnx.helper.make_graph(
-        [onnx.helper.make_node("Mul", ["state", "a_t"], ["decayed"]), onnx.helper.make_node("Add", ["decayed", "b_t"], ["next"]),
-         onnx.helper.make_node("Identity", ["next"], ["y_t"])],
-        "scan_step", step, [onnx.helper.make_tensor_value_info(name, onnx.TensorProto.FLOAT, None) for name in ("next", "y_t")])
+    helper = onnx.helper
+    body = helper.make_graph(
+        [helper.make_node("Mul", ["state", "a_t"], ["decayed"]), helper.make_node("Add", ["decayed", "b_t"], ["next"]),
+         helper.make_node("Identity", ["next"], ["y_t"])],
+        "scan_step", step, [helper.make_tensor_value_info(name, onnx.TensorProto.FLOAT, None) for name in ("next", "y_t")])
     _, states = g.op("Scan", zeros, a, b, outputs=2, body=body, num_scan_inputs=2,
                      scan_input_axes=[2, 2], scan_output_axes=[2])
     return states

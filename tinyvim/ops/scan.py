@@ -1,6 +1,6 @@
 """The SS2D cross selective scan: one op contract, several implementations.
 
-Contract (natural layout, see SPEC.md):
+Contract (natural layout; tinyvim.contract.SCAN_PLUGIN declares the same shapes for the ONNX node):
     x          (B, D, h, w)      the low-frequency map fed to the scan (u)
     delta      (B, 4D, h, w)     raw dt, before delta_bias and softplus
     Bs, Cs     (B, 4, N, h, w)   per-direction input/output projections
@@ -38,7 +38,7 @@ from __future__ import annotations
 import contextlib
 import functools
 import threading
-from typing import Callable, Iterator
+from collections.abc import Callable, Iterator
 
 import numpy as np
 import torch

@@ -17,7 +17,7 @@ import threading
 import time
 import urllib.parse
 from dataclasses import dataclass
-from typing import Callable
+from collections.abc import Callable
 
 
 from tinyvim.backends.model_file import read_onnx_info

@@ -8,7 +8,7 @@ import os
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator
+from collections.abc import Iterator
 
 
 from tinyvim.contract import IMAGENET_MEAN, IMAGENET_STD, check_batch, check_count, check_input_size, check_seed
@@ -19,7 +19,7 @@ np = lazy_import("numpy")
 Image = lazy_import("PIL.Image")
 
 #: 224 / 256: the resize-256-crop-224 evaluation the validate issue asked for; TinyViM's own
-#: evaluation crops 0.9 (SPEC.md), which --crop-pct 0.9 gives.
+#: evaluation crops 0.9 (its released evaluation script), which --crop-pct 0.9 gives.
 DEFAULT_CROP_PCT = 0.875
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff", ".ppm"}
 #: largest picture decoded (64 Mpx: 192 MB as RGB bytes); checked from the header, before decoding.

@@ -22,7 +22,7 @@ import os
 import tempfile
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Callable
+from collections.abc import Callable
 
 
 from tinyvim.backends.model_file import ModelInfo

@@ -13,7 +13,7 @@ import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Sequence
+from collections.abc import Callable, Sequence
 
 
 from tinyvim.backends.base import BaseRunner
@@ -267,9 +267,10 @@ def run_profile(backends, *, models: Sequence[str] = (), model: ModelOverrides =
     warnings += unused_option_warnings(selected, dict(options or {}))
     for w in warnings:
         log(f"warning: {w}")
+    recorded_seed = meta.init_seed if meta else 0
     spec = ModelSpec(variant, checkpoint=checkpoint, backbone=bool(known and known.backbone),
                      ema=model.ema if model.ema is not None else bool(meta and meta.ema and checkpoint),
-                     weight_seed=model.weight_seed if model.weight_seed is not None else (meta.init_seed if meta else 0),
+                     weight_seed=recorded_seed if model.weight_seed is None else model.weight_seed,
                      allow_nonfinite=model.allow_nonfinite)
     note = random_weights_note(spec, who="the model")
     if note:

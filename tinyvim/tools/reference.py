@@ -79,10 +79,9 @@ def resolve_reference(info: ModelInfo, overrides: ModelOverrides = ModelOverride
         warnings.append(f"--{'' if ema else 'no-'}ema overrides the model's metadata (ema={str(meta.ema).lower()}): "
                         "expect a failed comparison unless the metadata is wrong")
     ema = ema if ema is not None else bool(meta and meta.ema)
-    if init_seed is not None:
-        if meta is not None and checkpoint is None and init_seed != meta.init_seed:
-            warnings.append(f"--init-seed {init_seed} overrides the model's metadata (init_seed {meta.init_seed}): "
-                            "expect a failed comparison unless the metadata is wrong")
+    if init_seed is not None and meta is not None and checkpoint is None and init_seed != meta.init_seed:
+        warnings.append(f"--init-seed {init_seed} overrides the model's metadata (init_seed {meta.init_seed}): "
+                        "expect a failed comparison unless the metadata is wrong")
     init_seed = init_seed if init_seed is not None else (meta.init_seed if meta else 0)
     model = ModelSpec(variant, checkpoint=checkpoint, ema=ema, backbone=backbone, weight_seed=init_seed,
                       allow_nonfinite=overrides.allow_nonfinite)

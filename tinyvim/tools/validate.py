@@ -42,7 +42,7 @@ import contextlib
 import os
 import time
 from dataclasses import asdict, dataclass
-from typing import Callable, Iterable
+from collections.abc import Callable, Iterable
 
 
 from tinyvim import __version__

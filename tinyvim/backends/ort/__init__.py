@@ -21,7 +21,7 @@ def _make(req: RunnerRequest) -> OrtRunner:
         req.log(QDQ_ON_CPU_NOTE)
     # The plugin graph's CPU path runs the scan in Python: right for checks, not a speed to report.
     return OrtRunner(req.model.path, providers=req.option("providers"), threads=req.threads,
-                     allow_plugin_cpu=not req.timed)
+                     allow_plugin_cpu=not req.timed, scan=req.model.scan)
 
 
 BACKENDS = (

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import os
 import time
-from typing import Mapping
+from collections.abc import Mapping
 
 
 from tinyvim.backends.base import BaseRunner

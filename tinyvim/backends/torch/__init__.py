@@ -2,7 +2,7 @@
 eager model (`torch-fused`)."""
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 from tinyvim.backends.spec import Backend, RunnerRequest
 from tinyvim.backends.torch.runner import TorchRunner

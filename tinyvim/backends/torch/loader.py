@@ -3,7 +3,7 @@ seed, optionally re-parameterized (Polygraphy style: a loader is a cheap callabl
 the thing when the runner activates)."""
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 from tinyvim.contract import ModelSpec
 from tinyvim.lazy import lazy_import

@@ -3,7 +3,7 @@ computation) and the fast eager path (`torch-fused`: re-parameterized model, par
 from __future__ import annotations
 
 import time
-from typing import Mapping, Sequence
+from collections.abc import Mapping, Sequence
 
 
 from tinyvim import contract
@@ -40,7 +40,7 @@ class TorchRunner(BaseRunner):
         self._saved_threads: int | None = None
 
     @classmethod
-    def for_backend(cls, backend: str, spec: contract.ModelSpec, *, threads: int | None = None) -> "TorchRunner":
+    def for_backend(cls, backend: str, spec: contract.ModelSpec, *, threads: int | None = None) -> TorchRunner:
         """`torch` (reference) or `torch-fused` runner for the model `spec` names."""
         if backend not in TORCH_BACKENDS:
             raise TinyvimError(f"unknown torch backend {backend!r}; choose {', '.join(TORCH_BACKENDS)}")

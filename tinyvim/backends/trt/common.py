@@ -11,7 +11,7 @@ import contextlib
 import logging
 import os
 import re
-from typing import Callable
+from collections.abc import Callable
 
 
 from tinyvim.contract import (
@@ -149,7 +149,7 @@ def register_plugin_library(trt, path: str | os.PathLike) -> str:
         return path
     check_plugin_file(path)
     spec = SCAN_PLUGIN
-    registry: "trt.IPluginRegistry" = trt.get_plugin_registry()
+    registry: trt.IPluginRegistry = trt.get_plugin_registry()
     handle = None
     if registry.get_creator(spec.op_type, spec.version, spec.namespace) is None:
         handle = registry.load_library(path)
