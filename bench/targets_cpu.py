@@ -27,6 +27,7 @@ from tinyvim.backends.executorch.runner import ExecutorchRunner
 from tinyvim.backends.ort.runner import OrtRunner
 from tinyvim.backends.pt2.runner import ArtifactRunner
 from tinyvim.backends.torch.runner import TorchRunner
+from tinyvim.contract import InputSpec, ModelSpec
 from tinyvim.errors import TinyvimError
 from tinyvim.export import export_onnx
 from tinyvim.export.aoti import export_aoti
@@ -38,15 +39,16 @@ from tinyvim.export.torchscript import export_torchscript
 
 def export_all(v: str, model, tmp: Path, with_aoti: bool) -> dict[str, tuple[Path, int]]:
     """name -> (file, bytes)."""
-    files = {"onnx": export_onnx(tmp / f"{v}.onnx", variant=v, model=model).path}
+    spec, inputs = ModelSpec(v), InputSpec()
+    files = {"onnx": export_onnx(tmp / f"{v}.onnx", spec, inputs, network=model).path}
     for platform in ("arm", "amd64"):
         files[f"ort-{platform}"] = export_ort(tmp / f"{v}-{platform}.ort", source_onnx=files["onnx"],
                                               target_platform=platform).path
-    files["pt2"] = export_pt2(tmp / f"{v}.pt2", variant=v, model=model).path
-    files["torchscript"] = export_torchscript(tmp / f"{v}.torchscript", variant=v, model=model).path
+    files["pt2"] = export_pt2(tmp / f"{v}.pt2", spec, inputs, network=model).path
+    files["torchscript"] = export_torchscript(tmp / f"{v}.torchscript", spec, inputs, network=model).path
     try:
         import_executorch()
-        result = export_executorch(tmp / f"{v}.pte", variant=v, model=model)
+        result = export_executorch(tmp / f"{v}.pte", spec, inputs, network=model)
         files["executorch"] = result.path
         print(f"  executorch: {result.op_counts['xnnpack_partitions']} XNNPACK partitions "
               f"({result.op_counts['xnnpack_nodes']} nodes), {result.num_nodes - result.op_counts['xnnpack_nodes']} "
@@ -54,7 +56,7 @@ def export_all(v: str, model, tmp: Path, with_aoti: bool) -> dict[str, tuple[Pat
     except TinyvimError as exc:
         print(f"  executorch skipped: {exc}")
     if with_aoti:
-        files["aoti"] = export_aoti(tmp / f"{v}-aoti.pt2", variant=v, model=model).path
+        files["aoti"] = export_aoti(tmp / f"{v}-aoti.pt2", spec, inputs, network=model).path
     return {k: (p, p.stat().st_size) for k, p in files.items()}
 
 

@@ -6,7 +6,6 @@ import os
 import re
 import subprocess
 import sys
-from pathlib import Path
 
 import numpy as np
 import onnxruntime as ort
@@ -18,14 +17,15 @@ from conftest import BATCH, SIZE
 from tinyvim import lazy
 from tinyvim.backends.registry import read_model_info
 from tinyvim.cli import cli
-from tinyvim.contract import ARTIFACT_METADATA_NAME
+from tinyvim.contract import ARTIFACT_METADATA_NAME, InputSpec, ModelSpec
 from tinyvim.errors import TinyvimError
+from tinyvim.model import build_model, reparameterize
 from tinyvim.export.executorch import import_executorch
 from tinyvim.export.ort_format import export_ort
 from tinyvim.export.pt2 import export_pt2
-from tinyvim.export.torch_program import build_deploy
 from tinyvim.export.torchscript import export_torchscript
-from tinyvim.tools.profile import run_profile
+from tinyvim.tools.inputs import InputRequest
+from tinyvim.tools.profile import Timing, run_profile
 from tinyvim.tools.validate import validate_model
 
 #: float32 throughout, the same aten kernels as eager PyTorch (fusion aside): 1e-5 absolute on logits of
@@ -39,26 +39,26 @@ SLOW_EXPORTS = os.environ.get("TINYVIM_SLOW_EXPORTS") == "1"
 FRESH_LOADER = r'''
 import sys, numpy as np, torch
 x = torch.from_numpy(np.load(sys.argv[1]))
-ep = torch.export.load(sys.argv[2], extra_files={"%s": ""})
+ep = torch.export.load(sys.argv[2], extra_files={"METADATA": ""})
 ts = torch.jit.load(sys.argv[3])
 with torch.no_grad():
     out = {"pt2": ep.module()(x), "torchscript": ts(x)}
 assert not any(m == "tinyvim" or m.startswith("tinyvim.") for m in sys.modules), "tinyvim was imported"
 np.savez(sys.argv[4], **{k: v.numpy() for k, v in out.items()})
-''' % ARTIFACT_METADATA_NAME
+'''.replace("METADATA", ARTIFACT_METADATA_NAME)
 
 
 @pytest.fixture(scope="module")
 def torch_artifacts(tmp_path_factory):
     folder = tmp_path_factory.mktemp("pt2")
-    kwargs = dict(variant="s", img_size=(SIZE, SIZE), batch=BATCH)
-    return {"pt2": export_pt2(folder / "s.pt2", **kwargs).path,
-            "torchscript": export_torchscript(folder / "s.torchscript", **kwargs).path}
+    inputs = InputSpec((SIZE, SIZE), BATCH)
+    return {"pt2": export_pt2(folder / "s.pt2", ModelSpec("s"), inputs).path,
+            "torchscript": export_torchscript(folder / "s.torchscript", ModelSpec("s"), inputs).path}
 
 
 def _eager(x: np.ndarray) -> np.ndarray:
     with torch.no_grad():
-        return build_deploy(variant="s")(torch.from_numpy(x)).numpy()
+        return reparameterize(build_model(ModelSpec("s")))(torch.from_numpy(x)).numpy()
 
 
 def test_pt2_and_torchscript_load_and_match_without_tinyvim(torch_artifacts, tmp_path):
@@ -84,7 +84,7 @@ def test_validate_runs_a_pt2_file_and_reads_its_metadata(torch_artifacts):
     info = read_model_info(path)
     assert info.kind == kind and info.input_shape == [BATCH, 3, SIZE, SIZE]
     assert (info.metadata.variant, info.metadata.input_size, info.metadata.batch) == ("s", (SIZE, SIZE), BATCH)
-    report = validate_model(path, num_inputs=1, log=lambda m: None)
+    report = validate_model(path, inputs=InputRequest(num_batches=1), log=lambda m: None)
     assert report["passed"] and report["backend"]["name"] == kind
     assert report["model"]["metadata"]["variant"] == "s"
     # the reference is the unfused model with the sequential scan: a different computation
@@ -95,8 +95,8 @@ def test_profile_times_a_torchscript_file_by_its_kind(torch_artifacts):
     """`profile --backend torchscript --model F`: the file's kind picks the reader and the runner."""
     info = read_model_info(torch_artifacts["torchscript"])
     assert info.kind == "torchscript" and info.metadata.batch == BATCH
-    doc = run_profile(["torchscript"], models=[str(torch_artifacts["torchscript"])], batches=[BATCH], warmup=0,
-                      iters=2, log=lambda m: None)
+    doc = run_profile(["torchscript"], models=[str(torch_artifacts["torchscript"])], batches=[BATCH],
+                      timing=Timing(warmup=0, iters=2), log=lambda m: None)
     (entry,) = doc["results"]
     assert entry["backend"] == "torchscript" and entry["batch"] == BATCH
 
@@ -128,7 +128,7 @@ def test_ort_format_matches_the_onnx_and_lists_its_operators(tinyvim_onnx, tmp_p
     assert np.abs(out - ref).max() <= FP32_EXACT
     info = read_model_info(result.path)
     assert info.kind == "ort" and info.metadata == read_model_info(tinyvim_onnx).metadata
-    report = validate_model(result.path, num_inputs=1, log=lambda m: None)
+    report = validate_model(result.path, inputs=InputRequest(num_batches=1), log=lambda m: None)
     assert report["passed"] and report["backend"]["name"] == "ort"
     assert report["outputs"][0]["max_abs_err"] <= FP32_EXACT
 
@@ -175,9 +175,9 @@ def _has_executorch() -> bool:
                     reason="ExecuTorch lowering takes minutes: TINYVIM_SLOW_EXPORTS=1 with tinyvim[executorch]")
 def test_executorch_pte_validates_through_its_runtime(tmp_path):
     from tinyvim.export.executorch import export_executorch
-    result = export_executorch(tmp_path / "s.pte", variant="s", img_size=(SIZE, SIZE))
+    result = export_executorch(tmp_path / "s.pte", ModelSpec("s"), InputSpec((SIZE, SIZE)))
     assert result.op_counts["xnnpack_partitions"] > 0
-    report = validate_model(result.path, num_inputs=1, log=lambda m: None)
+    report = validate_model(result.path, inputs=InputRequest(num_batches=1), log=lambda m: None)
     assert report["passed"] and report["backend"]["name"] == "executorch"
     assert report["model"]["metadata"]["input_size"] == f"{SIZE}x{SIZE}"
     assert report["outputs"][0]["max_abs_err"] <= EXECUTORCH_TOL
@@ -187,10 +187,10 @@ def test_executorch_pte_validates_through_its_runtime(tmp_path):
 @pytest.mark.skipif(not SLOW_EXPORTS, reason="AOTInductor compiles for minutes: TINYVIM_SLOW_EXPORTS=1")
 def test_aoti_package_validates_and_loads_without_tinyvim(tmp_path):
     from tinyvim.export.aoti import export_aoti
-    result = export_aoti(tmp_path / "s.pt2", variant="s", img_size=(SIZE, SIZE))
+    result = export_aoti(tmp_path / "s.pt2", ModelSpec("s"), InputSpec((SIZE, SIZE)))
     info = read_model_info(result.path)
     assert info.kind == "aoti" and info.metadata.variant == "s"
-    report = validate_model(result.path, num_inputs=1, log=lambda m: None)
+    report = validate_model(result.path, inputs=InputRequest(num_batches=1), log=lambda m: None)
     assert report["passed"] and report["backend"]["name"] == "aoti"
     assert report["outputs"][0]["max_abs_err"] <= FP32_EXACT
     x = np.random.default_rng(0).standard_normal((1, 3, SIZE, SIZE)).astype(np.float32)

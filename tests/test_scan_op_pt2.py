@@ -3,12 +3,11 @@ included), its autograd formula, opcheck's full battery, and torch.compile of a 
 import copy
 
 import numpy as np
-import pytest
 import torch
 
 from tinyvim.model import create_model, reparameterize
 from tinyvim.model.ss2d import SS2D, DeploySS2D
-from tinyvim.ops import cross_selective_scan, scan_implementation, scan_sequential
+from tinyvim.ops import scan_implementation, scan_sequential
 from tinyvim.ops.reference import random_scan_inputs
 from tinyvim.ops.scan import OP_MEMORY_FORMAT, _layout, _layout_tensors
 

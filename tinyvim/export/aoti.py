@@ -9,11 +9,10 @@ from __future__ import annotations
 import os
 import time
 from pathlib import Path
-from typing import Callable
+from collections.abc import Callable
 
-import torch
 
-from tinyvim.contract import ARTIFACT_METADATA_NAME, INPUT_NAME, output_names
+from tinyvim.contract import ARTIFACT_METADATA_NAME, INPUT_NAME, InputSpec, ModelSpec, output_names
 from tinyvim.errors import TinyvimError
 from tinyvim.export.onnx_export import ExportResult
 from tinyvim.export.torch_program import (
@@ -24,15 +23,19 @@ from tinyvim.export.torch_program import (
     prepare_source,
     quiet_tracing,
 )
+from tinyvim.lazy import lazy_import
 from tinyvim.utils import atomic_output, check_output_path
 
+torch = lazy_import("torch")
 
-def export_aoti(output: str | os.PathLike, *, log: Callable[[str], None] | None = None, **kwargs) -> ExportResult:
+
+def export_aoti(output: str | os.PathLike, model: ModelSpec = ModelSpec(), inputs: InputSpec = InputSpec(), *,
+                log: Callable[[str], None] | None = None, **kwargs) -> ExportResult:
     """Export, compile and package to `output` (written atomically; fixed shape)."""
     check_output_path(output)
     log = log or (lambda m: None)
     start = time.perf_counter()
-    deploy, example, metadata = prepare_source("aoti", **kwargs)
+    deploy, example, metadata = prepare_source("aoti", model, inputs, **kwargs)
     log(f"exporting with torch.export ({'x'.join(map(str, example.shape))})")
     program = export_program(deploy, example)
     log("compiling with AOTInductor (minutes)")

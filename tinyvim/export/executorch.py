@@ -18,16 +18,17 @@ import re
 import time
 from collections import Counter
 from pathlib import Path
-from typing import Callable
+from collections.abc import Callable
 
-import torch
 
-from tinyvim.contract import ARTIFACT_METADATA_METHOD, INPUT_NAME, output_names
+from tinyvim.contract import ARTIFACT_METADATA_METHOD, INPUT_NAME, InputSpec, ModelSpec, output_names
 from tinyvim.errors import TinyvimError
 from tinyvim.export.onnx_export import ExportResult
 from tinyvim.export.torch_program import export_program, first_line, metadata_text, prepare_source, quiet_tracing
-from tinyvim.lazy import import_optional
+from tinyvim.lazy import import_optional, lazy_import
 from tinyvim.utils import atomic_write_bytes, check_output_path
+
+torch = lazy_import("torch")
 
 #: the edge-dialect call of a delegated partition
 DELEGATE_CALL = "executorch_call_delegate"
@@ -69,8 +70,8 @@ def lowering_report(edge_program) -> dict:
             "portable_ops": dict(portable.most_common())}
 
 
-def export_executorch(output: str | os.PathLike, *, log: Callable[[str], None] | None = None,
-                      **kwargs) -> ExportResult:
+def export_executorch(output: str | os.PathLike, model: ModelSpec = ModelSpec(), inputs: InputSpec = InputSpec(), *,
+                      log: Callable[[str], None] | None = None, **kwargs) -> ExportResult:
     """Export, lower to XNNPACK and write the .pte to `output` (atomically; fixed shape). The
     ExportResult's op_counts are the lowering report's portable ops; num_nodes counts every
     node (delegated + portable)."""
@@ -78,7 +79,7 @@ def export_executorch(output: str | os.PathLike, *, log: Callable[[str], None] |
     exir, XnnpackPartitioner = import_executorch()
     log = log or (lambda m: None)
     start = time.perf_counter()
-    deploy, example, metadata = prepare_source("executorch", **kwargs)
+    deploy, example, metadata = prepare_source("executorch", model, inputs, **kwargs)
     log(f"exporting with torch.export ({'x'.join(map(str, example.shape))})")
     program = export_program(deploy, example)
     log("lowering to ExecuTorch (XNNPACK partitioner)")

@@ -17,12 +17,13 @@ import shutil
 import time
 from dataclasses import replace
 from pathlib import Path
-from typing import Callable
+from collections.abc import Callable
 
-import onnx
 
 from tinyvim.contract import (
     EXPORT_FORMATS,
+    InputSpec,
+    ModelSpec,
     ORT_REQUIRED_OPS_SUFFIX,
     ORT_TARGET_PLATFORMS,
     PORTABLE_SCAN,
@@ -31,8 +32,10 @@ from tinyvim.errors import TinyvimError
 from tinyvim.export import onnx_export
 from tinyvim.export.onnx_export import ExportResult
 from tinyvim.export.torch_program import first_line
-from tinyvim.lazy import import_optional
+from tinyvim.lazy import import_optional, lazy_import
 from tinyvim.utils import atomic_output, check_output_paths, scratch_directory
+
+onnx = lazy_import("onnx")
 
 DEFAULT_TARGET_PLATFORM = "arm"
 
@@ -80,11 +83,12 @@ def _operator_list(config: Path, final_name: str) -> str:
     return "\n".join(f"# - {final_name}" if line.startswith("# - ") else line for line in lines) + "\n"
 
 
-def export_ort(output: str | os.PathLike, *, target_platform: str | None = None,
-               source_onnx: str | os.PathLike | None = None, log: Callable[[str], None] | None = None,
-               **export_kwargs) -> ExportResult:
-    """A portable ONNX export (or `source_onnx`, an existing portable export) converted to `output`
-    (.ort) and its operator list, both written atomically. export_kwargs as export_onnx's."""
+def export_ort(output: str | os.PathLike, model: ModelSpec = ModelSpec(), inputs: InputSpec = InputSpec(), *,
+               target_platform: str | None = None, source_onnx: str | os.PathLike | None = None,
+               log: Callable[[str], None] | None = None, **export_kwargs) -> ExportResult:
+    """A portable ONNX export of `model` at `inputs` (or `source_onnx`, an existing portable export)
+    converted to `output` (.ort) and its operator list, both written atomically. export_kwargs as
+    export_onnx's (scan, precision, opset, network)."""
     platform = check_target_platform(target_platform)
     if export_kwargs.get("scan", PORTABLE_SCAN) != PORTABLE_SCAN:
         raise TinyvimError("--fmt ort needs --scan portable: a mobile ONNX Runtime has no CrossSelectiveScan op")
@@ -94,7 +98,7 @@ def export_ort(output: str | os.PathLike, *, target_platform: str | None = None,
     with scratch_directory("tinyvim-ort-") as tmp:
         onnx_path = tmp / "model.onnx"
         if source_onnx is None:
-            result = onnx_export.export_onnx(onnx_path, log=log, **export_kwargs)     # looked up when called
+            result = onnx_export.export_onnx(onnx_path, model, inputs, log=log, **export_kwargs)     # looked up when called
         else:
             shutil.copyfile(source_onnx, onnx_path)
             result = _onnx_result(onnx_path)

@@ -9,23 +9,26 @@ import io
 import os
 import time
 from pathlib import Path
-from typing import Callable
+from collections.abc import Callable
 
-import torch
 
-from tinyvim.contract import ARTIFACT_METADATA_NAME, INPUT_NAME, output_names
+from tinyvim.contract import ARTIFACT_METADATA_NAME, INPUT_NAME, InputSpec, ModelSpec, output_names
 from tinyvim.errors import TinyvimError
 from tinyvim.export.onnx_export import ExportResult
 from tinyvim.export.torch_program import export_program, first_line, graph_census, metadata_text, prepare_source
+from tinyvim.lazy import lazy_import
 from tinyvim.utils import atomic_write_bytes, check_output_path
 
+torch = lazy_import("torch")
 
-def export_pt2(output: str | os.PathLike, *, log: Callable[[str], None] | None = None, **kwargs) -> ExportResult:
+
+def export_pt2(output: str | os.PathLike, model: ModelSpec = ModelSpec(), inputs: InputSpec = InputSpec(), *,
+               log: Callable[[str], None] | None = None, **kwargs) -> ExportResult:
     """Trace, export and save the program to `output` (written atomically); kwargs as export_onnx's."""
     check_output_path(output)
     log = log or (lambda m: None)
     start = time.perf_counter()
-    deploy, example, metadata = prepare_source("pt2", dynamic_ok=True, **kwargs)
+    deploy, example, metadata = prepare_source("pt2", model, inputs, **kwargs)
     log(f"exporting with torch.export ({'x'.join(map(str, example.shape))} example"
         f"{', batch dynamic' if metadata.dynamic_batch else ''}{', HxW dynamic' if metadata.dynamic_size else ''})")
     program = export_program(deploy, example, dynamic_batch=metadata.dynamic_batch,

@@ -14,64 +14,62 @@ import contextlib
 import io
 import json
 import logging
-import os
 import warnings
-from typing import Mapping
-
-import torch
-from torch import nn
+from collections.abc import Mapping
 
 from tinyvim.contract import (
     DEFAULT_OPSET,
     FP32,
     PORTABLE_SCAN,
     ExportMetadata,
-    check_variant,
+    InputSpec,
+    ModelSpec,
+    check_export_precision,
+    check_scan,
 )
 from tinyvim.errors import TinyvimError
-from tinyvim.export.onnx_export import DYNAMIC_SIZE_EXAMPLE, build_metadata, check_export_args, dynamic_shapes_for
-from tinyvim.model import create_model, reparameterize
-from tinyvim.ops import scan_implementation
+from tinyvim.export.onnx_export import DYNAMIC_SIZE_EXAMPLE, dynamic_shapes_for, with_checkpoint_digest
+from tinyvim.lazy import lazy_import
+
+torch = lazy_import("torch")
+models = lazy_import("tinyvim.model")
+ops = lazy_import("tinyvim.ops")
 
 #: the `export --fmt` values traced from the model by torch (the scan inlined)
 TORCH_FORMATS = ("pt2", "aoti", "torchscript", "executorch")
+#: those of them that keep a symbolic batch / H x W (torch.export Dims); the others are compiled or
+#: traced for one shape
+DYNAMIC_TORCH_FORMATS = ("pt2",)
 
 
-def check_torch_format_args(fmt: str, *, scan: str, precision: str, img_size, batch: int, seed: int,
-                            dynamic_batch: bool = False, dynamic_size: bool = False,
-                            dynamic_ok: bool = False) -> None:
+def check_torch_format_args(fmt: str, inputs: InputSpec, *, scan: str, precision: str,
+                            opset: int | None = None) -> None:
     """The arguments a PyTorch 2 format takes, before anything is built (one-line errors)."""
-    check_export_args(scan=scan, precision=precision, img_size=tuple(img_size), batch=batch, opset=None, seed=seed)
+    check_scan(scan)
+    check_export_precision(precision)
     if scan != PORTABLE_SCAN:
         raise TinyvimError(f"--fmt {fmt} inlines the scan as standard ops: drop --scan {scan} (it is for ONNX)")
     if precision != FP32:
         raise TinyvimError(f"--fmt {fmt} is written in fp32 only: drop --precision {precision}")
-    if (dynamic_batch or dynamic_size) and not dynamic_ok:
+    if opset is not None:
+        raise TinyvimError(f"--opset applies to the ONNX formats (onnx, openvino, ort, triton), not --fmt {fmt}")
+    if (inputs.dynamic_batch or inputs.dynamic_size) and fmt not in DYNAMIC_TORCH_FORMATS:
         raise TinyvimError(f"--fmt {fmt} has a fixed input shape: drop --dynamic-batch/--dynamic-size "
-                           "(--fmt pt2 and onnx take them)")
+                           f"({', '.join(DYNAMIC_TORCH_FORMATS)} and onnx take them)")
 
 
-def build_deploy(*, variant: str, checkpoint=None, ema: bool = False, backbone: bool = False, seed: int = 0,
-                 allow_nonfinite: bool = False, model: nn.Module | None = None) -> nn.Module:
-    """The re-parameterized eval model the formats are traced from."""
-    if model is None:
-        model = create_model(check_variant(variant), checkpoint=checkpoint, backbone=backbone, ema=ema, seed=seed,
-                             allow_nonfinite=allow_nonfinite)
-    return reparameterize(model).eval()
-
-
-def example_input(batch: int, img_size, *, dynamic_batch: bool = False, dynamic_size: bool = False) -> torch.Tensor:
-    """The traced example: batch >= 2 and H != W when those dims are symbolic (an example of 1,
-    or H == W, would pin or merge them)."""
-    b = max(batch, 2) if dynamic_batch else batch
-    size = DYNAMIC_SIZE_EXAMPLE if dynamic_size else tuple(img_size)
+def example_input(inputs: InputSpec):
+    """The traced example: batch 2 and H != W where those dims are symbolic (an example of 1, or
+    H == W, would pin or merge them)."""
+    b = 2 if inputs.dynamic_batch else inputs.batch
+    size = DYNAMIC_SIZE_EXAMPLE if inputs.dynamic_size else inputs.size
     return torch.randn(b, 3, *size, generator=torch.Generator().manual_seed(0))
 
 
 def inline_scan(dynamic_size: bool = False):
     """The block within which the model traces its scan as standard ops: the parallel scan's
     index tables are constants of one grid size, the dynamic one derives them from the shape."""
-    return scan_implementation("dynamic" if dynamic_size else "parallel", inline=True)
+    return ops.scan_implementation("dynamic" if dynamic_size else "parallel", inline=True)
 
 
 @contextlib.contextmanager
@@ -92,8 +90,7 @@ def quiet_tracing():
             logger.setLevel(level)
 
 
-def export_program(deploy: nn.Module, example: torch.Tensor, *, dynamic_batch: bool = False,
-                   dynamic_size: bool = False) -> torch.export.ExportedProgram:
+def export_program(deploy, example, *, dynamic_batch: bool = False, dynamic_size: bool = False):
     """torch.export of `deploy` with the scan inlined (aten ops only: no tinyvim op in the graph)."""
     shapes = dynamic_shapes_for(dynamic_batch=dynamic_batch, dynamic_size=dynamic_size)
     with inline_scan(dynamic_size), torch.no_grad(), quiet_tracing():
@@ -106,15 +103,6 @@ def export_program(deploy: nn.Module, example: torch.Tensor, *, dynamic_batch: b
 def first_line(exc: BaseException, limit: int = 300) -> str:
     text = str(exc).strip()
     return (text.splitlines()[0] if text else type(exc).__name__)[:limit]
-
-
-def torch_metadata(*, variant, backbone, ema, checkpoint, seed, img_size, batch, dynamic_batch=False,
-                   dynamic_size=False) -> ExportMetadata:
-    """The same fields as an ONNX export's metadata_props. `opset` has no meaning for these
-    formats and records the ONNX default; scan is portable (inlined standard ops)."""
-    return build_metadata(variant=variant, backbone=backbone, ema=ema, checkpoint=checkpoint, seed=seed,
-                          img_size=img_size, batch=batch, dynamic_batch=dynamic_batch, scan=PORTABLE_SCAN,
-                          opset=DEFAULT_OPSET, precision=FP32, dynamic_size=dynamic_size)
 
 
 def metadata_text(metadata: ExportMetadata) -> str:
@@ -136,32 +124,16 @@ def parse_metadata_text(text: str | bytes | None, *, source: str) -> ExportMetad
     return ExportMetadata.from_props(props, source=source)
 
 
-def output_list(result) -> list[torch.Tensor]:
-    """A model's result as a list of tensors (the classifier returns one, the backbone four)."""
-    return list(result) if isinstance(result, (list, tuple)) else [result]
-
-
-def file_size(path: str | os.PathLike) -> int:
-    return os.stat(path).st_size
-
-
-def prepare_source(fmt: str, *, variant: str = "s", checkpoint=None, ema: bool = False, backbone: bool = False,
-                   img_size=(224, 224), batch: int = 1, dynamic_batch: bool = False, dynamic_size: bool = False,
-                   scan: str = PORTABLE_SCAN, precision: str = FP32, seed: int = 0, allow_nonfinite: bool = False,
-                   model: nn.Module | None = None, dynamic_ok: bool = False, opset=None,
-                   ) -> tuple[nn.Module, torch.Tensor, ExportMetadata]:
-    """Checked arguments -> (deploy model, traced example, metadata): the prologue of every
-    PyTorch 2 format. `opset` is accepted and ignored (the CLI passes it to every format)."""
-    variant = check_variant(variant)
-    check_torch_format_args(fmt, scan=scan, precision=precision, img_size=img_size, batch=batch, seed=seed,
-                            dynamic_batch=dynamic_batch, dynamic_size=dynamic_size, dynamic_ok=dynamic_ok)
-    deploy = build_deploy(variant=variant, checkpoint=checkpoint, ema=ema, backbone=backbone, seed=seed,
-                          allow_nonfinite=allow_nonfinite, model=model)
-    example = example_input(batch, img_size, dynamic_batch=dynamic_batch, dynamic_size=dynamic_size)
-    metadata = torch_metadata(variant=variant, backbone=backbone, ema=ema, checkpoint=checkpoint, seed=seed,
-                              img_size=tuple(img_size), batch=batch, dynamic_batch=dynamic_batch,
-                              dynamic_size=dynamic_size)
-    return deploy, example, metadata
+def prepare_source(fmt: str, model: ModelSpec, inputs: InputSpec, *, scan: str = PORTABLE_SCAN,
+                   precision: str = FP32, opset: int | None = None, network=None):
+    """Checked arguments -> (deploy model, traced example, metadata): the prologue of every PyTorch
+    format. `network`: an already-built unfused TinyViM (then `model` only feeds the metadata)."""
+    check_torch_format_args(fmt, inputs, scan=scan, precision=precision, opset=opset)
+    model = with_checkpoint_digest(model)
+    deploy = models.reparameterize(network if network is not None else models.build_model(model)).eval()
+    # opset has no meaning here: the metadata records the ONNX default
+    metadata = ExportMetadata.build(model, inputs, scan=PORTABLE_SCAN, precision=FP32, opset=DEFAULT_OPSET)
+    return deploy, example_input(inputs), metadata
 
 
 def graph_census(graph) -> tuple[int, dict[str, int]]:

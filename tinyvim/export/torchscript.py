@@ -9,15 +9,17 @@ import io
 import os
 import time
 from pathlib import Path
-from typing import Callable
+from collections.abc import Callable
 
-import torch
 
-from tinyvim.contract import ARTIFACT_METADATA_NAME, INPUT_NAME, output_names
+from tinyvim.contract import ARTIFACT_METADATA_NAME, INPUT_NAME, InputSpec, ModelSpec, output_names
 from tinyvim.errors import TinyvimError
 from tinyvim.export.onnx_export import ExportResult
 from tinyvim.export.torch_program import first_line, inline_scan, metadata_text, prepare_source, quiet_tracing
+from tinyvim.lazy import lazy_import
 from tinyvim.utils import atomic_write_bytes, check_output_path
+
+torch = lazy_import("torch")
 
 
 def trace_module(deploy: torch.nn.Module, example: torch.Tensor) -> torch.jit.ScriptModule:
@@ -31,13 +33,13 @@ def trace_module(deploy: torch.nn.Module, example: torch.Tensor) -> torch.jit.Sc
             raise TinyvimError(f"TorchScript tracing failed: {first_line(exc)}") from exc
 
 
-def export_torchscript(output: str | os.PathLike, *, log: Callable[[str], None] | None = None,
-                       **kwargs) -> ExportResult:
+def export_torchscript(output: str | os.PathLike, model: ModelSpec = ModelSpec(), inputs: InputSpec = InputSpec(), *,
+                       log: Callable[[str], None] | None = None, **kwargs) -> ExportResult:
     """Trace and save to `output` (written atomically); kwargs as export_onnx's (fixed shape only)."""
     check_output_path(output)
     log = log or (lambda m: None)
     start = time.perf_counter()
-    deploy, example, metadata = prepare_source("torchscript", **kwargs)
+    deploy, example, metadata = prepare_source("torchscript", model, inputs, **kwargs)
     log(f"tracing with torch.jit.trace ({'x'.join(map(str, example.shape))})")
     module = trace_module(deploy, example)
     buffer = io.BytesIO()      # the archive's inner folder: torch's fixed name, not the temporary file's

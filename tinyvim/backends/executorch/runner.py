@@ -7,14 +7,14 @@ import contextlib
 import io
 import os
 import time
-from typing import Mapping, Sequence
-
-import numpy as np
-import torch
+from collections.abc import Mapping, Sequence
 
 from tinyvim.backends.base import BaseRunner
 from tinyvim.errors import TinyvimError, error_reason
-from tinyvim.lazy import import_optional
+from tinyvim.lazy import import_optional, lazy_import
+
+np = lazy_import("numpy")
+torch = lazy_import("torch")
 
 
 def load_program(path: str | os.PathLike):

@@ -3,7 +3,7 @@ ExportedProgram), `aoti` (an AOTInductor package) and `torchscript` (a traced mo
 `tinyvim export --fmt pt2|aoti|torchscript`."""
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 from tinyvim.backends.pt2.model_file import read_aoti_info, read_pt2_info, read_torchscript_info
 from tinyvim.backends.pt2.runner import ArtifactRunner

@@ -5,15 +5,16 @@ from __future__ import annotations
 
 import os
 import time
-from typing import Callable, Mapping, Sequence
-
-import numpy as np
-import torch
+from collections.abc import Callable, Mapping, Sequence
 
 from tinyvim.backends.base import BaseRunner
 from tinyvim.backends.pt2.model_file import load_aoti
 from tinyvim.contract import ARTIFACT_METADATA_NAME
 from tinyvim.errors import TinyvimError, error_reason
+from tinyvim.lazy import lazy_import
+
+np = lazy_import("numpy")
+torch = lazy_import("torch")
 
 
 def load_exported_program(path: str | os.PathLike) -> Callable:
