@@ -15,18 +15,23 @@ import contextlib
 import io
 import os
 import re
-import time
 from collections import Counter
-from pathlib import Path
 from collections.abc import Callable
 
 
-from tinyvim.contract import ARTIFACT_METADATA_METHOD, INPUT_NAME, InputSpec, ModelSpec, output_names
+from tinyvim.contract import ARTIFACT_METADATA_METHOD, InputSpec, ModelSpec
 from tinyvim.errors import TinyvimError
 from tinyvim.export.onnx_export import ExportResult
-from tinyvim.export.torch_program import export_program, first_line, metadata_text, prepare_source, quiet_tracing
+from tinyvim.export.torch_program import (
+    begin_export,
+    export_program,
+    finish_export,
+    first_line,
+    metadata_text,
+    quiet_tracing,
+)
 from tinyvim.lazy import import_optional, lazy_import
-from tinyvim.utils import atomic_write_bytes, check_output_path
+from tinyvim.utils import atomic_write_bytes
 
 torch = lazy_import("torch")
 
@@ -73,31 +78,25 @@ def lowering_report(edge_program) -> dict:
 def export_executorch(output: str | os.PathLike, model: ModelSpec = ModelSpec(), inputs: InputSpec = InputSpec(), *,
                       log: Callable[[str], None] | None = None, **kwargs) -> ExportResult:
     """Export, lower to XNNPACK and write the .pte to `output` (atomically; fixed shape). The
-    ExportResult's op_counts are the lowering report's portable ops; num_nodes counts every
-    node (delegated + portable)."""
-    check_output_path(output)
+    ExportResult's op_counts start with the XNNPACK partitions and their nodes, then the ops left
+    on portable kernels; num_nodes counts every node (delegated + portable)."""
     exir, XnnpackPartitioner = import_executorch()
-    log = log or (lambda m: None)
-    start = time.perf_counter()
-    deploy, example, metadata = prepare_source("executorch", model, inputs, **kwargs)
-    log(f"exporting with torch.export ({'x'.join(map(str, example.shape))})")
-    program = export_program(deploy, example)
-    log("lowering to ExecuTorch (XNNPACK partitioner)")
+    src = begin_export("executorch", output, model, inputs, log, **kwargs)
+    src.log(f"exporting with torch.export ({'x'.join(map(str, src.example.shape))})")
+    program = export_program(src.deploy, src.example)
+    src.log("lowering to ExecuTorch (XNNPACK partitioner)")
     with quiet_tracing():
         try:
             edge = exir.to_edge_transform_and_lower(
                 program, partitioner=[XnnpackPartitioner()],
-                constant_methods={ARTIFACT_METADATA_METHOD: metadata_tensor(metadata_text(metadata))})
+                constant_methods={ARTIFACT_METADATA_METHOD: metadata_tensor(metadata_text(src.metadata))})
             report = lowering_report(edge.exported_program())
             buffer = edge.to_executorch().buffer
         except Exception as exc:  # noqa: BLE001 - the lowering raises many types
             raise TinyvimError(f"ExecuTorch lowering failed: {first_line(exc)}") from exc
-    log(f"XNNPACK took {report['partitions']} partitions ({report['delegated_nodes']} nodes); "
-        f"{report['portable_nodes']} nodes left on portable kernels")
+    src.log(f"XNNPACK took {report['partitions']} partitions ({report['delegated_nodes']} nodes); "
+            f"{report['portable_nodes']} nodes left on portable kernels")
     atomic_write_bytes(output, buffer)
-    path = Path(output)
     ops = {"xnnpack_partitions": report["partitions"], "xnnpack_nodes": report["delegated_nodes"],
            **report["portable_ops"]}
-    return ExportResult(path=path, metadata=metadata, num_nodes=report["delegated_nodes"] + report["portable_nodes"],
-                        op_counts=ops, seconds=time.perf_counter() - start, size_bytes=path.stat().st_size,
-                        input_names=[INPUT_NAME], output_names=output_names(metadata.backbone))
+    return finish_export(src, output, (report["delegated_nodes"] + report["portable_nodes"], ops))

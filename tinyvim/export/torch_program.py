@@ -14,22 +14,28 @@ import contextlib
 import io
 import json
 import logging
+import time
 import warnings
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
 
 from tinyvim.contract import (
     DEFAULT_OPSET,
     FP32,
+    INPUT_NAME,
     PORTABLE_SCAN,
     ExportMetadata,
     InputSpec,
     ModelSpec,
     check_export_precision,
     check_scan,
+    output_names,
 )
 from tinyvim.errors import TinyvimError
-from tinyvim.export.onnx_export import DYNAMIC_SIZE_EXAMPLE, dynamic_shapes_for, with_checkpoint_digest
+from tinyvim.export.onnx_export import DYNAMIC_SIZE_EXAMPLE, ExportResult, dynamic_shapes_for, with_checkpoint_digest
 from tinyvim.lazy import lazy_import
+from tinyvim.utils import check_output_path
 
 torch = lazy_import("torch")
 models = lazy_import("tinyvim.model")
@@ -134,6 +140,33 @@ def prepare_source(fmt: str, model: ModelSpec, inputs: InputSpec, *, scan: str =
     # opset has no meaning here: the metadata records the ONNX default
     metadata = ExportMetadata.build(model, inputs, scan=PORTABLE_SCAN, precision=FP32, opset=DEFAULT_OPSET)
     return deploy, example_input(inputs), metadata
+
+
+@dataclass
+class TorchSource:
+    """What every PyTorch format's writer starts from (`begin_export`)."""
+    deploy: object
+    example: object
+    metadata: ExportMetadata
+    log: Callable[[str], None]
+    start: float
+
+
+def begin_export(fmt: str, output, model: ModelSpec, inputs: InputSpec, log: Callable[[str], None] | None,
+                 **kwargs) -> TorchSource:
+    """The output path checked, the arguments checked, the model built (prepare_source)."""
+    check_output_path(output)
+    start = time.perf_counter()
+    deploy, example, metadata = prepare_source(fmt, model, inputs, **kwargs)
+    return TorchSource(deploy, example, metadata, log or (lambda m: None), start)
+
+
+def finish_export(source: TorchSource, output, census: tuple[int, dict[str, int]]) -> ExportResult:
+    """The ExportResult of a written artifact: (node count, op counts), size, seconds."""
+    path = Path(output)
+    return ExportResult(path=path, metadata=source.metadata, num_nodes=census[0], op_counts=census[1],
+                        seconds=time.perf_counter() - source.start, size_bytes=path.stat().st_size,
+                        input_names=[INPUT_NAME], output_names=output_names(source.metadata.backbone))
 
 
 def graph_census(graph) -> tuple[int, dict[str, int]]:

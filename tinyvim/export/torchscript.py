@@ -7,17 +7,15 @@ from __future__ import annotations
 
 import io
 import os
-import time
-from pathlib import Path
 from collections.abc import Callable
 
 
-from tinyvim.contract import ARTIFACT_METADATA_NAME, INPUT_NAME, InputSpec, ModelSpec, output_names
+from tinyvim.contract import ARTIFACT_METADATA_NAME, InputSpec, ModelSpec
 from tinyvim.errors import TinyvimError
 from tinyvim.export.onnx_export import ExportResult
-from tinyvim.export.torch_program import first_line, inline_scan, metadata_text, prepare_source, quiet_tracing
+from tinyvim.export.torch_program import begin_export, finish_export, first_line, inline_scan, metadata_text, quiet_tracing
 from tinyvim.lazy import lazy_import
-from tinyvim.utils import atomic_write_bytes, check_output_path
+from tinyvim.utils import atomic_write_bytes
 
 torch = lazy_import("torch")
 
@@ -36,20 +34,13 @@ def trace_module(deploy: torch.nn.Module, example: torch.Tensor) -> torch.jit.Sc
 def export_torchscript(output: str | os.PathLike, model: ModelSpec = ModelSpec(), inputs: InputSpec = InputSpec(), *,
                        log: Callable[[str], None] | None = None, **kwargs) -> ExportResult:
     """Trace and save to `output` (written atomically); kwargs as export_onnx's (fixed shape only)."""
-    check_output_path(output)
-    log = log or (lambda m: None)
-    start = time.perf_counter()
-    deploy, example, metadata = prepare_source("torchscript", model, inputs, **kwargs)
-    log(f"tracing with torch.jit.trace ({'x'.join(map(str, example.shape))})")
-    module = trace_module(deploy, example)
+    src = begin_export("torchscript", output, model, inputs, log, **kwargs)
+    src.log(f"tracing with torch.jit.trace ({'x'.join(map(str, src.example.shape))})")
+    module = trace_module(src.deploy, src.example)
     buffer = io.BytesIO()      # the archive's inner folder: torch's fixed name, not the temporary file's
-    torch.jit.save(module, buffer, _extra_files={ARTIFACT_METADATA_NAME: metadata_text(metadata)})
+    torch.jit.save(module, buffer, _extra_files={ARTIFACT_METADATA_NAME: metadata_text(src.metadata)})
     atomic_write_bytes(output, buffer.getvalue())
     counts: dict[str, int] = {}
     for node in module.inlined_graph.nodes():
         counts[node.kind()] = counts.get(node.kind(), 0) + 1
-    counts = dict(sorted(counts.items(), key=lambda kv: -kv[1]))
-    path = Path(output)
-    return ExportResult(path=path, metadata=metadata, num_nodes=sum(counts.values()), op_counts=counts,
-                        seconds=time.perf_counter() - start, size_bytes=path.stat().st_size,
-                        input_names=[INPUT_NAME], output_names=output_names(metadata.backbone))
+    return finish_export(src, output, (sum(counts.values()), dict(sorted(counts.items(), key=lambda kv: -kv[1]))))
