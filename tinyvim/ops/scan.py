@@ -32,6 +32,12 @@ Implementations (``scan_implementation(name)`` picks one):
                 The eager twin of the symbolic-size ONNX lowering (`export --dynamic-size`).
     cuda        registered by tinyvim.plugins (our CUDA kernel through ctypes).
     auto        the default: cuda for CUDA tensors when the kernel is built, else parallel.
+
+The op `tinyvim::cross_selective_scan` (what the model calls unless a block inlines the scan)
+is right for every PyTorch 2 path: its output is channels-last whatever the implementation, and
+its fake kernel says so (torch.compile / AOTInductor plan later reads from the fake's strides);
+its autograd formula is the vector-Jacobian product of the functional parallel scan, recomputed
+from the saved inputs. tests/test_scan_op_pt2.py runs torch.library.opcheck on it.
 """
 from __future__ import annotations
 
