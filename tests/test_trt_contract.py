@@ -8,17 +8,16 @@ parser's rules and in the builder's order. The declared contract (tinyvim.contra
 is the reference for the library's identity and fields.
 
 The plugin's enqueue runs too, on the CPU: the plugin and the driver are also compiled (with g++,
-no CUDA) against each version's headers on top of the CUDA kernel's own source built on HIP-CPU
-(tinyvim.plugins.hip_cpu), and every node is enqueued on host buffers holding the values it gets
+no CUDA) against each version's headers on top of the CUDA kernel's own source built on our CUDA-on-CPU
+runtime (tests/cuda_on_cpu), and every node is enqueued on guard-paged host buffers holding the values it gets
 in the export, compared with what the ONNX Runtime custom op computed for it.
 
 Needs ../shared/third_party/tensorrt (see its README); the CMake-built library also needs cmake
-and nvcc (the plugin links the CUDA kernel), the CPU build TBB (tbb-devel); each is skipped, with
+and nvcc (the plugin links the CUDA kernel); each is skipped, with
 the reason, where what it needs is missing.
 """
 from __future__ import annotations
 
-import os
 import shutil
 import subprocess
 from pathlib import Path
@@ -32,7 +31,9 @@ import pytest
 import torch
 
 from tinyvim.contract import SCAN_PLUGIN, TRT_FIELD_TYPE_VALUES
-from tinyvim.plugins import hip_cpu
+from cuda_on_cpu import build as cpu_build
+from cuda_on_cpu.cases import REF_TOL
+from cuda_on_cpu.storage import from_storage, rounded, to_storage
 from tinyvim.plugins.build import build, find_nvcc
 
 HEADERS = Path(__file__).resolve().parents[2] / "shared" / "third_party" / "tensorrt"
@@ -308,10 +309,8 @@ def test_only_the_autoreg_library_registers_on_load(built):
 @pytest.fixture(scope="module")
 def on_cpu(request):
     """The plugin and the driver built with g++ against that version's headers, on the kernel's
-    own source run on the CPU (hip_cpu.build_trt_on_cpu; cached like the CPU twin)."""
-    if hip_cpu.tbb_problem() and not os.environ.get("CI"):     # CI has tbb-devel: fail there, not skip
-        pytest.skip(hip_cpu.tbb_problem())
-    return hip_cpu.build_trt_on_cpu(HEADERS / request.param / "include")
+    own source run on the CPU (cuda_on_cpu.build.build_trt_on_cpu; cached like the CPU twin)."""
+    return cpu_build.build_trt_on_cpu(HEADERS / request.param / "include")
 
 
 def _ort_options():
@@ -382,9 +381,8 @@ def enqueue_jobs(nodes, export_paths):
               if n.op_type == SCAN_PLUGIN.op_type]
     for n, proto, (ins, _) in zip(nodes[key], protos, io[key]):
         for onnx_dtype, dtype in (("FLOAT16", "float16"), ("BFLOAT16", "bfloat16")):
-            rounded = [hip_cpu.from_storage(hip_cpu.to_storage(a, dtype), dtype) if k < 4 else a
-                       for k, a in enumerate(ins)]
-            jobs.append((with_dtype(n, onnx_dtype), rounded, ort_custom_op(proto, rounded), dtype))
+            low = [rounded(a, dtype) if k < 4 else a for k, a in enumerate(ins)]
+            jobs.append((with_dtype(n, onnx_dtype), low, ort_custom_op(proto, low), dtype))
     return jobs
 
 
@@ -395,14 +393,14 @@ def test_enqueue_of_every_exported_node_matches_the_ort_custom_op(on_cpu, enqueu
     enqueue on host buffers, i.e. the plugin's real enqueue running the kernel's real source.
     Compared with the ORT custom op's output for the same node: float32 within 1e-5 of max|y|
     (observed ~2e-7: summation order only), 16-bit within float32 noise plus half an ulp of the
-    output type (hip_cpu.REF_TOL)."""
+    output type (cuda_on_cpu.cases.REF_TOL)."""
     jobs = enqueue_jobs
     spec = []
     for j, (n, ins, _, _) in enumerate(jobs):
         folder = tmp_path / str(j)
         folder.mkdir()
         for k, (t, a) in enumerate(zip(n.inputs, ins)):
-            (folder / f"in{k}.bin").write_bytes(hip_cpu.to_storage(a, STORAGE[t.dtype]).tobytes())
+            (folder / f"in{k}.bin").write_bytes(to_storage(a, STORAGE[t.dtype]).tobytes())
         spec.append(replace(n, data=str(folder)))
     lines = run_driver(on_cpu, "enqueue", on_cpu["plugin"], write_spec(spec, tmp_path / "spec"))
     got = results(lines)
@@ -415,9 +413,9 @@ def test_enqueue_of_every_exported_node_matches_the_ort_custom_op(on_cpu, enqueu
         # one launch per node (batch <= 65535), on the stream TensorRT gave enqueue, no overrun
         assert report.endswith("enqueued launches=1 stream=0x5eed overruns=0 refused=0"), (n.name, report)
         raw = (tmp_path / str(j) / "out0.bin").read_bytes()
-        y = hip_cpu.from_storage(np.frombuffer(raw, dtype=STORAGE_NUMPY[dtype]), dtype)
+        y = from_storage(np.frombuffer(raw, dtype=STORAGE_NUMPY[dtype]), dtype)
         assert y.size == ref.size and np.abs(ref).max() > 0, n.name
         err = float(np.abs(y.reshape(ref.shape) - ref).max() / np.abs(ref).max())
-        assert err <= hip_cpu.REF_TOL[dtype], (n.name, dtype, err)
+        assert err <= REF_TOL[dtype], (n.name, dtype, err)
         worst[dtype] = max(worst.get(dtype, 0.0), err)
     print(f"\nenqueue vs ORT custom op, max rel error: {worst}")
