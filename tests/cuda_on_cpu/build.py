@@ -2,8 +2,7 @@
 
 Libraries are cached like the CPU twin's (tinyvim.plugins.cpu_twin.cache_dir(), keyed by a hash of
 the kernel's sources, the runtime in csrc/, the rewrite's code, the compiler and its flags), so a
-second build is a file lookup. `variant="asan"` builds the same with AddressSanitizer (see
-docs/kernel-checks.md for when the guard pages do not suffice).
+second build is a file lookup.
 """
 from __future__ import annotations
 
@@ -32,7 +31,6 @@ CONTRACT_CHECK = CSRC / "trt_contract_check.cpp"
 #: -ffp-contract=off: the arithmetic header writes its fmas explicitly (as the twin is built).
 CXXFLAGS = ("-std=c++17", "-O2", "-fPIC", "-fvisibility=hidden", "-fno-extern-tls-init", "-ffp-contract=off",
             "-pthread", "-Wall", "-Wno-unknown-pragmas")
-VARIANTS = {"plain": (), "asan": ("-fsanitize=address", "-fno-omit-frame-pointer", "-g")}
 
 
 def _hash(parts) -> str:
@@ -74,24 +72,22 @@ def _atomic_build(target: Path, build) -> Path:
     return target
 
 
-def build_library(out_dir: Path | None = None, src_dir: Path | None = None, variant: str = "plain") -> Path:
+def build_library(out_dir: Path | None = None, src_dir: Path | None = None) -> Path:
     """libtinyvim_scan_cuda_on_cpu-<hash>.so: the kernel and launcher of src_dir (default: the
     package's csrc) on the runtime; cached by content."""
     src_dir = Path(src_dir) if src_dir else CSRC
     out_dir = Path(out_dir) if out_dir else cache_dir()
     cxx = find_compiler()
-    flags = [*CXXFLAGS, *VARIANTS[variant]]
-    key = _hash([cxx, _compiler_version(cxx), *flags, Path(rewrite.__file__).read_bytes(),
+    key = _hash([cxx, _compiler_version(cxx), *CXXFLAGS, Path(rewrite.__file__).read_bytes(),
                  *[(src_dir / f).read_bytes() for f in KERNEL_SOURCES], *[p.read_bytes() for p in _runtime_files()]])
-    suffix = "" if variant == "plain" else f"-{variant}"
-    target = out_dir / f"libtinyvim_scan_cuda_on_cpu{suffix}-{key}.so"
+    target = out_dir / f"libtinyvim_scan_cuda_on_cpu-{key}.so"
     if target.exists():
         return target
 
     def build(tmp: str) -> None:
         with tempfile.TemporaryDirectory(dir=out_dir) as gen:
             tu = rewrite.generate_translation_unit(src_dir, Path(gen))
-            _compile([cxx, *flags, "-shared", f"-I{RUNTIME}", f"-I{src_dir}", str(tu),
+            _compile([cxx, *CXXFLAGS, "-shared", f"-I{RUNTIME}", f"-I{src_dir}", str(tu),
                       str(RUNTIME / "cuda_on_cpu_runtime.cpp"), "-o", tmp], "the CUDA kernel on the CPU runtime")
 
     out_dir.mkdir(parents=True, exist_ok=True)
