@@ -13,13 +13,20 @@ Which part of the suite catches which bug (measured; see docs/kernel-checks.md):
   h/w swap                                            non-square maps
   lost workspace batch offset                         workspace case with B >= 2: blocks run in
                                                       interleaved pairs, so the race shows every run
-  under-sized shared-memory plan                      the overrun check (cudaErrorIllegalAddress)
+  under-sized shared-memory plan                      the plan taken vs the planner's rules, and
+                                                      the overrun check (cudaErrorIllegalAddress)
   bfloat16 truncation                                 bit-for-bit comparison (within tolerance
                                                       of the reference, truncation would pass)
   grid slicing past 65535, smem budget past 48 KiB    the launch's GPU limits
   A read one past its end (zero-padding bound)        the guard page after each device buffer
                                                       (the result is unchanged: the padded state
                                                       stays 0 whatever A holds)
+  accumulator stride written for 32-thread blocks     the plan cases with 64/128-thread blocks
+  idle threads skipping the last barrier              threads resumed in reverse order in the
+                                                      second block of each pair
+  halving that stops at 64 threads                    the plan taken vs the planner's rules (the
+                                                      result is right: the accumulator moves to
+                                                      the workspace)
 """
 from __future__ import annotations
 
@@ -59,6 +66,10 @@ MUTANTS = {
                                "constexpr size_t kSmemBudget = 64 * 1024;"),
     # --- added with our own runtime (issue 24); the suite before it passed each of these
     "A_read_past_end": ("cross_scan_kernel.cuh", "a[k][n] = n < N ? A[", "a[k][n] = n <= N ? A["),
+    "acc_stride_assumes_32": ("cross_scan_kernel.cuh", "acc_ps = CB + 1;", "acc_ps = 32 + 1;"),
+    "idle_threads_skip_last_barrier": ("cross_scan_kernel.cuh", "__syncthreads();\n    // Coalesced write-out",
+                                       "if (active) __syncthreads();\n    // Coalesced write-out"),
+    "halving_stops_at_64": ("cross_scan_kernel.cu", "while (plan.cb > 32 && bc_bytes", "while (plan.cb > 64 && bc_bytes"),
 }
 #: the case(s) that must catch each mutant first (cases run cheapest first, fail-fast): pins
 #: down that the property named in the module docstring is what catches it
@@ -68,9 +79,13 @@ FIRST_CAUGHT_BY = {
     "h_w_swapped": "nonsquare_3x4_n8",
     # a race: the 2-block case shows it in some runs only, the 6-block one in every run measured
     "workspace_batch_offset_dropped": ("workspace_20x17_b2", "workspace_17x19_b3_n16"),
-    "smem_plan_undersized": "nonsquare_7x5_n16_b3", "bf16_truncated": "nonsquare_3x4_n8",
+    # the plan check (its smem is not the rules') comes first; without it, the overrun check on
+    # nonsquare_7x5_n16_b3 (cudaErrorIllegalAddress)
+    "smem_plan_undersized": ("nonsquare_3x4_n8", "nonsquare_7x5_n16_b3"), "bf16_truncated": "nonsquare_3x4_n8",
     "grid_y_over_limit": "batch_65537", "smem_budget_over_limit": "workspace_20x17_b2",
     "A_read_past_end": "crash:A",
+    "acc_stride_assumes_32": "plan_48ch_3x4_n5", "idle_threads_skip_last_barrier": "nonsquare_7x5_n16_b3",
+    "halving_stops_at_64": "workspace_17x19_b3_n16",
 }
 
 
@@ -112,7 +127,7 @@ def run_checks(paths: list[str]) -> tuple[dict[str, int], dict[str, dict], dict[
     return done, first_failure, crashed
 
 
-@pytest.mark.slow    # cold: twelve g++ builds (~60 s on 2 cores); cached by content afterwards (~15 s)
+@pytest.mark.slow    # cold: 15 g++ builds (~40 s on 2 cores); cached by content afterwards (~15 s)
 def test_check_suite_catches_every_mutant(tmp_path):
     t0 = time.perf_counter()
     original = build.build_library()

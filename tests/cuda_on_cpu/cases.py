@@ -11,6 +11,7 @@ from tinyvim.ops.reference import cross_selective_scan_reference, random_scan_in
 from tinyvim.plugins.cpu_twin import cross_selective_scan_cpu
 
 from .device import cross_selective_scan_on_cpu, stats
+from .plan import derived_cases, make_plan
 from .storage import DTYPES, from_storage, rounded, to_storage
 
 
@@ -51,6 +52,9 @@ CASES = (
 #:    them, so input rounding is not error), plus the rounding of the output to the 16-bit type:
 #:    half an ulp relative to the element, at most 2^-11 (float16, 11-bit significand) or 2^-8
 #:    (bfloat16, 8-bit significand) of max|y|.
+#: the plan's branches (plan.derived_cases), batch 2, as cases: the mutation test runs them after CASES
+PLAN_CASES = tuple(Case(name, shape, "launch-plan branches: " + ", ".join(sorted(br)))
+                   for name, shape, br in derived_cases())
 REF_TOL = {"float32": 1e-5, "float16": 1e-5 + 2.0 ** -11, "bfloat16": 1e-5 + 2.0 ** -8}
 
 
@@ -100,6 +104,11 @@ def check_inputs(lib: ctypes.CDLL, name: str, inp: dict[str, np.ndarray], dtype:
         return out
     if seen["overruns"]:
         out["problems"].append(f"{seen['overruns']} blocks wrote past their dynamic shared memory")
+    want = make_plan(b, d, h, w, n)
+    took = (seen["max_block"], seen["max_smem"], out["workspace_bytes"])
+    if took != (want.block, want.smem, want.workspace):
+        out["problems"].append(f"plan (block, smem, workspace) {took} is not the planner's rules' "
+                               f"{(want.block, want.smem, want.workspace)} (plan.make_plan)")
     twin = to_storage(cross_selective_scan_cpu(**inp), dtype)
     got = from_storage(y, dtype)
     out["bits_equal_twin"] = bool(np.array_equal(y.view(np.uint8), twin.view(np.uint8)))
@@ -121,11 +130,11 @@ def check_case(lib: ctypes.CDLL, case: Case, dtype: str, reference: bool = True)
     return check_inputs(lib, case.name, case_inputs(case, dtype), dtype, reference, case.ref_batches)
 
 
-def check_suite(lib: ctypes.CDLL, reference: bool = True, fail_fast: bool = False, cases=CASES):
-    """check_case for every case x dtype, in order (cheapest first); yields each result (stops
-    after the first failing one with fail_fast)."""
-    for case in cases:
-        for dtype in DTYPES:
+def check_suite(lib: ctypes.CDLL, reference: bool = True, fail_fast: bool = False):
+    """check_case for every case of CASES x dtype, then of PLAN_CASES in float32; yields each result
+    (stops after the first failing one with fail_fast)."""
+    for case, dtypes in [*((c, DTYPES) for c in CASES), *((c, ("float32",)) for c in PLAN_CASES)]:
+        for dtype in dtypes:
             res = check_case(lib, case, dtype, reference)
             yield res
             if fail_fast and res["problems"]:

@@ -7,7 +7,8 @@
 //
 // How a launch runs (cuda_on_cpu_runtime.cpp): every CUDA thread of a block is a fiber with its
 // own stack; __syncthreads() switches back to the block's scheduler, which resumes the next fiber,
-// so a barrier releases only when every thread of the block has reached it. Blocks run two at a
+// so a barrier releases only when every thread of the block has reached it (threads resume in
+// order in one block of a pair, in reverse order in the other). Blocks run two at a
 // time interleaved at their barriers on one OS thread (each with its own shared memory), and such
 // pairs run concurrently on a few OS threads: a race between blocks over global memory (two batch
 // items sharing workspace rows) shows on every run, not only when the OS happens to interleave.

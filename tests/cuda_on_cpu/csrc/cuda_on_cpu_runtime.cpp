@@ -8,7 +8,8 @@
 // launch fails: threads waiting at different barriers hang or misbehave on a GPU). Threads that
 // returned no longer take part, as on Volta and later.
 //
-// Two blocks are resident per OS thread and run interleaved phase by phase, each with its own
+// Two blocks are resident per OS thread and run interleaved phase by phase (the first resuming its
+// threads in order, the second in reverse order), each with its own
 // shared memory (the kernel's `extern __shared__` array is one per OS thread, so the scheduler
 // swaps the resident block's bytes in and out). A few OS threads take such pairs concurrently.
 // Which blocks pair up is fixed (consecutive linear block indices), so a cross-block race shows
@@ -266,7 +267,11 @@ GroupResult run_group(Worker& w, const LaunchConfig& cfg, long long first, int c
             blockIdx = bidx[s];
             std::uintptr_t site = 0;
             bool waiting = false, divergent = false;
-            for (unsigned t = 0; t < nt; ++t) {
+            for (unsigned i = 0; i < nt; ++i) {
+                // The second block of a pair resumes its threads last to first: a GPU gives no
+                // order between warps, so code that needs one (a thread reading what a later
+                // thread writes before the barrier that would order them) fails in one of the two.
+                const unsigned t = s % 2 ? nt - 1 - i : i;
                 Fiber& f = w.fibers[s * nt + t];
                 if (f.state == State::kDone) continue;
                 threadIdx = f.tid;
