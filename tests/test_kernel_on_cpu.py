@@ -20,8 +20,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-
 from cuda_on_cpu import build, cases, device, rewrite, storage
+
 from tinyvim.plugins.cpu_twin import cache_dir
 from tinyvim.plugins.errors import PluginError
 

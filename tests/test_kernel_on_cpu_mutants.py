@@ -40,8 +40,8 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
-
 from cuda_on_cpu import build
+
 from tinyvim.plugins.cpu_twin import cache_dir
 
 #: name -> (file, original text, mutated text); each original must occur exactly once

@@ -20,8 +20,8 @@ import shutil
 
 import numpy as np
 import pytest
-
 from cuda_on_cpu import build, cases, device
+
 from tinyvim.plugins.cpu_twin import cache_dir
 
 SHAPE = (2, 40, 5, 7, 8)    # B, D, H, W, N: 64-thread block with a partial end, L = 35 > one chunk

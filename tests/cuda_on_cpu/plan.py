@@ -61,13 +61,13 @@ def branches(shape: tuple[int, int, int, int, int]) -> set[str]:
     """The branches of the plan and of the kernel's loops that `shape` (B, D, H, W, N) takes."""
     b, d, h, w, n = shape
     p = make_plan(b, d, h, w, n)
-    L, chunk = h * w, bc_chunk(p.nt)
+    length, chunk = h * w, bc_chunk(p.nt)
     halvings = {64: 1, 128: 2}.get(p.first_block, 0) - {64: 1, 128: 2}.get(p.block, 0)
     out = {f"state capacity {p.nt}", "N padded to the capacity" if n < p.nt else "N = capacity",
            f"block {p.first_block} chosen", f"block {p.block} run", f"halved x{halvings}",
            "accumulator in shared memory" if p.acc_in_smem else "accumulator in the workspace",
            "partial last channel block" if d % p.block else "channel blocks full",
-           "L < staging chunk" if L < chunk else "L an exact multiple of the chunk" if L % chunk == 0
+           "L < staging chunk" if length < chunk else "L an exact multiple of the chunk" if length % chunk == 0
            else "L > chunk, partial last chunk"}
     if halvings and p.acc_in_smem:
         out.add("halved, accumulator kept in shared memory")
