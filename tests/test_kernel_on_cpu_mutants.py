@@ -24,6 +24,8 @@ Which part of the suite catches which bug (measured; see docs/kernel-checks.md):
   accumulator stride written for 32-thread blocks     the plan cases with 64/128-thread blocks
   idle threads skipping the last barrier              threads resumed in reverse order in the
                                                       second block of each pair
+  idle threads skipping the first barrier             threads waiting at different barriers
+                                                      (cudaErrorLaunchFailure)
   halving that stops at 64 threads                    the plan taken vs the planner's rules (the
                                                       result is right: the accumulator moves to
                                                       the workspace)
@@ -70,6 +72,9 @@ MUTANTS = {
     "idle_threads_skip_last_barrier": ("cross_scan_kernel.cuh", "__syncthreads();\n    // Coalesced write-out",
                                        "if (active) __syncthreads();\n    // Coalesced write-out"),
     "halving_stops_at_64": ("cross_scan_kernel.cu", "while (plan.cb > 32 && bc_bytes", "while (plan.cb > 64 && bc_bytes"),
+    "idle_threads_skip_first_barrier": ("cross_scan_kernel.cuh",
+                                        "__syncthreads();   // every thread is done with the previous chunk's B/C",
+                                        "if (active) __syncthreads();   // every thread is done"),
 }
 #: the case(s) that must catch each mutant first (cases run cheapest first, fail-fast): pins
 #: down that the property named in the module docstring is what catches it
@@ -85,7 +90,7 @@ FIRST_CAUGHT_BY = {
     "grid_y_over_limit": "batch_65537", "smem_budget_over_limit": "workspace_20x17_b2",
     "A_read_past_end": "crash:A",
     "acc_stride_assumes_32": "plan_48ch_3x4_n5", "idle_threads_skip_last_barrier": "nonsquare_7x5_n16_b3",
-    "halving_stops_at_64": "workspace_17x19_b3_n16",
+    "halving_stops_at_64": "workspace_17x19_b3_n16", "idle_threads_skip_first_barrier": "nonsquare_3x4_n8",
 }
 
 
@@ -127,7 +132,7 @@ def run_checks(paths: list[str]) -> tuple[dict[str, int], dict[str, dict], dict[
     return done, first_failure, crashed
 
 
-@pytest.mark.slow    # cold: 15 g++ builds (~40 s on 2 cores); cached by content afterwards (~15 s)
+@pytest.mark.slow    # cold: 16 g++ builds (~40 s on 2 cores); cached by content afterwards (~15 s)
 def test_check_suite_catches_every_mutant(tmp_path):
     t0 = time.perf_counter()
     original = build.build_library()
