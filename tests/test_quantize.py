@@ -14,7 +14,7 @@ from onnx import numpy_helper
 
 import fake_tensorrt
 from conftest import BATCH, SIZE
-from test_engines_trt_fake import TRT10, TRT11, fake, plugin_lib  # noqa: F401 - pytest fixtures
+from test_trt_build_fake import TRT10, TRT11, fake, plugin_lib  # noqa: F401 - pytest fixtures
 from tinyvim.cli import cli
 from tinyvim.contract import ExportMetadata, QuantizationInfo
 from tinyvim.backends.trt import builder as trt_build

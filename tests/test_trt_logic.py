@@ -190,7 +190,7 @@ def test_default_engine_path():
 def test_build_engine_cli_without_tensorrt_exits_2_with_one_line(tmp_path):
     import onnx
 
-    from test_engines_runners import tiny_onnx, tiny_torch
+    from test_runners import tiny_onnx, tiny_torch
     from tinyvim.commands.engines import build_engine
     path = tmp_path / "m.onnx"
     proto = tiny_onnx(tiny_torch(), batch=1)
@@ -206,7 +206,7 @@ def test_build_engine_checks_every_output_before_needing_tensorrt(tmp_path):
     (here, where TensorRT is missing, that import would be the first error otherwise)."""
     import onnx
 
-    from test_engines_runners import tiny_onnx, tiny_torch
+    from test_runners import tiny_onnx, tiny_torch
     from tinyvim.cli import cli        # the group: click's own usage errors are one line there too
     path = tmp_path / "m.onnx"
     onnx.save(tiny_onnx(tiny_torch(), batch=1), path)
