@@ -31,7 +31,7 @@ def int8_onnx(tinyvim_onnx, tmp_path_factory):
     """The session's 64x64 export quantized to int8 with 7-bit weights (so that every CPU, VNNI or
     not, computes it exactly: OpenVINO is validated on it too)."""
     out = tmp_path_factory.mktemp("int8") / "s64.int8.onnx"
-    return q.quantize_onnx(tinyvim_onnx, out, calib_random=CALIB, reduce_range=True, seed=3)
+    return q.quantize_onnx(tinyvim_onnx, out, q.CalibrationRequest(calib_random=CALIB, calib_seed=3), reduce_range=True)
 
 
 @pytest.fixture(scope="module")
@@ -162,7 +162,7 @@ def test_plugin_nodes_are_left_untouched(tmp_path):
     from tinyvim.contract import InputSpec, ModelSpec
     from tinyvim.export import export_onnx
     src = export_onnx(tmp_path / "p.onnx", ModelSpec("s"), InputSpec((32, 32), 1), scan="plugin").path
-    result = q.quantize_onnx(src, tmp_path / "p.int8.onnx", calib_random=1)
+    result = q.quantize_onnx(src, tmp_path / "p.int8.onnx", q.CalibrationRequest(calib_random=1))
     before = {n.name: n.SerializeToString() for n in onnx.load(str(src)).graph.node if n.domain == "tinyvim"}
     model, _, _, producer, _ = _graph(result.path)
     after = {n.name: n for n in model.graph.node if n.domain == "tinyvim"}
@@ -349,7 +349,8 @@ def test_percentile_calibration_end_to_end(tinyvim_onnx, tmp_path):
     meta = ExportMetadata.from_props({p.key: p.value for p in onnx.load(str(tmp_path / "p.onnx")).metadata_props},
                                      source="p")
     assert meta.quantization.method == "percentile-99.99"
-    minmax = q.quantize_onnx(tinyvim_onnx, tmp_path / "m.onnx", calib_random=CALIB, reduce_range=True, seed=3)
+    minmax = q.quantize_onnx(tinyvim_onnx, tmp_path / "m.onnx", q.CalibrationRequest(calib_random=CALIB, calib_seed=3),
+                             reduce_range=True)
     assert minmax.metadata.quantization.method == "minmax"
 
     def activation_scales(path):
