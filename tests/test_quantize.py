@@ -205,16 +205,16 @@ def test_openvino_concat_qdq_conv_is_still_miscomputed(tmp_path):
 
 def test_build_engine_takes_the_qdq_onnx(fake, plugin_lib, int8_onnx, tmp_path):  # noqa: F811 - fixtures
     trt, events = fake(TRT10)
-    result = trt_build.build_engine(int8_onnx.path, tmp_path / "m.engine", precision="int8", max_batch=BATCH,
-                                    log=lambda s: None)
+    result = trt_build.build_engine(int8_onnx.path, tmp_path / "m.engine", precision="int8",
+                                    shapes=trt_build.ProfileRequest(max_batch=BATCH), log=lambda s: None)
     assert ("network_flags", 0) in events and ("set_flag", "INT8") in events       # 10.x: the INT8 flag
     assert not [e for e in events if e[0] in ("precision", "output_type")]       # nothing pinned
     assert "--int8" in result.commands["trtexec"] and "--fp16" not in result.commands["trtexec"]
     assert "--int8" in result.commands["polygraphy"] and result.sidecar.precision == "int8"
     assert result.sidecar.onnx_metadata["quantization"].startswith("scheme=int8;")
     trt, events = fake(TRT11)
-    result = trt_build.build_engine(int8_onnx.path, tmp_path / "m11.engine", precision="int8", max_batch=BATCH,
-                                    log=lambda s: None)
+    result = trt_build.build_engine(int8_onnx.path, tmp_path / "m11.engine", precision="int8",
+                                    shapes=trt_build.ProfileRequest(max_batch=BATCH), log=lambda s: None)
     assert ("network_flags", 1 << int(trt.NetworkDefinitionCreationFlag.STRONGLY_TYPED)) in events
     assert "--int8" not in result.commands["trtexec"] and "--strongly-typed" in result.commands["polygraphy"]
     with pytest.raises(TinyvimError, match="already|quantized to int8"):
