@@ -66,11 +66,13 @@ def test_metadata_is_built_from_the_specs_and_reads_back_into_them(tmp_path):
                                 precision="fp32").model.allow_nonfinite is False
 
 
-def test_metadata_build_refuses_what_the_file_could_not_hold(tmp_path):
-    with pytest.raises(TinyvimError, match="unknown --scan 'magic'"):
-        ExportMetadata.build(ModelSpec(), InputSpec(), scan="magic", precision="fp32")  # type: ignore[arg-type]
-    with pytest.raises(TinyvimError, match="unknown precision 'fp64'"):
-        ExportMetadata.build(ModelSpec(), InputSpec(), scan="portable", precision="fp64")  # type: ignore[arg-type]
+def test_metadata_refuses_to_write_what_it_could_not_read(tmp_path):
+    meta = ExportMetadata.build(ModelSpec(), InputSpec(), scan="magic", precision="fp32")  # type: ignore[arg-type]
+    with pytest.raises(TinyvimError, match="metadata 'scan' is invalid"):
+        meta.to_props()
+    meta = ExportMetadata.build(ModelSpec(), InputSpec(), scan="portable", precision="fp64")  # type: ignore[arg-type]
+    with pytest.raises(TinyvimError, match="metadata 'precision' is invalid"):
+        meta.to_props()
     with pytest.raises(ValueError, match="sha256"):   # a checkpoint without its digest is a caller's bug
         ExportMetadata.build(ModelSpec(checkpoint=str(tmp_path / "w.pth")), InputSpec(), scan="portable",
                              precision="fp32")
