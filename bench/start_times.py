@@ -39,24 +39,17 @@ def main() -> None:
     parser.add_argument("--base", type=Path, default=None, help="another checkout to time the same way")
     args = parser.parse_args()
     trees = {"this": ROOT} | ({"base": args.base.resolve()} if args.base else {})
-    best: dict[tuple[str, str], list[float]] = {}
-    for _ in range(args.repeat):
-        for argv in COMMANDS:
+    print(f"load average {os.getloadavg()[0]:.2f} {os.getloadavg()[1]:.2f} at start; {os.cpu_count()} CPUs; "
+          f"best of {args.repeat}", flush=True)
+    print(f"{'tinyvim ...':<34}" + "".join(f"{n + ' wall':>12}{n + ' cpu':>12}" for n in trees), flush=True)
+    for argv in COMMANDS:
+        best = {name: [float("inf"), float("inf")] for name in trees}
+        for _ in range(args.repeat):
             for name, tree in trees.items():          # interleaved: the same load for both trees
                 wall, cpu = run_once(tree, argv)
-                key = (name, " ".join(argv))
-                old = best.get(key, [float("inf"), float("inf")])
-                best[key] = [min(old[0], wall), min(old[1], cpu)]
-    print(f"load average {os.getloadavg()[0]:.2f} {os.getloadavg()[1]:.2f}; {os.cpu_count()} CPUs; "
-          f"best of {args.repeat}")
-    header = f"{'tinyvim ...':<34}" + "".join(f"{n + ' wall':>12}{n + ' cpu':>12}" for n in trees)
-    print(header)
-    for argv in COMMANDS:
-        line = f"{' '.join(argv):<34}"
-        for name in trees:
-            wall, cpu = best[(name, " ".join(argv))]
-            line += f"{wall:>11.2f}s{cpu:>11.2f}s"
-        print(line)
+                best[name] = [min(best[name][0], wall), min(best[name][1], cpu)]
+        print(f"{' '.join(argv):<34}" + "".join(f"{w:>11.2f}s{c:>11.2f}s" for w, c in best.values()), flush=True)
+    print(f"load average {os.getloadavg()[0]:.2f} {os.getloadavg()[1]:.2f} at the end", flush=True)
 
 
 if __name__ == "__main__":
