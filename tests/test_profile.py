@@ -102,12 +102,12 @@ def test_profile_cli_bad_input_exit_2(tmp_path):
 def test_profile_ort_without_model_exports_a_dynamic_batch_onnx(tmp_path, monkeypatch):
     import onnx
 
-    from test_engines_runners import tiny_onnx, tiny_torch
+    from test_runners import tiny_onnx, tiny_torch
     from tinyvim.commands.engines import profile
     calls = []
 
-    def fake_export(output, **kwargs):  # the tiny net stands in for TinyViM: only the plumbing is tested
-        calls.append(kwargs)
+    def fake_export(output, model, inputs, **kwargs):  # the tiny net stands in for TinyViM: only the plumbing
+        calls.append((model, inputs, kwargs))
         onnx.save(tiny_onnx(tiny_torch(), size=64), output)
 
         class Result:
@@ -119,7 +119,7 @@ def test_profile_ort_without_model_exports_a_dynamic_batch_onnx(tmp_path, monkey
     r = CliRunner().invoke(profile, ["--backend", "ort", "--img-size", "64", "--batch", "1,3", "--warmup", "0",
                                      "--iters", "3", "--json", str(out)])
     assert r.exit_code == 0, r.output
-    assert calls == [{"variant": "s", "checkpoint": None, "ema": False, "img_size": (64, 64), "dynamic_batch": True,
-                      "seed": 0, "allow_nonfinite": False}]
+    from tinyvim.contract import InputSpec, ModelSpec
+    assert calls == [(ModelSpec("s"), InputSpec((64, 64), None), {})]    # dynamic batch: one file for 1 and 3
     doc = json.loads(out.read_text())
     assert [(e["backend"], e["batch"], e["latency_ms"]["iters"]) for e in doc["results"]] == [("ort", 1, 3), ("ort", 3, 3)]

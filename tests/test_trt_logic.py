@@ -36,43 +36,43 @@ def test_version_parsing_and_comparison():
 
 
 def test_profile_shapes_from_batches_for_a_fixed_size():
-    p = tb.profile_shapes([None, 3, 224, 224], min_batch=1, opt_batch=8, max_batch=32)["images"]
+    p = tb.profile_shapes([None, 3, 224, 224], tb.ProfileRequest(min_batch=1, opt_batch=8, max_batch=32))["images"]
     assert p == {"min": [1, 3, 224, 224], "opt": [8, 3, 224, 224], "max": [32, 3, 224, 224]}
     # opt defaults to max, max to opt (or min), min to 1
-    assert tb.profile_shapes([None, 3, 224, 192], max_batch=16)["images"] == {
+    assert tb.profile_shapes([None, 3, 224, 192], tb.ProfileRequest(max_batch=16))["images"] == {
         "min": [1, 3, 224, 192], "opt": [16, 3, 224, 192], "max": [16, 3, 224, 192]}
-    assert tb.profile_shapes([None, 3, 224, 224], min_batch=4)["images"]["max"] == [4, 3, 224, 224]
+    assert tb.profile_shapes([None, 3, 224, 224], tb.ProfileRequest(min_batch=4))["images"]["max"] == [4, 3, 224, 224]
     with pytest.raises(TinyvimError, match=r"min \(8x224x224\) <= opt \(4x224x224\)"):
-        tb.profile_shapes([None, 3, 224, 224], min_batch=8, opt_batch=4, max_batch=16)
+        tb.profile_shapes([None, 3, 224, 224], tb.ProfileRequest(min_batch=8, opt_batch=4, max_batch=16))
     # a fixed-batch ONNX only builds for its batch
     assert tb.profile_shapes([1, 3, 224, 224])["images"]["max"] == [1, 3, 224, 224]
     with pytest.raises(TinyvimError, match="dynamic-batch"):
-        tb.profile_shapes([1, 3, 224, 224], max_batch=8)
+        tb.profile_shapes([1, 3, 224, 224], tb.ProfileRequest(max_batch=8))
     with pytest.raises(TinyvimError, match="--max-batch must be an integer from 1 to 4096"):
-        tb.profile_shapes([None, 3, 224, 224], max_batch=5000)
+        tb.profile_shapes([None, 3, 224, 224], tb.ProfileRequest(max_batch=5000))
 
 
 def test_profile_shapes_with_height_and_width():
     dynamic = [None, 3, None, None]
-    p = tb.profile_shapes(dynamic, min_shape="1x128x128", opt_shape="4x224x224", max_shape="16x384x320")["images"]
+    p = tb.profile_shapes(dynamic, tb.ProfileRequest(min_shape="1x128x128", opt_shape="4x224x224", max_shape="16x384x320"))["images"]
     assert p == {"min": [1, 3, 128, 128], "opt": [4, 3, 224, 224], "max": [16, 3, 384, 320]}
     # one shape: a fixed profile; the missing ends follow the same rules as batches
-    assert tb.profile_shapes(dynamic, opt_shape="2x256x256")["images"]["min"] == [2, 3, 256, 256]
-    assert tb.profile_shapes(dynamic, min_shape="1x64x64", max_shape="8x96x96")["images"]["opt"] == [8, 3, 96, 96]
+    assert tb.profile_shapes(dynamic, tb.ProfileRequest(opt_shape="2x256x256"))["images"]["min"] == [2, 3, 256, 256]
+    assert tb.profile_shapes(dynamic, tb.ProfileRequest(min_shape="1x64x64", max_shape="8x96x96"))["images"]["opt"] == [8, 3, 96, 96]
     with pytest.raises(TinyvimError, match="dynamic image size: give the range with --min-shape"):
-        tb.profile_shapes(dynamic, max_batch=8)
+        tb.profile_shapes(dynamic, tb.ProfileRequest(max_batch=8))
     with pytest.raises(TinyvimError, match="not both"):
-        tb.profile_shapes(dynamic, max_shape="8x224x224", min_batch=2)
+        tb.profile_shapes(dynamic, tb.ProfileRequest(max_shape="8x224x224", min_batch=2))
     with pytest.raises(TinyvimError, match="in batch, height and width"):
-        tb.profile_shapes(dynamic, min_shape="1x256x224", max_shape="8x224x224")
+        tb.profile_shapes(dynamic, tb.ProfileRequest(min_shape="1x256x224", max_shape="8x224x224"))
     with pytest.raises(TinyvimError, match="not divisible by 32"):
-        tb.profile_shapes(dynamic, max_shape="8x230x224")
+        tb.profile_shapes(dynamic, tb.ProfileRequest(max_shape="8x230x224"))
     with pytest.raises(TinyvimError, match="is not BxHxW"):
-        tb.profile_shapes(dynamic, max_shape="224x224")
+        tb.profile_shapes(dynamic, tb.ProfileRequest(max_shape="224x224"))
     # a fixed size admits only itself; a dynamic batch with a fixed size takes shapes too
     with pytest.raises(TinyvimError, match="fixed image size of 224x224"):
-        tb.profile_shapes([None, 3, 224, 224], max_shape="8x256x256")
-    assert tb.profile_shapes([None, 3, 224, 224], max_shape="8x224x224")["images"]["max"] == [8, 3, 224, 224]
+        tb.profile_shapes([None, 3, 224, 224], tb.ProfileRequest(max_shape="8x256x256"))
+    assert tb.profile_shapes([None, 3, 224, 224], tb.ProfileRequest(max_shape="8x224x224"))["images"]["max"] == [8, 3, 224, 224]
 
 
 def test_precision_policy_by_trt_version():
@@ -142,7 +142,7 @@ def test_sidecar_roundtrip_and_mismatch_messages(tmp_path):
     onnx_file.write_bytes(b"onnx")
     gpu = {"name": "NVIDIA H100 80GB HBM3", "compute_capability": "9.0"}
     side = sc.make_sidecar(tinyvim_version="0.1.0", trt_version="10.3.0.26", gpu=gpu, precision="fp16",
-                           profiles=[tb.profile_shapes([None, 3, 224, 224], max_batch=32)], onnx_path=str(onnx_file),
+                           profiles=[tb.profile_shapes([None, 3, 224, 224], tb.ProfileRequest(max_batch=32))], onnx_path=str(onnx_file),
                            onnx_sha256=file_sha256(onnx_file), onnx_metadata={"variant": "s"},
                            build_seconds=12.3456, strongly_typed=False, plugin=None)
     import hashlib
@@ -190,7 +190,7 @@ def test_default_engine_path():
 def test_build_engine_cli_without_tensorrt_exits_2_with_one_line(tmp_path):
     import onnx
 
-    from test_engines_runners import tiny_onnx, tiny_torch
+    from test_runners import tiny_onnx, tiny_torch
     from tinyvim.commands.engines import build_engine
     path = tmp_path / "m.onnx"
     proto = tiny_onnx(tiny_torch(), batch=1)
@@ -206,7 +206,7 @@ def test_build_engine_checks_every_output_before_needing_tensorrt(tmp_path):
     (here, where TensorRT is missing, that import would be the first error otherwise)."""
     import onnx
 
-    from test_engines_runners import tiny_onnx, tiny_torch
+    from test_runners import tiny_onnx, tiny_torch
     from tinyvim.cli import cli        # the group: click's own usage errors are one line there too
     path = tmp_path / "m.onnx"
     onnx.save(tiny_onnx(tiny_torch(), batch=1), path)
@@ -239,7 +239,7 @@ def _fake_engine(tmp_path, metadata):
     engine = tmp_path / "m.fp16.engine"
     engine.write_bytes(b"not really an engine")
     side = sc.make_sidecar(tinyvim_version="0.1.0", trt_version="10.3.0", gpu={"name": "H100", "compute_capability": "9.0"},
-                           precision="fp16", profiles=[tb.profile_shapes([None, 3, 64, 64], max_batch=8)],
+                           precision="fp16", profiles=[tb.profile_shapes([None, 3, 64, 64], tb.ProfileRequest(max_batch=8))],
                            onnx_path="m.onnx",
                            onnx_sha256="0" * 64, onnx_metadata=metadata, build_seconds=1.0, strongly_typed=False,
                            plugin=None)

@@ -98,7 +98,7 @@ def test_bad_inputs_exit_2_with_one_line(tinyvim_onnx, tmp_path):
     r = run([junk])
     assert r.exit_code == 2 and "not an ONNX model" in _one_error_line(r)
 
-    from test_engines_runners import tiny_onnx, tiny_torch
+    from test_runners import tiny_onnx, tiny_torch
     other = tmp_path / "other.onnx"
     onnx.save(tiny_onnx(tiny_torch(), input_name="input", output_name="output"), other)
     r = run([other])
@@ -115,7 +115,7 @@ def test_bad_inputs_exit_2_with_one_line(tinyvim_onnx, tmp_path):
 
 
 def test_foreign_model_without_metadata_asks_for_variant(tmp_path):
-    from test_engines_runners import tiny_onnx, tiny_torch
+    from test_runners import tiny_onnx, tiny_torch
     path = tmp_path / "nometa.onnx"
     onnx.save(tiny_onnx(tiny_torch()), path)
     r = run([path])

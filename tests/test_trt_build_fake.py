@@ -73,9 +73,10 @@ def test_fp16_on_10x_pins_the_scan_and_registers_the_plugin_before_parsing(fake,
     onnx_path = scan_onnx(tmp_path / "m.onnx")
     (tmp_path / "t.cache").write_bytes(b"old")
     lines = []
-    result = trt_build.build_engine(onnx_path, tmp_path / "out" / "m.engine", precision="fp16", min_batch=1,
-                                    opt_batch=4, max_batch=8, workspace_mib=256, timing_cache=tmp_path / "t.cache",
-                                    builder_optimization_level=4, plugin=plugin_lib, log=lines.append)
+    result = trt_build.build_engine(onnx_path, tmp_path / "out" / "m.engine", precision="fp16",
+                                    shapes=trt_build.ProfileRequest(min_batch=1, opt_batch=4, max_batch=8),
+                                    workspace_mib=256, timing_cache=tmp_path / "t.cache", builder_optimization_level=4,
+                                    plugin=plugin_lib, log=lines.append)
     assert _index(events, "load_library") < _index(events, "parse") < _index(events, "build")
     assert ("load_library", str(plugin_lib)) in events
     assert ("network_flags", 0) in events                                  # weakly typed on 10.x
@@ -108,8 +109,8 @@ def test_fp16_on_10x_pins_the_scan_and_registers_the_plugin_before_parsing(fake,
 def test_11x_builds_strongly_typed_without_precision_flags(fake, plugin_lib, tmp_path):
     trt, events = fake(TRT11)          # this fake has no FP16 flag and no per-layer precision
     onnx_path = scan_onnx(tmp_path / "m16.onnx", precision="fp16")
-    result = trt_build.build_engine(onnx_path, tmp_path / "m.engine", precision="fp16", max_batch=2,
-                                    plugin=plugin_lib, log=lambda s: None)
+    result = trt_build.build_engine(onnx_path, tmp_path / "m.engine", precision="fp16",
+                                    shapes=trt_build.ProfileRequest(max_batch=2), plugin=plugin_lib, log=lambda s: None)
     assert ("network_flags", 1 << int(trt.NetworkDefinitionCreationFlag.STRONGLY_TYPED)) in events
     assert [e for e in events if e[0] in ("set_flag", "clear_flag")] == [("clear_flag", "TF32")]
     assert not [e for e in events if e[0] in ("precision", "output_type")]
@@ -134,9 +135,10 @@ def test_dynamic_image_size_gets_an_hw_range(fake, tmp_path, plugin_lib):
     trt, events = fake(TRT10)
     onnx_path = scan_onnx(tmp_path / "dyn.onnx", size=None)
     with pytest.raises(TinyvimError, match="dynamic image size: give the range with --min-shape"):
-        trt_build.build_engine(onnx_path, plugin=plugin_lib, max_batch=4)
-    result = trt_build.build_engine(onnx_path, tmp_path / "d.engine", min_shape="1x128x128", opt_shape="4x224x224",
-                                    max_shape="8x320x256", plugin=plugin_lib, log=lambda s: None)
+        trt_build.build_engine(onnx_path, shapes=trt_build.ProfileRequest(max_batch=4), plugin=plugin_lib)
+    result = trt_build.build_engine(onnx_path, tmp_path / "d.engine",
+                                    shapes=trt_build.ProfileRequest(min_shape="1x128x128", opt_shape="4x224x224", max_shape="8x320x256"),
+                                    plugin=plugin_lib, log=lambda s: None)
     assert ("profile", "images", [1, 3, 128, 128], [4, 3, 224, 224], [8, 3, 320, 256]) in events
     assert result.sidecar.profiles == [{"images": {"min": [1, 3, 128, 128], "opt": [4, 3, 224, 224],
                                                       "max": [8, 3, 320, 256]}}]
@@ -170,7 +172,7 @@ def _engine_with_sidecar(tmp_path, plugin, data=b"ENGINE"):
     engine.write_bytes(data)
     side = sc.make_sidecar(tinyvim_version="0.1.0", trt_version=TRT10, gpu={"name": "Fake GPU",
                                    "compute_capability": "9.0"}, precision="fp32",
-                                   profiles=[trt_build.profile_shapes([None, 3, 64, 64], max_batch=2)],
+                                   profiles=[trt_build.profile_shapes([None, 3, 64, 64], trt_build.ProfileRequest(max_batch=2))],
                                    onnx_path="m.onnx", onnx_sha256="0" * 64,
                                    onnx_metadata=ExportMetadata("s", input_size=(64, 64), batch=None,
                                                                 scan="plugin").to_props(),
