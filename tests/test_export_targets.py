@@ -61,6 +61,7 @@ def _eager(x: np.ndarray) -> np.ndarray:
         return reparameterize(build_model(ModelSpec("s")))(torch.from_numpy(x)).numpy()
 
 
+@pytest.mark.slow      # the two exports (the fixture) and a fresh interpreter loading both: ~40-100 s loaded
 def test_pt2_and_torchscript_load_and_match_without_tinyvim(torch_artifacts, tmp_path):
     """The loading interpreter has no tinyvim on its path and checks it never imported it (the
     op `tinyvim::cross_selective_scan` in either file would make loading fail there)."""

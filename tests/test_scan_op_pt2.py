@@ -3,6 +3,7 @@ included), its autograd formula, opcheck's full battery, and torch.compile of a 
 import copy
 
 import numpy as np
+import pytest
 import torch
 
 from tinyvim.model import create_model, reparameterize
@@ -19,6 +20,7 @@ def _inputs(b, d, h, w, dtype, seed, requires_grad=False, n=8):
                  for v in random_scan_inputs(b, d, h, w, n, seed=seed).values())
 
 
+@pytest.mark.slow      # 15-65 s on 2 loaded cores: AOT dispatch traces forward and backward, static and dynamic
 def test_opcheck_passes_every_check():
     """schema, autograd registration, fake tensor (shapes, dtypes and strides against the real
     kernel) and AOT dispatch with static and dynamic shapes, forward and backward. A fake kernel
@@ -92,6 +94,7 @@ def test_layout_tables_are_row_major():
             assert tensor.is_contiguous()
 
 
+@pytest.mark.slow      # 14-55 s on 2 loaded cores (Inductor's C++ codegen, caches off)
 def test_torch_compile_of_a_model_block_equals_eager():
     """Inductor plans the reads after the op from its fake kernel's strides. The second SS2D of
     TinyViM-S at 64x64 (a 2x2 scan grid feeding LayerNorm and the upsampling) is where a
