@@ -9,7 +9,8 @@ ort-amd64 (.ort from the same ONNX, each --target-platform), pt2 (ExportedProgra
 executorch (.pte, XNNPACK, its threadpool resized per column; when tinyvim[executorch] is
 installed), aoti (only with --aoti: minutes of compiling per variant).
 
-    python bench/targets_cpu.py [--variants s] [--iters 20] [--warmup 3] [--aoti] [--json F]
+    python bench/targets_cpu.py [--variants s] [--iters 20] [--warmup 3] [--aoti] [--no-executorch]
+                                [--size 224] [--json F]
 """
 from __future__ import annotations
 
@@ -37,9 +38,9 @@ from tinyvim.export.pt2 import export_pt2
 from tinyvim.export.torchscript import export_torchscript
 
 
-def export_all(v: str, model, tmp: Path, with_aoti: bool) -> dict[str, tuple[Path, int]]:
+def export_all(v: str, model, tmp: Path, args) -> dict[str, tuple[Path, int]]:
     """name -> (file, bytes)."""
-    spec, inputs = ModelSpec(v), InputSpec()
+    spec, inputs = ModelSpec(v), InputSpec((args.size, args.size))
     files = {"onnx": export_onnx(tmp / f"{v}.onnx", spec, inputs, network=model).path}
     for platform in ("arm", "amd64"):
         files[f"ort-{platform}"] = export_ort(tmp / f"{v}-{platform}.ort", source_onnx=files["onnx"],
@@ -47,6 +48,8 @@ def export_all(v: str, model, tmp: Path, with_aoti: bool) -> dict[str, tuple[Pat
     files["pt2"] = export_pt2(tmp / f"{v}.pt2", spec, inputs, network=model).path
     files["torchscript"] = export_torchscript(tmp / f"{v}.torchscript", spec, inputs, network=model).path
     try:
+        if args.no_executorch:
+            raise TinyvimError("--no-executorch")
         import_executorch()
         result = export_executorch(tmp / f"{v}.pte", spec, inputs, network=model)
         files["executorch"] = result.path
@@ -55,7 +58,7 @@ def export_all(v: str, model, tmp: Path, with_aoti: bool) -> dict[str, tuple[Pat
               "nodes on portable kernels")
     except TinyvimError as exc:
         print(f"  executorch skipped: {exc}")
-    if with_aoti:
+    if args.aoti:
         files["aoti"] = export_aoti(tmp / f"{v}-aoti.pt2", spec, inputs, network=model).path
     return {k: (p, p.stat().st_size) for k, p in files.items()}
 
@@ -76,17 +79,19 @@ def main() -> None:
     ap = bench_parser(__doc__)
     ap.set_defaults(variants="s")
     ap.add_argument("--aoti", action="store_true", help="also compile an AOTInductor package (minutes)")
+    ap.add_argument("--no-executorch", action="store_true", help="leave out the .pte (minutes of lowering)")
+    ap.add_argument("--size", type=int, default=224, help="image side (a multiple of 32)")
     args = ap.parse_args()
     report = {"env": {"torch": torch.__version__, "cpus": os.cpu_count(), "load_average_start": os.getloadavg()},
               "rows": []}
-    x = np.random.default_rng(0).standard_normal((1, 3, 224, 224)).astype(np.float32)
+    x = np.random.default_rng(0).standard_normal((1, 3, args.size, args.size)).astype(np.float32)
     with tempfile.TemporaryDirectory() as tmp_name:
         tmp = Path(tmp_name)
         for v in args.variants.split(","):
             model = tinyvim.create_model(v)
             with torch.inference_mode(), tinyvim.scan_implementation("sequential"):
                 ref = model(torch.from_numpy(x)).numpy()
-            files = export_all(v, model, tmp, args.aoti)
+            files = export_all(v, model, tmp, args)
             ms: dict[int, dict[str, float]] = {}
             err: dict[str, float] = {}
             for threads in (1, 2):
@@ -103,7 +108,7 @@ def main() -> None:
                 finally:
                     for r in active.values():
                         r.deactivate()
-            print(f"\nTinyViM-{v.upper()} 224x224, batch 1 (median ms; max|Δ| vs PyTorch's sequential scan)")
+            print(f"\nTinyViM-{v.upper()} {args.size}x{args.size}, batch 1 (median ms; max|Δ| vs PyTorch's sequential scan)")
             print(f"{'target':14}{'MiB':>8}{'max|Δ|':>10}{'1 thread':>10}{'2 threads':>11}")
             for name in ms[1]:
                 size = files[name][1] / 2**20 if name in files else float("nan")

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import contextlib
 import io
+import logging
 import os
 import shutil
 import time
@@ -62,6 +63,10 @@ def convert_to_ort(onnx_path: Path, workdir: Path, target_platform: str) -> tupl
     run), into `workdir`; returns (.ort, operator list)."""
     tool = import_optional("onnxruntime.tools.convert_onnx_models_to_ort")
     sink = io.StringIO()
+    # the converter prints progress and logs an INFO line through its own logger: kept out
+    logger = logging.getLogger("ort_format_model.utils")
+    level = logger.level
+    logger.setLevel(logging.WARNING)
     try:
         with contextlib.redirect_stdout(sink), contextlib.redirect_stderr(sink):
             tool.convert_onnx_models_to_ort(onnx_path, output_dir=workdir,
@@ -70,6 +75,8 @@ def convert_to_ort(onnx_path: Path, workdir: Path, target_platform: str) -> tupl
     except Exception as exc:  # noqa: BLE001 - the converter raises many types
         raise TinyvimError(f"ONNX Runtime could not convert {onnx_path.name} to the ORT format: "
                            f"{first_line(exc)}") from exc
+    finally:
+        logger.setLevel(level)
     ort_file = workdir / onnx_path.with_suffix(".ort").name
     config = workdir / (onnx_path.stem + ORT_REQUIRED_OPS_SUFFIX)
     if not ort_file.is_file() or not config.is_file():
