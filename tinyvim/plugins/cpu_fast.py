@@ -55,6 +55,14 @@ def isa() -> str:
     return load_library().tinyvim_cross_scan_fast_isa().decode()
 
 
+def default_threads() -> int:
+    """The cores this process may run on (its affinity mask, not the machine's count)."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:      # not on Linux
+        return os.cpu_count() or 1
+
+
 def _check_shapes(shapes: list[tuple[int, ...]]) -> tuple[int, int, int, int, int]:
     x = shapes[0]
     if len(x) != 4:
