@@ -22,7 +22,7 @@ from tinyvim.contract import EXPORT_FORMATS, check_variant, format_size
 from tinyvim.errors import TinyvimError
 from tinyvim.export import onnx_export
 from tinyvim.export.onnx_export import ExportResult, check_export_args
-from tinyvim.export.openvino_ir import check_ir_outputs, export_ir
+from tinyvim.export.openvino_ir import check_ir_outputs, export_ir, ir_extension
 from tinyvim.lazy import import_optional
 from tinyvim.utils import atomic_write_json, check_output_paths
 
@@ -84,7 +84,7 @@ def plan_export(fmt: str, output: str | os.PathLike | None = None, *, json_path:
     img_size = tuple(img_size)
     check_export_args(scan=scan, precision=precision, img_size=img_size, batch=batch, opset=opset, seed=seed)
     if fmt == "openvino" and scan != "portable":
-        raise TinyvimError("--fmt openvino needs --scan portable: OpenVINO has no CrossSelectiveScan op")
+        ir_extension()      # the plugin flavour's IR needs our OpenVINO extension: said before the tracing
     output = os.fspath(output) if output else default_output(fmt, variant=variant, img_size=img_size, scan=scan,
                                                               precision=precision, backbone=backbone,
                                                               dynamic_size=dynamic_size)

@@ -60,11 +60,13 @@ def source_hash(sources, flags: tuple[str, ...] = ()) -> str:
     return h.hexdigest()[:16]
 
 
-def compile_cached(stem: str, sources, flags: list[str], out_dir: Path | None = None, what: str = "the CPU twin") -> Path:
-    """<out_dir>/<stem>-<hash of sources and flags>.so, compiled from sources[0] with a direct
-    compiler call unless already there; a one-line PluginError naming `what` if it fails."""
+def compile_cached(stem: str, sources, flags: list[str], out_dir: Path | None = None, what: str = "the CPU twin",
+                   libs: tuple[str, ...] = ()) -> Path:
+    """<out_dir>/<stem>-<hash of sources and flags>.so, compiled from the .cpp files among
+    `sources` (headers are hashed only) with a direct compiler call, linked with `libs`, unless
+    already there; a one-line PluginError naming `what` if it fails."""
     out_dir = Path(out_dir) if out_dir else cache_dir()
-    target = out_dir / f"{stem}-{source_hash(sources, tuple(flags))}.so"
+    target = out_dir / f"{stem}-{source_hash(sources, (*flags, *libs))}.so"
     if target.exists():
         return target
     cxx = find_compiler()
@@ -74,7 +76,7 @@ def compile_cached(stem: str, sources, flags: list[str], out_dir: Path | None = 
     fd, tmp = tempfile.mkstemp(suffix=".so", dir=out_dir)
     os.close(fd)
     cmd = [cxx, "-std=c++17", "-shared", "-fPIC", "-fvisibility=hidden", "-Wall", "-Wextra", "-Werror",
-           *flags, str(sources[0]), "-o", tmp]
+           *flags, *(str(s) for s in sources if s.suffix == ".cpp"), *libs, "-o", tmp]
     try:
         proc = subprocess.run(cmd, capture_output=True, text=True)
         if proc.returncode != 0:
