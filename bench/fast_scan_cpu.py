@@ -23,7 +23,6 @@ import numpy as np
 import onnxruntime as ort
 import torch
 
-import tinyvim
 from _common import bench_parser, finish_report, interleaved
 from tinyvim.backends.ort.custom_ops import plugin_session
 from tinyvim.export.scan_lowering import expand_scan_nodes

@@ -14,12 +14,13 @@ import functools
 import os
 from pathlib import Path
 
-import numpy as np
-import torch
-
-from tinyvim.ops import register_scan_implementation
+from tinyvim.lazy import lazy_import
 from tinyvim.plugins.cpu_twin import CSRC, compile_cached
 from tinyvim.plugins.errors import PluginError
+
+np = lazy_import("numpy")
+torch = lazy_import("torch")
+ops = lazy_import("tinyvim.ops")
 
 SOURCES = (CSRC / "cross_scan_cpu_fast.cpp", CSRC / "cross_scan_cpu_fast.h", CSRC / "scan_step.h")
 #: -O3 for the vectoriser; -fno-trapping-math lets it turn the exp clamps into min/max
@@ -27,8 +28,8 @@ SOURCES = (CSRC / "cross_scan_cpu_fast.cpp", CSRC / "cross_scan_cpu_fast.h", CSR
 #: The ISA is not chosen here: the source clones its hot loops for x86-64 and x86-64-v3.
 FLAGS = ["-O3", "-ffp-contract=fast", "-fno-trapping-math", "-pthread"]
 ENV_LIB = "TINYVIM_SCAN_CPU_FAST_LIB"
-_NUMPY_CODES = {np.dtype(np.float32): 0, np.dtype(np.float16): 1}
-_TORCH_CODES = {torch.float32: 0, torch.float16: 1, torch.bfloat16: 2}
+#: I/O element type -> the kernel's dtype code (tinyvim::scan::DType), by name: numpy and torch load on use
+_CODES = {"float32": 0, "float16": 1, "bfloat16": 2}
 
 
 def build_library(out_dir: Path | None = None) -> Path:
@@ -95,22 +96,23 @@ def cross_selective_scan_fast(x, delta, Bs, Cs, A, Ds, delta_bias, *, threads: i
     params = [np.ascontiguousarray(t, dtype=np.float32) for t in (A, Ds, delta_bias)]
     dims = _check_shapes([t.shape for t in io + params])
     y = np.empty_like(io[0])
-    _call([t.ctypes.data for t in io + params] + [y.ctypes.data], dims, _NUMPY_CODES[dtype], threads)
+    _call([t.ctypes.data for t in io + params] + [y.ctypes.data], dims, _CODES[dtype.name], threads)
     return y
 
 
 def scan_cpu_fast_torch(x, delta, Bs, Cs, A, Ds, delta_bias, *, threads: int = 0):
     """Torch-facing wrapper (same signature as tinyvim.ops.scan_*): float32/float16/bfloat16
     stay as they are (computed with an fp32 state), float64 and others run as float32."""
-    dtype = x.dtype if x.dtype in _TORCH_CODES else torch.float32
+    dtype = x.dtype if x.dtype in (torch.float32, torch.float16, torch.bfloat16) else torch.float32
     io = [t.detach().to("cpu", dtype).contiguous() for t in (x, delta, Bs, Cs)]
     params = [t.detach().to("cpu", torch.float32).contiguous() for t in (A, Ds, delta_bias)]
     dims = _check_shapes([tuple(t.shape) for t in io + params])
     y = torch.empty_like(io[0])
-    _call([t.data_ptr() for t in io + params] + [y.data_ptr()], dims, _TORCH_CODES[dtype], threads)
+    _call([t.data_ptr() for t in io + params] + [y.data_ptr()], dims, _CODES[str(dtype).removeprefix("torch.")],
+          threads)
     return y.to(device=x.device, dtype=x.dtype)
 
 
 def register() -> None:
     """Make the fast kernel selectable as scan implementation "cpu_fast"."""
-    register_scan_implementation("cpu_fast", scan_cpu_fast_torch)
+    ops.register_scan_implementation("cpu_fast", scan_cpu_fast_torch)

@@ -15,17 +15,18 @@ from __future__ import annotations
 
 import os
 
-import numpy as np
-import onnx
-import torch
 
 from tinyvim.backends.ort.graph_edit import edit_graph
 from tinyvim.backends.ort.loader import import_onnxruntime
 from tinyvim.contract import SCAN_PLUGIN
 from tinyvim.errors import TinyvimError
-from tinyvim.lazy import import_optional
-from tinyvim.ops import scan_parallel
-from tinyvim.plugins.cpu_fast import cross_selective_scan_fast, default_threads
+from tinyvim.lazy import import_optional, lazy_import
+
+np = lazy_import("numpy")
+onnx = lazy_import("onnx")
+torch = lazy_import("torch")
+ops = lazy_import("tinyvim.ops")
+cpu_fast = lazy_import("tinyvim.plugins.cpu_fast")
 
 CONTRIB_DOMAIN = "ai.onnx.contrib"
 ROUTE_ENV = "TINYVIM_ORT_SCAN"
@@ -46,11 +47,11 @@ def scan_route(route: str | None = None) -> str:
 def _reference_scan(*arrays: np.ndarray) -> np.ndarray:
     args = [torch.from_numpy(np.ascontiguousarray(a, dtype=np.float32)) for a in arrays]
     with torch.no_grad():
-        return scan_parallel(*args).numpy()
+        return ops.scan_parallel(*args).numpy()
 
 
 def _fast_scan(*arrays: np.ndarray) -> np.ndarray:
-    return cross_selective_scan_fast(*arrays, threads=default_threads())
+    return cpu_fast.cross_selective_scan_fast(*arrays, threads=cpu_fast.default_threads())
 
 
 _SCANS = {"fast": _fast_scan, "reference": _reference_scan}
