@@ -68,8 +68,8 @@ def side_by_side(args, tmp: Path) -> list[dict]:
                    "ort": OrtRunner(path, threads=args.threads),
                    **{f"ov {p}": OvRunner(path, precision=p, threads=args.threads, name=f"ov {p}") for p in precisions}}
         if args.plugin:
-            plugin = export_onnx(tmp / f"{v}-plugin.onnx", variant=v, model=model, dynamic_batch=True,
-                                 scan="plugin").path
+            plugin = export_onnx(tmp / f"{v}-plugin.onnx", ModelSpec(v), InputSpec(batch=None), scan="plugin",
+                                 network=model).path
             runners["ort plugin"] = OrtRunner(plugin, threads=args.threads, name="ort plugin")
             runners.update({f"ov {p} plugin": OvRunner(plugin, precision=p, threads=args.threads, plugin_nodes=True,
                                                        name=f"ov {p} plugin") for p in precisions})

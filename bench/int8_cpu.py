@@ -117,7 +117,8 @@ def main():
                   f"(calibration {r.seconds['calibration']:.1f} s)")
         cpu_int8 = files[f"int8 w{cpu_bits}"]
         if args.plugin:
-            plugin = export_onnx(tmp / "s-plugin.onnx", variant="s", model=model, dynamic_batch=True, scan="plugin").path
+            plugin = export_onnx(tmp / "s-plugin.onnx", ModelSpec("s"), InputSpec(batch=None), scan="plugin",
+                                 network=model).path
             plugin_int8 = quantize_onnx(plugin, tmp / "s-plugin.int8.onnx", calib_random=args.calib_random,
                                         reduce_range=cpu_bits == 7, threads=args.threads).path
             scans = scan_outputs(plugin)
