@@ -32,7 +32,7 @@ from tinyvim.contract import (
 from tinyvim.errors import TinyvimError
 from tinyvim.export import aoti, executorch, onnx_export, ort_format, pt2, torchscript
 from tinyvim.export.onnx_export import ExportResult, check_export_args
-from tinyvim.export.openvino_ir import check_ir_outputs, export_ir
+from tinyvim.export.openvino_ir import check_ir_outputs, export_ir, ir_extension
 from tinyvim.export.ort_format import check_target_platform, ort_outputs
 from tinyvim.export.torch_program import TORCH_FORMATS, check_torch_format_args
 from tinyvim.lazy import import_optional
@@ -116,7 +116,7 @@ def plan_export(fmt: str, output: str | os.PathLike | None = None, model: ModelS
         raise TinyvimError(f"--fmt {fmt} writes {spec.doc}: use tinyvim.serve.repository.write_repository")
     check_export_args(scan=scan, precision=precision, opset=opset)
     if fmt == "openvino" and scan != PORTABLE_SCAN:
-        raise TinyvimError("--fmt openvino needs --scan portable: OpenVINO has no CrossSelectiveScan op")
+        ir_extension()      # the plugin flavour's IR needs our OpenVINO extension: said before the tracing
     if fmt == "ort" and scan != PORTABLE_SCAN:
         raise TinyvimError("--fmt ort needs --scan portable: a mobile ONNX Runtime has no CrossSelectiveScan op")
     if fmt in TORCH_FORMATS:
@@ -132,7 +132,8 @@ def plan_export(fmt: str, output: str | os.PathLike | None = None, model: ModelS
     elif fmt == "ort":
         files = ort_outputs(output, json_path=json_path, inputs=read)
     else:
-        if spec.suffix and not output.lower().endswith(spec.suffix):
+        # torch's loaders pick the format by the suffix (.pt2 above all): the name must carry it
+        if fmt in TORCH_FORMATS and not output.lower().endswith(spec.suffix):
             raise TinyvimError(f"--fmt {fmt} writes {spec.doc}, named *{spec.suffix}: got -o {output}")
         check_output_paths({"-o": output, "--json": json_path}, inputs=read)
         files = (Path(output),)
