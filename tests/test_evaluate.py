@@ -16,14 +16,13 @@ from PIL import Image
 from digits_data import FIXTURE_CHECKPOINT, FIXTURE_SIZE, NUM_CLASSES, split, write_pictures
 from tinyvim.cli import cli
 from tinyvim.errors import TinyvimError
-from tinyvim.export import export_onnx
 from tinyvim.model import create_model
 from tinyvim.ops import scan_implementation
 from tinyvim.tools.datasets import imagenet_wnids, open_labelled_set
-from tinyvim.tools.evaluate import AccuracyMeter, evaluate_model
+from tinyvim.tools.evaluate import AccuracyMeter, evaluate_model, labelled_batches
 from tinyvim.tools.inputs import preprocess_image
 
-#: held-out pictures the model tests use: 30 = three batches of 8 and a padded one of 6, all ten digits
+#: held-out pictures the model tests use: 30 = three batches of 8 and one of 6, all ten digits
 PICTURES = 30
 
 
@@ -35,10 +34,8 @@ def digits(tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
-def fixture_onnx(tmp_path_factory):
-    path = tmp_path_factory.mktemp("fixture") / "digits_s64.onnx"
-    export_onnx(path, variant="s", checkpoint=FIXTURE_CHECKPOINT, img_size=(FIXTURE_SIZE, FIXTURE_SIZE), batch=8)
-    return path
+def fixture_onnx(digits_onnx):
+    return digits_onnx
 
 
 def _cli(args):
@@ -168,7 +165,7 @@ def test_accuracy_meter_matches_numpy_counts():
 
 
 def test_evaluate_on_the_fixture_equals_an_independent_count(digits, fixture_onnx, tmp_path):
-    """ONNX Runtime and the PyTorch reference through evaluate's threads, batches (the last padded)
+    """ONNX Runtime and the PyTorch reference through evaluate's threads, batches (the last short)
     and labels, against both run directly on the same preprocessed tensors."""
     folder, written = digits
     report = evaluate_model(fixture_onnx, data=folder, checkpoint=str(FIXTURE_CHECKPOINT), workers=3, worst=4,
@@ -176,9 +173,7 @@ def test_evaluate_on_the_fixture_equals_an_independent_count(digits, fixture_onn
     x = np.stack([preprocess_image(folder / name, (FIXTURE_SIZE, FIXTURE_SIZE)) for name, _ in written])
     labels = np.array([y for _, y in written])
     session = ort.InferenceSession(str(fixture_onnx), providers=["CPUExecutionProvider"])
-    ort_logits = np.concatenate([session.run(None, {"images": x[i:i + 8] if i + 8 <= len(x) else
-                                                    np.concatenate([x[i:], x[:8 - len(x) + i]])})[0]
-                                 for i in range(0, len(x), 8)])[:len(x)]
+    ort_logits = session.run(None, {"images": x})[0]
     with torch.inference_mode(), scan_implementation("sequential"):
         ref_logits = create_model("s", checkpoint=FIXTURE_CHECKPOINT)(torch.from_numpy(x)).numpy()
     assert report["data"]["pictures"] == PICTURES and report["data"]["classes"] == NUM_CLASSES
@@ -234,3 +229,17 @@ def test_gates_exit_1_and_bad_input_exits_2_with_one_line(digits, fixture_onnx, 
         assert r.exit_code == 2 and len(lines) == 1 and lines[0].startswith("error:") and message in lines[0], \
             (args, r.stderr)
         assert not out.exists()
+
+
+def test_labelled_batches_keep_order_and_pad_a_fixed_batch(digits):
+    """Decoded on 3 threads, the batches come back in the set's order; a fixed-batch model gets its
+    last batch filled with copies of the last picture, but labels and names cover real pictures only."""
+    folder, written = digits
+    data = open_labelled_set(folder)
+    out = list(labelled_batches(data, 8, (FIXTURE_SIZE, FIXTURE_SIZE), crop_pct=0.875, mean=None, std=None,
+                                workers=3, pad=True))
+    assert [len(x) for x, _, _ in out] == [8, 8, 8, 8] and [len(y) for _, y, _ in out] == [8, 8, 8, 6]
+    assert [n for _, _, names in out for n in names] == [name for name, _ in written]
+    last = out[-1][0]
+    assert np.array_equal(last[5], preprocess_image(folder / written[-1][0], (FIXTURE_SIZE, FIXTURE_SIZE)))
+    assert np.array_equal(last[6], last[5]) and np.array_equal(last[7], last[5])
