@@ -239,7 +239,8 @@ def test_labelled_batches_keep_order_and_pad_a_fixed_batch(digits):
     out = list(labelled_batches(data, 8, (FIXTURE_SIZE, FIXTURE_SIZE), crop_pct=0.875, mean=None, std=None,
                                 workers=3, pad=True))
     assert [len(x) for x, _, _ in out] == [8, 8, 8, 8] and [len(y) for _, y, _ in out] == [8, 8, 8, 6]
-    assert [n for _, _, names in out for n in names] == [name for name, _ in written]
+    assert [n for _, _, names in out for n in names] == [os.path.relpath(p, folder) for p, _ in data.items]
+    assert [int(v) for _, y, _ in out for v in y] == [y for _, y in data.items]
     last = out[-1][0]
-    assert np.array_equal(last[5], preprocess_image(folder / written[-1][0], (FIXTURE_SIZE, FIXTURE_SIZE)))
+    assert np.array_equal(last[5], preprocess_image(data.items[-1][0], (FIXTURE_SIZE, FIXTURE_SIZE)))
     assert np.array_equal(last[6], last[5]) and np.array_equal(last[7], last[5])
