@@ -26,9 +26,10 @@ sys.path.insert(0, str(ROOT / "tests"))
 
 from digits_data import FIXTURE_CHECKPOINT, FIXTURE_SIZE, write_pictures  # noqa: E402
 from tinyvim.backends.ov import cpu_bf16_missing  # noqa: E402
+from tinyvim.contract import InputSpec, ModelSpec  # noqa: E402
 from tinyvim.export import export_onnx  # noqa: E402
 from tinyvim.tools.environment import environment  # noqa: E402
-from tinyvim.tools.quantize import cpu_has_vnni, quantize_onnx  # noqa: E402
+from tinyvim.tools.quantize import CalibrationRequest, cpu_has_vnni, quantize_onnx  # noqa: E402
 
 
 def evaluate(args: list[str]) -> tuple[dict, float]:
@@ -53,14 +54,15 @@ def main() -> None:
     write_pictures(small, "heldout", "folders")
     write_pictures(large, "heldout", "folders", copies=-(-args.large // 360))
     onnx = work / "digits.onnx"
-    export_onnx(onnx, checkpoint=FIXTURE_CHECKPOINT, img_size=(FIXTURE_SIZE, FIXTURE_SIZE), dynamic_batch=True)
+    export_onnx(onnx, ModelSpec("s", checkpoint=FIXTURE_CHECKPOINT), InputSpec(size=(FIXTURE_SIZE, FIXTURE_SIZE),
+                                                                               batch=None))
     calib = work / "calib"
     write_pictures(calib, "train", "flat", limit=256)     # calibrate on training pictures, test on held-out
     (calib / "val.txt").unlink()
     weights7 = cpu_has_vnni() is False
     files = {"int8": work / "digits.int8.onnx", "fp8": work / "digits.fp8.onnx"}
-    quantize_onnx(onnx, files["int8"], calib_dir=calib, reduce_range=weights7)
-    quantize_onnx(onnx, files["fp8"], dtype="fp8", calib_dir=calib)
+    quantize_onnx(onnx, files["int8"], CalibrationRequest(calib_dir=calib), reduce_range=weights7)
+    quantize_onnx(onnx, files["fp8"], CalibrationRequest(calib_dir=calib), dtype="fp8")
     common = ["--checkpoint", str(FIXTURE_CHECKPOINT), "--threads", str(args.threads), "--workers", str(args.workers)]
     rows = [("torch-fused fp32", ["--backend", "torch-fused", "--img-size", str(FIXTURE_SIZE)]),
             ("ORT fp32", [str(onnx), "--backend", "ort"]),

@@ -23,9 +23,10 @@ BATCH = 2
 @pytest.fixture(scope="session")
 def tinyvim_onnx(tmp_path_factory):
     """One 64x64, batch-2 portable export shared by every test that needs a real model file."""
+    from tinyvim.contract import InputSpec, ModelSpec
     from tinyvim.export import export_onnx
     path = tmp_path_factory.mktemp("export") / "tinyvim_s64.onnx"
-    export_onnx(path, variant="s", img_size=(SIZE, SIZE), batch=BATCH)
+    export_onnx(path, ModelSpec("s"), InputSpec((SIZE, SIZE), BATCH))
     return path
 
 
@@ -34,8 +35,9 @@ def digits_onnx(tmp_path_factory):
     """The trained digits fixture (tests/data, scripts/train_fixture.py) exported once at 64x64 with a
     dynamic batch, for the evaluate, benchmark and accuracy-budget tests."""
     from digits_data import FIXTURE_CHECKPOINT, FIXTURE_SIZE
+    from tinyvim.contract import InputSpec, ModelSpec
     from tinyvim.export import export_onnx
     path = tmp_path_factory.mktemp("digits") / "digits_s64.onnx"
-    export_onnx(path, variant="s", checkpoint=FIXTURE_CHECKPOINT, img_size=(FIXTURE_SIZE, FIXTURE_SIZE),
-                dynamic_batch=True)
+    export_onnx(path, ModelSpec("s", checkpoint=FIXTURE_CHECKPOINT), InputSpec(size=(FIXTURE_SIZE, FIXTURE_SIZE),
+                                                                               batch=None))
     return path

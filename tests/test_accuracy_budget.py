@@ -13,7 +13,7 @@ import pytest
 from digits_data import FIXTURE_SIZE, write_pictures
 from tinyvim.tools import accuracy_budget as ab
 from tinyvim.tools.inputs import preprocess_image
-from tinyvim.tools.quantize import entropy_threshold, quantize_onnx
+from tinyvim.tools.quantize import CalibrationRequest, entropy_threshold, quantize_onnx
 
 PICTURES = 40
 
@@ -61,13 +61,15 @@ def test_region_names():
     assert ab.region_of("head.weight") == "head"
 
 
+@pytest.mark.slow      # ~35 ONNX Runtime sessions (one per region, then the binary search): ~25 s on 2 idle cores
 def test_budget_holds_and_is_minimal_on_the_fixture(digits_onnx, tmp_path):
     """A deliberately poor int8 (ranges from 2 random images, 90th percentile: most activations
     clipped) loses top-1; the budget restores regions until the drop is within 1 point."""
     data = tmp_path / "held"
     written = write_pictures(data, "heldout", "flat", limit=PICTURES)
     plain = tmp_path / "plain.onnx"
-    quantize_onnx(digits_onnx, plain, calib_random=2, calib_method="percentile", percentile=90.0, threads=2)
+    quantize_onnx(digits_onnx, plain, CalibrationRequest(calib_random=2, method="percentile", percentile=90.0),
+                  threads=2)
     result = ab.fit_budget(digits_onnx, plain, data=data, max_drop=1.0, img_size=(FIXTURE_SIZE, FIXTURE_SIZE),
                            batch=PICTURES, threads=2)
     x = np.stack([preprocess_image(data / name, (FIXTURE_SIZE, FIXTURE_SIZE)) for name, _ in written])

@@ -13,6 +13,7 @@ from onnx import numpy_helper
 
 from tinyvim.commands.engines import validate
 from tinyvim.tools.per_block import expected_residuals, trunk_residuals
+from tinyvim.contract import InputSpec, ModelSpec
 from tinyvim.export import export_onnx
 from tinyvim.model import create_model
 
@@ -25,7 +26,7 @@ BLOCK = "network.4.4.op"
 @pytest.fixture(scope="module")
 def exports(tmp_path_factory, tinyvim_onnx):
     folder = tmp_path_factory.mktemp("per_block")
-    fp16 = export_onnx(folder / "s16.onnx", variant="s", img_size=(SIZE, SIZE), batch=2, precision="fp16").path
+    fp16 = export_onnx(folder / "s16.onnx", ModelSpec("s"), InputSpec((SIZE, SIZE), 2), precision="fp16").path
     return tinyvim_onnx, fp16
 
 
@@ -95,7 +96,7 @@ def test_perturbed_block_is_named_first_in_an_fp16_export(exports, tmp_path, bac
 
 
 def test_a_graph_without_the_block_structure_is_a_one_line_error(tmp_path):
-    from test_engines_runners import tiny_onnx, tiny_torch
+    from test_runners import tiny_onnx, tiny_torch
     from tinyvim.errors import TinyvimError
     with pytest.raises(TinyvimError, match="cannot follow TinyViM's blocks"):
         trunk_residuals(tiny_onnx(tiny_torch()).graph, 3)

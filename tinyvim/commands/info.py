@@ -3,18 +3,9 @@ from __future__ import annotations
 
 import click
 
-from tinyvim.commands.common import (
-    allow_nonfinite_option,
-    announce_weights,
-    backbone_option,
-    checkpoint_option,
-    img_size_option,
-    json_option,
-    variant_option,
-)
+from tinyvim.commands.common import announce_weights, img_size_option, json_option, model_options
 from tinyvim.contract import DEFAULT_IMG_SIZE, format_size
-from tinyvim.model import count_parameters, create_model, reparameterize
-from tinyvim.model.complexity import count_macs, ss2d_table
+from tinyvim.tools.model_info import model_report
 from tinyvim.utils import atomic_write_json, check_output_paths
 
 
@@ -27,27 +18,20 @@ def format_table(rows: list[dict], columns: list[str]) -> str:
 
 
 @click.command("info")
-@variant_option
-@checkpoint_option
-@backbone_option
+@model_options(ema=False)
 @img_size_option()
-@allow_nonfinite_option
 @json_option
-def info(variant, checkpoint, backbone, img_size, allow_nonfinite, json_path):
+def info(model, img_size, json_path):
     """Parameters, GMACs and the SS2D blocks of a TinyViM variant."""
-    check_output_paths({"--json": json_path}, inputs={"--checkpoint": checkpoint})
+    check_output_paths({"--json": json_path}, inputs={"--checkpoint": model.checkpoint})
     img_size = img_size or DEFAULT_IMG_SIZE
-    announce_weights(checkpoint)
-    model = create_model(variant, checkpoint=checkpoint, backbone=backbone, allow_nonfinite=allow_nonfinite)
-    fused = reparameterize(model)
-    total = count_parameters(model)
-    dist = sum(p.numel() for p in model.dist_head.parameters()) if getattr(model, "dist_head", None) is not None else 0
-    report = {
-        "variant": variant, "backbone": backbone, "img_size": list(img_size), "checkpoint": checkpoint,
-        "params": total, "params_without_dist_head": total - dist, "params_fused": count_parameters(fused),
-        "gmacs": count_macs(model, img_size) / 1e9, "gmacs_fused": count_macs(fused, img_size) / 1e9,
-        "ss2d": ss2d_table(model, img_size),
-    }
+    announce_weights(model)
+    variant, backbone, checkpoint = model.variant, model.backbone, model.checkpoint
+    # from the shipped table or the cache when known (no torch: fast), else computed
+    figures, _ = model_report(model, img_size)
+    report = {"variant": variant, "backbone": backbone, "img_size": list(img_size), "checkpoint": checkpoint,
+              **figures}
+    total, dist = report["params"], report["params"] - report["params_without_dist_head"]
     click.echo(f"TinyViM-{variant.upper()}{' backbone' if backbone else ''} @ {format_size(img_size)}"
                f"{'' if checkpoint else ' (random weights)'}")
     if dist:

@@ -25,17 +25,19 @@ from pathlib import Path
 from dataclasses import dataclass, field
 from typing import Callable
 
-import numpy as np
-import onnx
 
 from tinyvim.backends.model_file import read_onnx_info
 from tinyvim.backends.ort.runner import OrtRunner
 from tinyvim.contract import INPUT_NAME
 from tinyvim.errors import TinyvimError
+from tinyvim.lazy import lazy_import
 from tinyvim.tools.datasets import open_labelled_set
 from tinyvim.tools.evaluate import labelled_batches
-from tinyvim.tools.quantize import CALIBRATION_BATCH, QuantizeResult, quantize_onnx
+from tinyvim.tools.quantize import CALIBRATION_BATCH, CalibrationRequest, QuantizeResult, quantize_onnx
 from tinyvim.utils import atomic_output, check_output_paths
+
+np = lazy_import("numpy")
+onnx = lazy_import("onnx")
 
 _QDQ = ("QuantizeLinear", "DequantizeLinear")
 #: pictures of --data used at most to fit the budget
@@ -215,8 +217,8 @@ def _latency(plain: onnx.ModelProto, budget: onnx.ModelProto, x: np.ndarray, thr
     return {k: float(np.median(v)) for k, v in times.items()}
 
 
-def quantize_to_budget(model: str | os.PathLike, output: str | os.PathLike, *, max_drop: float,
-                       data: str | os.PathLike, class_map=None, crop_pct: float = 0.875, threads: int | None = None,
+def quantize_to_budget(model: str | os.PathLike, output: str | os.PathLike, calibration: CalibrationRequest, *,
+                       max_drop: float, data: str | os.PathLike, class_map=None, threads: int | None = None,
                        log: Callable[[str], None] = lambda m: None, **quantize_args) -> tuple[QuantizeResult, BudgetResult]:
     """`quantize_onnx` into a temporary file, then `fit_budget` on `data`; the budget model is
     written to `output` (atomically, once). The folder and budget are checked before any work."""
@@ -227,12 +229,12 @@ def quantize_to_budget(model: str | os.PathLike, output: str | os.PathLike, *, m
     info = read_onnx_info(model)
     with tempfile.TemporaryDirectory(prefix="tinyvim-budget-") as tmp:
         plain = Path(tmp) / "plain.onnx"
-        result = quantize_onnx(model, plain, crop_pct=crop_pct, threads=threads, log=log, **quantize_args)
+        result = quantize_onnx(model, plain, calibration, threads=threads, log=log, **quantize_args)
         meta = result.metadata
         size = info.fixed_size or (meta.input_size if meta.input_size else (224, 224))
         budget = fit_budget(model, plain, data=data, max_drop=max_drop, img_size=size,
                             batch=info.fixed_batch or CALIBRATION_BATCH, mean=meta.mean, std=meta.std,
-                            crop_pct=crop_pct, threads=threads, class_map=class_map, log=log)
+                            crop_pct=calibration.crop_pct, threads=threads, class_map=class_map, log=log)
         with atomic_output(output, suffix=".onnx") as out:
             onnx.save(budget.model, os.fspath(out))
     quantized = [n for n in result.quantized if n not in set(budget.float_nodes)]

@@ -26,23 +26,34 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
-import numpy as np
 
 from tinyvim import __version__
 from tinyvim.backends.base import BaseRunner
 from tinyvim.backends.registry import RunnerRequest, backend_names, get_backend, read_model_info
 from tinyvim.backends.spec import ARTIFACTS, BenchmarkRow
-from tinyvim.backends.trt.builder import build_engine
-from tinyvim.contract import INPUT_NAME, check_batch, check_count, check_threads, check_variant, check_workload
+from tinyvim.backends.trt.builder import ProfileRequest, build_engine
+from tinyvim.contract import (
+    INPUT_NAME,
+    InputSpec,
+    ModelSpec,
+    check_batch,
+    check_count,
+    check_threads,
+    check_variant,
+    check_workload,
+)
 from tinyvim.errors import TinyvimError, error_reason
+from tinyvim.lazy import lazy_import
 from tinyvim.export import export_onnx
 from tinyvim.tools.datasets import open_labelled_set
 from tinyvim.tools.environment import default_threads, environment
 from tinyvim.tools.evaluate import labelled_batches, topk_hits
 from tinyvim.tools.inputs import DEFAULT_CROP_PCT, iter_random_batches
 from tinyvim.tools.profile import _matplotlib_pyplot, latency_stats
-from tinyvim.tools.quantize import cpu_has_vnni, quantize_onnx
+from tinyvim.tools.quantize import CalibrationRequest, cpu_has_vnni, quantize_onnx
 from tinyvim.utils import atomic_output, atomic_write_json, check_output_path
+
+np = lazy_import("numpy")
 
 SCHEMA_VERSION = 1
 #: a row whose p90 exceeds its p50 by this factor was measured on a noisy machine
@@ -107,6 +118,7 @@ class ArtifactMaker:
                  max_batch: int, calib_dir: str | None, threads: int, log: Callable[[str], None],
                  given: dict[str, str] | None = None):
         self.workdir, self.variant, self.checkpoint, self.img_size = workdir, variant, checkpoint, img_size
+        self.spec = ModelSpec(variant=variant, checkpoint=checkpoint)
         self.max_batch, self.calib_dir, self.threads, self.log = max_batch, calib_dir, threads, log
         self.made: dict[str, Artifact] = {}
         for artifact, path in (given or {}).items():      # files the caller made: no make time
@@ -136,8 +148,7 @@ class ArtifactMaker:
         onnx = self.workdir / "model.onnx"
         if artifact == "onnx":
             self.log(f"exporting TinyViM-{self.variant.upper()} to ONNX")
-            export_onnx(onnx, variant=self.variant, checkpoint=self.checkpoint, img_size=self.img_size,
-                        dynamic_batch=True)
+            export_onnx(onnx, self.spec, InputSpec(size=self.img_size, batch=None))
             return onnx
         base = self.get("onnx")
         if base.error:
@@ -147,9 +158,10 @@ class ArtifactMaker:
             dtype = artifact.split("-")[1]
             out = self.workdir / f"model.{dtype}.onnx"
             self.log(f"quantizing to {dtype}")
-            quantize_onnx(onnx, out, dtype=dtype, calib_dir=self.calib_dir,
-                          calib_random=None if self.calib_dir else RANDOM_PICTURES, threads=self.threads,
-                          max_images=DEFAULT_LIMIT, reduce_range=self.reduce_range and dtype == "int8")
+            calibration = CalibrationRequest(calib_dir=self.calib_dir, calib_random=None if self.calib_dir else
+                                             RANDOM_PICTURES, max_images=DEFAULT_LIMIT)
+            quantize_onnx(onnx, out, calibration, dtype=dtype, threads=self.threads,
+                          reduce_range=self.reduce_range and dtype == "int8")
             return out
         precision = artifact.split("-")[1]
         source = self.get("onnx-int8").path if precision == "int8" else onnx
@@ -157,8 +169,9 @@ class ArtifactMaker:
             raise TinyvimError(f"needs the int8 ONNX, which failed: {self.get('onnx-int8').error}")
         out = self.workdir / f"model.{precision}.engine"
         self.log(f"building a TensorRT {precision} engine")
-        build_engine(source, out, precision=precision, min_batch=1, opt_batch=self.max_batch,
-                     max_batch=self.max_batch, log=lambda m: None)
+        build_engine(source, out, precision=precision,
+                     shapes=ProfileRequest(min_batch=1, opt_batch=self.max_batch, max_batch=self.max_batch),
+                     log=lambda m: None)
         return out
 
 
@@ -217,7 +230,7 @@ def run_benchmark(*, variant: str = "s", checkpoint: str | None = None, img_size
             try:
                 info = read_model_info(row.artifact.path) if row.artifact.path else None
                 runner = get_backend(row.backend).runner(RunnerRequest(
-                    "profile", model=info, variant=variant, checkpoint=checkpoint, threads=threads,
+                    model=info, spec=maker.spec, timed=row.spec.timed, threads=threads,
                     options=dict(row.spec.options), log=lambda m: None))
                 row.runner = stack.enter_context(runner)
             except Exception as exc:  # noqa: BLE001 - one row's failure is reported in its row
@@ -225,7 +238,7 @@ def run_benchmark(*, variant: str = "s", checkpoint: str | None = None, img_size
                                                      f"{type(exc).__name__}: {error_reason(exc, 200)}")
         live = [r for r in rows if r.status == "ok"]
         reference = stack.enter_context(get_backend("torch").runner(RunnerRequest(
-            "reference", variant=variant, checkpoint=checkpoint, threads=threads, log=lambda m: None)))
+            spec=maker.spec, threads=threads, log=lambda m: None)))
 
         # fidelity (and accuracy with labels): every row on the same pictures as the reference
         if dataset is not None:

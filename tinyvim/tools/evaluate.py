@@ -39,7 +39,6 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Callable, Iterator
 
-import numpy as np
 
 from tinyvim import __version__
 from tinyvim.backends.base import BaseRunner
@@ -53,21 +52,25 @@ from tinyvim.backends.registry import (
 )
 from tinyvim.contract import (
     DEFAULT_IMG_SIZE,
+    DEFAULT_VARIANT,
     IMAGENET_MEAN,
     IMAGENET_STD,
     INPUT_NAME,
-    check_batch,
+    InputSpec,
+    ModelOverrides,
+    ModelSpec,
     check_count,
     check_threads,
-    check_variant,
-    check_workload,
     parse_size,
 )
 from tinyvim.errors import TinyvimError
+from tinyvim.lazy import lazy_import
 from tinyvim.tools.datasets import LabelledSet, open_labelled_set
 from tinyvim.tools.environment import default_threads
 from tinyvim.tools.inputs import DEFAULT_CROP_PCT, check_crop_pct, load_picture
 from tinyvim.tools.reference import random_weights_note, resolve_reference
+
+np = lazy_import("numpy")
 
 SCHEMA_VERSION = 1
 #: batch for a model whose batch is dynamic (and for the PyTorch model)
@@ -215,19 +218,18 @@ def _plan(model, *, backend, options, variant, checkpoint, ema, img_size, batch,
             raise TinyvimError(f"backend {target.name} runs a model file: give MODEL (or use --backend torch "
                                "with --checkpoint)")
         size = img_size if isinstance(img_size, tuple) else parse_size(img_size) if img_size else DEFAULT_IMG_SIZE
-        batch = check_batch(batch) if batch is not None else DEFAULT_EVAL_BATCH
-        check_workload(batch, size)
-        variant = check_variant(variant or "s")
+        inputs = InputSpec(size=size, batch=batch if batch is not None else DEFAULT_EVAL_BATCH)
         if checkpoint is not None and not os.path.isfile(checkpoint):
             raise TinyvimError(f"--checkpoint {checkpoint}: no such file (or not a regular file)")
-        note = random_weights_note(checkpoint, 0, "the model")
+        spec = ModelSpec(variant=variant or DEFAULT_VARIANT, checkpoint=checkpoint, ema=bool(ema),
+                         allow_nonfinite=allow_nonfinite)
+        note = random_weights_note(spec, "the model")
         if note:
             log(note)
         warnings = unused_option_warnings([target], options)
-        runner = target.runner(RunnerRequest("validate", variant=variant, checkpoint=checkpoint, ema=bool(ema),
-                                             threads=threads, allow_nonfinite=allow_nonfinite, options=options,
-                                             log=log))
-        return _Plan(runner, None, None, target.name, size, batch, False, IMAGENET_MEAN, IMAGENET_STD, warnings)
+        runner = target.runner(RunnerRequest(spec=spec, threads=threads, options=options, log=log))
+        return _Plan(runner, None, None, target.name, inputs.size, inputs.batch, False, IMAGENET_MEAN, IMAGENET_STD,
+                     warnings)
     info = read_model_info(model)
     target = get_backend(backend) if backend else default_backend_for(info)
     check_model(target, info)
@@ -236,18 +238,18 @@ def _plan(model, *, backend, options, variant, checkpoint, ema, img_size, batch,
                            "classifier export")
     if batch is None and not info.fixed_batch and info.batch_problem(DEFAULT_EVAL_BATCH) is None:
         batch = DEFAULT_EVAL_BATCH
-    config, warnings = resolve_reference(info, variant=variant, checkpoint=checkpoint, ema=ema,
-                                         img_size=img_size, batch=batch)
+    size = img_size if isinstance(img_size, tuple) or img_size is None else parse_size(img_size)
+    config, warnings = resolve_reference(info, ModelOverrides(variant=variant, checkpoint=checkpoint, ema=ema,
+                                                              allow_nonfinite=allow_nonfinite),
+                                         img_size=size, batch=batch)
     warnings += unused_option_warnings([target], options)
-    note = random_weights_note(config.checkpoint, config.init_seed)
+    note = random_weights_note(config.model)
     if note:
         log(note)
     meta = info.metadata
-    runner = target.runner(RunnerRequest("validate", model=info, threads=threads, options=options, log=log))
-    ref = get_backend("torch").runner(RunnerRequest(
-        "reference", variant=config.variant, checkpoint=config.checkpoint, ema=config.ema, init_seed=config.init_seed,
-        threads=threads, allow_nonfinite=allow_nonfinite, log=log)) if reference else None
-    return _Plan(runner, ref, info, target.name, config.img_size, config.batch, bool(info.fixed_batch),
+    runner = target.runner(RunnerRequest(model=info, threads=threads, options=options, log=log))
+    ref = get_backend("torch").runner(RunnerRequest(spec=config.model, threads=threads, log=log)) if reference else None
+    return _Plan(runner, ref, info, target.name, config.inputs.size, config.inputs.batch, bool(info.fixed_batch),
                  meta.mean if meta else IMAGENET_MEAN, meta.std if meta else IMAGENET_STD, warnings)
 
 
