@@ -93,3 +93,21 @@ def test_budget_holds_and_is_minimal_on_the_fixture(digits_onnx, tmp_path):
     assert not [n for n in everything.graph.node if n.op_type in ("QuantizeLinear", "DequantizeLinear")]
     assert top1(everything) == fp32
     assert set(result.latency_ms) == {"plain", "budget"}
+
+
+def test_quantize_budget_options_are_checked_before_any_work(digits_onnx, tmp_path):
+    """--max-drop without --data, an empty --data, a budget outside 0..100: one error line, exit 2,
+    no output file (the checks come before calibration)."""
+    from click.testing import CliRunner
+
+    from tinyvim.cli import cli
+    (tmp_path / "empty").mkdir()
+    out = tmp_path / "q.onnx"
+    cases = {("--max-drop", "1"): "--max-drop and --data go together",
+             ("--max-drop", "1", "--data", str(tmp_path / "empty")): "no pictures",
+             ("--max-drop", "101", "--data", str(tmp_path / "empty")): "--max-drop 101.0: give top-1 points"}
+    for args, message in cases.items():
+        r = CliRunner().invoke(cli, ["quantize", str(digits_onnx), "--calib-random", "2", "-o", str(out), *args])
+        lines = r.stderr.strip().splitlines()
+        assert r.exit_code == 2 and len(lines) == 1 and message in lines[0], (args, r.stderr)
+        assert not out.exists()

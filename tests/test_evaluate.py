@@ -244,3 +244,16 @@ def test_labelled_batches_keep_order_and_pad_a_fixed_batch(digits):
     last = out[-1][0]
     assert np.array_equal(last[5], preprocess_image(data.items[-1][0], (FIXTURE_SIZE, FIXTURE_SIZE)))
     assert np.array_equal(last[6], last[5]) and np.array_equal(last[7], last[5])
+
+
+def test_evaluate_the_pytorch_model_itself(digits):
+    """Without MODEL: the fused PyTorch model from --checkpoint, no reference, equal to a direct count."""
+    folder, written = digits
+    report = evaluate_model(None, data=folder, backend="torch-fused", checkpoint=str(FIXTURE_CHECKPOINT),
+                            img_size=(FIXTURE_SIZE, FIXTURE_SIZE), limit=10, log=lambda m: None)
+    items = open_labelled_set(folder, limit=10).items
+    x = np.stack([preprocess_image(p, (FIXTURE_SIZE, FIXTURE_SIZE)) for p, _ in items])
+    with torch.inference_mode(), scan_implementation("parallel"):
+        logits = create_model("s", checkpoint=FIXTURE_CHECKPOINT).fuse()(torch.from_numpy(x)).numpy()
+    assert report["model"] is None and report["reference"] is None and report["data"]["pictures"] == 10
+    assert report["top1"] == np.mean(logits.argmax(1) == np.array([y for _, y in items]))
