@@ -35,7 +35,7 @@ import torch.nn.functional as F  # noqa: E402
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "tests"))
 
-from digits_data import FIXTURE_CHECKPOINT, FIXTURE_SIZE, HELDOUT_EVERY, NUM_CLASSES, split, write_pictures  # noqa: E402
+from digits_data import FIXTURE_CHECKPOINT, FIXTURE_SIZE, HELDOUT_EVERY, NUM_CLASSES, write_pictures  # noqa: E402
 
 from tinyvim.model import TinyViM  # noqa: E402
 from tinyvim.ops.scan import scan_implementation  # noqa: E402

@@ -23,7 +23,7 @@ import tempfile
 import time
 from pathlib import Path
 from dataclasses import dataclass, field
-from typing import Callable
+from collections.abc import Callable
 
 
 from tinyvim.backends.model_file import read_onnx_info

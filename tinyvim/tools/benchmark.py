@@ -24,7 +24,7 @@ import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
+from collections.abc import Callable
 
 
 from tinyvim import __version__
@@ -254,7 +254,9 @@ def run_benchmark(*, variant: str = "s", checkpoint: str | None = None, img_size
             if y is not None:
                 labels.append(y)
             for row in live:
-                _guard(row, lambda: row.logits.append(_run(row.runner, x)))
+                logits = _guard(row, _run, row.runner, x)
+                if logits is not None:
+                    row.logits.append(logits)
         ref_all = np.concatenate(ref_logits)
         y_all = np.concatenate(labels) if labels else None
 
@@ -268,7 +270,7 @@ def run_benchmark(*, variant: str = "s", checkpoint: str | None = None, img_size
                     if row.status != "ok":
                         continue
                     start = time.perf_counter()
-                    if _guard(row, lambda: row.runner.infer(feed)) and i >= warmup:
+                    if _guard(row, row.runner.infer, feed) is not None and i >= warmup:
                         row.times.setdefault(b, []).append(time.perf_counter() - start)
     load_after = os.getloadavg()
     report = _report(rows, ref_all, y_all, batches, env, load_before, load_after, cores, variant, img_size,
@@ -282,15 +284,15 @@ def _run(runner: BaseRunner, x: np.ndarray) -> np.ndarray:
     return np.asarray(next(iter(runner.infer({INPUT_NAME: x}).values())), np.float32)
 
 
-def _guard(row: _Row, fn) -> bool:
-    """Run fn; a failure marks the row failed (said in its row) instead of ending the table."""
+def _guard(row: _Row, fn, *args):
+    """fn(*args); a failure marks the row failed (said in its row) instead of ending the table,
+    and gives None."""
     try:
-        fn()
-        return True
+        return fn(*args)
     except Exception as exc:  # noqa: BLE001
         row.status = "failed"
         row.reason = str(exc) if isinstance(exc, TinyvimError) else f"{type(exc).__name__}: {error_reason(exc, 200)}"
-        return False
+        return None
 
 
 def _report(rows, ref, labels, batches, env, load_before, load_after, cores, variant, img_size, checkpoint,
