@@ -239,4 +239,5 @@ def quantize_to_budget(model: str | os.PathLike, output: str | os.PathLike, cali
             onnx.save(budget.model, os.fspath(out))
     quantized = [n for n in result.quantized if n not in set(budget.float_nodes)]
     result.path, result.size_bytes, result.quantized = Path(output), Path(output).stat().st_size, quantized
+    result.num_nodes = len(budget.model.graph.node)
     return result, budget
