@@ -54,6 +54,10 @@ FILE_KINDS = {"onnx": (".onnx",), "openvino": (".xml",), "engine": (".engine", "
 #: an OpenVINO IR: the graph in .xml, its weights beside it in .bin (OpenVINO pairs them by name
 #: alone), tinyvim's metadata under this rt_info key (the ONNX metadata_props keys and texts)
 IR_SUFFIX, IR_WEIGHTS_SUFFIX, IR_RT_INFO_KEY = ".xml", ".bin", "tinyvim"
+#: rt_info section of an IR holding CrossSelectiveScan nodes, naming the OpenVINO extension that
+#: must be loaded before it is read: {"library": IR_EXTENSION_LIBRARY, "op": "tinyvim::CrossSelectiveScan"};
+#: the op's IR "version" (its opset name) is the plugin namespace
+IR_EXTENSION_RT_INFO_KEY, IR_EXTENSION_LIBRARY = "tinyvim_extension", "libtinyvim_ov_extension.so"
 #: graph outputs added for `validate --per-block` are named TAP_PREFIX + the module's name
 TAP_PREFIX = "tinyvim_tap__"
 

@@ -19,7 +19,8 @@ def _make(req: RunnerRequest) -> OrtRunner:
     if req.timed and meta is not None and meta.quantization is not None \
             and parse_providers(req.option("providers"))[0] == "CPUExecutionProvider":
         req.log(QDQ_ON_CPU_NOTE)
-    # The plugin graph's CPU path runs the scan in Python: right for checks, not a speed to report.
+    # The plugin graph's CPU path runs our fast scan by default; only its PyTorch reference route
+    # (TINYVIM_ORT_SCAN=reference) is too slow to report, and the runner refuses that for profile.
     return OrtRunner(req.model.path, providers=req.option("providers"), threads=req.threads,
                      allow_plugin_cpu=not req.timed, scan=req.model.scan)
 
