@@ -198,7 +198,8 @@ print('OWN', sorted(m for m in sys.modules if m.startswith(TORCH_PACKAGES)))
 
 
 @pytest.mark.parametrize("argv", [["validate", "--help"], ["export", "--help"], ["profile", "--help"],
-                                  ["quantize", "--help"], ["build-engine", "--help"],
+                                  ["quantize", "--help"], ["build-engine", "--help"], ["evaluate", "--help"],
+                                  ["benchmark", "--help"],
                                   ["validate", "/nonexistent/model.onnx"], ["info"]])
 def test_commands_parse_without_heavy_imports(argv):
     """What `validate --help` and friends import, pinned: a module-top `import torch` (or numpy,

@@ -21,6 +21,8 @@ COMMANDS = {
     "info": ("tinyvim.commands.info", "info"),
     "export": ("tinyvim.commands.export", "export"),
     "validate": ("tinyvim.commands.engines", "validate"),
+    "evaluate": ("tinyvim.commands.evaluate", "evaluate"),
+    "benchmark": ("tinyvim.commands.benchmark", "benchmark"),
     "profile": ("tinyvim.commands.engines", "profile"),
     "build-engine": ("tinyvim.commands.engines", "build_engine"),
     "build-plugin": ("tinyvim.commands.plugins", "build_plugin"),
@@ -34,6 +36,8 @@ SUMMARIES = {
     "export": "Export TinyViM (always re-parameterized) to ONNX, OpenVINO IR, a Triton model repository, or a "
               "PyTorch 2 / mobile format (pt2, aoti, torchscript, executorch, ort).",
     "validate": "Check an exported MODEL (.onnx, .xml or .engine) against the PyTorch reference.",
+    "evaluate": "Top-1/top-5 of MODEL on labelled pictures, beside the PyTorch reference's on the same pictures.",
+    "benchmark": "One table of every format x precision x backend that runs here: size, time to make, top-1 and",
     "profile": "Measure latency and throughput of TinyViM on several backends and batch sizes.",
     "build-engine": "Build a TensorRT engine (and its JSON sidecar) from a TinyViM ONNX MODEL.",
     "build-plugin": "Build the CUDA scan kernel, its CPU twin and the TensorRT plugin with CMake.",

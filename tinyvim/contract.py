@@ -595,7 +595,7 @@ def _text(key: str, text: str) -> str:
 #: (minmax), or the P-th percentile of |x| (percentile, written `percentile-P` in the metadata),
 #: which clips rare outliers so the bulk of the values gets finer steps
 CALIBRATION_SOURCES = ("images", "random")
-CALIBRATION_METHODS = ("minmax", "percentile")
+CALIBRATION_METHODS = ("minmax", "percentile", "entropy")
 DEFAULT_PERCENTILE = 99.99
 #: percentiles accepted: below 90 clips far too much to be a calibration; 100 is minmax
 PERCENTILE_RANGE = (90.0, 100.0)
@@ -624,8 +624,8 @@ def _method(key: str, text: str) -> str:
         except ValueError:
             raise ValueError(f"expected percentile-P with a number P, got {text!r}") from None
         return calibration_method_name("percentile", check_percentile(number))
-    if text != "minmax":
-        raise ValueError(f"expected minmax or percentile-P, got {text!r}")
+    if text not in ("minmax", "entropy"):
+        raise ValueError(f"expected minmax, entropy or percentile-P, got {text!r}")
     return text
 
 

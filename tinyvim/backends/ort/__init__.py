@@ -5,8 +5,8 @@ from __future__ import annotations
 from tinyvim.backends.ort.loader import parse_providers
 from tinyvim.backends.ort.model_file import read_ort_info
 from tinyvim.backends.ort.runner import OrtRunner
-from tinyvim.backends.spec import Backend, BackendOption, RunnerRequest
-from tinyvim.contract import EXPORT_PRECISIONS
+from tinyvim.backends.spec import Backend, BackendOption, BenchmarkRow, RunnerRequest
+from tinyvim.contract import EXPORT_PRECISIONS, FP8, FP32, INT8
 
 
 #: What `profile` says before timing a `tinyvim quantize` file on the CPU provider: measured in the
@@ -31,6 +31,9 @@ BACKENDS = (
     Backend("ort", "ONNX Runtime on an ONNX export or its .ort conversion", _make, model_kinds=("onnx", "ort"),
             default_for=("onnx", "ort"), devices=("cpu", "cuda"), precisions=EXPORT_PRECISIONS, exports_onnx=True,
             readers={"ort": read_ort_info},
+            # fp8: ORT's CPU provider dequantizes float8 to fp32: a fidelity check, not a speed
+            benchmark_rows=(BenchmarkRow("ORT fp32", FP32, "onnx"), BenchmarkRow("ORT int8", INT8, "onnx-int8"),
+                            BenchmarkRow("ORT fp8", FP8, "onnx-fp8", timed=False)),
             options=(BackendOption("providers", "--providers",
                                    "ONNX Runtime providers, comma list (cpu, cuda, ...) [default: cpu]."),)),
 )
