@@ -44,6 +44,8 @@ COMPUTE_PRECISIONS = (FP32, FP16, BF16) + QUANTIZED_PRECISIONS
 
 #: model files by kind: the suffixes that name them (any other suffix is read as ONNX)
 FILE_KINDS = {"onnx": (".onnx",), "openvino": (".xml",), "engine": (".engine", ".plan", ".trt")}
+#: how messages name each file kind ("x.xml is an OpenVINO IR", not "is OPENVINO")
+FILE_KIND_NAMES = {"onnx": "an ONNX model", "openvino": "an OpenVINO IR", "engine": "a TensorRT engine"}
 #: an OpenVINO IR: the graph in .xml, its weights beside it in .bin (OpenVINO pairs them by name
 #: alone), tinyvim's metadata under this rt_info key (the ONNX metadata_props keys and texts)
 IR_SUFFIX, IR_WEIGHTS_SUFFIX, IR_RT_INFO_KEY = ".xml", ".bin", "tinyvim"

@@ -52,6 +52,11 @@ _NAME_MAX, _PATH_MAX = 255, 4096
 
 
 # --------------------------------------------------------------------- checks before the work
+def plural(count: int, noun: str, many: str | None = None) -> str:
+    """'1 image', '2 images', '1 batch', '3 batches' (`many` for irregular plurals)."""
+    return f"{count} {noun if count == 1 else many or noun + ('es' if noun.endswith(('s', 'ch', 'sh', 'x')) else 's')}"
+
+
 def _refuse(path, what: str, reason: str) -> TinyvimError:
     label = f"{what} {path}" if what else str(path)
     return TinyvimError(f"cannot write {label}: {reason} (choose another output path)")

@@ -62,7 +62,7 @@ def _pop_backend_options(kwargs: dict) -> dict:
 @click.option("--batch", type=int, default=None, help="Images per inference [default: the model's batch, or 1].")
 @click.option("--num-inputs", type=int, default=4, show_default=True, help="Number of random input batches.")
 @click.option("--seed", type=int, default=0, show_default=True, help="Seed of the random inputs.")
-@click.option("--images", type=click.Path(file_okay=False), default=None,
+@click.option("--images", type=click.Path(), default=None,
               help="Folder of pictures to use instead of random inputs (ImageNet preprocessing).")
 @click.option("--crop-pct", type=float, default=DEFAULT_CROP_PCT, show_default=True,
               help="Centre-crop fraction for --images.")

@@ -27,6 +27,7 @@ from tinyvim.backends.registry import (
 )
 from tinyvim.contract import (
     DEFAULT_IMG_SIZE,
+    FILE_KIND_NAMES,
     MAX_DURATION_S,
     check_batch,
     check_count,
@@ -233,6 +234,9 @@ def run_profile(backends, *, models: Sequence[str] = (), variant: str | None = N
             raise TinyvimError(f"two --model files of kind {info.kind} ({by_kind[info.kind].path}, {info.path}): "
                                "give one per kind")
         by_kind[info.kind] = info
+    for backend in selected:   # before any note or export: the file it needs was not given
+        if backend.runs_files and not backend.exports_onnx and not any(k in by_kind for k in backend.model_kinds):
+            raise TinyvimError(missing_model_message(backend, list(by_kind.values())))
     known = next(iter(by_kind.values()), None)
     meta = known.metadata if known else None
     if variant is not None and meta is not None and check_variant(variant) != meta.variant:
@@ -269,8 +273,7 @@ def run_profile(backends, *, models: Sequence[str] = (), variant: str | None = N
             info = next((by_kind[k] for k in backend.model_kinds if k in by_kind), None)
             if backend.runs_files and info is None:
                 if not backend.exports_onnx:
-                    raise TinyvimError(f"--backend {backend.name} needs --model "
-                                       f"{' or '.join(k.upper() for k in backend.model_kinds)}{backend_hint(backend)}")
+                    raise TinyvimError(missing_model_message(backend, list(by_kind.values())))
                 info = by_kind["onnx"] = _export_for_profile(Path(tmp) / "tinyvim.onnx", variant, checkpoint, ema,
                                                              size, init_seed, allow_nonfinite, log)
             files[backend.name] = info
@@ -299,6 +302,15 @@ def run_profile(backends, *, models: Sequence[str] = (), variant: str | None = N
                                              "duration_s": duration, "threads": threads, "seed": seed,
                                              "options": {k: v for k, v in options.items() if v is not None}},
             "results": entries}
+
+
+def missing_model_message(backend: Backend, given: list[ModelInfo]) -> str:
+    """--backend X without a --model of a kind X runs: what was given, if anything, and how to get one."""
+    what = backend.kinds_named()
+    if given:
+        named = ", ".join(f"{i.path} ({FILE_KIND_NAMES.get(i.kind, i.kind)})" for i in given)
+        return f"--backend {backend.name} runs {what}, and --model gave {named}{backend_hint(backend)}"
+    return f"--backend {backend.name} needs --model with {what}{backend_hint(backend)}"
 
 
 def backend_hint(backend: Backend) -> str:

@@ -77,6 +77,7 @@ from tinyvim.export.onnx_export import op_counts
 from tinyvim.lazy import import_optional
 from tinyvim.tools.inputs import (
     DEFAULT_CROP_PCT,
+    check_crop_pct,
     iter_image_batches,
     iter_random_batches,
     list_images,
@@ -327,7 +328,7 @@ def _ort_quantize(model: onnx.ModelProto, nodes: list[str], ranges: dict[str, tu
             except Exception as exc:  # noqa: BLE001 - the quantizer raises many types; all mean "it failed"
                 first = str(exc).strip().splitlines()[0][:300] if str(exc).strip() else type(exc).__name__
                 raise TinyvimError(f"ONNX Runtime's quantizer failed: {first}") from exc
-        qdq = onnx.load(os.fspath(out))
+        qdq = onnx.load(os.fspath(out), format="protobuf")
     fp32_readers_back(qdq, nodes)
     return qdq
 
@@ -495,6 +496,7 @@ def quantize_onnx(model: str | os.PathLike, output: str | os.PathLike, *, dtype:
     if dtype not in QUANTIZED_PRECISIONS:
         raise TinyvimError(f"unknown --dtype {dtype!r}: choose {' or '.join(QUANTIZED_PRECISIONS)}")
     check_threads(threads)
+    check_crop_pct(crop_pct)
     check_output_paths({"-o": output}, inputs={"MODEL": model}, suffixes={"-o": (".onnx",)})
     info = read_onnx_info(model)
     meta = info.metadata
@@ -515,7 +517,7 @@ def quantize_onnx(model: str | os.PathLike, output: str | os.PathLike, *, dtype:
         except ValueError as exc:
             raise TinyvimError(f"--percentile: {exc}") from None
     method = calibration_method_name(calib_method, percentile)
-    proto = onnx.load(os.fspath(model))
+    proto = onnx.load(os.fspath(model), format="protobuf")
     if any(n.op_type in _QDQ for n in proto.graph.node):
         raise TinyvimError(f"{model} already has QuantizeLinear/DequantizeLinear nodes: quantize the fp32 export")
     opset = next((o.version for o in proto.opset_import if o.domain in ("", "ai.onnx")), 0)

@@ -85,6 +85,7 @@ from tinyvim.tools.reference import (
     random_weights_note,
     resolve_reference,
 )
+from tinyvim.utils import plural
 
 SCHEMA_VERSION = 1
 
@@ -183,7 +184,7 @@ def format_table(report: dict) -> str:
     n = report["inputs"]["num_batches"] * report["inputs"]["batch"]
     verdict = "PASSED" if report["passed"] else "FAILED"
     lines.append(f"{verdict}: {report['backend']['name']} vs PyTorch reference (TinyViM-"
-                 f"{report['reference']['variant'].upper()}, {n} images, {tol['precision']} tolerance "
+                 f"{report['reference']['variant'].upper()}, {plural(n, 'image')}, {tol['precision']} tolerance "
                  f"atol={tol['atol']:g} rtol={tol['rtol']:g}"
                  + (f" cosine>={tol['min_cosine']:g}" if tol.get("min_cosine") is not None else "")
                  + (f" top5>={tol['min_top5']:g}" if tol.get("min_top5") is not None else "") + ")")
@@ -260,7 +261,7 @@ def validate_model(model: str | os.PathLike, *, backend: str | None = None, opti
         "reference", variant=config.variant, checkpoint=config.checkpoint, ema=config.ema, backbone=config.backbone,
         init_seed=config.init_seed, threads=threads, allow_nonfinite=allow_nonfinite, log=log))
     log(f"validating {info.path} ({target_backend.name}) against TinyViM-{config.variant.upper()} "
-        f"{format_size(config.img_size)} on {inputs['num_batches']} batch(es) of {config.batch}...")
+        f"{format_size(config.img_size)} on {plural(inputs['num_batches'], 'batch')} of {config.batch}...")
     result = validate_runner(target, reference, make_batches(), tolerance)
     report = make_report(result, info=info, config=config, backend=target_backend.name,
                          providers=getattr(target, "providers", None), inputs=inputs, precision=precision,

@@ -60,7 +60,7 @@ class OrtRunner(BaseRunner):
     def _has_plugin_nodes(self) -> bool:
         try:
             proto = (onnx.load_from_string(self.model) if isinstance(self.model, bytes)
-                     else onnx.load(os.fspath(self.model), load_external_data=False))
+                     else onnx.load(os.fspath(self.model), format="protobuf", load_external_data=False))
         except Exception:  # let ORT report unreadable files in its own words
             return False
         return has_plugin_nodes(proto.graph)

@@ -1,0 +1,116 @@
+"""Reliability and first-use round 3 (issue 26): each root cause of a 347-case run as a test.
+
+The harness idea of that run is kept here: every CLI error path is one case of
+`test_cli_error_paths` - exit code 2, exactly one `error:` line, no traceback, and nothing left in a
+private TMPDIR or beside the outputs. The cases run in-process (click's CliRunner: ~ms each);
+only behaviour that needs a fresh process (signals, a parent's death) starts one."""
+from __future__ import annotations
+
+import os
+import tempfile
+from pathlib import Path
+
+import numpy as np
+import onnx
+import pytest
+import torch
+from click.testing import CliRunner
+from PIL import Image
+
+from test_engines_runners import tiny_onnx, tiny_torch
+from tinyvim.backends.model_file import ModelInfo
+from tinyvim.backends.registry import check_model, get_backend
+from tinyvim.cli import cli
+from tinyvim.contract import ExportMetadata
+from tinyvim.errors import TinyvimError
+from tinyvim.tools.validate import format_table
+from tinyvim.utils import plural
+
+
+@pytest.fixture(scope="module")
+def files(tmp_path_factory):
+    """Small inputs the error cases point at: a model with TinyViM's signature and metadata, an
+    export report (.json), a text proto, a picture folder and a lone picture, a pickled object."""
+    root = tmp_path_factory.mktemp("round3")
+    meta = ExportMetadata("s", input_size=(64, 64), batch=2).to_props()
+    onnx.save(tiny_onnx(tiny_torch(), batch=2, size=64, metadata=meta), root / "tiny.onnx")
+    (root / "export.json").write_text('{"schema_version": 1, "path": "tiny.onnx", "variant": "s"}\n')
+    (root / "model.textproto").write_text('ir_version: 8\ngraph { name: "g" }\n')
+    (root / "imgs").mkdir()
+    Image.fromarray(np.full((70, 90, 3), 128, np.uint8)).save(root / "imgs" / "a.png")
+    os.symlink("loop", root / "loop")
+    torch.save({"model": {"w": torch.zeros(1)}, "args": Path("x")}, root / "pickled.pth")
+    return root
+
+
+def _error_line(result) -> str:
+    """The one `error:` line of an exit-2 result (notes and warnings may precede it)."""
+    lines = [ln for ln in result.output.splitlines() if ln.strip() and not ln.startswith(("note:", "warning:"))]
+    assert "Traceback" not in result.output, result.output
+    assert result.exit_code == 2, (result.exit_code, result.output)
+    assert len(lines) == 1 and lines[0].startswith("error: "), result.output
+    return lines[0]
+
+
+def _cases(d: Path):
+    """(arguments, text the error line must hold). {d} is the fixture folder."""
+    m, o = str(d / "tiny.onnx"), str(d / "out.onnx")
+    return [
+        # 1: a model path ending in .json / .textproto is read by content: one line, in every command
+        (["validate", str(d / "export.json")], "is not an ONNX model: it is a text file"),
+        (["validate", str(d / "model.textproto")], "is not an ONNX model"),
+        (["profile", "--backend", "ort", "--model", str(d / "export.json")], "is not an ONNX model: it is a text"),
+        (["quantize", str(d / "export.json"), "--calib-random", "2", "-o", o], "is not an ONNX model: it is a text"),
+        # 2: quantize checks --crop-pct like validate (before the model is read)
+        *[(["quantize", m, "--calib", str(d / "imgs"), "--crop-pct", v, "-o", o], f"--crop-pct {v}")
+          for v in ("-1", "0", "inf", "5", "0.001")],
+        (["quantize", m, "--calib", str(d / "imgs"), "--crop-pct", "nan", "-o", o], "--crop-pct nan: use a fraction"),
+        # 6: a symlink loop as the Triton repository
+        (["export", "--fmt", "triton", "--img-size", "64", "-o", str(d / "loop")], "Too many levels of symbolic"),
+        # 15: wording
+        (["validate", m, "--images", str(d / "imgs" / "a.png")], "a file, not a folder (pass the folder"),
+        (["quantize", m, "--calib", str(d / "imgs" / "a.png"), "-o", o], "--calib"),
+        (["profile", "--backend", "trt", "--model", m], "--backend trt runs a TensorRT engine, and --model gave"),
+        (["exprot"], "did you mean 'export'?"),
+        (["info", "--checkpoint", str(d / "pickled.pth")], "pickled pathlib"),
+    ]
+
+
+def test_cli_error_paths(files, tmp_path, monkeypatch):
+    """Each case: exit 2, one `error:` line holding the expected text, no traceback, nothing
+    written in a private TMPDIR nor in the fixture folder."""
+    private = tmp_path / "tmp"
+    private.mkdir()
+    monkeypatch.setenv("TMPDIR", str(private))
+    monkeypatch.setattr(tempfile, "tempdir", str(private))
+    before = sorted(p.name for p in files.rglob("*"))
+    failures = []
+    for args, expected in _cases(files):
+        r = CliRunner().invoke(cli, args)
+        try:
+            line = _error_line(r)
+            assert expected is None or expected in line, line
+        except AssertionError as exc:
+            failures.append(f"{' '.join(args)}: {exc}")
+    assert not failures, "\n".join(failures)
+    assert os.listdir(private) == []
+    assert sorted(p.name for p in files.rglob("*")) == before
+
+
+def test_a_file_of_the_wrong_kind_is_named_in_words():
+    """15: 'x.xml is an OpenVINO IR', not 'is OPENVINO'."""
+    info = ModelInfo(path="m.xml", kind="openvino", input_name="images", input_shape=[1, 3, 64, 64],
+                     output_names=["logits"])
+    with pytest.raises(TinyvimError) as exc:
+        check_model(get_backend("ort"), info)
+    assert "backend ort runs an ONNX model, and m.xml is an OpenVINO IR: use --backend ov" in str(exc.value)
+
+
+def test_counts_agree_with_their_noun():
+    """15: '1 image', '1 batch', not '1 images' / 'batch(es)'."""
+    report = {"outputs": [], "passed": True, "backend": {"name": "ort"}, "reference": {"variant": "s"},
+              "inputs": {"num_batches": 1, "batch": 1}, "tolerance": {"precision": "fp32", "atol": 1e-4, "rtol": 1e-3}}
+    assert "(TinyViM-S, 1 image, fp32" in format_table(report)
+    report["inputs"]["batch"] = 3
+    assert "(TinyViM-S, 3 images, fp32" in format_table(report)
+    assert [plural(1, "batch"), plural(2, "batch"), plural(0, "image")] == ["1 batch", "2 batches", "0 images"]
