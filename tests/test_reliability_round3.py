@@ -7,6 +7,9 @@ only behaviour that needs a fresh process (signals, a parent's death) starts one
 from __future__ import annotations
 
 import os
+import signal
+import subprocess
+import sys
 import tempfile
 from pathlib import Path
 
@@ -114,3 +117,43 @@ def test_counts_agree_with_their_noun():
     report["inputs"]["batch"] = 3
     assert "(TinyViM-S, 3 images, fp32" in format_table(report)
     assert [plural(1, "batch"), plural(2, "batch"), plural(0, "image")] == ["1 batch", "2 batches", "0 images"]
+
+
+# --------------------------------------------------------------------- 3: quantize and SIGTERM/SIGHUP
+_PAUSED_QUANTIZE = """
+import sys, time
+import onnxruntime.quantization.quant_utils as qu
+real = qu.load_model_with_shape_infer
+def paused(path):   # inside ORT's own ort.quant.* folder: say so and wait for the signal
+    print("inside", path, flush=True)
+    time.sleep(120)
+    return real(path)
+qu.load_model_with_shape_infer = paused
+from tinyvim.cli import main
+main(sys.argv[1:])
+"""
+
+
+def test_quantize_killed_by_sigterm_or_sighup_leaves_nothing(tinyvim_onnx, tmp_path):
+    """3: the real quantizer, paused inside ONNX Runtime's own temporary folder: SIGTERM and SIGHUP
+    end it by the signal and leave neither tinyvim-quantize-* nor ort.quant.* in its TMPDIR, and no -o."""
+    procs = {}
+    for sig in (signal.SIGTERM, signal.SIGHUP):
+        tmp = tmp_path / sig.name
+        tmp.mkdir()
+        procs[sig] = (tmp, subprocess.Popen(
+            [sys.executable, "-c", _PAUSED_QUANTIZE, "quantize", str(tinyvim_onnx), "--calib-random", "2",
+             "-o", str(tmp_path / f"{sig.name}.onnx")], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+            env={**os.environ, "TMPDIR": str(tmp)}))
+    for sig, (tmp, proc) in procs.items():
+        line = proc.stdout.readline()
+        assert line.startswith("inside") and "ort.quant." in line, (line, proc.stderr.read() if not line else "")
+        assert any(tmp.rglob("ort.quant.*")), "the pause is not inside ORT's folder: the test checks nothing"
+        proc.send_signal(sig)
+        _, err = proc.communicate(timeout=60)
+        assert proc.returncode == -sig, (proc.returncode, err)
+        assert "Traceback" not in err, err
+        # .ses: a 51-byte id file ONNX Runtime's native library writes into $TMPDIR when it is imported
+        # (any `import onnxruntime` does it, in every run): not a leftover of the interrupted work
+        assert [p.name for p in tmp.iterdir() if p.name != ".ses"] == [], list(tmp.rglob("*"))
+        assert not (tmp_path / f"{sig.name}.onnx").exists()

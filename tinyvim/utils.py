@@ -406,6 +406,19 @@ def scratch_directory(prefix: str = "tinyvim-") -> Iterator[Path]:
         _restore_handlers()
 
 
+@contextlib.contextmanager
+def temporaries_in(folder: str | os.PathLike) -> Iterator[None]:
+    """While inside, Python's tempfile puts what a library makes on its own (ONNX Runtime's
+    quantizer: `ort.quant.*` folders) inside `folder` - a scratch_directory, whose removal on
+    SIGTERM / SIGHUP then takes them too. Process-wide while it lasts (tempfile has one setting)."""
+    before = tempfile.tempdir
+    tempfile.tempdir = os.fspath(folder)
+    try:
+        yield
+    finally:
+        tempfile.tempdir = before
+
+
 def file_sha256(path: str | os.PathLike) -> str:
     h = hashlib.sha256()
     with open(path, "rb") as f:

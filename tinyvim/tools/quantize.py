@@ -43,7 +43,6 @@ import contextlib
 import inspect
 import logging
 import os
-import tempfile
 import time
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -74,6 +73,7 @@ from tinyvim.contract import (
 )
 from tinyvim.errors import TinyvimError
 from tinyvim.export.onnx_export import op_counts
+from tinyvim.interrupt import unwind_on_termination
 from tinyvim.lazy import import_optional
 from tinyvim.tools.inputs import (
     DEFAULT_CROP_PCT,
@@ -82,7 +82,7 @@ from tinyvim.tools.inputs import (
     iter_random_batches,
     list_images,
 )
-from tinyvim.utils import atomic_output, check_output_paths, file_sha256
+from tinyvim.utils import atomic_output, check_output_paths, file_sha256, scratch_directory, temporaries_in
 
 #: ops whose weight input is quantized (TensorRT's "weighted operations")
 QUANTIZED_OP_TYPES = ("Conv", "MatMul", "Gemm")
@@ -313,7 +313,8 @@ def _ort_quantize(model: onnx.ModelProto, nodes: list[str], ranges: dict[str, tu
         "OpTypesToExcludeOutputQuantization": list(QUANTIZED_OP_TYPES),
         "QDQOpTypePerChannelSupportToAxis": {"MatMul": 1},     # weight (K, N): one scale per output column
     }
-    with tempfile.TemporaryDirectory(prefix="tinyvim-quantize-") as tmp:
+    # our scratch folder (removed on SIGTERM/SIGHUP as on Ctrl-C) also holds ORT's own ort.quant.* folders
+    with unwind_on_termination(), scratch_directory("tinyvim-quantize-") as tmp, temporaries_in(tmp):
         cache = Path(tmp) / "ranges.json"
         save_tensors_data(data, cache)
         out = Path(tmp) / "qdq.onnx"
