@@ -10,6 +10,7 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import tempfile
 from pathlib import Path
 
@@ -26,6 +27,7 @@ from tinyvim.backends.registry import check_model, get_backend
 from tinyvim.cli import cli
 from tinyvim.contract import ExportMetadata
 from tinyvim.errors import TinyvimError
+from tinyvim.lazy import import_optional
 from tinyvim.tools.validate import format_table
 from tinyvim.utils import plural
 
@@ -157,3 +159,26 @@ def test_quantize_killed_by_sigterm_or_sighup_leaves_nothing(tinyvim_onnx, tmp_p
         # (any `import onnxruntime` does it, in every run): not a leftover of the interrupted work
         assert [p.name for p in tmp.iterdir() if p.name != ".ses"] == [], list(tmp.rglob("*"))
         assert not (tmp_path / f"{sig.name}.onnx").exists()
+
+
+# --------------------------------------------------------------------- 4: Ctrl-C while importing
+def test_ctrl_c_while_a_binding_initialises_is_interrupted_not_missing(tmp_path, monkeypatch):
+    """4: a native binding turns the KeyboardInterrupt of its initialisation into an ImportError
+    (pybind11 does, OpenVINO showed it); import_optional says `interrupted` (exit 130), not
+    "not installed". The module waits for the SIGINT this test sends, like a slow init would."""
+    (tmp_path / "slow_binding.py").write_text(
+        "import time\n"
+        "try:\n    time.sleep(30)\n"
+        "except KeyboardInterrupt:\n    raise ImportError('initialization failed') from None\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    timer = threading.Timer(0.3, os.kill, (os.getpid(), signal.SIGINT))
+    timer.start()
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            import_optional("slow_binding")
+    finally:
+        timer.cancel()
+    sys.modules.pop("slow_binding", None)
+    # a binding that is simply absent is still "not installed", one line
+    with pytest.raises(TinyvimError, match="absent_binding is not installed"):
+        import_optional("absent_binding")
