@@ -6,7 +6,9 @@ private TMPDIR or beside the outputs. The cases run in-process (click's CliRunne
 only behaviour that needs a fresh process (signals, a parent's death) starts one."""
 from __future__ import annotations
 
+import math
 import os
+import socket
 import signal
 import subprocess
 import sys
@@ -28,6 +30,7 @@ from tinyvim.cli import cli
 from tinyvim.contract import ExportMetadata
 from tinyvim.errors import TinyvimError
 from tinyvim.lazy import import_optional
+from tinyvim.serve.load import bench_repository, endpoint_address, server_statistics
 from tinyvim.tools.validate import format_table
 from tinyvim.utils import plural
 
@@ -77,6 +80,9 @@ def _cases(d: Path):
         (["quantize", m, "--calib", str(d / "imgs" / "a.png"), "-o", o], "--calib"),
         (["profile", "--backend", "trt", "--model", m], "--backend trt runs a TensorRT engine, and --model gave"),
         (["exprot"], "did you mean 'export'?"),
+        # 5: serve-bench
+        (["serve-bench", "--url", "http://[::1"], "is not host:port"),
+        (["serve-bench", "--repo", str(d), "--duration", "nan", "--tritonserver", str(d / "no-server")], "--duration"),
         (["info", "--checkpoint", str(d / "pickled.pth")], "pickled pathlib"),
     ]
 
@@ -182,3 +188,20 @@ def test_ctrl_c_while_a_binding_initialises_is_interrupted_not_missing(tmp_path,
     # a binding that is simply absent is still "not installed", one line
     with pytest.raises(TinyvimError, match="absent_binding is not installed"):
         import_optional("absent_binding")
+
+
+# --------------------------------------------------------------------- 5: serve-bench
+def test_serve_bench_said_in_one_line_when_the_server_goes_away_or_the_url_is_broken(tmp_path):
+    """5: statistics from a server that has gone (a closed port: connection refused) are one
+    line, not ConnectionRefusedError; an unclosed IPv6 bracket is not host:port; a NaN duration
+    is refused before --repo would start a server (no tritonserver exists at the path given:
+    without the early check the error would be about the binary)."""
+    with socket.socket() as sock:       # a port nothing listens on once this closes
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    with pytest.raises(TinyvimError, match="stopped answering during the run"):
+        server_statistics(f"127.0.0.1:{port}", "tinyvim")
+    with pytest.raises(TinyvimError, match="is not host:port"):
+        endpoint_address("http://[::1", "http")
+    with pytest.raises(TinyvimError, match="--duration"):
+        bench_repository(tmp_path, "tinyvim", server_path=tmp_path / "tritonserver", duration_s=math.nan)
