@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import math
 import os
+import shutil
 import socket
 import signal
 import subprocess
@@ -24,8 +25,10 @@ from click.testing import CliRunner
 from PIL import Image
 
 from test_engines_runners import tiny_onnx, tiny_torch
+from test_reliability_round2_export import TINY_META, _tiny_ir
+from tinyvim.backends.ort.runner import OrtRunner
 from tinyvim.backends.model_file import ModelInfo
-from tinyvim.backends.registry import check_model, get_backend
+from tinyvim.backends.registry import check_model, get_backend, read_model_info
 from tinyvim.cli import cli
 from tinyvim.contract import ExportMetadata
 from tinyvim.errors import TinyvimError
@@ -205,3 +208,30 @@ def test_serve_bench_said_in_one_line_when_the_server_goes_away_or_the_url_is_br
         endpoint_address("http://[::1", "http")
     with pytest.raises(TinyvimError, match="--duration"):
         bench_repository(tmp_path, "tinyvim", server_path=tmp_path / "tritonserver", duration_s=math.nan)
+
+
+# --------------------------------------------------------------------- 7: IR through a symlinked .xml
+def test_an_ir_through_a_symlinked_xml_is_a_valid_pair_at_both_names(tmp_path):
+    """7: -o x.xml -> real/model.xml, an older pair at the target and a stale regular x.bin: the
+    new .bin is written beside the .xml actually written (real/model.bin) and x.bin becomes a link
+    to it. Both names read (check_ir_weights inside read_model_info) and OpenVINO computes the new
+    model through both: the same logits as ONNX Runtime on the source ONNX."""
+    ov = pytest.importorskip("openvino", reason="the IR cases need the openvino extra")
+    real = tmp_path / "real"
+    real.mkdir()
+    _tiny_ir(ov, real, "model.xml", seed=1)                          # the older pair at the target
+    shutil.copy(real / "model.bin", tmp_path / "x.bin")              # and a stale x.bin beside the link
+    (tmp_path / "x.xml").symlink_to(real / "model.xml")
+    _tiny_ir(ov, tmp_path, "x.xml", seed=0)
+    assert (tmp_path / "x.xml").is_symlink() and (tmp_path / "x.bin").is_symlink()
+    assert os.path.realpath(tmp_path / "x.bin") == str(real / "model.bin")
+    for name in (tmp_path / "x.xml", real / "model.xml"):
+        assert read_model_info(name).metadata == TINY_META
+    images = np.random.default_rng(0).standard_normal((1, 3, 64, 64)).astype(np.float32)
+    expected = OrtRunner(tmp_path / "tiny0.onnx").activate().infer({"images": images})["logits"]
+    for name in (tmp_path / "x.xml", real / "model.xml"):
+        got = ov.Core().compile_model(str(name), "CPU")(images)[0]
+        # the same fp32 graph in two runtimes: kernel order differs (~1e-6 relative); another seed's
+        # weights (the stale pair) differ by O(1)
+        np.testing.assert_allclose(got, expected, rtol=1e-4, atol=1e-4)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["real", "tiny0.onnx", "x.bin", "x.xml"]
