@@ -14,6 +14,7 @@ import signal
 import subprocess
 import sys
 import threading
+import time
 import tempfile
 from pathlib import Path
 
@@ -24,6 +25,7 @@ import torch
 from click.testing import CliRunner
 from PIL import Image
 
+from serve_helpers import running
 from test_engines_runners import tiny_onnx, tiny_torch
 from test_reliability_round2_export import TINY_META, _tiny_ir
 from tinyvim.backends.ort.runner import OrtRunner
@@ -235,3 +237,45 @@ def test_an_ir_through_a_symlinked_xml_is_a_valid_pair_at_both_names(tmp_path):
         # weights (the stale pair) differ by O(1)
         np.testing.assert_allclose(got, expected, rtol=1e-4, atol=1e-4)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["real", "tiny0.onnx", "x.bin", "x.xml"]
+
+
+# --------------------------------------------------------------------- 8: serve's child dies with it
+_SERVE_PARENT = """
+import sys
+from tinyvim.serve.server import TritonServer, find_triton
+server = TritonServer(sys.argv[1], ports={"http": 0, "grpc": 0, "metrics": 0})
+server.install = find_triton(sys.argv[2])
+server.start(600)      # the stand-in never gets ready: the parent waits here until it is killed
+"""
+
+
+def test_the_tritonserver_child_dies_when_serve_is_sigkilled(tmp_path):
+    """8: SIGKILL gives tinyvim no chance to stop its server, and the server runs in its own
+    session (no terminal signal reaches it): without PR_SET_PDEATHSIG it stays with PPID 1. The
+    stand-in tritonserver (a full install's layout: bin/tritonserver, backends/) records its PID
+    and sleeps; it must be gone within seconds of its parent."""
+    root = tmp_path / "triton"
+    (root / "bin").mkdir(parents=True)
+    (root / "backends").mkdir()
+    binary = root / "bin" / "tritonserver"
+    binary.write_text(f"#!/bin/sh\necho $$ > {tmp_path / 'server.pid'}\nexec sleep 300\n")
+    binary.chmod(0o755)
+    (tmp_path / "repo" / "tinyvim").mkdir(parents=True)
+    parent = subprocess.Popen([sys.executable, "-c", _SERVE_PARENT, str(tmp_path / "repo"), str(binary)],
+                              stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    pid_file = tmp_path / "server.pid"
+    deadline = time.monotonic() + 60
+    while not (pid_file.exists() and pid_file.read_text().strip()) and time.monotonic() < deadline:
+        assert parent.poll() is None, parent.stderr.read()
+        time.sleep(0.05)
+    server_pid = int(pid_file.read_text())
+    assert running(server_pid)
+    parent.kill()
+    parent.wait()
+    deadline = time.monotonic() + 10
+    while running(server_pid) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    alive = running(server_pid)
+    if alive:
+        os.kill(server_pid, signal.SIGKILL)
+    assert not alive, "the server outlived its parent (orphaned, PPID 1)"
