@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import math
 import os
+import re
 import shutil
 import socket
 import signal
@@ -36,7 +37,9 @@ from tinyvim.contract import ExportMetadata
 from tinyvim.errors import TinyvimError
 from tinyvim.lazy import import_optional
 from tinyvim.serve.load import bench_repository, endpoint_address, server_statistics
-from tinyvim.tools.validate import format_table
+from tinyvim.tools import validate as validate_mod
+from tinyvim.tools.compare import Tolerance
+from tinyvim.tools.validate import chunk_images, format_table, validate_runner
 from tinyvim.utils import plural
 
 
@@ -279,3 +282,78 @@ def test_the_tritonserver_child_dies_when_serve_is_sigkilled(tmp_path):
     if alive:
         os.kill(server_pid, signal.SIGKILL)
     assert not alive, "the server outlived its parent (orphaned, PPID 1)"
+
+
+# --------------------------------------------------------------------- 9: validate in bounded chunks
+class _Spy:
+    """A runner that records the batch size of every call it passes on."""
+
+    def __init__(self, runner):
+        self.runner, self.sizes = runner, []
+
+    def __getattr__(self, name):
+        return getattr(self.runner, name)
+
+    def __enter__(self):
+        self.runner.__enter__()
+        return self
+
+    def __exit__(self, *exc):
+        return self.runner.__exit__(*exc)
+
+    def infer(self, feed):
+        self.sizes.append(feed["images"].shape[0])
+        return self.runner.infer(feed)
+
+
+def _tiny_runner(tmp_path, seed, batch=None):
+    path = tmp_path / f"tiny{seed}-{batch}.onnx"
+    onnx.save(tiny_onnx(tiny_torch(seed), batch=batch, size=32), path)
+    return _Spy(OrtRunner(path))
+
+
+@pytest.mark.parametrize("fixed_batch", [False, True])
+def test_validate_runs_big_batches_in_chunks_with_the_same_results(tmp_path, fixed_batch):
+    """9: a batch of 37 with a limit of 5 images per call: no call to the reference holds more
+    than 5 (and none to the target unless its file fixes the batch at 37), and the comparison is
+    the one of the unchunked run. The two models differ (other seeds) so every metric is non-trivial.
+    Tolerance: per-row results of ORT do not depend on how many rows share a call beyond float
+    summation order (1e-6 relative on these 10 logits)."""
+    images = [np.random.default_rng(s).standard_normal((37, 3, 32, 32)).astype(np.float32) for s in (0, 1)]
+    tolerance = Tolerance(atol=1e-4, rtol=1e-3)
+    results = {}
+    for chunk in (None, 5):
+        target = _tiny_runner(tmp_path, 0, 37 if fixed_batch else None)
+        reference = _tiny_runner(tmp_path, 1)
+        results[chunk] = validate_runner(target, reference, iter(images), tolerance, chunk=chunk,
+                                         chunk_target=not fixed_batch).comparison
+        if chunk:
+            assert max(reference.sizes) == 5 and sum(reference.sizes) == 74
+            assert target.sizes == ([37, 37] if fixed_batch else reference.sizes)
+    whole, chunked = (results[k].outputs[0].to_dict() for k in (None, 5))
+    assert whole["max_abs_err"] > 0.01 and not whole["passed"]           # the models do differ
+    for key, value in whole.items():
+        if isinstance(value, float):
+            assert chunked[key] == pytest.approx(value, rel=1e-6, abs=1e-9), key
+        else:
+            assert chunked[key] == value, key
+
+
+def test_chunk_size_follows_the_pixel_limit():
+    assert chunk_images((224, 224)) == 32 and chunk_images((64, 64)) == 392
+    assert chunk_images((4096, 4096), chunk_pixels=1000) == 1
+
+
+# --------------------------------------------------------------------- 10: progress on silent phases
+def test_validate_says_progress_per_batch_with_images_per_second(tmp_path, monkeypatch):
+    """10: once a run is slower than PROGRESS_AFTER_S (0 here), each batch gets a line with its
+    count and both sides' images/s."""
+    monkeypatch.setattr(validate_mod, "PROGRESS_AFTER_S", 0.0)
+    lines = []
+    batches = (np.zeros((4, 3, 32, 32), np.float32) for _ in range(3))
+    validate_runner(_tiny_runner(tmp_path, 0), _tiny_runner(tmp_path, 0), batches, Tolerance(atol=1e-4, rtol=1e-3),
+                    total=3, log=lines.append)
+    assert len(lines) == 3, lines
+    for i, line in enumerate(lines, 1):
+        assert re.fullmatch(rf"  batch {i}/3 \({4 * i} images\): reference [0-9.]+ images/s, backend [0-9.]+ "
+                            r"images/s", line), line
