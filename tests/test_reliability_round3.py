@@ -42,6 +42,8 @@ from tinyvim.tools.compare import Tolerance
 from tinyvim.tools.validate import chunk_images, format_table, validate_runner
 from tinyvim.utils import plural
 
+ROOT = Path(__file__).resolve().parents[1]
+
 
 @pytest.fixture(scope="module")
 def files(tmp_path_factory):
@@ -357,3 +359,43 @@ def test_validate_says_progress_per_batch_with_images_per_second(tmp_path, monke
     for i, line in enumerate(lines, 1):
         assert re.fullmatch(rf"  batch {i}/3 \({4 * i} images\): reference [0-9.]+ images/s, backend [0-9.]+ "
                             r"images/s", line), line
+
+
+_FAKE_PIP = """#!/usr/bin/env bash
+echo "$@" >> "$(dirname "$0")/calls"
+echo "Requirement already satisfied: numpy in ./.venv/lib"
+echo "Collecting torch==2.13.0"
+echo "  Downloading torch-2.13.0-cp311-cp311-manylinux_2_28_x86_64.whl (190.0 MB)"
+echo "Installing collected packages: torch"
+echo "Successfully installed torch-2.13.0"
+if [ -n "${FAIL_ON:-}" ] && [[ "$*" == *"$FAIL_ON"* ]]; then
+    echo "ERROR: No matching distribution found for $FAIL_ON"; exit 1
+fi
+"""
+
+
+def test_setup_shows_each_step_and_what_pip_fetches(tmp_path):
+    """10: scripts/setup.sh (run on a copy whose .venv/bin/python is a stand-in printing pip's
+    kind of output) says each step, the packages pip collects/downloads/installs and the time,
+    not pip's already-satisfied chatter; no -qq silence; a failing step names itself, exit != 0."""
+    (tmp_path / "scripts").mkdir()
+    shutil.copy(ROOT / "scripts" / "setup.sh", tmp_path / "scripts" / "setup.sh")
+    fake = tmp_path / ".venv" / "bin" / "python"
+    fake.parent.mkdir(parents=True)
+    fake.write_text(_FAKE_PIP)
+    fake.chmod(0o755)
+    r = subprocess.run(["bash", str(tmp_path / "scripts" / "setup.sh")], capture_output=True, text=True, timeout=60)
+    assert r.returncode == 0, r.stderr
+    lines = r.stdout.splitlines()
+    assert "setup: torch (CPU build) ..." in lines and re.search(r"^setup: torch \(CPU build\) done \(\d+ s\)$",
+                                                                   r.stdout, re.M), r.stdout
+    assert "  Collecting torch==2.13.0" in lines and "  installed: torch-2.13.0" in lines
+    assert any(ln.startswith("  Downloading torch-2.13.0") and ln.endswith("(190.0 MB)") for ln in lines)
+    assert "already satisfied" not in r.stdout
+    calls = (fake.parent / "calls").read_text().splitlines()
+    assert len(calls) == 4 and not any("-qq" in c.split() for c in calls), calls
+    r = subprocess.run(["bash", str(tmp_path / "scripts" / "setup.sh")], capture_output=True, text=True, timeout=60,
+                       env={**os.environ, "FAIL_ON": "torch==2.13.0"})
+    assert r.returncode == 1 and "setup: torch (CPU build) failed (pip exit status 1)" in r.stderr, (r.stdout, r.stderr)
+    assert "  ERROR: No matching distribution found for torch==2.13.0" in r.stdout
+    assert "tinyvim and its" not in r.stdout
