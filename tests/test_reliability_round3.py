@@ -399,3 +399,39 @@ def test_setup_shows_each_step_and_what_pip_fetches(tmp_path):
     assert r.returncode == 1 and "setup: torch (CPU build) failed (pip exit status 1)" in r.stderr, (r.stdout, r.stderr)
     assert "  ERROR: No matching distribution found for torch==2.13.0" in r.stdout
     assert "tinyvim and its" not in r.stdout
+
+
+# --------------------------------------------------------------------- 13: gpu_check.sh
+_FAKE_VENV_PYTHON = """#!/usr/bin/env bash
+echo "$@" >> "$(dirname "$0")/calls"
+if [ "$1" = "-c" ]; then echo 3.11.7; exit 0; fi
+if [ -n "${WRITE_REPORT:-}" ]; then
+    while [ $# -gt 0 ]; do if [ "$1" = "--json" ]; then echo '{}' > "$2"; fi; shift; done
+    echo "gpu_check: all sections done"; exit 0
+fi
+echo "ModuleNotFoundError: No module named 'torch'"; exit 1
+"""
+
+
+def test_gpu_check_uses_the_project_venv_and_names_only_a_report_it_wrote(tmp_path):
+    """13: with a .venv in the repository its python runs the check (not the system python3);
+    a run that wrote no report does not say `report: ...` (an old report from an earlier run is
+    not this run's); a run that wrote one names it."""
+    (tmp_path / "scripts").mkdir()
+    shutil.copy(ROOT / "scripts" / "gpu_check.sh", tmp_path / "scripts" / "gpu_check.sh")
+    venv_python = tmp_path / ".venv" / "bin" / "python"
+    venv_python.parent.mkdir(parents=True)
+    venv_python.write_text(_FAKE_VENV_PYTHON)
+    venv_python.chmod(0o755)
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "gpu_check.json").write_text('{"old": true}')
+    env = {k: v for k, v in os.environ.items() if k not in ("PYTHON", "OUT")}
+    r = subprocess.run(["bash", str(tmp_path / "scripts" / "gpu_check.sh"), str(out)], capture_output=True,
+                       text=True, timeout=60, env=env)
+    assert r.returncode == 1 and "No module named 'torch'" in r.stdout
+    assert "no report written" in r.stdout and "report: " not in r.stdout, r.stdout
+    assert any("-m tinyvim.tools.gpu_check" in c for c in (venv_python.parent / "calls").read_text().splitlines())
+    r = subprocess.run(["bash", str(tmp_path / "scripts" / "gpu_check.sh"), str(out)], capture_output=True,
+                       text=True, timeout=60, env={**env, "WRITE_REPORT": "1"})
+    assert r.returncode == 0 and f"(report: {out / 'gpu_check.json'})" in r.stdout, r.stdout
