@@ -4,7 +4,7 @@ from __future__ import annotations
 import argparse
 import os
 import time
-from typing import Callable
+from collections.abc import Callable
 
 from tinyvim.utils import atomic_write_json
 

@@ -31,6 +31,7 @@ from tinyvim.backends.ort.runner import OrtRunner
 from tinyvim.backends.ov.runner import OvRunner, import_openvino, supported_precisions
 from tinyvim.tools.profile import cpu_model
 from tinyvim.backends.torch.runner import TorchRunner
+from tinyvim.contract import InputSpec, ModelSpec
 from tinyvim.export import export_onnx
 
 
@@ -55,7 +56,7 @@ def side_by_side(args, tmp: Path) -> list[dict]:
           ["torch", "torch-fused", "ort", *[f"ov {p}" for p in precisions]]) + "   (median ms; ×: speed-up over torch)")
     for v in args.variants.split(","):
         model = tinyvim.create_model(v)
-        path = export_onnx(tmp / f"{v}.onnx", variant=v, model=model, dynamic_batch=True).path
+        path = export_onnx(tmp / f"{v}.onnx", ModelSpec(v), InputSpec(batch=None), network=model).path
         runners = {"torch": TorchRunner(model, scan="sequential", threads=args.threads),
                    "torch-fused": TorchRunner(tinyvim.reparameterize(model), scan="auto", threads=args.threads,
                                               name="torch-fused"),
@@ -83,8 +84,8 @@ def side_by_side(args, tmp: Path) -> list[dict]:
 
 def dynamic_vs_fixed(args, tmp: Path) -> dict:
     model = tinyvim.create_model("s")
-    fixed = export_onnx(tmp / "s-fixed.onnx", variant="s", model=model, dynamic_batch=True)
-    dynamic = export_onnx(tmp / "s-dynamic.onnx", variant="s", model=model, dynamic_batch=True, dynamic_size=True)
+    fixed = export_onnx(tmp / "s-fixed.onnx", ModelSpec("s"), InputSpec(batch=None), network=model)
+    dynamic = export_onnx(tmp / "s-dynamic.onnx", ModelSpec("s"), InputSpec(None, None), network=model)
     print(f"\nTinyViM-S, one export for every size: {dynamic.num_nodes} nodes (fixed-size export at 224: "
           f"{fixed.num_nodes}, ratio {dynamic.num_nodes / fixed.num_nodes:.3f}); export {dynamic.seconds:.0f} s "
           f"vs {fixed.seconds:.0f} s")
@@ -115,8 +116,8 @@ def dynamic_vs_fixed(args, tmp: Path) -> dict:
             r.deactivate()
     for v in args.dynamic_variants.split(","):
         vmodel = model if v == "s" else tinyvim.create_model(v)
-        path = dynamic.path if v == "s" else export_onnx(tmp / f"{v}-dynamic.onnx", variant=v, model=vmodel,
-                                                         dynamic_batch=True, dynamic_size=True).path
+        path = dynamic.path if v == "s" else export_onnx(tmp / f"{v}-dynamic.onnx", ModelSpec(v), InputSpec(None, None),
+                                                         network=vmodel).path
         result["errors"][v] = size_errors(vmodel, path, args.threads, [(224, 224), (256, 256), (320, 256)])
     return result
 
@@ -141,8 +142,8 @@ def size_errors(model, path: Path, threads: int, sizes, batch: int = 2) -> dict:
 
 def backbone_512(args, tmp: Path) -> dict:
     model = tinyvim.create_model("s", backbone=True)
-    fixed = export_onnx(tmp / "bb-512.onnx", variant="s", model=model, backbone=True, img_size=(512, 512), batch=1)
-    dynamic = export_onnx(tmp / "bb-dynamic.onnx", variant="s", model=model, backbone=True, dynamic_size=True)
+    fixed = export_onnx(tmp / "bb-512.onnx", ModelSpec("s", backbone=True), InputSpec((512, 512), 1), network=model)
+    dynamic = export_onnx(tmp / "bb-dynamic.onnx", ModelSpec("s", backbone=True), InputSpec(None), network=model)
     print("\nbackbone S at 512x512 (feat0..feat3), fixed-size and dynamic-size exports:")
     return {name: size_errors(model, path, args.threads, [(512, 512)], batch=1)
             for name, path in (("fixed", fixed.path), ("dynamic", dynamic.path))}

@@ -39,6 +39,7 @@ from _common import interleaved
 from tinyvim.backends.ort.loader import import_onnxruntime
 from tinyvim.backends.ov.runner import OvRunner, import_openvino
 from tinyvim.backends.torch.runner import TorchRunner
+from tinyvim.contract import InputSpec, ModelSpec
 from tinyvim.export import export_onnx
 from tinyvim.tools.inputs import iter_random_batches
 from tinyvim.tools.profile import cpu_model
@@ -134,7 +135,7 @@ def main():
 
     with tempfile.TemporaryDirectory(prefix="tinyvim-ceiling-") as tmp:
         tmp = Path(tmp)
-        fp32 = export_onnx(tmp / "s.onnx", variant="s", model=model, dynamic_batch=True).path
+        fp32 = export_onnx(tmp / "s.onnx", ModelSpec("s"), InputSpec(batch=None), network=model).path
         int8 = quantize_onnx(fp32, tmp / "s.int8.onnx", dtype="int8", calib_random=16,
                              reduce_range=not vnni, threads=args.threads).path
         x = next(iter_random_batches(1, args.batch, (224, 224), seed=7))

@@ -34,6 +34,7 @@ from tinyvim.backends.ort.runner import OrtRunner
 from tinyvim.backends.ov.runner import OvRunner, import_openvino, supported_precisions
 from tinyvim.tools.profile import cpu_model
 from tinyvim.backends.torch.runner import TorchRunner
+from tinyvim.contract import InputSpec, ModelSpec
 from tinyvim.export import export_onnx
 from tinyvim.tools.quantize import cpu_has_vnni, quantize_onnx
 
@@ -65,7 +66,7 @@ def main():
     with tempfile.TemporaryDirectory(prefix="tinyvim-int8-") as tmp:
         tmp = Path(tmp)
         model = tinyvim.create_model("s")
-        fp32 = export_onnx(tmp / "s.onnx", variant="s", model=model, dynamic_batch=True).path
+        fp32 = export_onnx(tmp / "s.onnx", ModelSpec("s"), InputSpec(batch=None), network=model).path
         files = {}
         for name, dtype, bits in (("int8 w8", "int8", 8), ("int8 w7", "int8", 7), ("fp8", "fp8", 8)):
             r = quantize_onnx(fp32, tmp / f"s.{name.replace(' ', '-')}.onnx", dtype=dtype,

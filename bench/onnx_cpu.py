@@ -22,6 +22,7 @@ import onnxruntime as ort
 import torch
 
 import tinyvim
+from tinyvim.contract import InputSpec, ModelSpec
 from tinyvim.export import export_onnx
 from tinyvim.utils import atomic_write_json
 from _common import bench_parser, interleaved
@@ -54,7 +55,7 @@ def main():
     for v in args.variants.split(","):
         model = tinyvim.create_model(v)
         models[v] = model
-        path = export_onnx(tmp / f"{v}.onnx", variant=v, model=model, dynamic_batch=True).path
+        path = export_onnx(tmp / f"{v}.onnx", ModelSpec(v), InputSpec(batch=None), network=model).path
         sess = session(path, args.threads)
         for b in batches:
             x = np.random.default_rng(b).standard_normal((b, 3, 224, 224)).astype(np.float32)
@@ -76,7 +77,7 @@ def main():
     with torch.inference_mode(), tinyvim.scan_implementation("sequential"):
         ref = model(torch.from_numpy(x8)).numpy()
     for lowering in args.lowerings.split(","):
-        res = export_onnx(tmp / f"s-{lowering}.onnx", variant="s", model=model, dynamic_batch=True, lowering=lowering)
+        res = export_onnx(tmp / f"s-{lowering}.onnx", ModelSpec("s"), InputSpec(batch=None), lowering=lowering, network=model)
         sess = session(res.path, args.threads)
         err = float(np.abs(sess.run(None, {"images": x8})[0] - ref).max())
         lat = {}

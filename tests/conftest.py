@@ -23,7 +23,8 @@ BATCH = 2
 @pytest.fixture(scope="session")
 def tinyvim_onnx(tmp_path_factory):
     """One 64x64, batch-2 portable export shared by every test that needs a real model file."""
+    from tinyvim.contract import InputSpec, ModelSpec
     from tinyvim.export import export_onnx
     path = tmp_path_factory.mktemp("export") / "tinyvim_s64.onnx"
-    export_onnx(path, variant="s", img_size=(SIZE, SIZE), batch=BATCH)
+    export_onnx(path, ModelSpec("s"), InputSpec((SIZE, SIZE), BATCH))
     return path

@@ -61,11 +61,10 @@ def fake_export(monkeypatch, calls: list | None = None):
     import tinyvim.export
     import tinyvim.serve.repository
 
-    def export_onnx(path, *, log=None, **kwargs):
+    def export_onnx(path, model=None, inputs=None, *, log=None, **kwargs):
         if calls is not None:
-            calls.append(kwargs)
-        batch = None if kwargs.get("dynamic_batch") else kwargs.get("batch", 1)
-        return stand_in_onnx(Path(path), batch=batch, scan=kwargs.get("scan", "portable"))
+            calls.append({"model": model, "inputs": inputs, **kwargs})
+        return stand_in_onnx(Path(path), batch=inputs.batch, scan=kwargs.get("scan", "portable"))
 
     monkeypatch.setattr(tinyvim.export, "export_onnx", export_onnx)
     monkeypatch.setattr(tinyvim.serve.repository, "export_onnx", export_onnx)   # imported there at module top

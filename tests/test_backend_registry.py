@@ -30,7 +30,7 @@ class EchoRunner(OrtRunner):
 def make(req):
     runner = EchoRunner(req.model.path, threads=req.threads, name="echo")
     runner.tag = req.option("echo_tag")
-    print("ECHO-TAG", runner.tag, req.purpose, flush=True)
+    print("ECHO-TAG", runner.tag, "timed" if req.timed else "checked", flush=True)
     return runner
 
 register(Backend("echo", "ORT under another name", make, model_kinds=("onnx",), exports_onnx=True,
@@ -52,14 +52,14 @@ def test_one_register_line_adds_a_backend_to_validate_and_profile(tinyvim_onnx, 
     r = _tinyvim(["validate", tinyvim_onnx, "--backend", "echo", "--echo-tag", "hello", "--num-inputs", "1",
                   "--json", tmp_path / "v.json"], tmp_path)
     assert r.returncode == 0, r.stderr
-    assert "ECHO-TAG hello validate" in r.stdout
+    assert "ECHO-TAG hello checked" in r.stdout
     report = json.loads((tmp_path / "v.json").read_text())
     assert report["passed"] and report["backend"]["name"] == "echo"
     assert report["backend"]["options"] == {"echo_tag": "hello"}
     r = _tinyvim(["profile", "--backend", "echo", "--model", tinyvim_onnx, "--img-size", "64", "--batch", "2",
                   "--warmup", "0", "--iters", "2", "--echo-tag", "t2", "--json", tmp_path / "p.json"], tmp_path)
     assert r.returncode == 0, r.stderr
-    assert "ECHO-TAG t2 profile" in r.stdout
+    assert "ECHO-TAG t2 timed" in r.stdout
     results = json.loads((tmp_path / "p.json").read_text())["results"]
     assert [(e["backend"], e["batch"]) for e in results] == [("echo", 2)]
 

@@ -23,7 +23,7 @@ def model_s():
 
 
 def _training_checkpoint(model, ema_model=None):
-    """What the official training script saves (SPEC.md)."""
+    """What the official training script saves (the release's checkpoint layout)."""
     return {"model": model.state_dict(), "model_ema": (ema_model or model).state_dict(),
             "optimizer": {"state": {}, "param_groups": [{"lr": 1e-3}]}, "lr_scheduler": {"last_epoch": 3},
             "epoch": 299, "scaler": {"scale": 65536.0},

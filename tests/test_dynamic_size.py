@@ -12,6 +12,7 @@ import tinyvim
 from helpers import make_model
 from tinyvim.commands.engines import validate
 from tinyvim.errors import TinyvimError
+from tinyvim.contract import InputSpec, ModelSpec
 from tinyvim.export import export_onnx, read_metadata
 
 # same function, different kernels and summation order: observed <= 6e-7 on logits of
@@ -47,7 +48,7 @@ def dynamic_s(tmp_path_factory, model_s):
     """Batch, height and width all symbolic (the slowest export of the suite: ~50 s on 2 cores,
     torch.export's symbolic-shape reasoning)."""
     path = tmp_path_factory.mktemp("dyn") / "s-dynamic.onnx"
-    return export_onnx(path, variant="s", model=model_s, dynamic_batch=True, dynamic_size=True)
+    return export_onnx(path, ModelSpec("s"), InputSpec(None, None), network=model_s)
 
 
 def test_dynamic_export_has_symbolic_hw_and_no_size_metadata(dynamic_s):
@@ -97,7 +98,7 @@ def test_plugin_flavour_gets_dynamic_hw_and_validates_at_any_size(tmp_path):
     """The plugin node is shape-agnostic: only the export's dynamic_shapes change. A clean
     export (seed 0) so that `validate` rebuilds the reference from the metadata."""
     pytest.importorskip("onnxruntime_extensions", reason="onnxruntime-extensions runs the plugin node on CPU")
-    result = export_onnx(tmp_path / "plugin.onnx", variant="s", dynamic_size=True, scan="plugin")
+    result = export_onnx(tmp_path / "plugin.onnx", ModelSpec("s"), InputSpec(None), scan="plugin")
     dims = onnx.load(str(result.path)).graph.input[0].type.tensor_type.shape.dim
     assert dims[2].dim_param and dims[3].dim_param and dims[0].dim_value == 1
     r = CliRunner().invoke(validate, [str(result.path), "--img-size", "96x64", "--num-inputs", "1"])
@@ -112,4 +113,4 @@ def test_fixed_size_export_is_unchanged_by_the_dynamic_lowering():
     from tinyvim.ops.scan import _IMPLEMENTATIONS, scan_dynamic, scan_parallel
     assert _IMPLEMENTATIONS["parallel"] is scan_parallel and _IMPLEMENTATIONS["dynamic"] is scan_dynamic
     with pytest.raises(TinyvimError, match="needs a fixed input size"):
-        export_onnx("unused.onnx", variant="s", dynamic_size=True, lowering="sequential")
+        export_onnx("unused.onnx", ModelSpec("s"), InputSpec(None), lowering="sequential")

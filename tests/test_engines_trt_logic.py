@@ -256,7 +256,7 @@ def test_engine_info_comes_from_the_sidecar(tmp_path):
     assert info.kind == "engine" and info.backbone and info.output_names == ["feat0", "feat1", "feat2", "feat3"]
     assert info.fixed_size == (64, 64) and info.fixed_batch is None and info.precision == "fp16"
     cfg, _ = resolve_reference(info)
-    assert (cfg.variant, cfg.backbone, cfg.init_seed, cfg.batch) == ("b", True, 3, 1)
+    assert (cfg.model.variant, cfg.model.backbone, cfg.model.weight_seed, cfg.inputs.batch) == ("b", True, 3, 1)
     with pytest.raises(TinyvimError, match="batch 1..8"):
         resolve_reference(info, batch=16)
 

@@ -11,6 +11,7 @@ import pytest
 from click.testing import CliRunner
 from onnx import numpy_helper
 
+from tinyvim.contract import InputSpec, ModelSpec
 from tinyvim.commands.engines import validate
 from tinyvim.tools.inputs import preprocess_image
 from tinyvim.backends.model_file import read_onnx_info
@@ -144,13 +145,14 @@ def test_preprocessing_resizes_crops_and_normalises(tmp_path):
 
 
 def test_resolve_reference_rejects_contradictions(tinyvim_onnx):
+    from tinyvim.contract import InputSpec, ModelOverrides, ModelSpec
     from tinyvim.tools.reference import resolve_reference
     info = read_onnx_info(tinyvim_onnx)
     cfg, warnings = resolve_reference(info)
-    assert (cfg.variant, cfg.img_size, cfg.batch, cfg.checkpoint, cfg.init_seed) == ("s", (64, 64), 2, None, 0)
-    assert resolve_reference(info, variant="b")[0].variant == "b"
+    assert (cfg.model, cfg.inputs) == (ModelSpec("s"), InputSpec((64, 64), 2))
+    assert resolve_reference(info, ModelOverrides(variant="b"))[0].model.variant == "b"
     with pytest.raises(TinyvimError, match="backbone"):
-        resolve_reference(info, backbone=True)
+        resolve_reference(info, ModelOverrides(backbone=True))
     info.metadata = dataclasses.replace(info.metadata, checkpoint="/nowhere/ckpt.pth", checkpoint_sha256="ab" * 32)
     with pytest.raises(TinyvimError, match="pass it with --checkpoint"):
         resolve_reference(info)
@@ -160,7 +162,7 @@ def test_plugin_flavour_validates_through_the_cpu_custom_op(tmp_path_factory):
     pytest.importorskip("onnxruntime_extensions", reason="onnxruntime-extensions runs the plugin node on CPU")
     export = pytest.importorskip("tinyvim.export", reason="the ONNX export module is not available")
     path = tmp_path_factory.mktemp("plugin") / "plugin.onnx"
-    export.export_onnx(path, variant="s", img_size=(SIZE, SIZE), batch=1, scan="plugin")
+    export.export_onnx(path, ModelSpec("s"), InputSpec((SIZE, SIZE), 1), scan="plugin")
     assert read_onnx_info(path).plugin_nodes
     r = run([path, "--num-inputs", 1])
     assert r.exit_code == 0, r.output

@@ -8,6 +8,7 @@ import torch
 import tinyvim
 from helpers import make_model
 from tinyvim.errors import TinyvimError
+from tinyvim.contract import InputSpec, ModelSpec
 from tinyvim.export import export_onnx, read_metadata
 from tinyvim.backends.ort.custom_ops import plugin_session
 
@@ -42,13 +43,13 @@ def model_s():
 @pytest.fixture(scope="module")
 def portable_s(tmp_path_factory, model_s):
     path = tmp_path_factory.mktemp("onnx") / "s.onnx"
-    return export_onnx(path, variant="s", model=model_s, dynamic_batch=True)
+    return export_onnx(path, ModelSpec("s"), InputSpec(batch=None), network=model_s)
 
 
 @pytest.fixture(scope="module")
 def plugin_s(tmp_path_factory, model_s):
     path = tmp_path_factory.mktemp("onnx") / "s_plugin.onnx"
-    return export_onnx(path, variant="s", model=model_s, dynamic_batch=True, scan="plugin")
+    return export_onnx(path, ModelSpec("s"), InputSpec(batch=None), scan="plugin", network=model_s)
 
 
 def test_portable_graph_is_standard_onnx_with_names_and_metadata(portable_s):
@@ -97,13 +98,13 @@ def test_plugin_graph_has_five_scan_nodes_and_matches(plugin_s, portable_s, mode
 @pytest.mark.parametrize("variant", ["b", "l"])
 def test_other_variants_match(tmp_path, variant):
     model = make_model(variant)
-    result = export_onnx(tmp_path / f"{variant}.onnx", variant=variant, model=model, batch=2)
+    result = export_onnx(tmp_path / f"{variant}.onnx", ModelSpec(variant), InputSpec(batch=2), network=model)
     x = _images(2, seed=3)
     assert np.abs(_ort(result.path).run(None, {"images": x})[0] - _torch_ref(model, x)[0]).max() <= ATOL
 
 
 def test_256_input(tmp_path, model_s):
-    result = export_onnx(tmp_path / "s256.onnx", variant="s", model=model_s, img_size=(256, 256), batch=2)
+    result = export_onnx(tmp_path / "s256.onnx", ModelSpec("s"), InputSpec((256, 256), 2), network=model_s)
     assert read_metadata(result.path).input_size == (256, 256)
     x = _images(2, size=256)
     assert np.abs(_ort(result.path).run(None, {"images": x})[0] - _torch_ref(model_s, x)[0]).max() <= ATOL
@@ -111,7 +112,7 @@ def test_256_input(tmp_path, model_s):
 
 def test_backbone_exports_four_feature_maps(tmp_path):
     model = make_model("s", backbone=True)
-    result = export_onnx(tmp_path / "bb.onnx", variant="s", model=model, backbone=True, img_size=(256, 256), batch=2)
+    result = export_onnx(tmp_path / "bb.onnx", ModelSpec("s", backbone=True), InputSpec((256, 256), 2), network=model)
     assert result.output_names == ["feat0", "feat1", "feat2", "feat3"]
     x = _images(2, size=256)
     outs = _ort(result.path).run(None, {"images": x})
@@ -121,7 +122,7 @@ def test_backbone_exports_four_feature_maps(tmp_path):
 
 
 def test_fp16_export_keeps_fp32_io_and_is_close(tmp_path, model_s):
-    result = export_onnx(tmp_path / "s16.onnx", variant="s", model=model_s, batch=2, precision="fp16")
+    result = export_onnx(tmp_path / "s16.onnx", ModelSpec("s"), InputSpec(batch=2), precision="fp16", network=model_s)
     proto = onnx.load(str(result.path))
     assert proto.graph.input[0].type.tensor_type.elem_type == onnx.TensorProto.FLOAT
     inits = [i for i in proto.graph.initializer if i.data_type == onnx.TensorProto.FLOAT16]
@@ -137,7 +138,7 @@ def test_fp16_export_keeps_fp32_io_and_is_close(tmp_path, model_s):
 def test_checkpoint_hash_in_metadata(tmp_path, model_s):
     ckpt = tmp_path / "m.pth"
     torch.save({"model": model_s.state_dict()}, ckpt)
-    result = export_onnx(tmp_path / "c.onnx", variant="s", checkpoint=ckpt, scan="plugin")
+    result = export_onnx(tmp_path / "c.onnx", ModelSpec("s", checkpoint=ckpt), scan="plugin")
     meta = read_metadata(result.path)
     import hashlib
     assert meta.checkpoint_sha256 == hashlib.sha256(ckpt.read_bytes()).hexdigest()
@@ -152,20 +153,20 @@ def test_failed_export_leaves_no_file(tmp_path, monkeypatch, model_s):
         raise onnx.checker.ValidationError("simulated failure")
     monkeypatch.setattr(onnx.checker, "check_model", broken_check)
     with pytest.raises(onnx.checker.ValidationError):
-        export_onnx(target, variant="s", model=model_s, scan="plugin")
+        export_onnx(target, ModelSpec("s"), scan="plugin", network=model_s)
     assert target.read_bytes() == b"previous good file"
     assert [p.name for p in tmp_path.iterdir()] == ["out.onnx"]
 
 
-@pytest.mark.parametrize("kwargs,match", [
-    ({"img_size": (230, 230)}, "230x230 is not divisible by 32"),
-    ({"scan": "magic"}, "unknown --scan 'magic'"),
-    ({"opset": 11}, "--opset 11 is too old"),
-    ({"batch": 0}, "--batch must be an integer from 1 to 4096"),
+@pytest.mark.parametrize("make,match", [
+    (lambda: dict(inputs=InputSpec((230, 230))), "230x230 is not divisible by 32"),
+    (lambda: dict(scan="magic"), "unknown --scan 'magic'"),
+    (lambda: dict(opset=11), "--opset 11 is too old"),
+    (lambda: dict(inputs=InputSpec(batch=0)), "--batch must be an integer from 1 to 4096"),
 ])
-def test_bad_arguments(tmp_path, kwargs, match):
-    with pytest.raises(TinyvimError, match=match):
-        export_onnx(tmp_path / "x.onnx", **kwargs)
+def test_bad_arguments(tmp_path, make, match):
+    with pytest.raises(TinyvimError, match=match):      # the specs check themselves when made
+        export_onnx(tmp_path / "x.onnx", **make())
     assert not (tmp_path / "x.onnx").exists()
 
 

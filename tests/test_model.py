@@ -7,7 +7,7 @@ from tinyvim.errors import TinyvimError
 from tinyvim.model import count_parameters
 from tinyvim.model.complexity import count_macs, ss2d_table
 
-# Parameter counts of the official release (TOOLCHAIN.md), with / without dist_head.
+# Parameter counts of the official release's checkpoints, with / without dist_head.
 OFFICIAL_PARAMS = {"s": (5_909_084, 5_684_084), "b": (11_514_236, 11_129_236), "l": (32_380_256, 31_867_256)}
 PAPER_GMACS = {"s": 0.9, "b": 1.5, "l": 4.7}
 D_INNER = {"s": [12, 32, 84, 84, 168], "b": [12, 48, 96, 96, 288], "l": [16, 64, 192, 192, 384]}

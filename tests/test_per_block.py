@@ -13,6 +13,7 @@ from onnx import numpy_helper
 
 from tinyvim.commands.engines import validate
 from tinyvim.tools.per_block import expected_residuals, trunk_residuals
+from tinyvim.contract import InputSpec, ModelSpec
 from tinyvim.export import export_onnx
 from tinyvim.model import create_model
 
@@ -25,7 +26,7 @@ BLOCK = "network.4.4.op"
 @pytest.fixture(scope="module")
 def exports(tmp_path_factory, tinyvim_onnx):
     folder = tmp_path_factory.mktemp("per_block")
-    fp16 = export_onnx(folder / "s16.onnx", variant="s", img_size=(SIZE, SIZE), batch=2, precision="fp16").path
+    fp16 = export_onnx(folder / "s16.onnx", ModelSpec("s"), InputSpec((SIZE, SIZE), 2), precision="fp16").path
     return tinyvim_onnx, fp16
 
 

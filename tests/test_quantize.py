@@ -18,8 +18,8 @@ from test_engines_trt_fake import TRT10, TRT11, fake, plugin_lib  # noqa: F401 -
 from tinyvim.cli import cli
 from tinyvim.contract import ExportMetadata, QuantizationInfo
 from tinyvim.backends.trt import builder as trt_build
-from tinyvim.tools.inputs import iter_random_batches
-from tinyvim.tools.validate import validate_model
+from tinyvim.tools.inputs import InputRequest, iter_random_batches
+from tinyvim.tools.validate import Checks, validate_model
 from tinyvim.errors import TinyvimError
 from tinyvim.tools import quantize as q
 
@@ -123,7 +123,8 @@ def test_int8_graph_is_tensorrt_style_qdq(tinyvim_onnx, int8_onnx):
 
 
 def test_int8_matches_pytorch_on_onnx_runtime_and_openvino(int8_onnx):
-    report = validate_model(int8_onnx.path, num_inputs=1, per_block=True, log=lambda m: None)
+    report = validate_model(int8_onnx.path, inputs=InputRequest(num_batches=1), checks=Checks(per_block=True),
+                            log=lambda m: None)
     assert report["passed"] and report["tolerance"]["precision"] == "int8"
     (logits,) = report["outputs"]
     assert logits["cosine"] >= 0.99 and logits["top5"] >= 0.95
@@ -133,7 +134,7 @@ def test_int8_matches_pytorch_on_onnx_runtime_and_openvino(int8_onnx):
     assert [r["kind"] for r in rows].count("ss2d") == 5 and rows[-1]["module"] == "logits"
     assert all(r["cosine"] > 0.99 for r in rows) and report["per_block"]["first_jump"] is None
     pytest.importorskip("openvino", reason="openvino is not installed (pip install 'tinyvim[openvino]')")
-    report = validate_model(int8_onnx.path, backend="ov", num_inputs=1, log=lambda m: None)
+    report = validate_model(int8_onnx.path, backend="ov", inputs=InputRequest(num_batches=1), log=lambda m: None)
     assert report["passed"] and report["outputs"][0]["cosine"] >= 0.99
 
 
@@ -152,14 +153,15 @@ def test_fp8_is_float8_qdq_and_matches_pytorch_on_onnx_runtime(fp8_onnx):
     assert np.abs(values).reshape(values.shape[0], -1).max(axis=1) == pytest.approx(q.FP8_E4M3_MAX)
     images_q = next(n for n in qdq if n.op_type == "QuantizeLinear" and n.input[0] == "images")
     assert inits[images_q.input[1]] == pytest.approx(_calibration_amax_of_images() / q.FP8_E4M3_MAX, rel=1e-6)
-    report = validate_model(path, num_inputs=1, log=lambda m: None)
+    report = validate_model(path, inputs=InputRequest(num_batches=1), log=lambda m: None)
     assert report["passed"] and report["tolerance"]["precision"] == "fp8", report["outputs"]
 
 
 def test_plugin_nodes_are_left_untouched(tmp_path):
     pytest.importorskip("onnxruntime_extensions", reason="onnxruntime-extensions runs the plugin node on CPU")
+    from tinyvim.contract import InputSpec, ModelSpec
     from tinyvim.export import export_onnx
-    src = export_onnx(tmp_path / "p.onnx", variant="s", img_size=(32, 32), batch=1, scan="plugin").path
+    src = export_onnx(tmp_path / "p.onnx", ModelSpec("s"), InputSpec((32, 32), 1), scan="plugin").path
     result = q.quantize_onnx(src, tmp_path / "p.int8.onnx", calib_random=1)
     before = {n.name: n.SerializeToString() for n in onnx.load(str(src)).graph.node if n.domain == "tinyvim"}
     model, _, _, producer, _ = _graph(result.path)
@@ -358,7 +360,8 @@ def test_percentile_calibration_end_to_end(tinyvim_onnx, tmp_path):
     assert pct.keys() == mm.keys() and len(pct) > 50
     assert all(pct[k] <= mm[k] * (1 + 1e-6) for k in pct)
     assert sum(pct[k] < mm[k] * (1 - 1e-4) for k in pct) > len(pct) // 2
-    report = validate_model(str(tmp_path / "p.onnx"), backend="ort", num_inputs=2, log=lambda m: None)
+    report = validate_model(str(tmp_path / "p.onnx"), backend="ort", inputs=InputRequest(num_batches=2),
+                            log=lambda m: None)
     assert report["passed"], report
 
 

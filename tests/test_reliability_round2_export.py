@@ -28,8 +28,9 @@ import tinyvim
 from test_engines_runners import tiny_onnx, tiny_torch
 from tinyvim.cli import cli
 from tinyvim.commands.plugins import build_plugin
-from tinyvim.contract import EXPORT_FORMATS, IR_WEIGHTS_SUFFIX, ExportMetadata
+from tinyvim.contract import EXPORT_FORMATS, IR_WEIGHTS_SUFFIX, ExportMetadata, InputSpec, ModelSpec
 from tinyvim.errors import TinyvimError
+from tinyvim.tools.inputs import InputRequest
 from tinyvim.utils import TEMP_MARK, check_output_path
 
 REPO = Path(tinyvim.__file__).resolve().parents[1]
@@ -89,7 +90,7 @@ STUB = textwrap.dedent("""
     import tinyvim.export.onnx_export as oe
     from tinyvim.contract import ExportMetadata
 
-    def fake_export_onnx(output, *, log=None, **kwargs):
+    def fake_export_onnx(output, model=None, inputs=None, *, log=None, **kwargs):
         onnx.save(tiny_onnx(tiny_torch(), size=64), str(output))
         result = oe.ExportResult(Path(output), ExportMetadata("s", input_size=(64, 64), batch=None), 4,
                                  {"Conv": 1}, 0.0, os.path.getsize(output), ["images"], ["logits"])
@@ -139,7 +140,7 @@ def test_compressed_ir_is_validated_at_the_fp16_tolerance(tinyvim_onnx, ov, tmp_
     xml, _ = save_ir(tinyvim_onnx, tmp_path / "s16.xml", meta, compress_to_fp16=True)
     info = read_model_info(xml)
     assert info.metadata.weights == "fp16" and info.metadata.precision == "fp32"
-    report = validate_model(xml, num_inputs=1, threads=2, log=lambda m: None)
+    report = validate_model(xml, inputs=InputRequest(num_batches=1), threads=2, log=lambda m: None)
     out = report["outputs"][0]
     assert report["tolerance"]["precision"] == "fp16" and report["passed"], out
     # fp16 weights (11-bit mantissa) cost ~1e-4 on these logits; top-1 unchanged, cosine ~1
@@ -474,10 +475,10 @@ def test_export_formats_are_one_vocabulary():
     assert list(fmt_option.type.choices) == list(EXPORT_FORMATS)
     assert EXPORT_FORMATS["openvino"].files("a/s.xml") == ("a/s.xml", "a/s.bin")
     assert EXPORT_FORMATS["onnx"].files("s.onnx") == ("s.onnx",) and EXPORT_FORMATS["triton"].is_folder
-    assert default_output("onnx", variant="s", img_size=(224, 224)) == "tinyvim-s-224-portable.onnx"
-    assert default_output("openvino", variant="b", img_size=(224, 256), backbone=True, precision="fp16") \
+    assert default_output("onnx", ModelSpec("s"), InputSpec((224, 224))) == "tinyvim-s-224-portable.onnx"
+    assert default_output("openvino", ModelSpec("b", backbone=True), InputSpec((224, 256)), precision="fp16") \
         == "tinyvim-b-backbone-224x256-portable-fp16.xml"
-    assert default_output("onnx", dynamic_size=True) == "tinyvim-s-dynamic-portable.onnx"
+    assert default_output("onnx", inputs=InputSpec(None)) == "tinyvim-s-dynamic-portable.onnx"
     import tinyvim.commands.export as command
     assert not hasattr(command, "default_output")        # the command only parses and prints
 
@@ -485,12 +486,12 @@ def test_export_formats_are_one_vocabulary():
 def test_plan_export_checks_everything_and_names_the_files(ov, tmp_path, monkeypatch):
     from tinyvim.export import plan_export
     monkeypatch.chdir(tmp_path)
-    plan = plan_export("openvino", None, variant="S", img_size=(64, 64), compress_to_fp16=True)
+    plan = plan_export("openvino", None, ModelSpec("S"), InputSpec((64, 64)), compress_to_fp16=True)
     assert [str(f) for f in plan.files] == ["tinyvim-s-64-portable.xml", "tinyvim-s-64-portable.bin"]
-    assert plan.export_kwargs["variant"] == "s"
+    assert plan.model.variant == "s"
     for kwargs, message in [(dict(fmt="triton"), "write_repository"), (dict(fmt="tflite"), "unknown export format"),
                             (dict(fmt="onnx", compress_to_fp16=True), "applies to --fmt openvino"),
-                            (dict(fmt="onnx", img_size=(65, 64)), "not divisible by 32"),
+                            (dict(fmt="onnx", scan="magic"), "unknown --scan 'magic'"),
                             (dict(fmt="onnx", output=tmp_path), "is a folder: --fmt onnx writes")]:
         with pytest.raises(TinyvimError, match=message):
             plan_export(**kwargs)
@@ -503,11 +504,11 @@ def test_export_model_writes_the_ir_and_its_report(ov, tmp_path, monkeypatch):
     import tinyvim.export.onnx_export as oe
     from tinyvim.export import export_model
 
-    def fake_export_onnx(output, *, log=None, **kwargs):
+    def fake_export_onnx(output, model=None, inputs=None, *, log=None, **kwargs):
         onnx.save(tiny_onnx(tiny_torch(), size=64), str(output))
         return oe.ExportResult(Path(output), TINY_META, 4, {"Conv": 1}, 0.0, os.path.getsize(output))
     monkeypatch.setattr(oe, "export_onnx", fake_export_onnx)
-    result = export_model("openvino", tmp_path / "m.xml", json_path=tmp_path / "m.json", img_size=(64, 64),
+    result = export_model("openvino", tmp_path / "m.xml", inputs=InputSpec((64, 64)), json_path=tmp_path / "m.json",
                           compress_to_fp16=True)
     report = json.loads((tmp_path / "m.json").read_text())
     assert report["files"] == [str(tmp_path / "m.xml"), str(tmp_path / "m.bin")]

@@ -19,6 +19,7 @@ import tinyvim
 from conftest import SIZE
 from tinyvim.cli import cli
 from tinyvim.backends.model_file import read_onnx_info
+from tinyvim.contract import InputSpec, ModelOverrides
 from tinyvim.tools.reference import resolve_checkpoint, resolve_reference
 from tinyvim.errors import TinyvimError
 from tinyvim.export import export_onnx
@@ -75,11 +76,11 @@ def test_random_weights_are_announced_by_every_command(tinyvim_onnx, monkeypatch
 
 def test_overrides_that_contradict_the_metadata_are_warned(tinyvim_onnx, tmp_path):
     info = read_onnx_info(tinyvim_onnx)
-    _, warnings = resolve_reference(info, variant="b")
+    _, warnings = resolve_reference(info, ModelOverrides(variant="b"))
     assert any("--variant b overrides the model's metadata (TinyViM-S)" in w for w in warnings)
-    _, warnings = resolve_reference(info, init_seed=5)
+    _, warnings = resolve_reference(info, ModelOverrides(weight_seed=5))
     assert any("--init-seed 5 overrides" in w for w in warnings)
-    assert resolve_reference(info, variant="s", init_seed=0)[1] == []
+    assert resolve_reference(info, ModelOverrides(variant="s", weight_seed=0))[1] == []
 
 
 def test_checkpoint_sha256_is_verified(tinyvim_onnx, tmp_path):
@@ -163,7 +164,7 @@ def test_static_batch_export_stores_no_batch_sized_constants(tmp_path):
     stays for any lowering."""
     batch = 8
     model = tinyvim.create_model("s", seed=0)
-    result = export_onnx(tmp_path / "b8.onnx", model=model, img_size=(SIZE, 96), batch=batch)
+    result = export_onnx(tmp_path / "b8.onnx", inputs=InputSpec((SIZE, 96), batch), network=model)
     proto = onnx.load(str(result.path))
     batch_sized = [i.name for i in proto.graph.initializer if i.dims and i.dims[0] == batch and
                    int(np.prod(i.dims)) >= 256]

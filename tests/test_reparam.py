@@ -1,4 +1,5 @@
-"""Re-parameterization: every fusion of SPEC.md, exact to float32 round-off."""
+"""Re-parameterization: every fusion tinyvim.model makes (conv+BN, RepDW, Rep_Inception, FFN, the
+heads), exact to float32 round-off."""
 import pytest
 import torch
 from torch import nn

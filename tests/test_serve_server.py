@@ -159,7 +159,7 @@ def test_python_backend_on_openvino_matches_onnxruntime(server, reference):
     finally:
         client.close()
     # OpenVINO at f32 (the model file pins INFERENCE_PRECISION_HINT) vs ONNX Runtime: different
-    # kernels, same function; TOOLCHAIN.md measured ~5e-7 against PyTorch. 1e-4 leaves room for
+    # kernels, same function; ~5e-7 against PyTorch measured on this project's CPU. 1e-4 leaves room for
     # another CPU's kernels, and bf16 (OpenVINO's default on AMX/AVX512-BF16 CPUs, ~2e-3) fails it.
     np.testing.assert_allclose(got, reference(images), rtol=0, atol=1e-4)
 
@@ -228,7 +228,7 @@ def test_serve_bench_counts_agree_with_the_server_statistics(server, repo, tmp_p
     doc = json.loads(out.read_text())
     entries = {(e["backend"], e["concurrency"]): e for e in doc["results"]}
     assert set(entries) == {(b, c) for b in ("triton-http", "triton-grpc", "ort-inprocess") for c in (1, 3)}
-    for (backend, c), e in entries.items():
+    for (backend, _c), e in entries.items():
         assert e["failed"] == 0 and e["requests"] > 0 and e["windows"] == 2, e
         assert e["throughput"] == pytest.approx(e["requests"] * 2 / e["seconds"])
         if backend.startswith("triton"):

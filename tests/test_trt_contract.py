@@ -171,6 +171,7 @@ def artifacts(tmp_path_factory):
     headers (CMake in two threads; one real architecture keeps nvcc short, and the host code,
     which is what the headers check, is the same for every architecture), and plugin-flavour
     exports (EXPORTS) at 64x64 (two processes)."""
+    from tinyvim.contract import InputSpec, ModelSpec
     from tinyvim.export import export_onnx
     root = tmp_path_factory.mktemp("trt")
     with ThreadPoolExecutor(len(VERSIONS)) as threads, \
@@ -179,8 +180,8 @@ def artifacts(tmp_path_factory):
         builds = {v: threads.submit(build, root / v, tensorrt_root=str(HEADERS / v), cuda_arch="75-real", jobs=1,
                                     targets=TARGETS) for v in VERSIONS} if _cmake_build_missing() is None else {}
         exports = {key: processes.submit(export_onnx, root / f"{key[0]}_{'dyn' if key[1] else 'b1'}_{key[2]}.onnx",
-                                         variant=key[0], img_size=(64, 64), dynamic_batch=key[1], precision=key[2],
-                                         scan="plugin") for key in EXPORTS}
+                                         ModelSpec(key[0]), InputSpec((64, 64), None if key[1] else 1),
+                                         precision=key[2], scan="plugin") for key in EXPORTS}
         yield builds, exports
 
 

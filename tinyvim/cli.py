@@ -29,7 +29,7 @@ COMMANDS = {
     "serve": ("tinyvim.commands.serve", "serve"),
     "serve-bench": ("tinyvim.commands.serve", "serve_bench"),
 }
-#: the first words of each command's docstring (tests/test_cli_structure.py holds them equal)
+#: the first words of each command's docstring (tests/test_structure.py holds them equal)
 SUMMARIES = {
     "info": "Parameters, GMACs and the SS2D blocks of a TinyViM variant.",
     "export": "Export TinyViM (always re-parameterized) to ONNX, OpenVINO IR or a Triton model repository.",

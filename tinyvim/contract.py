@@ -1,7 +1,8 @@
 """What two or more layers must agree on, declared once.
 
 Every other module reads these names instead of spelling them again; the C++ plugin, which
-cannot import Python, is checked against them by tests (tests/test_contract*.py), and the
+cannot import Python, is checked against them by tests (tests/test_trt_contract.py,
+tests/test_plugins_host_logic.py), and the
 README's plugin table is rendered from them (`python -m tinyvim.contract`).
 
 - Vocabularies: variants, scan flavours, precisions, ImageNet mean/std, the multiple-of-32
@@ -19,9 +20,11 @@ This module imports nothing heavy (no torch, no onnx): every layer may depend on
 from __future__ import annotations
 
 import math
+import os
 import re
-from dataclasses import dataclass, field, fields
-from typing import Mapping
+from dataclasses import dataclass, field, fields, replace
+from typing import Literal
+from collections.abc import Mapping
 
 from tinyvim import __version__
 from tinyvim.errors import TinyvimError
@@ -31,7 +34,11 @@ VARIANTS = ("s", "b", "l")
 DEFAULT_VARIANT = "s"
 SCAN_FLAVOURS = ("portable", "plugin")
 PORTABLE_SCAN, PLUGIN_SCAN = SCAN_FLAVOURS
+#: the scan flavour as a type: what an export was written with, carried to every reader
+ScanFlavour = Literal["portable", "plugin"]
 FP32, FP16, BF16, INT8, FP8 = "fp32", "fp16", "bf16", "int8", "fp8"
+#: a precision as a type (the tuples below say which are allowed where)
+Precision = Literal["fp32", "fp16", "bf16", "int8", "fp8"]
 #: precisions an ONNX export can be written in
 EXPORT_PRECISIONS = (FP32, FP16)
 #: precisions `tinyvim quantize` writes into an fp32 export as Q/DQ nodes (explicit quantization)
@@ -57,6 +64,9 @@ IMAGENET_STD = (0.229, 0.224, 0.225)
 
 #: stride-4 stem x three stride-2 downsamplers; the scan pools by 8 at stride 4.
 INPUT_MULTIPLE = 32
+#: how metadata and messages spell a dynamic dimension
+DYNAMIC = "dynamic"
+_SHA256 = re.compile(r"[0-9a-f]{64}")
 #: the image size every command defaults to (ImageNet classification)
 DEFAULT_IMG_SIZE = (224, 224)
 #: largest image side accepted anywhere (a 4096x4096 batch of 1 is 200 MB of float32 input).
@@ -205,6 +215,135 @@ def check_threads(threads, what: str = "--threads") -> int | None:
 
 def check_seed(seed, what: str = "--seed") -> int:
     return check_count(seed, what, 0, MAX_SEED)
+
+
+def loosest_precision(*precisions: str | None) -> str:
+    """The loosest of `precisions` (COMPUTE_PRECISIONS order, loosest last; None skipped): the
+    tolerance a check uses when the file, the backend and the stored weights differ."""
+    return max((p for p in precisions if p is not None), key=COMPUTE_PRECISIONS.index)
+
+
+def check_choice(value, choices: tuple[str, ...], what: str) -> str:
+    """`value` if it is one of `choices`, else a one-line error naming the option and the choices."""
+    if value not in choices:
+        raise TinyvimError(f"unknown {what} {value!r}: choose {' or '.join(choices)}")
+    return value
+
+
+def check_scan(scan) -> str:
+    """A scan flavour (portable: standard ONNX ops; plugin: the TensorRT CrossSelectiveScan node)."""
+    return check_choice(scan, SCAN_FLAVOURS, "--scan")
+
+
+def check_export_precision(precision) -> str:
+    """A precision an ONNX export can be written in (the one place this is checked)."""
+    return check_choice(precision, EXPORT_PRECISIONS, "--precision")
+
+
+# --------------------------------------------------------------------- which model, which input
+@dataclass(frozen=True)
+class ModelSpec:
+    """Which model: the variant, its weights (a checkpoint, or random weights from `weight_seed`),
+    and how to read them. Built once where a command starts (the CLI's model options, or an
+    export's metadata) and passed whole to every layer below; it checks itself when built.
+
+    checkpoint_sha256 is "" until known (export records it; validate compares it)."""
+    variant: str = DEFAULT_VARIANT
+    checkpoint: str | None = None
+    checkpoint_sha256: str = ""
+    ema: bool = False
+    backbone: bool = False
+    #: seeds the random weights when there is no checkpoint (`--seed` of export, `--init-seed` of validate)
+    weight_seed: int = 0
+    #: load a checkpoint whose weights hold NaN/Inf (refused by default)
+    allow_nonfinite: bool = False
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "variant", check_variant(self.variant))
+        if self.checkpoint is not None:
+            object.__setattr__(self, "checkpoint", os.fspath(self.checkpoint))
+        if self.checkpoint_sha256 and not _SHA256.fullmatch(self.checkpoint_sha256):
+            raise TinyvimError(f"checkpoint sha256 {self.checkpoint_sha256[:80]!r} is not 64 hex digits")
+        for name in ("ema", "backbone", "allow_nonfinite"):
+            if not isinstance(getattr(self, name), bool):
+                raise TinyvimError(f"ModelSpec.{name} must be true or false, got {getattr(self, name)!r}")
+        check_seed(self.weight_seed, "--seed (weight seed)")
+
+    @property
+    def random_weights(self) -> bool:
+        return self.checkpoint is None
+
+    def with_(self, **changes) -> ModelSpec:
+        """A copy with `changes` (checked again)."""
+        return replace(self, **changes)
+
+    @classmethod
+    def from_metadata(cls, meta: ExportMetadata, **overrides) -> ModelSpec:
+        """The model an export was made from; `overrides` (not None) replace what it recorded."""
+        values = dict(variant=meta.variant, checkpoint=meta.checkpoint or None,
+                      checkpoint_sha256=meta.checkpoint_sha256,
+                      ema=meta.ema, backbone=meta.backbone, weight_seed=meta.init_seed)
+        values.update({k: v for k, v in overrides.items() if v is not None})
+        return cls(**values)
+
+
+@dataclass(frozen=True)
+class ModelOverrides:
+    """What a caller says about the model of an existing file (validate, profile): each None
+    means "as the file records" (tinyvim.tools.reference turns file + overrides into a ModelSpec)."""
+    variant: str | None = None
+    checkpoint: str | None = None
+    ema: bool | None = None
+    backbone: bool | None = None
+    weight_seed: int | None = None
+    allow_nonfinite: bool = False
+
+    def __post_init__(self) -> None:
+        if self.variant is not None:
+            object.__setattr__(self, "variant", check_variant(self.variant))
+        if self.checkpoint is not None:
+            object.__setattr__(self, "checkpoint", os.fspath(self.checkpoint))
+        if self.weight_seed is not None:
+            check_seed(self.weight_seed, "--init-seed (weight seed)")
+
+
+@dataclass(frozen=True)
+class InputSpec:
+    """Which input: the image size (H, W) and the batch, each None when dynamic. Checked when
+    built: H and W multiples of INPUT_MULTIPLE up to MAX_IMAGE_SIDE, 1 <= batch <= MAX_BATCH,
+    batch x H x W within MAX_BATCH_PIXELS."""
+    size: tuple[int, int] | None = DEFAULT_IMG_SIZE
+    batch: int | None = 1
+
+    def __post_init__(self) -> None:
+        if self.size is not None:
+            if len(self.size) != 2 or not all(_is_int(v) for v in self.size):
+                raise TinyvimError(f"input size {self.size!r} is not two integers (H, W)")
+            object.__setattr__(self, "size", check_input_size(*self.size))
+        if self.batch is not None:
+            check_batch(self.batch)
+        if self.size is not None and self.batch is not None:
+            check_workload(self.batch, self.size)
+
+    @property
+    def dynamic_size(self) -> bool:
+        return self.size is None
+
+    @property
+    def dynamic_batch(self) -> bool:
+        return self.batch is None
+
+    def with_(self, **changes) -> InputSpec:
+        return replace(self, **changes)
+
+    def describe(self) -> str:
+        """'224x224, batch 1' / 'HxW dynamic, batch dynamic': how commands print it."""
+        size = f"{DYNAMIC} HxW" if self.size is None else format_size(self.size)
+        return f"{size}, batch {DYNAMIC if self.batch is None else self.batch}"
+
+    @classmethod
+    def from_metadata(cls, meta: ExportMetadata) -> InputSpec:
+        return cls(size=meta.input_size, batch=meta.batch)
 
 
 def check_positive_float(value, what: str, maximum: float, minimum_exclusive: float = 0.0) -> float:
@@ -372,9 +511,7 @@ SCAN_PLUGIN = PluginSpec(
 
 
 # --------------------------------------------------------------------- export metadata
-_SHA256 = re.compile(r"[0-9a-f]{64}")
 _MAX_TEXT = 4096
-DYNAMIC = "dynamic"
 
 
 def _bool(key: str, text: str) -> bool:
@@ -495,7 +632,7 @@ class QuantizationInfo:
         return ";".join(f"{k}={values[k]}" for k in _QUANT_KEYS)
 
     @classmethod
-    def from_text(cls, text: str) -> "QuantizationInfo":
+    def from_text(cls, text: str) -> QuantizationInfo:
         """Parse and check every field (ValueError naming the first bad one)."""
         pairs = [p.partition("=") for p in text.split(";")]
         values = {k: v for k, sep, v in pairs if sep}
@@ -523,23 +660,24 @@ class ExportMetadata:
     ema: bool = False
     checkpoint: str = ""               # absolute path at export time, "" for random weights
     checkpoint_sha256: str = ""
-    init_seed: int = 0
-    input_size: tuple[int, int] | None = (224, 224)
+    init_seed: int = 0                 # ModelSpec.weight_seed (the metadata key files carry)
+    input_size: tuple[int, int] | None = DEFAULT_IMG_SIZE
     batch: int | None = 1
     mean: tuple[float, float, float] = IMAGENET_MEAN
     std: tuple[float, float, float] = IMAGENET_STD
-    scan: str = "portable"
+    scan: ScanFlavour = PORTABLE_SCAN
     opset: int = DEFAULT_OPSET
-    precision: str = "fp32"
+    precision: Precision = FP32
     tinyvim_version: str = field(default="")
     # the precision the weights are stored in: the export's precision, or fp16 for an OpenVINO IR
     # written with --compress-to-fp16 (computed in fp32 from fp16-rounded weights, so it is
     # validated at the fp16 tolerance). None: the same as `precision`.
-    weights: str | None = None
+    weights: Precision | None = None
 
     def __post_init__(self) -> None:
         if self.weights is None:
             object.__setattr__(self, "weights", self.precision)
+
     #: set (and required) when precision is int8 / fp8: the model went through `tinyvim quantize`
     quantization: QuantizationInfo | None = None
 
@@ -568,6 +706,31 @@ class ExportMetadata:
     @classmethod
     def keys(cls) -> tuple[str, ...]:
         return tuple(cls._PARSERS)
+
+    @classmethod
+    def build(cls, model: ModelSpec, inputs: InputSpec, *, scan: ScanFlavour, precision: Precision,
+              opset: int = DEFAULT_OPSET, weights: Precision | None = None,
+              quantization: QuantizationInfo | None = None) -> ExportMetadata:
+        """The metadata of an export of `model` at `inputs` (the one way exports make it). The
+        checkpoint is recorded as an absolute path; its sha256 must already be in `model`."""
+        if model.checkpoint is not None and not model.checkpoint_sha256:
+            raise ValueError("ExportMetadata.build needs the checkpoint's sha256 in the ModelSpec")
+        return cls(variant=model.variant, backbone=model.backbone, ema=model.ema,
+                   checkpoint=os.path.abspath(model.checkpoint) if model.checkpoint else "",
+                   checkpoint_sha256=model.checkpoint_sha256, init_seed=model.weight_seed,
+                   input_size=inputs.size, batch=inputs.batch, scan=check_scan(scan), opset=int(opset),
+                   precision=check_choice(precision, MODEL_PRECISIONS, "precision"), tinyvim_version=__version__,
+                   weights=weights, quantization=quantization)
+
+    @property
+    def model(self) -> ModelSpec:
+        """The model this file was exported from."""
+        return ModelSpec.from_metadata(self)
+
+    @property
+    def inputs(self) -> InputSpec:
+        """The input this file was exported for (None fields: dynamic)."""
+        return InputSpec.from_metadata(self)
 
     @property
     def dynamic_batch(self) -> bool:
@@ -603,7 +766,7 @@ class ExportMetadata:
         return values
 
     @classmethod
-    def from_props(cls, props: Mapping[str, str], *, source: str) -> "ExportMetadata | None":
+    def from_props(cls, props: Mapping[str, str], *, source: str) -> ExportMetadata | None:
         """Validated metadata from `props` (metadata_props as a dict), or None when the file
         carries no tinyvim metadata at all. Raises a one-line TinyvimError naming the key, the
         value and `source` when a key is missing or its value is malformed or out of range."""

@@ -1,6 +1,7 @@
 """The one way tinyvim imports an optional dependency (onnxruntime, openvino, tensorrt,
-polygraphy, matplotlib, ...): at the moment it is needed, with a one-line error naming the
-package to install when it is missing. Everything else is imported at module top.
+polygraphy, matplotlib, ...) at the moment it is needed, with a one-line error naming the
+package to install when it is missing; and the one way a heavy package (torch, onnx, numpy)
+is deferred until it is used (`lazy_import`), so that parsing a command's options loads none.
 
 How to install each optional dependency is declared here, once."""
 from __future__ import annotations
@@ -10,7 +11,7 @@ import importlib
 import signal
 import threading
 from types import ModuleType
-from typing import Iterator
+from typing import Any, Iterator
 
 from tinyvim.errors import TinyvimError
 
@@ -81,3 +82,49 @@ def _caused_by_interrupt(exc: BaseException) -> bool:
             return True
         exc = exc.__cause__ or exc.__context__
     return False
+
+
+class LazyModule:
+    """A module that is imported when one of its attributes is first read (Polygraphy's
+    `mod.lazy_import`): `np = lazy_import("numpy")` at module top costs nothing, `np.zeros`
+    imports numpy. Heavy packages (torch, onnx, onnxscript, numpy) and the project's own
+    torch-defined packages (tinyvim.model, tinyvim.ops) are reached this way from the layers
+    a command imports to parse its options, so that `--help` and a bad-input error start in
+    well under half a second (tests/test_structure.py holds which modules load then)."""
+
+    __slots__ = ("_name", "_module")
+
+    def __init__(self, name: str):
+        object.__setattr__(self, "_name", name)
+        object.__setattr__(self, "_module", None)
+
+    def _load(self) -> ModuleType:
+        module = object.__getattribute__(self, "_module")
+        if module is None:
+            name = object.__getattribute__(self, "_name")
+            module = import_optional(name) if name.split(".")[0] in OPTIONAL else importlib.import_module(name)
+            object.__setattr__(self, "_module", module)
+        return module
+
+    def __getattr__(self, attr: str):
+        return getattr(self._load(), attr)
+
+    def __setattr__(self, attr: str, value) -> None:      # monkeypatching in tests reaches the module
+        setattr(self._load(), attr, value)
+
+    def __delattr__(self, attr: str) -> None:
+        delattr(self._load(), attr)
+
+    def __dir__(self):
+        return dir(self._load())
+
+    def __repr__(self) -> str:
+        name = object.__getattribute__(self, "_name")
+        state = "loaded" if object.__getattribute__(self, "_module") is not None else "not loaded yet"
+        return f"<lazy module {name!r} ({state})>"
+
+
+def lazy_import(name: str) -> Any:
+    """`name` as a LazyModule: imported (through import_optional for an optional dependency,
+    with its one-line install hint) on the first attribute read."""
+    return LazyModule(name)

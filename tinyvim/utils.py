@@ -35,7 +35,8 @@ import stat
 import tempfile
 import threading
 from pathlib import Path
-from typing import Any, Iterable, Iterator, Mapping
+from typing import Any
+from collections.abc import Iterable, Iterator, Mapping
 
 from tinyvim.errors import TinyvimError
 

@@ -8,11 +8,13 @@ from __future__ import annotations
 
 import abc
 import time
-from typing import Callable, Mapping
+from collections.abc import Callable, Mapping
 
-import numpy as np
 
 from tinyvim.errors import TinyvimError, error_reason  # noqa: F401  (re-exported for runners)
+from tinyvim.lazy import lazy_import
+
+np = lazy_import("numpy")
 
 #: Signature of a timing hook: (runner, timings) where timings maps a phase name
 #: ("total", and for TensorRT also "h2d", "compute", "d2h") to seconds.
@@ -21,6 +23,12 @@ TimingHook = Callable[["BaseRunner", dict], None]
 
 class BaseRunner(abc.ABC):
     """activate / infer / deactivate, named inputs and outputs, and per-call timings."""
+
+    #: what the runner computes in where that differs from its file's precision (OpenVINO's
+    #: bf16/f16 hints): validate judges by the loosest; None: as the file says
+    compute_precision: str | None = None
+    #: the execution providers, for runners that have them (ONNX Runtime)
+    providers: list[str] | None = None
 
     def __init__(self, name: str):
         self.name = name
@@ -31,7 +39,7 @@ class BaseRunner(abc.ABC):
         self._outputs: list[str] = []
 
     # ------------------------------------------------------------------ lifecycle
-    def activate(self) -> "BaseRunner":
+    def activate(self) -> BaseRunner:
         if not self.is_active:
             self.activate_impl()
             self.is_active = True
@@ -44,7 +52,7 @@ class BaseRunner(abc.ABC):
             finally:
                 self.is_active = False
 
-    def __enter__(self) -> "BaseRunner":
+    def __enter__(self) -> BaseRunner:
         return self.activate()
 
     def __exit__(self, *exc) -> None:

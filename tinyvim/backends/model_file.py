@@ -10,9 +10,6 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
-import onnx
-from google.protobuf.message import DecodeError
-
 from tinyvim.contract import (
     BACKBONE_OUTPUTS,
     CLASSIFIER_OUTPUTS,
@@ -21,12 +18,19 @@ from tinyvim.contract import (
     INPUT_NAME,
     MAX_BATCH,
     MAX_IMAGE_SIDE,
+    PLUGIN_SCAN,
+    PORTABLE_SCAN,
     SCAN_PLUGIN,
     ExportMetadata,
+    ScanFlavour,
     check_workload,
     format_size,
 )
 from tinyvim.errors import TinyvimError
+from tinyvim.lazy import lazy_import
+
+onnx = lazy_import("onnx")
+protobuf = lazy_import("google.protobuf.message")
 
 #: protobuf cannot hold a single-file ONNX above 2 GiB; a larger file is not read into memory
 MAX_ONNX_BYTES = 2**31
@@ -54,6 +58,14 @@ class ModelInfo:
     @property
     def backbone(self) -> bool:
         return tuple(self.output_names) == BACKBONE_OUTPUTS
+
+    @property
+    def scan(self) -> ScanFlavour:
+        """The scan flavour, as the file shows it: an ONNX's own nodes (read once, here), else
+        what the metadata records (an engine, whose graph is compiled)."""
+        if self.plugin_nodes:
+            return PLUGIN_SCAN
+        return self.metadata.scan if self.kind == "engine" and self.metadata is not None else PORTABLE_SCAN
 
     @property
     def fixed_batch(self) -> int | None:
@@ -122,7 +134,7 @@ def load_onnx_proto(path: Path) -> onnx.ModelProto:
     needed by the callers; external data is not read."""
     try:
         return onnx.load(os.fspath(path), format="protobuf", load_external_data=False)
-    except (DecodeError, ValueError, RuntimeError, OSError) as exc:
+    except (protobuf.DecodeError, ValueError, RuntimeError, OSError) as exc:
         with open(path, "rb") as f:
             head = f.read(64).lstrip()
         if head[:1] in (b"{", b"[") or (head and all(32 <= c < 127 or c in b"\t\r\n" for c in head)):

@@ -8,12 +8,12 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Callable
+from collections.abc import Callable
 
 from tinyvim.backends import ort, ov, trt
 from tinyvim.backends import torch as torch_backends
 from tinyvim.backends.model_file import ModelInfo, read_onnx_info
-from tinyvim.backends.spec import PURPOSES, Backend, BackendOption, RunnerRequest  # noqa: F401  (re-exported)
+from tinyvim.backends.spec import Backend, BackendOption, RunnerRequest  # noqa: F401  (re-exported)
 from tinyvim.contract import FILE_KINDS
 from tinyvim.errors import TinyvimError
 

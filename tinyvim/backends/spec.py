@@ -5,14 +5,13 @@ tinyvim/backends/registry.py collects the declarations; tools look backends up b
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Callable, Mapping, Sequence
+from typing import Any
+from collections.abc import Callable, Mapping, Sequence
 
 from tinyvim.backends.base import BaseRunner
 from tinyvim.backends.model_file import ModelInfo
-from tinyvim.contract import FILE_KIND_NAMES, FP32
+from tinyvim.contract import FILE_KIND_NAMES, FP32, ModelSpec
 from tinyvim.errors import TinyvimError
-
-PURPOSES = ("validate", "profile", "reference")
 
 
 @dataclass(frozen=True)
@@ -29,15 +28,13 @@ class BackendOption:
 
 @dataclass
 class RunnerRequest:
-    """Everything a runner factory may use; each backend takes what it needs."""
-    purpose: str                           # one of PURPOSES
+    """Everything a runner factory may use; each backend takes what it needs. What the runner is
+    for is said as facts a backend can act on, not as the calling tool's name."""
     model: ModelInfo | None = None         # the file, for backends that run one
-    variant: str = "s"                     # the model, for backends that build it (torch)
-    checkpoint: str | None = None
-    ema: bool = False
-    backbone: bool = False
-    init_seed: int = 0
-    allow_nonfinite: bool = False          # load a checkpoint with NaN/Inf weights (torch)
+    spec: ModelSpec = ModelSpec()          # the model, for backends that build it (torch)
+    #: the runner is timed (profile): a correctness-only path (ONNX Runtime's Python scan op) is
+    #: refused rather than timed, and speed caveats are said; False: it is checked (validate)
+    timed: bool = False
     threads: int | None = None
     options: dict[str, Any] = field(default_factory=dict)
     log: Callable[[str], None] = print
@@ -83,8 +80,6 @@ class Backend:
         return " or ".join(FILE_KIND_NAMES.get(k, k) for k in self.model_kinds)
 
     def runner(self, request: RunnerRequest) -> BaseRunner:
-        if request.purpose not in PURPOSES:
-            raise ValueError(f"unknown purpose {request.purpose!r}")
         if self.runs_files:
             if request.model is None:
                 raise TinyvimError(f"backend {self.name} needs a model file ({', '.join(self.model_kinds)})")

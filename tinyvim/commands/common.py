@@ -5,7 +5,18 @@ import functools
 
 import click
 
-from tinyvim.contract import DEFAULT_IMG_SIZE, DEFAULT_VARIANT, VARIANTS, parse_size
+from tinyvim.contract import (
+    DEFAULT_IMG_SIZE,
+    DEFAULT_VARIANT,
+    INPUT_MULTIPLE,
+    MAX_BATCH,
+    MAX_IMAGE_SIDE,
+    VARIANTS,
+    InputSpec,
+    ModelOverrides,
+    ModelSpec,
+    parse_size,
+)
 from tinyvim.errors import TinyvimError
 
 #: how every command spells and documents an image size (contract.parse_size reads it)
@@ -38,10 +49,79 @@ json_option = click.option("--json", "json_path", type=click.Path(dir_okay=False
                            help="Also write the report as JSON.")
 
 
-def announce_weights(checkpoint, seed: int = 0, who: str = "the model") -> None:
+def _grouped(options: list, build):
+    """A decorator adding `options` to a command and replacing their values by one argument,
+    built by `build(values) -> (name, value)` when the command runs: the value types are made
+    once, here at the boundary, and a bad combination is one `error:` line."""
+    # each click.option decorator, applied to a throwaway function, tells the name it passes
+    names = [opt(lambda: None).__click_params__[0].name for opt in options]
+
+    def decorate(fn):
+        @functools.wraps(fn)
+        def wrapper(*args, **kwargs):
+            values = {name: kwargs.pop(name) for name in names}
+            try:
+                name, value = build(values)
+            except TinyvimError as exc:
+                raise _ExpectedFailure(str(exc), exc.exit_code) from None
+            return fn(*args, **{**kwargs, name: value})
+        for opt in reversed(options):
+            wrapper = opt(wrapper)
+        return wrapper
+    return decorate
+
+
+def model_options(*, from_file: bool = False, seed_flag: str = "--seed", ema: bool = True, into: str = "model"):
+    """Which model, as one argument (named `into`): `--variant`, `--checkpoint`, `--ema`, `--backbone`,
+    the weight seed (`seed_flag`) and `--allow-nonfinite`. from_file=False (export, info): a
+    ModelSpec, unset options at their defaults; True (validate, profile): ModelOverrides, unset
+    options None = as the model file records."""
+    if from_file:
+        options = [
+            click.option("--variant", type=click.Choice(VARIANTS, case_sensitive=False), default=None,
+                         help="Override / fill in the variant recorded in the model."),
+            click.option("--checkpoint", type=click.Path(dir_okay=False), default=None,
+                         help="Checkpoint of the PyTorch reference [default: the one the model records]."),
+            click.option("--ema/--no-ema", default=None, help="Use the checkpoint's EMA weights."),
+            click.option("--backbone/--no-backbone", default=None, help="Model is the 4-feature-map backbone."),
+            click.option(seed_flag, "weight_seed", type=int, default=None,
+                         help="Seed of the reference's random weights (no checkpoint) [default: the model's]."),
+        ]
+    else:
+        options = [variant_option, checkpoint_option, backbone_option,
+                   click.option(seed_flag, "weight_seed", type=int, default=0, show_default=True,
+                                help="Seed of the random weights (no checkpoint).")]
+        if ema:
+            options.insert(2, ema_option)
+    options.append(allow_nonfinite_option)
+
+    def build(values):
+        return into, (ModelOverrides if from_file else ModelSpec)(**values)
+    return _grouped(options, build)
+
+
+def input_options():
+    """Which input, as one `inputs` argument (an InputSpec): `--img-size`, `--batch`,
+    `--dynamic-batch`, `--dynamic-size` (a dynamic dimension is None in the InputSpec)."""
+    options = [
+        img_size_option(),
+        click.option("--batch", type=int, default=1, show_default=True, help=f"Static batch size (1..{MAX_BATCH})."),
+        click.option("--dynamic-batch", is_flag=True, help=f"Make the batch dimension dynamic (1..{MAX_BATCH})."),
+        click.option("--dynamic-size", is_flag=True,
+                     help=f"Make H and W dynamic: any multiples of {INPUT_MULTIPLE} up to {MAX_IMAGE_SIDE} from one "
+                          "file (--img-size is then unused)."),
+    ]
+
+    def build(values):
+        size = None if values["dynamic_size"] else (values["img_size"] or DEFAULT_IMG_SIZE)
+        return "inputs", InputSpec(size, None if values["dynamic_batch"] else values["batch"])
+    return _grouped(options, build)
+
+
+def announce_weights(model: ModelSpec, who: str = "the model") -> None:
     """The note every command prints when it computes with random weights."""
-    if checkpoint is None:
-        click.secho(f"note: no --checkpoint given: {who} uses randomly initialised weights (seed {seed}); "
+    if model.random_weights:
+        click.secho(f"note: no --checkpoint given: {who} uses randomly initialised weights (seed {model.weight_seed}); "
                     "outputs are meaningless, numerics and speed are real", fg="yellow", err=True)
 
 

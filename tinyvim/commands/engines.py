@@ -9,14 +9,14 @@ import click
 
 from tinyvim.backends.registry import all_options, backend_names, get_backend
 from tinyvim.backends.trt.builder import build_engine as build
-from tinyvim.commands.common import allow_nonfinite_option, img_size_option
+from tinyvim.commands.common import allow_nonfinite_option, img_size_option, model_options
 from tinyvim.commands.common import echo_err as _err
 from tinyvim.commands.common import int_list as _int_list
 from tinyvim.commands.common import one_line_errors as _one_line_errors
-from tinyvim.contract import COMPUTE_PRECISIONS, FILE_KINDS, FP32, VARIANTS
+from tinyvim.contract import COMPUTE_PRECISIONS, FILE_KINDS, FP32, VARIANTS, ModelOverrides
 from tinyvim.tools import profile as prof
-from tinyvim.tools.inputs import DEFAULT_CROP_PCT
-from tinyvim.tools.validate import format_table, validate_model
+from tinyvim.tools.inputs import DEFAULT_CROP_PCT, InputRequest
+from tinyvim.tools.validate import Checks, format_table, validate_model
 from tinyvim.utils import atomic_write_json, check_output_paths
 
 
@@ -52,16 +52,12 @@ def _pop_backend_options(kwargs: dict) -> dict:
                    f"[default: by the file: {_defaults_by_kind()}].")
 @click.option("--threads", type=int, default=None, help="Intra-op threads for both runs [default: all cores].")
 @_backend_options
-@click.option("--variant", type=click.Choice(VARIANTS, case_sensitive=False), default=None,
-              help="Override / fill in the variant recorded in the model.")
-@click.option("--checkpoint", type=click.Path(dir_okay=False), default=None, help="Checkpoint of the reference.")
-@click.option("--ema/--no-ema", default=None, help="Use the checkpoint's EMA weights.")
-@click.option("--backbone/--no-backbone", default=None, help="Model is the 4-feature-map backbone.")
+@model_options(from_file=True, seed_flag="--init-seed", into="reference")
 @img_size_option(default="from the model")
-@click.option("--init-seed", type=int, default=None, help="Seed of a randomly initialised reference.")
 @click.option("--batch", type=int, default=None, help="Images per inference [default: the model's batch, or 1].")
 @click.option("--num-inputs", type=int, default=4, show_default=True, help="Number of random input batches.")
-@click.option("--seed", type=int, default=0, show_default=True, help="Seed of the random inputs.")
+@click.option("--seed", "input_seed", type=int, default=0, show_default=True,
+              help="Seed of the random input batches (the reference's weights: --init-seed).")
 @click.option("--images", type=click.Path(), default=None,
               help="Folder of pictures to use instead of random inputs (ImageNet preprocessing).")
 @click.option("--crop-pct", type=float, default=DEFAULT_CROP_PCT, show_default=True,
@@ -70,18 +66,19 @@ def _pop_backend_options(kwargs: dict) -> dict:
 @click.option("--rtol", type=float, default=None, help="Relative tolerance [default: by precision].")
 @click.option("--per-block", is_flag=True, default=False,
               help="Also compare every stage's, block's and SS2D's output (first batch) and show where error jumps.")
-@allow_nonfinite_option
 @click.option("--json", "json_path", type=click.Path(dir_okay=False), default=None, help="Write the JSON report.")
 @click.pass_context
 @_one_line_errors
-def validate(ctx, model, json_path, **kwargs):
+def validate(ctx, model, json_path, backend, threads, img_size, batch, num_inputs, input_seed, images, crop_pct,
+             atol, rtol, per_block, reference, **kwargs):
     """Check an exported MODEL (.onnx, .xml or .engine) against the PyTorch reference.
 
     Exit status: 0 within tolerance, 1 out of tolerance, 2 bad input or missing dependency."""
-
-    check_output_paths({"--json": json_path}, inputs={"MODEL": model, "--checkpoint": kwargs["checkpoint"]})
+    check_output_paths({"--json": json_path}, inputs={"MODEL": model, "--checkpoint": reference.checkpoint})
     options = _pop_backend_options(kwargs)
-    report = validate_model(model, options=options, log=_err, **kwargs)
+    report = validate_model(model, backend=backend, options=options, threads=threads, reference=reference,
+                            inputs=InputRequest(img_size, batch, num_inputs, input_seed, images, crop_pct),
+                            checks=Checks(atol, rtol, per_block), log=_err)
     click.echo(format_table(report))
     if json_path:
         atomic_write_json(json_path, report)
@@ -96,8 +93,9 @@ def validate(ctx, model, json_path, **kwargs):
               help="A file per backend kind (ONNX for ort, engine for trt) [ort default: export one to a temp dir].")
 @click.option("--variant", type=click.Choice(VARIANTS, case_sensitive=False), default=None,
               help="Variant [default: from --model metadata, else s].")
-@click.option("--checkpoint", type=click.Path(dir_okay=False), default=None)
-@click.option("--ema/--no-ema", default=False)
+@click.option("--checkpoint", type=click.Path(dir_okay=False), default=None,
+              help="Checkpoint of the model timed [default: the one --model records, else random weights].")
+@click.option("--ema/--no-ema", default=None, help="Use the checkpoint's EMA weights [default: as --model records].")
 @img_size_option(default="from --model, else 224")
 @click.option("--batch", "batch_text", default="1", show_default=True, help="Batch sizes, comma list, e.g. 1,8,32.")
 @click.option("--warmup", type=int, default=5, show_default=True)
@@ -105,21 +103,25 @@ def validate(ctx, model, json_path, **kwargs):
 @click.option("--duration", type=float, default=None, help="Seconds per configuration instead of --iters.")
 @click.option("--threads", type=int, default=None, help="torch / ORT intra-op threads [default: all cores].")
 @_backend_options
-@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--seed", "input_seed", type=int, default=0, show_default=True,
+              help="Seed of the random input batches (the weights are the ones --model records).")
 @click.option("--json", "json_path", type=click.Path(dir_okay=False), default=None, help="Write results as JSON.")
 @click.option("--plot", "plot_path", type=click.Path(dir_okay=False), default=None,
               help="Latency-vs-batch picture (.png, .svg or .pdf).")
 @allow_nonfinite_option
 @_one_line_errors
-def profile(batch_text, json_path, plot_path, **kwargs):
+def profile(batch_text, json_path, plot_path, variant, checkpoint, ema, allow_nonfinite, warmup, iters, duration,
+            **kwargs):
     """Measure latency and throughput of TinyViM on several backends and batch sizes."""
-    inputs = [("--model", m) for m in kwargs["models"]] + [("--checkpoint", kwargs["checkpoint"])]
+    inputs = [("--model", m) for m in kwargs["models"]] + [("--checkpoint", checkpoint)]
     check_output_paths({"--json": json_path, "--plot": plot_path}, inputs=inputs,
                        suffixes={"--plot": prof.PLOT_FORMATS})
     if plot_path:
         prof.check_plot_output(plot_path)
     options = _pop_backend_options(kwargs)
-    document = prof.run_profile(batches=_int_list(batch_text, "--batch"), options=options, log=_err, **kwargs)
+    model = ModelOverrides(variant, checkpoint=checkpoint, ema=ema, allow_nonfinite=allow_nonfinite)
+    document = prof.run_profile(batches=_int_list(batch_text, "--batch"), model=model,
+                                timing=prof.Timing(warmup, iters, duration), options=options, log=_err, **kwargs)
     click.echo(prof.format_environment(document["environment"], [e["backend"] for e in document["results"]]))
     click.echo(prof.format_table(document["results"]))
     if json_path:

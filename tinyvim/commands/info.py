@@ -3,17 +3,9 @@ from __future__ import annotations
 
 import click
 
-from tinyvim.commands.common import (
-    allow_nonfinite_option,
-    announce_weights,
-    backbone_option,
-    checkpoint_option,
-    img_size_option,
-    json_option,
-    variant_option,
-)
+from tinyvim.commands.common import announce_weights, img_size_option, json_option, model_options
 from tinyvim.contract import DEFAULT_IMG_SIZE, format_size
-from tinyvim.model import count_parameters, create_model, reparameterize
+from tinyvim.model import build_model, count_parameters, reparameterize
 from tinyvim.model.complexity import count_macs, ss2d_table
 from tinyvim.utils import atomic_write_json, check_output_paths
 
@@ -27,18 +19,16 @@ def format_table(rows: list[dict], columns: list[str]) -> str:
 
 
 @click.command("info")
-@variant_option
-@checkpoint_option
-@backbone_option
+@model_options(ema=False)
 @img_size_option()
-@allow_nonfinite_option
 @json_option
-def info(variant, checkpoint, backbone, img_size, allow_nonfinite, json_path):
+def info(model, img_size, json_path):
     """Parameters, GMACs and the SS2D blocks of a TinyViM variant."""
-    check_output_paths({"--json": json_path}, inputs={"--checkpoint": checkpoint})
+    check_output_paths({"--json": json_path}, inputs={"--checkpoint": model.checkpoint})
     img_size = img_size or DEFAULT_IMG_SIZE
-    announce_weights(checkpoint)
-    model = create_model(variant, checkpoint=checkpoint, backbone=backbone, allow_nonfinite=allow_nonfinite)
+    announce_weights(model)
+    variant, backbone, checkpoint = model.variant, model.backbone, model.checkpoint
+    model = build_model(model)
     fused = reparameterize(model)
     total = count_parameters(model)
     dist = sum(p.numel() for p in model.dist_head.parameters()) if getattr(model, "dist_head", None) is not None else 0

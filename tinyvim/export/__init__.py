@@ -3,7 +3,6 @@ of the plugin node."""
 from tinyvim.export.formats import default_output, export_model, plan_export
 from tinyvim.export.onnx_export import (
                                         ExportResult,
-                                        build_metadata,
                                         check_export_args,
                                         export_onnx,
                                         op_counts,
@@ -11,5 +10,5 @@ from tinyvim.export.onnx_export import (
                                         read_metadata,
 )
 
-__all__ = ["ExportResult", "build_metadata", "check_export_args", "default_output", "export_model", "export_onnx",
+__all__ = ["ExportResult", "check_export_args", "default_output", "export_model", "export_onnx",
            "op_counts", "plan_export", "plugin_node_problems", "read_metadata"]

@@ -2,11 +2,11 @@
 default output name, every check before the work (arguments, then each file the format writes),
 and the writer of each format. The command only parses and prints.
 
-    result = export_model("openvino", "s.xml", variant="s", img_size=(224, 224), compress_to_fp16=True)
+    result = export_model("openvino", "s.xml", ModelSpec("s"), InputSpec((224, 224)), compress_to_fp16=True)
 
 or in two steps, to say something between the checks and the minutes of tracing:
 
-    plan = plan_export("onnx", None, variant="s")      # raises TinyvimError, builds nothing
+    plan = plan_export("onnx", None, ModelSpec("s"))      # raises TinyvimError, builds nothing
     result = plan.run(log=print)
 
 `--fmt triton` writes a model repository folder: tinyvim.serve.repository.write_repository.
@@ -16,9 +16,19 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
+from collections.abc import Callable
 
-from tinyvim.contract import EXPORT_FORMATS, check_variant, format_size
+from tinyvim.contract import (
+    DYNAMIC,
+    EXPORT_FORMATS,
+    FP32,
+    PORTABLE_SCAN,
+    InputSpec,
+    ModelSpec,
+    Precision,
+    ScanFlavour,
+    format_size,
+)
 from tinyvim.errors import TinyvimError
 from tinyvim.export import onnx_export
 from tinyvim.export.onnx_export import ExportResult, check_export_args
@@ -30,11 +40,13 @@ from tinyvim.utils import atomic_write_json, check_output_paths
 FILE_FORMATS = tuple(name for name, spec in EXPORT_FORMATS.items() if not spec.is_folder)
 
 
-def default_output(fmt: str, *, variant: str = "s", img_size=(224, 224), scan: str = "portable",
-                   precision: str = "fp32", backbone: bool = False, dynamic_size: bool = False) -> str:
+def default_output(fmt: str, model: ModelSpec = ModelSpec(), inputs: InputSpec = InputSpec(), *,
+                   scan: ScanFlavour = PORTABLE_SCAN, precision: Precision = FP32) -> str:
     """tinyvim-<variant>[-backbone]-<size>-<scan>[-<precision>]<suffix>, e.g. tinyvim-s-224-portable.onnx."""
-    size = "dynamic" if dynamic_size else (format_size(img_size) if img_size[0] != img_size[1] else str(img_size[0]))
-    parts = [f"tinyvim-{variant}", "backbone" if backbone else "", size, scan, precision if precision != "fp32" else ""]
+    size = inputs.size
+    size = DYNAMIC if size is None else (format_size(size) if size[0] != size[1] else str(size[0]))
+    parts = [f"tinyvim-{model.variant}", "backbone" if model.backbone else "", size, scan,
+             precision if precision != FP32 else ""]
     return "-".join(p for p in parts if p) + EXPORT_FORMATS[fmt].suffix
 
 
@@ -54,24 +66,26 @@ class ExportPlan:
     files: tuple[Path, ...]
     json_path: str | None = None
     compress_to_fp16: bool = False
+    model: ModelSpec = ModelSpec()
+    inputs: InputSpec = InputSpec()
     export_kwargs: dict = field(default_factory=dict)
 
     def run(self, log: Callable[[str], None] | None = None) -> ExportResult:
         """Build, trace and write; then the JSON report when one was asked for."""
         if self.fmt == "openvino":
-            result = export_ir(self.output, compress_to_fp16=self.compress_to_fp16, log=log, **self.export_kwargs)
+            result = export_ir(self.output, self.model, self.inputs, compress_to_fp16=self.compress_to_fp16, log=log,
+                               **self.export_kwargs)
         else:
             # looked up when called, as export_ir does: one place to stand in for the exporter
-            result = onnx_export.export_onnx(self.output, log=log, **self.export_kwargs)
+            result = onnx_export.export_onnx(self.output, self.model, self.inputs, log=log, **self.export_kwargs)
         if self.json_path:
             atomic_write_json(self.json_path, export_report(result, self.files))
         return result
 
 
-def plan_export(fmt: str, output: str | os.PathLike | None = None, *, json_path: str | os.PathLike | None = None,
-                compress_to_fp16: bool = False, variant: str = "s", img_size=(224, 224), scan: str = "portable",
-                precision: str = "fp32", backbone: bool = False, dynamic_size: bool = False, batch: int = 1,
-                opset: int | None = None, seed: int = 0, checkpoint: str | os.PathLike | None = None,
+def plan_export(fmt: str, output: str | os.PathLike | None = None, model: ModelSpec = ModelSpec(),
+                inputs: InputSpec = InputSpec(), *, scan: ScanFlavour = PORTABLE_SCAN, precision: Precision = FP32,
+                opset: int | None = None, json_path: str | os.PathLike | None = None, compress_to_fp16: bool = False,
                 **export_kwargs) -> ExportPlan:
     """Every argument, then every file the export writes (the safe writer's checks: each path
     writable, none a folder, device or an input), before anything is built. `output` None: the
@@ -80,30 +94,24 @@ def plan_export(fmt: str, output: str | os.PathLike | None = None, *, json_path:
     spec = EXPORT_FORMATS[fmt]
     if spec.is_folder:
         raise TinyvimError(f"--fmt {fmt} writes {spec.doc}: use tinyvim.serve.repository.write_repository")
-    variant = check_variant(variant)
-    img_size = tuple(img_size)
-    check_export_args(scan=scan, precision=precision, img_size=img_size, batch=batch, opset=opset, seed=seed)
-    if fmt == "openvino" and scan != "portable":
+    check_export_args(scan=scan, precision=precision, opset=opset)
+    if fmt == "openvino" and scan != PORTABLE_SCAN:
         raise TinyvimError("--fmt openvino needs --scan portable: OpenVINO has no CrossSelectiveScan op")
-    output = os.fspath(output) if output else default_output(fmt, variant=variant, img_size=img_size, scan=scan,
-                                                              precision=precision, backbone=backbone,
-                                                              dynamic_size=dynamic_size)
+    output = os.fspath(output) if output else default_output(fmt, model, inputs, scan=scan, precision=precision)
     if os.path.isdir(output):      # os.path: a name too long to stat is the writer's check below
         example = Path(output) / f"model{spec.suffix}"
         raise TinyvimError(f"-o {output} is a folder: --fmt {fmt} writes {spec.doc} (e.g. -o {example}); "
                            "a Triton model repository is --fmt triton")
-    inputs = {"--checkpoint": checkpoint}
+    read = {"--checkpoint": model.checkpoint}
     if fmt == "openvino":
-        files = check_ir_outputs(output, json_path=json_path, inputs=inputs)
+        files = check_ir_outputs(output, json_path=json_path, inputs=read)
         import_optional("openvino")          # a missing extra is said before the minutes of tracing
     else:
-        check_output_paths({"-o": output, "--json": json_path}, inputs=inputs)
+        check_output_paths({"-o": output, "--json": json_path}, inputs=read)
         files = (Path(output),)
-    kwargs = dict(variant=variant, img_size=img_size, scan=scan, precision=precision, backbone=backbone,
-                  dynamic_size=dynamic_size, batch=batch, opset=opset, seed=seed, checkpoint=checkpoint,
-                  **export_kwargs)
+    kwargs = dict(scan=scan, precision=precision, opset=opset, **export_kwargs)
     return ExportPlan(fmt, Path(output), tuple(files), os.fspath(json_path) if json_path else None,
-                      compress_to_fp16, kwargs)
+                      compress_to_fp16, model, inputs, kwargs)
 
 
 def export_model(fmt: str, output: str | os.PathLike | None = None, *,

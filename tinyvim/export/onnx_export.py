@@ -10,38 +10,43 @@ import time
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
+from collections.abc import Callable
 
-import numpy as np
-import onnx
-import onnxscript.optimizer
-import torch
-from torch import nn
 
 from tinyvim import __version__
 from tinyvim.contract import (
     DEFAULT_OPSET,
-    EXPORT_PRECISIONS,
+    FP16,
+    FP32,
     INPUT_MULTIPLE,
     INPUT_NAME,
     MAX_BATCH,
     MAX_IMAGE_SIDE,
     MIN_OPSET,
-    SCAN_FLAVOURS,
+    PLUGIN_SCAN,
+    PORTABLE_SCAN,
     SCAN_PLUGIN,
     ExportMetadata,
-    check_batch,
-    check_input_size,
-    check_seed,
-    check_variant,
-    check_workload,
+    InputSpec,
+    ModelSpec,
+    Precision,
+    ScanFlavour,
+    check_export_precision,
+    check_scan,
     output_names,
 )
 from tinyvim.errors import TinyvimError
 from tinyvim.export.scan_lowering import expand_scan_nodes
-from tinyvim.model import create_model, file_sha256, reparameterize
-from tinyvim.ops import scan_implementation
-from tinyvim.utils import atomic_output, check_output_path
+from tinyvim.utils import atomic_output, check_output_path, file_sha256
+from tinyvim.lazy import lazy_import
+
+np = lazy_import("numpy")
+onnx = lazy_import("onnx")
+onnxscript_optimizer = lazy_import("onnxscript.optimizer")
+torch = lazy_import("torch")
+nn = lazy_import("torch.nn")
+models = lazy_import("tinyvim.model")
+ops = lazy_import("tinyvim.ops")
 
 
 @dataclass
@@ -56,28 +61,12 @@ class ExportResult:
     output_names: list[str] = field(default_factory=list)
 
 
-class _FP16Wrapper(nn.Module):
-    """float32 images in, float32 outputs out, float16 inside: runners and validation
-    stay dtype-agnostic; the scan and LayerNorm statistics still compute in float32."""
-
-    def __init__(self, model: nn.Module):
-        super().__init__()
-        self.model = model.half()
-
-    def forward(self, x):
-        out = self.model(x.half())
-        return tuple(o.float() for o in out) if isinstance(out, tuple) else out.float()
-
-
-def build_metadata(*, variant, backbone, ema, checkpoint, seed, img_size, batch, dynamic_batch, scan,
-                   opset, precision, dynamic_size: bool = False) -> ExportMetadata:
-    """The metadata written into every export; `validate`, `profile` and engine sidecars read it back."""
-    return ExportMetadata(
-        variant=variant, backbone=bool(backbone), ema=bool(ema),
-        checkpoint=str(Path(checkpoint).resolve()) if checkpoint else "",
-        checkpoint_sha256=file_sha256(checkpoint) if checkpoint else "",
-        init_seed=int(seed), input_size=None if dynamic_size else tuple(img_size), batch=None if dynamic_batch else int(batch),
-        scan=scan, opset=int(opset), precision=precision, tinyvim_version=__version__)
+def with_checkpoint_digest(model: ModelSpec) -> ModelSpec:
+    """`model` with its checkpoint's sha256 filled in (what the export metadata records)."""
+    if model.checkpoint is None or model.checkpoint_sha256:
+        return model
+    return model.with_(checkpoint=str(Path(model.checkpoint).resolve()),
+                       checkpoint_sha256=file_sha256(model.checkpoint))
 
 
 def read_metadata(model: onnx.ModelProto | str | os.PathLike) -> ExportMetadata | None:
@@ -109,19 +98,13 @@ def newest_opset() -> int:
     return min(onnx.defs.onnx_opset_version(), int(converter_max))
 
 
-def check_export_args(*, scan: str, precision: str, img_size: tuple[int, int], batch: int, opset: int | None,
-                      seed: int = 0) -> int:
-    """Every export argument, before anything is built; returns the opset to use. The opset
+def check_export_args(*, scan: str, precision: str, opset: int | None) -> int:
+    """The export's own arguments, before anything is built (the model and the input checked
+    themselves when their ModelSpec / InputSpec was made); returns the opset to use. The opset
     must lie between MIN_OPSET and the newest the installed onnx knows (its checker and shape
     inference refuse anything newer - after minutes of tracing)."""
-    if scan not in SCAN_FLAVOURS:
-        raise TinyvimError(f"unknown --scan {scan!r}: choose portable (standard ONNX ops) or plugin (TensorRT)")
-    if precision not in EXPORT_PRECISIONS:
-        raise TinyvimError(f"unknown --precision {precision!r}: choose {' or '.join(EXPORT_PRECISIONS)}")
-    check_input_size(*img_size)
-    check_batch(batch)
-    check_workload(batch, img_size)
-    check_seed(seed)
+    check_scan(scan)
+    check_export_precision(precision)
     opset = DEFAULT_OPSET if opset is None else opset
     newest = newest_opset()
     if isinstance(opset, bool) or not isinstance(opset, int) or opset < MIN_OPSET:
@@ -166,9 +149,9 @@ def _torch_export(model: nn.Module, example: torch.Tensor, *, scan: str, dynamic
     # export with the parallel lowering then writes that node out as standard ops
     # (tinyvim.export.scan_lowering): tracing the scan's torch ops cost two thirds of an export.
     # Other lowerings (e.g. sequential, for comparisons) trace the implementation's own ops.
-    direct = scan == "portable" and lowering in DIRECT_LOWERINGS
-    traced = scan == "portable" and not direct
-    ctx = scan_implementation(lowering, inline=True) if traced else contextlib.nullcontext()
+    direct = scan == PORTABLE_SCAN and lowering in DIRECT_LOWERINGS
+    traced = scan == PORTABLE_SCAN and not direct
+    ctx = ops.scan_implementation(lowering, inline=True) if traced else ops.scan_as_onnx_node()
     # The exporter is chatty (progress lines, deprecation and torchvision warnings): keep
     # our own summary readable, and surface its text only if it fails.
     sink = io.StringIO()
@@ -180,8 +163,8 @@ def _torch_export(model: nn.Module, example: torch.Tensor, *, scan: str, dynamic
             # The exporter's full optimizer spends most of an export (minutes on 2 cores)
             # in pattern rewrites that onnxslim repeats anyway; constant folding is the
             # part we need (it also turns the exporter's float64 Resize scales into float32).
-            onnxscript.optimizer.fold_constants(program.model)
-            onnxscript.optimizer.remove_unused_nodes(program.model)
+            onnxscript_optimizer.fold_constants(program.model)
+            onnxscript_optimizer.remove_unused_nodes(program.model)
         except Exception as exc:  # noqa: BLE001 - the exporter raises many types; all mean "export failed"
             raise TinyvimError(f"ONNX export failed: {str(exc).strip().splitlines()[0][:300]}") from exc
     proto = program.model_proto
@@ -238,57 +221,47 @@ def cleanup_graph(model: onnx.ModelProto) -> onnx.ModelProto:
             return model
 
 
-def export_onnx(output: str | os.PathLike, *, variant: str = "s", checkpoint: str | os.PathLike | None = None,
-                ema: bool = False, backbone: bool = False, img_size: tuple[int, int] = (224, 224), batch: int = 1,
-                dynamic_batch: bool = False, scan: str = "portable", opset: int | None = None,
-                precision: str = "fp32", seed: int = 0, model: nn.Module | None = None, cleanup: bool = True,
-                lowering: str = "parallel", dynamic_size: bool = False, allow_nonfinite: bool = False,
+def export_onnx(output: str | os.PathLike, model: ModelSpec = ModelSpec(), inputs: InputSpec = InputSpec(), *,
+                scan: ScanFlavour = PORTABLE_SCAN, precision: Precision = FP32, opset: int | None = None,
+                network: nn.Module | None = None, lowering: str = "parallel", cleanup: bool = True,
                 log: Callable[[str], None] | None = None) -> ExportResult:
-    """Export the re-parameterized TinyViM to `output` (written atomically).
+    """Export the re-parameterized TinyViM `model` for `inputs` to `output` (written atomically).
 
-    Input `images` (B, 3, H, W) float32; outputs `logits` (B, 1000) or `feat0..feat3`.
-    `model` may pass an already-built unfused TinyViM (then variant/checkpoint only
-    feed the metadata). `lowering` picks the portable graph's scan: "parallel" (log depth, the
-    default; written directly as ONNX nodes by tinyvim.export.scan_lowering) or the name of a
-    scan implementation whose torch ops are traced instead, e.g. "sequential" (one unrolled step
-    per position; bench/onnx_cpu.py compares them). `dynamic_size`: H and W symbolic (any
-    multiples of 32 up to MAX_IMAGE_SIDE from one file); the parallel scan then takes its orders
-    and padding from the runtime shape and ends in an ONNX Scan loop, and img_size is not used.
-    Every argument and the output path are checked before the model is built. Returns an
-    ExportResult with the node census."""
-    img_size = tuple(img_size)
-    variant = check_variant(variant)
-    opset = check_export_args(scan=scan, precision=precision, img_size=img_size, batch=batch, opset=opset, seed=seed)
+    Input `images` (B, 3, H, W) float32; outputs `logits` (B, 1000) or `feat0..feat3`; a None
+    size or batch in `inputs` is a dynamic dimension (a dynamic size: any multiples of 32 up to
+    MAX_IMAGE_SIDE from one file; the parallel scan then takes its orders and padding from the
+    runtime shape and ends in an ONNX Scan loop). `network` may pass an already-built unfused
+    TinyViM (then `model` only feeds the metadata). `lowering` picks the portable graph's scan:
+    "parallel" (log depth, the default; written directly as ONNX nodes by
+    tinyvim.export.scan_lowering) or the name of a scan implementation whose torch ops are
+    traced instead, e.g. "sequential" (one unrolled step per position; bench/onnx_cpu.py
+    compares them). Every argument and the output path are checked before the model is built.
+    Returns an ExportResult with the node census."""
+    opset = check_export_args(scan=scan, precision=precision, opset=opset)
     check_output_path(output)
-    if dynamic_size:
-        if scan == "portable" and lowering not in DIRECT_LOWERINGS:
+    if inputs.dynamic_size:
+        if scan == PORTABLE_SCAN and lowering not in DIRECT_LOWERINGS:
             raise TinyvimError(f"the {lowering!r} scan lowering needs a fixed input size: drop --dynamic-size")
         lowering = "dynamic"
     log = log or (lambda msg: None)
     start = time.perf_counter()
-    if model is None:
-        model = create_model(variant, checkpoint=checkpoint, backbone=backbone, ema=ema, seed=seed,
-                             allow_nonfinite=allow_nonfinite)
-    deploy = reparameterize(model)
-    if precision == "fp16":
-        deploy = _FP16Wrapper(deploy)
-    names = output_names(backbone)
-    example_batch = max(batch, 2) if dynamic_batch else batch   # batch 1 would pin the dimension
-    trace_size = DYNAMIC_SIZE_EXAMPLE if dynamic_size else img_size
+    model = with_checkpoint_digest(model)
+    deploy = models.reparameterize(network if network is not None else models.build_model(model))
+    if precision == FP16:
+        deploy = models.FP16Wrapper(deploy)
+    names = output_names(model.backbone)
+    example_batch = 2 if inputs.dynamic_batch else inputs.batch   # batch 1 would pin the dimension
+    trace_size = DYNAMIC_SIZE_EXAMPLE if inputs.dynamic_size else inputs.size
     example = torch.randn(example_batch, 3, *trace_size, generator=torch.Generator().manual_seed(0))
-    log(f"tracing TinyViM-{variant.upper()} ({scan} scan, {precision}, "
-        f"{'HxW dynamic' if dynamic_size else f'{img_size[0]}x{img_size[1]}'}, "
-        f"batch {'dynamic' if dynamic_batch else batch}, opset {opset})")
-    proto = _torch_export(deploy, example, scan=scan, dynamic_batch=dynamic_batch, opset=opset, output_names=names,
-                          lowering=lowering, dynamic_size=dynamic_size)
+    log(f"tracing TinyViM-{model.variant.upper()} ({scan} scan, {precision}, {inputs.describe()}, opset {opset})")
+    proto = _torch_export(deploy, example, scan=scan, dynamic_batch=inputs.dynamic_batch, opset=opset,
+                          output_names=names, lowering=lowering, dynamic_size=inputs.dynamic_size)
     if cleanup:
         log(f"cleaning up the graph ({len(proto.graph.node)} nodes)")
         proto = cleanup_graph(proto)
     uniform_constants_to_fills(proto)
     proto = onnx.shape_inference.infer_shapes(proto, strict_mode=False)
-    metadata = build_metadata(variant=variant, backbone=backbone, ema=ema, checkpoint=checkpoint, seed=seed,
-                              img_size=img_size, batch=batch, dynamic_batch=dynamic_batch, scan=scan,
-                              opset=opset, precision=precision, dynamic_size=dynamic_size)
+    metadata = ExportMetadata.build(model, inputs, scan=scan, precision=precision, opset=opset)
     del proto.metadata_props[:]
     for key, value in metadata.to_props().items():
         proto.metadata_props.add(key=key, value=value)
@@ -350,9 +323,9 @@ def uniform_constants_to_fills(model: onnx.ModelProto, min_elements: int = UNIFO
 def _verify(proto: onnx.ModelProto, scan: str, names: list[str]) -> None:
     """The flavour's promises, checked on the graph itself before anything is written."""
     custom = [n for n in proto.graph.node if n.domain not in ("", "ai.onnx")]
-    if scan == "portable" and custom:
+    if scan == PORTABLE_SCAN and custom:
         raise TinyvimError(f"internal: portable export produced non-standard nodes {sorted({n.op_type for n in custom})}")
-    if scan == "plugin":
+    if scan == PLUGIN_SCAN:
         odd = [n for n in custom if (n.domain, n.op_type) != (SCAN_PLUGIN.onnx_domain, SCAN_PLUGIN.op_type)]
         if odd or not custom:
             raise TinyvimError(f"internal: plugin export has unexpected custom nodes {[n.op_type for n in odd]}")
@@ -364,8 +337,6 @@ def _verify(proto: onnx.ModelProto, scan: str, names: list[str]) -> None:
         raise TinyvimError("internal: exported graph has unexpected input/output names")
 
 
-_ATTR_TYPE_NAMES = {onnx.AttributeProto.INT: "INT", onnx.AttributeProto.FLOAT: "FLOAT",
-                    onnx.AttributeProto.STRING: "STRING"}
 
 
 def plugin_node_problems(node: onnx.NodeProto) -> list[str]:
@@ -386,7 +357,7 @@ def plugin_node_problems(node: onnx.NodeProto) -> list[str]:
         if f.name not in attrs:
             problems.append(f"attribute {f.name} is missing")
             continue
-        kind = _ATTR_TYPE_NAMES.get(attrs[f.name].type, onnx.AttributeProto.AttributeType.Name(attrs[f.name].type))
+        kind = onnx.AttributeProto.AttributeType.Name(attrs[f.name].type)
         if kind != f.onnx_type:
             problems.append(f"attribute {f.name} is {kind}, the contract says {f.onnx_type}")
         elif kind == "INT" and not f.minimum <= attrs[f.name].i <= f.maximum:

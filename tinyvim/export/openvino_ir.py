@@ -22,7 +22,11 @@ from tinyvim.contract import (
     IR_RT_INFO_KEY,
     IR_SUFFIX,
     IR_WEIGHTS_SUFFIX,
+    PORTABLE_SCAN,
     ExportMetadata,
+    InputSpec,
+    ModelSpec,
+    ScanFlavour,
 )
 from tinyvim.errors import TinyvimError
 from tinyvim.errors import error_reason as ov_error_reason
@@ -197,15 +201,17 @@ def check_ir_weights(xml: str | os.PathLike) -> None:
                        f"records {wanted}): export the IR again, or put its own {binary.name} beside it")
 
 
-def export_ir(output: str | os.PathLike, *, compress_to_fp16: bool = False, scan: str = "portable", **export_kwargs):
+def export_ir(output: str | os.PathLike, model: ModelSpec = ModelSpec(), inputs: InputSpec = InputSpec(), *,
+              compress_to_fp16: bool = False, scan: ScanFlavour = PORTABLE_SCAN, **export_kwargs):
     """`export_onnx` to a scratch folder, then `save_ir` to `output` (.xml). Returns the ONNX
     export's ExportResult with path, metadata and size (.xml + .bin) of the IR."""
-    if scan != "portable":
+    if scan != PORTABLE_SCAN:
         raise TinyvimError("--fmt openvino needs --scan portable: OpenVINO has no CrossSelectiveScan op")
     xml, _ = check_ir_outputs(output)
     import_optional("openvino")        # before the minutes of tracing
     with scratch_directory("tinyvim-ir-") as tmp:
-        result = onnx_export.export_onnx(tmp / "model.onnx", scan=scan, **export_kwargs)   # looked up when called
+        result = onnx_export.export_onnx(tmp / "model.onnx", model, inputs, scan=scan,   # looked up when called
+                                         **export_kwargs)
         log = export_kwargs.get("log") or (lambda m: None)
         log(f"converting to OpenVINO IR{' (weights compressed to fp16)' if compress_to_fp16 else ''}")
         xml, binary = save_ir(result.path, xml, result.metadata, compress_to_fp16=compress_to_fp16)

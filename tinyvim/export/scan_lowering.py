@@ -28,13 +28,15 @@ pad to a multiple of 8 and run the last levels as a Scan loop whose trip count i
 """
 from __future__ import annotations
 
-import numpy as np
-import onnx
-from onnx import TensorProto, helper, numpy_helper
 
 from tinyvim.contract import SCAN_PLUGIN
 from tinyvim.errors import TinyvimError
-from tinyvim.ops.scan import _layout
+from tinyvim.lazy import lazy_import
+
+np = lazy_import("numpy")
+onnx = lazy_import("onnx")
+#: the scan's index layout, shared with the torch implementations (imports torch: loaded on use)
+scan_ops = lazy_import("tinyvim.ops.scan")
 
 #: the sequential recurrence that ends the parallel scan covers at most this many steps
 MAX_TAIL = 8
@@ -67,7 +69,7 @@ class _Builder:
         self._count += 1
         return f"{self.prefix}{hint}_{self._count}"
 
-    def const(self, value, dtype=np.float32) -> str:
+    def const(self, value, dtype="float32") -> str:
         array = np.ascontiguousarray(np.asarray(value, dtype=dtype))
         key = (array.dtype.str, array.shape, array.tobytes())
         if key not in self._constants:
@@ -75,7 +77,7 @@ class _Builder:
             while name in self._taken:
                 name += "_"
             self._taken.add(name)
-            self.graph.initializer.append(numpy_helper.from_array(array, name))
+            self.graph.initializer.append(onnx.numpy_helper.from_array(array, name))
             self._constants[key] = name
         return self._constants[key]
 
@@ -84,7 +86,7 @@ class _Builder:
 
     def op(self, op_type: str, *inputs: str, outputs: int = 1, out: str | None = None, **attrs):
         names = [out] if out is not None else [self.name(op_type.lower()) for _ in range(outputs)]
-        self.nodes.append(helper.make_node(op_type, list(inputs), names, name=self.name(op_type), **attrs))
+        self.nodes.append(onnx.helper.make_node(op_type, list(inputs), names, name=self.name(op_type), **attrs))
         return names[0] if outputs == 1 else names
 
 
@@ -92,15 +94,15 @@ def _constant(graph: onnx.GraphProto, name: str) -> np.ndarray | None:
     """The value of `name` if it is an initializer, a Constant node's output, or a Cast of one."""
     for init in graph.initializer:
         if init.name == name:
-            return numpy_helper.to_array(init)
+            return onnx.numpy_helper.to_array(init)
     for node in graph.node:
         if name in node.output:
             if node.op_type == "Constant" and node.attribute and node.attribute[0].name == "value":
-                return numpy_helper.to_array(node.attribute[0].t)
+                return onnx.numpy_helper.to_array(node.attribute[0].t)
             if node.op_type == "Cast":
                 source = _constant(graph, node.input[0])
                 to = next(a.i for a in node.attribute if a.name == "to")
-                return None if source is None else source.astype(helper.tensor_dtype_to_np_dtype(to))
+                return None if source is None else source.astype(onnx.helper.tensor_dtype_to_np_dtype(to))
             return None
     return None
 
@@ -169,7 +171,7 @@ def _lower_fixed(g: _Builder, x, delta, bs, cs, a, ds, bias, out: str, h: int, w
     length = h * w
     levels, tail = fixed_plan(length)
     padded = tail * 2 ** (levels + 1)
-    _, flat_in, flat_out, _ = _layout(h, w, padded, True)
+    _, flat_in, flat_out, _ = scan_ops._layout(h, w, padded, True)
     channels = 2 * d + 2 * n
     # per direction [dt | u | B | C] channels, flattened to (B, 4L, C) for one gather of every step
     maps = g.op("Concat", g.op("Reshape", delta, g.i64([0, 4, d, length])),
@@ -293,14 +295,15 @@ def _unrolled_tail(g: _Builder, a: str, b: str, steps: int) -> str:
 def _loop_tail(g: _Builder, a: str, b: str, d: int, n: int) -> str:
     """One ONNX Scan along axis 2 (trip count = the runtime length)."""
     zeros = g.op("ConstantOfShape", g.op("Concat", g.op("Shape", b, end=2), g.i64([n, d]), axis=0),
-                 value=numpy_helper.from_array(np.zeros(1, np.float32)))
-    step = [helper.make_tensor_value_info(name, TensorProto.FLOAT, None) for name in ("state", "a_t", "b_t")]
+                 value=onnx.numpy_helper.from_array(np.zeros(1, np.float32)))
+    step = [onnx.helper.make_tensor_value_info(name, onnx.TensorProto.FLOAT, None) for name in ("state", "a_t", "b_t")]
     # `state` first in the product: OpenVINO 2026.4 mis-binds the body's inputs otherwise
     # (see tinyvim.ops.scan._loop_step)
+    helper = onnx.helper
     body = helper.make_graph(
         [helper.make_node("Mul", ["state", "a_t"], ["decayed"]), helper.make_node("Add", ["decayed", "b_t"], ["next"]),
          helper.make_node("Identity", ["next"], ["y_t"])],
-        "scan_step", step, [helper.make_tensor_value_info(name, TensorProto.FLOAT, None) for name in ("next", "y_t")])
+        "scan_step", step, [helper.make_tensor_value_info(name, onnx.TensorProto.FLOAT, None) for name in ("next", "y_t")])
     _, states = g.op("Scan", zeros, a, b, outputs=2, body=body, num_scan_inputs=2,
                      scan_input_axes=[2, 2], scan_output_axes=[2])
     return states

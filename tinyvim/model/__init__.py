@@ -7,9 +7,11 @@ import torch
 from torch import nn
 
 from tinyvim.contract import (
+    DEFAULT_VARIANT,
     IMAGENET_MEAN,
     IMAGENET_STD,
     INPUT_MULTIPLE,
+    ModelSpec,
     check_input_size,
 )
 from tinyvim.errors import TinyvimError
@@ -27,7 +29,7 @@ from tinyvim.model.tinyvim import VARIANTS, DeployTinyViM, TinyViM, variant_conf
 import tinyvim.plugins.torch_cuda  # noqa: E402,F401  isort: skip
 
 
-def create_model(variant: str = "s", *, checkpoint: str | os.PathLike | None = None, backbone: bool = False,
+def create_model(variant: str = DEFAULT_VARIANT, *, checkpoint: str | os.PathLike | None = None, backbone: bool = False,
                  ema: bool = False, seed: int = 0, num_classes: int = 1000, allow_nonfinite: bool = False) -> TinyViM:
     """An eval-mode TinyViM (unfused, float32).
 
@@ -56,6 +58,12 @@ def create_model(variant: str = "s", *, checkpoint: str | os.PathLike | None = N
     return model.eval()
 
 
+def build_model(spec: ModelSpec) -> TinyViM:
+    """The eval-mode, unfused TinyViM a ModelSpec names (create_model with its fields)."""
+    return create_model(spec.variant, checkpoint=spec.checkpoint, backbone=spec.backbone, ema=spec.ema,
+                        seed=spec.weight_seed, allow_nonfinite=spec.allow_nonfinite)
+
+
 def reparameterize(model: nn.Module) -> nn.Module:
     """A new, fused deploy model (the input is left untouched), in eval mode."""
     if isinstance(model, DeployTinyViM):
@@ -65,12 +73,25 @@ def reparameterize(model: nn.Module) -> nn.Module:
     return model.fuse().eval()
 
 
+class FP16Wrapper(nn.Module):
+    """float32 images in, float32 outputs out, float16 inside (an fp16 export): runners and
+    validation stay dtype-agnostic; the scan and LayerNorm statistics still compute in float32."""
+
+    def __init__(self, model: nn.Module):
+        super().__init__()
+        self.model = model.half()
+
+    def forward(self, x):
+        out = self.model(x.half())
+        return tuple(o.float() for o in out) if isinstance(out, tuple) else out.float()
+
+
 def count_parameters(model: nn.Module) -> int:
     return sum(p.numel() for p in model.parameters())
 
 
 __all__ = [
-    "IMAGENET_MEAN", "IMAGENET_STD", "INPUT_MULTIPLE", "VARIANTS", "DeployTinyViM", "TinyViM",
-    "backbone_state", "check_input_size", "count_parameters", "create_model", "file_sha256",
+    "IMAGENET_MEAN", "IMAGENET_STD", "INPUT_MULTIPLE", "VARIANTS", "DeployTinyViM", "FP16Wrapper", "TinyViM",
+    "backbone_state", "build_model", "check_input_size", "count_parameters", "create_model", "file_sha256",
     "infer_variant", "load_into", "read_checkpoint", "reparameterize", "variant_config",
 ]

@@ -1,6 +1,6 @@
 """Convolutional building blocks of TinyViM, each able to fuse itself for deployment.
 
-Module and parameter names follow the official release (SPEC.md): they are the
+Module and parameter names follow the official release (TinyViM, arXiv 2411.17473): they are the
 state-dict keys of the official checkpoints.
 """
 from __future__ import annotations
@@ -194,6 +194,6 @@ class Affine2d(nn.Module):
 
     @classmethod
     @torch.no_grad()
-    def from_bn(cls, bn: nn.BatchNorm2d) -> "Affine2d":
+    def from_bn(cls, bn: nn.BatchNorm2d) -> Affine2d:
         scale = bn.weight / torch.sqrt(bn.running_var + bn.eps)
         return cls(scale, bn.bias - bn.running_mean * scale)

@@ -1,4 +1,4 @@
-"""SS2D, the Laplace mixer's scan branch, and the TViM block (SPEC.md)."""
+"""SS2D, the Laplace mixer's scan branch, and the TViM block (TinyViM, arXiv 2411.17473)."""
 from __future__ import annotations
 
 import math
@@ -106,7 +106,7 @@ class SS2D(nn.Module):
         return self.out_proj(torch.cat([y, x_high], dim=1))
 
     @torch.no_grad()
-    def fuse(self) -> "DeploySS2D":
+    def fuse(self) -> DeploySS2D:
         return DeploySS2D(self)
 
 

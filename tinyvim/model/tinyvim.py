@@ -104,7 +104,7 @@ class TinyViM(nn.Module):
         return (self.head(x) + self.dist_head(x)) / 2
 
     @torch.no_grad()
-    def fuse(self) -> "DeployTinyViM":
+    def fuse(self) -> DeployTinyViM:
         return DeployTinyViM(self)
 
 

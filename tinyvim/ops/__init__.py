@@ -5,6 +5,7 @@ from tinyvim.ops.scan import (
     cross_selective_scan,
     current_scan_implementation,
     register_scan_implementation,
+    scan_as_onnx_node,
     scan_dynamic,
     scan_implementation,
     scan_orders,
@@ -16,7 +17,7 @@ from tinyvim.ops.scan import (
 
 __all__ = [
     "available_scan_implementations", "check_scan_inputs", "cross_selective_scan",
-    "current_scan_implementation", "register_scan_implementation", "scan_implementation",
+    "current_scan_implementation", "register_scan_implementation", "scan_as_onnx_node", "scan_implementation",
     "scan_dynamic", "scan_orders", "scan_parallel", "scan_sequential", "set_default_scan_implementation",
     "softplus_stable",
 ]

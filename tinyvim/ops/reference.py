@@ -1,6 +1,6 @@
 """Independent float64 reference of the cross selective scan (numpy, plain loops).
 
-Deliberately written from the definition in SPEC.md, sharing no code with the
+Deliberately written from the scan's definition (tinyvim.ops.scan's module docstring), sharing no code with the
 torch implementations: it materialises the four scan orders explicitly
 (row-major, column-major and their reverses), runs the recurrence per channel,
 and scatters each direction back to its (h, w) position before summing.

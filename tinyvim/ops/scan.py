@@ -1,6 +1,6 @@
 """The SS2D cross selective scan: one op contract, several implementations.
 
-Contract (natural layout, see SPEC.md):
+Contract (natural layout; tinyvim.contract.SCAN_PLUGIN declares the same shapes for the ONNX node):
     x          (B, D, h, w)      the low-frequency map fed to the scan (u)
     delta      (B, 4D, h, w)     raw dt, before delta_bias and softplus
     Bs, Cs     (B, 4, N, h, w)   per-direction input/output projections
@@ -38,7 +38,7 @@ from __future__ import annotations
 import contextlib
 import functools
 import threading
-from typing import Callable, Iterator
+from collections.abc import Callable, Iterator
 
 import numpy as np
 import torch
@@ -446,6 +446,20 @@ def scan_implementation(name: str, *, inline: bool = False) -> Iterator[None]:
         stack.pop()
 
 
+@contextlib.contextmanager
+def scan_as_onnx_node() -> Iterator[None]:
+    """Inside the block the scan is traced as the contract's one ONNX node (SCAN_PLUGIN): the
+    exporter says so when it writes the plugin flavour, or the portable flavour whose scan
+    tinyvim.export.scan_lowering writes out as standard ops afterwards. Said by the caller,
+    not guessed from torch.onnx.is_in_onnx_export(), which any other export would trip too."""
+    previous = getattr(_local, "as_node", False)
+    _local.as_node = True
+    try:
+        yield
+    finally:
+        _local.as_node = previous
+
+
 @torch.library.custom_op("tinyvim::cross_selective_scan", mutates_args=())
 def _cross_selective_scan_op(x: Tensor, delta: Tensor, Bs: Tensor, Cs: Tensor, A: Tensor,
                              Ds: Tensor, delta_bias: Tensor) -> Tensor:
@@ -477,7 +491,7 @@ def cross_selective_scan(x: Tensor, delta: Tensor, Bs: Tensor, Cs: Tensor, A: Te
     inline `scan_implementation` block is active."""
     if _inline():
         return _IMPLEMENTATIONS[current_scan_implementation()](x, delta, Bs, Cs, A, Ds, delta_bias)
-    if torch.onnx.is_in_onnx_export():
+    if getattr(_local, "as_node", False):
         return _plugin_node(x, delta, Bs, Cs, A, Ds, delta_bias)
     return torch.ops.tinyvim.cross_selective_scan(x, delta, Bs, Cs, A, Ds, delta_bias)
 

@@ -19,7 +19,7 @@ import subprocess
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
+from collections.abc import Callable
 
 from tinyvim.plugins.cpu_twin import cache_dir
 from tinyvim.plugins.errors import PluginError
@@ -198,7 +198,7 @@ def run_build(plan: BuildPlan, progress: Callable[[str], None] | None = None) ->
     build_dir, targets = plan.build_dir, plan.targets
     log_path = build_dir / LOG_NAME
     try:
-        log = open(log_path, "w")
+        log = open(log_path, "w")     # noqa: SIM115 - opened here to name the log on OSError; `with log` closes it
     except OSError as exc:
         raise PluginError(f"cannot write the build log {log_path}: {exc.strerror or exc}: pass --build-dir DIR "
                           "(or set TINYVIM_PLUGIN_BUILD_DIR) to a folder you can write") from None

@@ -17,15 +17,17 @@ import subprocess
 import tempfile
 from pathlib import Path
 
-import numpy as np
-import torch
 
-from tinyvim.ops import register_scan_implementation
 from tinyvim.plugins.errors import PluginError
+from tinyvim.lazy import lazy_import
+
+np = lazy_import("numpy")
+torch = lazy_import("torch")
+ops = lazy_import("tinyvim.ops")
 
 CSRC = Path(__file__).resolve().parent / "csrc"
 SOURCES = (CSRC / "cross_scan_cpu.cpp", CSRC / "scan_step.h")
-_DTYPE_CODES = {np.dtype(np.float32): 0, np.dtype(np.float64): 3}
+_DTYPE_CODES = {"float32": 0, "float64": 3}
 _ORDER = ("x", "delta", "Bs", "Cs", "A", "Ds", "delta_bias")
 
 
@@ -120,7 +122,7 @@ def cross_selective_scan_cpu(x, delta, Bs, Cs, A, Ds, delta_bias) -> np.ndarray:
     y = np.empty_like(x)
     lib = load_library()
     ptrs = [t.ctypes.data for t in arrays] + [y.ctypes.data]
-    rc = lib.tinyvim_cross_scan_cpu(*ptrs, b, d, h, w, n, _DTYPE_CODES[dtype])
+    rc = lib.tinyvim_cross_scan_cpu(*ptrs, b, d, h, w, n, _DTYPE_CODES[dtype.name])
     if rc != 0:
         raise PluginError("CPU twin: " + lib.tinyvim_cross_scan_cpu_error_string(rc).decode())
     return y
@@ -137,4 +139,4 @@ def scan_cpu_twin_torch(x, delta, Bs, Cs, A, Ds, delta_bias):
 
 def register() -> None:
     """Make the twin selectable as scan implementation "cpu_twin"."""
-    register_scan_implementation("cpu_twin", scan_cpu_twin_torch)
+    ops.register_scan_implementation("cpu_twin", scan_cpu_twin_torch)

@@ -329,7 +329,7 @@ def build_trt_on_cpu(tensorrt_include: Path, out_dir: Path | None = None) -> dic
     return {"kernel": kernel, "plugin": plugin, "driver": driver}
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _compiler_version(cxx: str) -> str:
     return subprocess.run([cxx, "--version"], capture_output=True, text=True).stdout.splitlines()[0]
 

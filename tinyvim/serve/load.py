@@ -17,9 +17,8 @@ import threading
 import time
 import urllib.parse
 from dataclasses import dataclass
-from typing import Callable
+from collections.abc import Callable
 
-import numpy as np
 
 from tinyvim.backends.model_file import read_onnx_info
 from tinyvim.backends.ort.runner import OrtRunner
@@ -36,6 +35,9 @@ from tinyvim.serve.server import TritonServer, find_triton
 from tinyvim.tools.environment import default_threads, environment
 from tinyvim.tools.inputs import random_batches
 from tinyvim.tools.profile import latency_stats
+from tinyvim.lazy import lazy_import
+
+np = lazy_import("numpy")
 
 PROTOCOLS = ("http", "grpc")
 #: the option that names each protocol's endpoint, for messages

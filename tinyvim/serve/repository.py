@@ -24,9 +24,9 @@ import os
 import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Iterator, Mapping
+from typing import Any
+from collections.abc import Callable, Iterator, Mapping
 
-import onnx
 
 from tinyvim import __version__
 from tinyvim.backends.trt.builder import build_engine
@@ -41,6 +41,7 @@ from tinyvim.contract import (
     TRITON_PLAN_FILE,
     TRITON_PYTHON_PARAMS,
     ExportMetadata,
+    InputSpec,
     format_size,
 )
 from tinyvim.errors import TinyvimError
@@ -56,6 +57,9 @@ from tinyvim.serve.settings import (
     settings_from_options,
 )
 from tinyvim.utils import TEMP_MARK, file_sha256, temp_owner_gone, temp_tag
+from tinyvim.lazy import lazy_import
+
+onnx = lazy_import("onnx")
 
 DEFAULT_REPOSITORY = "model_repository"
 #: ONNX TensorProto element type name -> Triton data type
@@ -302,13 +306,14 @@ def triton_export_args(settings: TritonSettings, export: Mapping[str, Any]) -> d
     Triton batching (max_batch_size N) needs a dynamic batch, which it fills with 1..N images;
     without batching (0) the model takes the ONNX's fixed batch. Conflicts are refused here,
     before a minute of export."""
-    batch, dynamic = export.get("batch", 1), bool(export.get("dynamic_batch"))
+    inputs = export.get("inputs", InputSpec())
+    batch, dynamic = inputs.batch, inputs.dynamic_batch
     if settings.max_batch_size:
-        if batch != 1:
+        if batch not in (1, None):
             raise TinyvimError(f"--batch {batch}: with --fmt {TRITON_FORMAT} the batch is dynamic up to "
                                f"{FLAG['max_batch_size']} ({settings.max_batch_size}), Triton batches requests; "
                                f"for a fixed batch give {FLAG['max_batch_size']} 0")
-        return {**export, "batch": 1, "dynamic_batch": True}
+        return {**export, "inputs": inputs.with_(batch=None)}
     if dynamic:
         raise TinyvimError(f"--dynamic-batch with {FLAG['max_batch_size']} 0: without Triton batching the model "
                            f"takes the ONNX's fixed batch: drop --dynamic-batch (and give --batch N), or let Triton "
@@ -320,8 +325,8 @@ def export_repository(repo: str | os.PathLike | None, options: Mapping[str, Any]
                       log: Callable[[str], None] = lambda m: None) -> RepositoryResult:
     """`export --fmt triton`: REPO (default DEFAULT_REPOSITORY) from the Triton options
     (`options`: TRITON_OPTIONS keywords -> values, None for unset) and the export's own
-    (`export`: keyword arguments of tinyvim.export.export_onnx, batch and dynamic_batch
-    included). With options['engine'] the plan is served and `export` does not apply."""
+    (`export`: arguments of tinyvim.export.export_onnx by name: model, inputs, scan, precision,
+    opset). With options['engine'] the plan is served and `export` does not apply."""
     settings = settings_from_options(options)
     repo = repo or DEFAULT_REPOSITORY
     engine = options.get("engine")
@@ -411,11 +416,11 @@ def _check_export_fits(settings: TritonSettings, export: Mapping[str, Any]) -> N
         raise TinyvimError(f"--scan {PLUGIN_SCAN} puts {SCAN_PLUGIN.op_type} nodes in the ONNX, which only "
                            f"TensorRT runs: use --scan portable for {FLAG['backend']} {settings.backend}, or "
                            f"{FLAG['backend']} tensorrt")
-    dynamic = bool(export.get("dynamic_batch"))
+    dynamic = export.get("inputs", InputSpec()).dynamic_batch
     if dynamic != bool(settings.max_batch_size):
         triton_export_args(settings, export)     # raises, naming the fix
         raise TinyvimError(f"Triton batching ({FLAG['max_batch_size']} {settings.max_batch_size}) needs an export "
-                           "with a dynamic batch (dynamic_batch=True, batch=1)")
+                           "with a dynamic batch (InputSpec batch None)")
 
 
 def _os_error(exc: OSError, repo: Path, root: Path) -> TinyvimError:

@@ -48,13 +48,14 @@ import urllib.error
 import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
+from collections.abc import Callable
 
 from tinyvim.contract import TRITON_PORTS, check_positive_float
 from tinyvim.errors import TinyvimError
 from tinyvim.interrupt import unwind_on_termination
 from tinyvim.serve.repository import remove_stale_staging
 from tinyvim.utils import check_output_path
+import contextlib
 
 #: the server wheel this project checked; --no-deps keeps its numpy<2 pin out of the environment
 #: (only its tritonserver binary is used, not its Python package)
@@ -295,7 +296,7 @@ class TritonServer:
                 *(models if self.explicit else []), *self.extra_args]
 
     # ------------------------------------------------------------------ lifecycle
-    def start(self, timeout_s: float = 120.0) -> "TritonServer":
+    def start(self, timeout_s: float = 120.0) -> TritonServer:
         """Launch the server and wait until it and every model in the repository are ready;
         a one-line TinyvimError (with the models' load errors) when it does not come up."""
         if self.process is not None:
@@ -398,7 +399,7 @@ class TritonServer:
             self._runtime = None
         return code
 
-    def __enter__(self) -> "TritonServer":
+    def __enter__(self) -> TritonServer:
         return self.start()
 
     def __exit__(self, *exc) -> None:
@@ -475,7 +476,5 @@ def _kill_group_leftovers(pgid: int, grace_s: float = 2.0) -> None:
         except (ProcessLookupError, PermissionError):
             return
         time.sleep(0.1)
-    try:
+    with contextlib.suppress(ProcessLookupError, PermissionError):
         os.killpg(pgid, signal.SIGKILL)
-    except (ProcessLookupError, PermissionError):
-        pass

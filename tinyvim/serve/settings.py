@@ -6,7 +6,8 @@ parsed values back into TritonSettings.
 from __future__ import annotations
 
 from dataclasses import dataclass, fields
-from typing import Any, Mapping
+from typing import Any
+from collections.abc import Mapping
 
 from tinyvim.contract import (
     MAX_BATCH,
@@ -96,7 +97,7 @@ class TritonSettings:
     def kind(self) -> str:
         return self.instance_kind or ("gpu" if self.backend == "tensorrt" else "cpu")
 
-    def check(self) -> "TritonSettings":
+    def check(self) -> TritonSettings:
         """One-line errors for settings Triton would refuse or that make no sense together."""
         f = FLAG
         if self.backend not in TRITON_BACKENDS:

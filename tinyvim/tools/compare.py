@@ -24,11 +24,14 @@ running statistics, so validating N batches needs the memory of one. `compare_ou
 from __future__ import annotations
 
 import math
+import numbers
 from dataclasses import asdict, dataclass, field
 
-import numpy as np
 
 from tinyvim.contract import BF16, FP8, FP16, FP32, INT8
+from tinyvim.lazy import lazy_import
+
+np = lazy_import("numpy")
 
 REL_FLOOR_FRACTION = 1e-3
 
@@ -57,7 +60,10 @@ class Tolerance:
 
 
 def _is_real(value) -> bool:
-    return isinstance(value, (int, float, np.integer, np.floating)) and not isinstance(value, (bool, np.bool_))
+    """A real number, numpy's too (they register as numbers.Real), but not a bool (nor numpy's,
+    which does not register): checked without importing numpy, as the tolerance table is built
+    when this module loads."""
+    return isinstance(value, numbers.Real) and not isinstance(value, bool)
 
 
 #: Default tolerances by the precision the target computes in.

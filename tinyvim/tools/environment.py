@@ -6,9 +6,11 @@ import os
 import platform
 from importlib.metadata import PackageNotFoundError, version
 
-import torch
 
 from tinyvim import __version__
+from tinyvim.lazy import lazy_import
+
+torch = lazy_import("torch")
 
 
 def default_threads() -> int:

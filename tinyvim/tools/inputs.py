@@ -6,17 +6,20 @@ from __future__ import annotations
 import contextlib
 import os
 import warnings
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator
+from collections.abc import Iterator
 
-import numpy as np
-from PIL import Image
 
-from tinyvim.contract import IMAGENET_MEAN, IMAGENET_STD
+from tinyvim.contract import IMAGENET_MEAN, IMAGENET_STD, check_batch, check_count, check_input_size, check_seed
 from tinyvim.errors import TinyvimError, error_reason
+from tinyvim.lazy import lazy_import
+
+np = lazy_import("numpy")
+Image = lazy_import("PIL.Image")
 
 #: 224 / 256: the resize-256-crop-224 evaluation the validate issue asked for; TinyViM's own
-#: evaluation crops 0.9 (SPEC.md), which --crop-pct 0.9 gives.
+#: evaluation crops 0.9 (its released evaluation script), which --crop-pct 0.9 gives.
 DEFAULT_CROP_PCT = 0.875
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff", ".ppm"}
 #: largest picture decoded (64 Mpx: 192 MB as RGB bytes); checked from the header, before decoding.
@@ -45,6 +48,28 @@ def check_crop_pct(crop_pct: float) -> float:
         raise TinyvimError(f"--crop-pct {crop_pct}: use a fraction in [{MIN_CROP_PCT}, 1] (0.875 is the ImageNet "
                            "evaluation's resize-256-crop-224)")
     return float(crop_pct)
+
+
+@dataclass(frozen=True)
+class InputRequest:
+    """What `validate` feeds both runs: the size and batch (None: the model's), and the pictures
+    (`images`, a folder) or `num_batches` random batches from `input_seed`. Checked when built."""
+    size: tuple[int, int] | None = None
+    batch: int | None = None
+    num_batches: int = 4
+    #: seeds the random input batches (`validate --seed`); not the weights
+    input_seed: int = 0
+    images: str | os.PathLike | None = None
+    crop_pct: float = DEFAULT_CROP_PCT
+
+    def __post_init__(self) -> None:
+        if self.size is not None:
+            check_input_size(*self.size)
+        if self.batch is not None:
+            check_batch(self.batch)
+        check_count(self.num_batches, "--num-inputs")
+        check_seed(self.input_seed, "--seed (input seed)")
+        check_crop_pct(self.crop_pct)
 
 
 def normalize(pixels: np.ndarray, mean=None, std=None) -> np.ndarray:

@@ -22,11 +22,8 @@ import os
 import tempfile
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Callable
+from collections.abc import Callable
 
-import numpy as np
-import onnx
-import torch
 
 from tinyvim.backends.model_file import ModelInfo
 from tinyvim.backends.spec import RunnerRequest
@@ -35,10 +32,15 @@ from tinyvim.backends.trt.sidecar import read_sidecar
 from tinyvim.contract import BF16, FP8, FP16, FP32, INPUT_NAME, INT8, TAP_PREFIX
 from tinyvim.errors import TinyvimError
 from tinyvim.interrupt import unwind_on_termination
-from tinyvim.model import create_model
-from tinyvim.model.ss2d import TViMBlock
-from tinyvim.ops import scan_implementation
 from tinyvim.tools.compare import Tolerance, compare_outputs
+from tinyvim.lazy import lazy_import
+
+np = lazy_import("numpy")
+onnx = lazy_import("onnx")
+torch = lazy_import("torch")
+models = lazy_import("tinyvim.model")
+ss2d = lazy_import("tinyvim.model.ss2d")
+ops = lazy_import("tinyvim.ops")
 
 #: error of a tap relative to its reference's scale (max |ref|) below which a jump is noise,
 #: by the precision the backend computes in (round-off of that precision through a few layers)
@@ -74,7 +76,7 @@ def expected_residuals(model) -> list[tuple[str, str, int]]:
     found = []
     for idx in range(0, len(model.network), 2):
         for j, block in enumerate(model.network[idx]):
-            if isinstance(block, TViMBlock):
+            if isinstance(block, ss2d.TViMBlock):
                 found.append((f"network.{idx}.{j}.op", "ss2d", idx // 2))
             found.append((f"network.{idx}.{j}", "block", idx // 2))
     return found
@@ -175,7 +177,7 @@ def capture_reference(model, taps: list[Tap], batch: np.ndarray, output_names: l
             captured[key] = output.detach().float().numpy().copy()
         handles.append(modules[tap.module].register_forward_hook(hook))
     try:
-        with torch.inference_mode(), scan_implementation("sequential"):
+        with torch.inference_mode(), ops.scan_implementation("sequential"):
             result = model(torch.from_numpy(np.ascontiguousarray(batch, dtype=np.float32)))
     finally:
         for h in handles:
@@ -264,21 +266,20 @@ def run_per_block(info: ModelInfo, config, *, backend, batch: np.ndarray, tolera
     "stage", "onnx_tensor", "shape", "max_abs_err", "scaled_err", "max_rel_err", "cosine",
     "jump"}], "first_jump": module or None, "noise_floor": float}.
 
-    `info` is the validated model, `config` its tinyvim.tools.validate.ReferenceConfig (the
+    `info` is the validated model, `config` its tinyvim.tools.reference.ReferenceConfig (the
     PyTorch reference is rebuilt from it, unfused), `backend` the registry entry it runs on."""
 
 
     options = dict(options or {})
     source = per_block_source(info)
     log("per-block comparison on the first batch...")
-    model = create_model(config.variant, checkpoint=config.checkpoint, backbone=config.backbone, ema=config.ema,
-                         seed=config.init_seed)
+    model = models.build_model(config.model)
     proto = onnx.load(source, format="protobuf")
     taps = taps_for(model, proto.graph, list(info.output_names))
     # SIGTERM/SIGHUP unwind like Ctrl-C, so the temporary folder goes too
     with unwind_on_termination(), tempfile.TemporaryDirectory(prefix="tinyvim-per-block-") as tmp:
         marked = _marked_model(info, mark_outputs(proto, taps), Path(tmp), backend, options, log)
-        runner = backend.runner(RunnerRequest("validate", model=marked, threads=threads, options=options, log=log))
+        runner = backend.runner(RunnerRequest(model=marked, threads=threads, options=options, log=log))
         with runner:
             candidate = runner.infer({INPUT_NAME: batch})
     reference = capture_reference(model, taps, batch, list(info.output_names))

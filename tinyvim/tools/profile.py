@@ -11,10 +11,10 @@ import functools
 import os
 import tempfile
 import time
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Sequence
+from collections.abc import Callable, Sequence
 
-import numpy as np
 
 from tinyvim.backends.base import BaseRunner
 from tinyvim.backends.model_file import ModelInfo
@@ -27,25 +27,29 @@ from tinyvim.backends.registry import (
 )
 from tinyvim.contract import (
     DEFAULT_IMG_SIZE,
+    DEFAULT_VARIANT,
     FILE_KIND_NAMES,
     MAX_DURATION_S,
+    InputSpec,
+    ModelOverrides,
+    ModelSpec,
     check_batch,
     check_count,
     check_positive_float,
     check_seed,
     check_threads,
-    check_variant,
     check_workload,
     format_size,
-    parse_size,
 )
 from tinyvim.errors import TinyvimError
 from tinyvim.export import export_onnx
 from tinyvim.interrupt import unwind_on_termination
-from tinyvim.lazy import import_optional
+from tinyvim.lazy import import_optional, lazy_import
 from tinyvim.tools.environment import cpu_model, default_threads, environment  # noqa: F401  (re-exported)
 from tinyvim.tools.reference import random_weights_note, resolve_checkpoint
 from tinyvim.utils import atomic_output, check_output_path
+
+np = lazy_import("numpy")
 
 SCHEMA_VERSION = 1
 #: formats `--plot` writes (matplotlib picks the format from the suffix)
@@ -196,37 +200,46 @@ def format_environment(env: dict, backends: Sequence[str]) -> str:
     return line + (", " + ", ".join(extra) if extra else "")
 
 
-def _export_for_profile(path: Path, variant: str, checkpoint, ema: bool, size, seed: int, allow_nonfinite: bool,
-                        log) -> ModelInfo:
+@dataclass(frozen=True)
+class Timing:
+    """How long each (backend, batch) is timed: `warmup` untimed calls, then `iters` calls or
+    `duration` seconds. Checked when built."""
+    warmup: int = 5
+    iters: int = 20
+    duration: float | None = None
+
+    def __post_init__(self) -> None:
+        check_count(self.warmup, "--warmup", 0)
+        if self.duration is not None:
+            object.__setattr__(self, "duration", check_positive_float(self.duration, "--duration", MAX_DURATION_S))
+        else:
+            check_count(self.iters, "--iters")
+
+
+def _export_for_profile(path: Path, model: ModelSpec, size: tuple[int, int], log) -> ModelInfo:
     """A dynamic-batch portable ONNX for backends that run one, when --model gave none."""
-    log(f"exporting TinyViM-{variant.upper()} to a temporary ONNX...")
-    export_onnx(path, variant=variant, checkpoint=checkpoint, ema=ema, img_size=tuple(size), dynamic_batch=True,
-                seed=seed, allow_nonfinite=allow_nonfinite)
+    log(f"exporting TinyViM-{model.variant.upper()} to a temporary ONNX...")
+    export_onnx(path, model, InputSpec(size, None))
     return read_model_info(path)
 
 
-def run_profile(backends, *, models: Sequence[str] = (), variant: str | None = None, checkpoint: str | None = None,
-                ema: bool = False, img_size: str | None = None, batches: Sequence[int] = (1,), warmup: int = 5,
-                iters: int | None = 20, duration: float | None = None, threads: int | None = None, seed: int = 0,
-                options: dict | None = None, allow_nonfinite: bool = False,
+def run_profile(backends, *, models: Sequence[str] = (), model: ModelOverrides = ModelOverrides(),
+                img_size: tuple[int, int] | None = None, batches: Sequence[int] = (1,), timing: Timing = Timing(),
+                threads: int | None = None, input_seed: int = 0, options: dict | None = None,
                 log: Callable[[str], None] = print) -> dict:
     """`tinyvim profile`: time each backend at each batch size. Backends that run a file take the
-    --model of their kind (an ONNX is exported on the fly where the backend allows it). Returns
-    the JSON document: settings, environment and one result per (backend, batch). Every argument
-    is checked before anything is built; a run where every combination is skipped (nothing
-    measured) is an error (exit 2)."""
+    --model of their kind (an ONNX is exported on the fly where the backend allows it); the
+    PyTorch backends build the model the files record, `model` overriding or filling in.
+    `input_seed` seeds the random input batches. Returns the JSON document: settings,
+    environment and one result per (backend, batch). Every argument is checked before anything
+    is built; a run where every combination is skipped (nothing measured) is an error (exit 2)."""
     selected: list[Backend] = parse_backends(backends)
     if not batches:
         raise TinyvimError("--batch lists no batch size")
     for b in batches:
         check_batch(b)
-    check_count(warmup, "--warmup", 0)
-    if duration is not None:
-        duration = check_positive_float(duration, "--duration", MAX_DURATION_S)
-    else:
-        check_count(iters, "--iters")
     check_threads(threads)
-    check_seed(seed)
+    check_seed(input_seed)
     by_kind: dict[str, ModelInfo] = {}
     for m in models:
         info = read_model_info(m)
@@ -239,12 +252,12 @@ def run_profile(backends, *, models: Sequence[str] = (), variant: str | None = N
             raise TinyvimError(missing_model_message(backend, list(by_kind.values())))
     known = next(iter(by_kind.values()), None)
     meta = known.metadata if known else None
-    if variant is not None and meta is not None and check_variant(variant) != meta.variant:
-        log(f"warning: --variant {check_variant(variant)} overrides the metadata of {known.path} "
+    if model.variant is not None and meta is not None and model.variant != meta.variant:
+        log(f"warning: --variant {model.variant} overrides the metadata of {known.path} "
             f"(TinyViM-{meta.variant.upper()}): the backends time different models")
-    variant = check_variant(variant or (meta.variant if meta else "s"))
+    variant = model.variant or (meta.variant if meta else DEFAULT_VARIANT)
     if img_size:
-        size = parse_size(img_size) if not isinstance(img_size, tuple) else img_size
+        size = img_size
     else:
         size = (known.fixed_size if known and known.fixed_size else None) or \
             (meta.input_size if meta and meta.input_size else DEFAULT_IMG_SIZE)
@@ -254,13 +267,16 @@ def run_profile(backends, *, models: Sequence[str] = (), variant: str | None = N
                                f"({format_size(info.fixed_size)})")
     for b in batches:
         check_workload(b, size)
-    checkpoint, warnings = resolve_checkpoint(meta, checkpoint, required=False)
+    checkpoint, warnings = resolve_checkpoint(meta, model.checkpoint, required=False)
     warnings += unused_option_warnings(selected, dict(options or {}))
     for w in warnings:
         log(f"warning: {w}")
-    init_seed = meta.init_seed if meta else 0
-    ema = ema or bool(meta and meta.ema and checkpoint)
-    note = random_weights_note(checkpoint, init_seed, who="the model")
+    recorded_seed = meta.init_seed if meta else 0
+    spec = ModelSpec(variant, checkpoint=checkpoint, backbone=bool(known and known.backbone),
+                     ema=model.ema if model.ema is not None else bool(meta and meta.ema and checkpoint),
+                     weight_seed=recorded_seed if model.weight_seed is None else model.weight_seed,
+                     allow_nonfinite=model.allow_nonfinite)
+    note = random_weights_note(spec, who="the model")
     if note:
         log(note)
     threads = threads or default_threads()
@@ -274,13 +290,9 @@ def run_profile(backends, *, models: Sequence[str] = (), variant: str | None = N
             if backend.runs_files and info is None:
                 if not backend.exports_onnx:
                     raise TinyvimError(missing_model_message(backend, list(by_kind.values())))
-                info = by_kind["onnx"] = _export_for_profile(Path(tmp) / "tinyvim.onnx", variant, checkpoint, ema,
-                                                             size, init_seed, allow_nonfinite, log)
+                info = by_kind["onnx"] = _export_for_profile(Path(tmp) / "tinyvim.onnx", spec, size, log)
             files[backend.name] = info
-        request = functools.partial(RunnerRequest, "profile", variant=variant, checkpoint=checkpoint, ema=ema,
-                                    backbone=bool(known and known.backbone),
-                                    init_seed=init_seed, allow_nonfinite=allow_nonfinite, threads=threads,
-                                    options=options, log=log)
+        request = functools.partial(RunnerRequest, spec=spec, timed=True, threads=threads, options=options, log=log)
         factories = {b.name: functools.partial(b.runner, request(model=files[b.name])) for b in selected}
 
         def batch_ok(name: str, b: int) -> str | None:
@@ -294,12 +306,13 @@ def run_profile(backends, *, models: Sequence[str] = (), variant: str | None = N
         env = environment(threads)
         log(f"profiling TinyViM-{variant.upper()} {format_size(size)} on {', '.join(factories)}, batch "
             f"{', '.join(map(str, batches))}, {threads} thread(s)")
-        entries = profile_backends(factories, list(batches), size, warmup=warmup,
-                                   iters=None if duration else iters, duration=duration, seed=seed, log=log,
-                                   batch_ok=batch_ok)
+        entries = profile_backends(factories, list(batches), size, warmup=timing.warmup,
+                                   iters=None if timing.duration else timing.iters, duration=timing.duration,
+                                   seed=input_seed, log=log, batch_ok=batch_ok)
     return {"schema_version": SCHEMA_VERSION, "variant": variant, "img_size": list(size), "checkpoint": checkpoint,
-            "environment": env, "settings": {"warmup": warmup, "iters": None if duration else iters,
-                                             "duration_s": duration, "threads": threads, "seed": seed,
+            "environment": env, "settings": {"warmup": timing.warmup,
+                                             "iters": None if timing.duration else timing.iters,
+                                             "duration_s": timing.duration, "threads": threads, "seed": input_seed,
                                              "options": {k: v for k, v in options.items() if v is not None}},
             "results": entries}
 

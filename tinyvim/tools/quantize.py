@@ -46,11 +46,8 @@ import os
 import time
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Callable, Iterator
+from collections.abc import Callable, Iterator
 
-import numpy as np
-import onnx
-from onnx import numpy_helper
 
 from tinyvim.backends.model_file import read_onnx_info
 from tinyvim.backends.ort.runner import OrtRunner
@@ -74,7 +71,7 @@ from tinyvim.contract import (
 from tinyvim.errors import TinyvimError
 from tinyvim.export.onnx_export import op_counts
 from tinyvim.interrupt import unwind_on_termination
-from tinyvim.lazy import import_optional
+from tinyvim.lazy import import_optional, lazy_import
 from tinyvim.tools.inputs import (
     DEFAULT_CROP_PCT,
     check_crop_pct,
@@ -83,6 +80,9 @@ from tinyvim.tools.inputs import (
     list_images,
 )
 from tinyvim.utils import atomic_output, check_output_paths, file_sha256, scratch_directory, temporaries_in
+
+np = lazy_import("numpy")
+onnx = lazy_import("onnx")
 
 #: ops whose weight input is quantized (TensorRT's "weighted operations")
 QUANTIZED_OP_TYPES = ("Conv", "MatMul", "Gemm")
@@ -384,14 +384,14 @@ def to_fp8(qdq: onnx.ModelProto, source: onnx.ModelProto, ranges: dict[str, tupl
             tensor, scale, zero = node.input[0], node.input[1], node.input[2]
             lo, hi = ranges[tensor]
             amax = max(abs(lo), abs(hi), np.finfo(np.float32).tiny)
-            new[scale] = numpy_helper.from_array(np.array(amax / FP8_E4M3_MAX, np.float32), scale)
-            new[zero] = numpy_helper.from_array(np.zeros((), fp8), zero)      # saturate=1 is the default
+            new[scale] = onnx.numpy_helper.from_array(np.array(amax / FP8_E4M3_MAX, np.float32), scale)
+            new[zero] = onnx.numpy_helper.from_array(np.zeros((), fp8), zero)      # saturate=1 is the default
         elif node.op_type == "DequantizeLinear" and node.input[0] in inits:       # a stored weight
             qname, scale, zero = node.input[0], node.input[1], node.input[2]
             weight_name = qname.removesuffix("_quantized")
             if weight_name not in originals:
                 raise TinyvimError(f"internal: no fp32 original for the quantized weight {qname}")
-            w = numpy_helper.to_array(originals[weight_name]).astype(np.float32)
+            w = onnx.numpy_helper.to_array(originals[weight_name]).astype(np.float32)
             axis = next((a.i for a in node.attribute if a.name == "axis"), 1) % w.ndim
             reduce_axes = tuple(d for d in range(w.ndim) if d != axis)
             amax = np.maximum(np.abs(w).max(axis=reduce_axes), np.finfo(np.float32).tiny).astype(np.float32)
@@ -399,9 +399,9 @@ def to_fp8(qdq: onnx.ModelProto, source: onnx.ModelProto, ranges: dict[str, tupl
             shape = [1] * w.ndim
             shape[axis] = -1
             q = np.clip(w / scales.reshape(shape), -FP8_E4M3_MAX, FP8_E4M3_MAX).astype(fp8)
-            new[qname] = numpy_helper.from_array(q, qname)
-            new[scale] = numpy_helper.from_array(scales, scale)
-            new[zero] = numpy_helper.from_array(np.zeros(amax.shape, fp8), zero)
+            new[qname] = onnx.numpy_helper.from_array(q, qname)
+            new[scale] = onnx.numpy_helper.from_array(scales, scale)
+            new[zero] = onnx.numpy_helper.from_array(np.zeros(amax.shape, fp8), zero)
     for i, init in enumerate(qdq.graph.initializer):
         if init.name in new:
             qdq.graph.initializer[i].CopyFrom(new[init.name])
@@ -440,7 +440,7 @@ def qdq_problems(qdq: onnx.ModelProto, source: onnx.ModelProto, quantized: list[
             problems.append(f"{name}: weight is not a stored quantized tensor behind a DequantizeLinear")
             continue
         w = inits[wdq.input[0]]
-        scale = numpy_helper.to_array(inits[wdq.input[1]])
+        scale = onnx.numpy_helper.to_array(inits[wdq.input[1]])
         axis = next((a.i for a in wdq.attribute if a.name == "axis"), 1) % len(w.dims)
         out_axis = _output_axis(node)
         if w.data_type != want:
@@ -451,7 +451,7 @@ def qdq_problems(qdq: onnx.ModelProto, source: onnx.ModelProto, quantized: list[
         if n.op_type not in _QDQ:
             continue
         zero = inits.get(n.input[2]) if len(n.input) > 2 else None
-        if zero is None or zero.data_type != want or np.any(numpy_helper.to_array(zero).astype(np.float32) != 0):
+        if zero is None or zero.data_type != want or np.any(onnx.numpy_helper.to_array(zero).astype(np.float32) != 0):
             problems.append(f"{n.name}: zero point is not a {dtype} zero (symmetric quantization)")
         if n.op_type == "DequantizeLinear":
             readers = consumers.get(n.output[0], [])

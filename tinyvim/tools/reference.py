@@ -12,38 +12,35 @@ from tinyvim.backends.model_file import ModelInfo
 from tinyvim.contract import (
     DEFAULT_IMG_SIZE,
     ExportMetadata,
+    InputSpec,
+    ModelOverrides,
+    ModelSpec,
     check_batch,
-    check_seed,
-    check_variant,
-    check_workload,
-    parse_size,
 )
 from tinyvim.errors import TinyvimError
 from tinyvim.utils import file_sha256
 
 
-@dataclass
+@dataclass(frozen=True)
 class ReferenceConfig:
-    """Everything needed to rebuild the PyTorch model an export came from."""
-    variant: str
-    checkpoint: str | None
-    ema: bool
-    backbone: bool
-    img_size: tuple[int, int]
-    init_seed: int
-    batch: int
+    """Everything needed to rebuild the PyTorch model an export came from, and the input both
+    run on (a concrete size and batch, never dynamic)."""
+    model: ModelSpec
+    inputs: InputSpec
 
 
-def resolve_reference(info: ModelInfo, *, variant: str | None = None, checkpoint: str | None = None,
-                      ema: bool | None = None, backbone: bool | None = None, img_size: str | None = None,
-                      init_seed: int | None = None, batch: int | None = None) -> tuple[ReferenceConfig, list[str]]:
-    """Reference configuration from the model's metadata, arguments overriding / filling in.
+def resolve_reference(info: ModelInfo, overrides: ModelOverrides = ModelOverrides(), *,
+                      img_size: tuple[int, int] | None = None,
+                      batch: int | None = None) -> tuple[ReferenceConfig, list[str]]:
+    """Reference configuration from the model's metadata, `overrides` (and the size and batch,
+    None: the model's) overriding / filling in.
 
     Returns (config, warnings); raises TinyvimError when the arguments contradict the model."""
     meta = info.metadata
     warnings: list[str] = []
+    variant, checkpoint, ema, backbone, init_seed = (overrides.variant, overrides.checkpoint, overrides.ema,
+                                                     overrides.backbone, overrides.weight_seed)
     if variant is not None:
-        variant = check_variant(variant)
         if meta is not None and variant != meta.variant:
             warnings.append(f"--variant {variant} overrides the model's metadata (TinyViM-{meta.variant.upper()}): "
                             "expect a failed comparison unless the metadata is wrong")
@@ -58,7 +55,7 @@ def resolve_reference(info: ModelInfo, *, variant: str | None = None, checkpoint
     backbone = info.backbone
 
     if img_size is not None:
-        size = parse_size(img_size) if not isinstance(img_size, tuple) else img_size
+        size = img_size
         if info.fixed_size and size != info.fixed_size:
             raise TinyvimError(f"--img-size {size[0]}x{size[1]} does not match the model's input "
                                f"{info.fixed_size[0]}x{info.fixed_size[1]}")
@@ -74,7 +71,7 @@ def resolve_reference(info: ModelInfo, *, variant: str | None = None, checkpoint
     else:
         batch = info.fixed_batch or (info.batch_range[0] if info.batch_range else 1)
 
-    check_workload(batch, size)
+    inputs = InputSpec(size, batch)       # checks the workload
     checkpoint, ckpt_warnings = resolve_checkpoint(meta, checkpoint, required=True)
     warnings += ckpt_warnings
 
@@ -82,13 +79,13 @@ def resolve_reference(info: ModelInfo, *, variant: str | None = None, checkpoint
         warnings.append(f"--{'' if ema else 'no-'}ema overrides the model's metadata (ema={str(meta.ema).lower()}): "
                         "expect a failed comparison unless the metadata is wrong")
     ema = ema if ema is not None else bool(meta and meta.ema)
-    if init_seed is not None:
-        check_seed(init_seed, "--init-seed")
-        if meta is not None and checkpoint is None and init_seed != meta.init_seed:
-            warnings.append(f"--init-seed {init_seed} overrides the model's metadata (init_seed {meta.init_seed}): "
-                            "expect a failed comparison unless the metadata is wrong")
+    if init_seed is not None and meta is not None and checkpoint is None and init_seed != meta.init_seed:
+        warnings.append(f"--init-seed {init_seed} overrides the model's metadata (init_seed {meta.init_seed}): "
+                        "expect a failed comparison unless the metadata is wrong")
     init_seed = init_seed if init_seed is not None else (meta.init_seed if meta else 0)
-    return ReferenceConfig(variant, checkpoint, ema, backbone, size, init_seed, batch), warnings
+    model = ModelSpec(variant, checkpoint=checkpoint, ema=ema, backbone=backbone, weight_seed=init_seed,
+                      allow_nonfinite=overrides.allow_nonfinite)
+    return ReferenceConfig(model, inputs), warnings
 
 
 def resolve_checkpoint(meta: ExportMetadata | None, checkpoint: str | None, *,
@@ -122,9 +119,9 @@ def resolve_checkpoint(meta: ExportMetadata | None, checkpoint: str | None, *,
     return checkpoint, warnings
 
 
-def random_weights_note(checkpoint: str | None, seed: int, who: str = "the reference") -> str | None:
+def random_weights_note(model: ModelSpec, who: str = "the reference") -> str | None:
     """The line every command prints when it computes with random weights (None otherwise)."""
-    if checkpoint is not None:
+    if not model.random_weights:
         return None
-    return (f"note: no checkpoint: {who} uses randomly initialised weights (seed {seed}); "
+    return (f"note: no checkpoint: {who} uses randomly initialised weights (seed {model.weight_seed}); "
             "outputs are meaningless, numerics and speed are real")

@@ -12,10 +12,12 @@ JSON report (`tinyvim validate --json PATH`), schema_version 1:
       "schema_version": 1,
       "tinyvim_version": "0.1.0",
       "passed": true,                           # every output passed
-      "model": {"path": str, "kind": "onnx" | "engine", "metadata": {str: str}},
+      "model": {"path": str, "kind": "onnx" | "openvino" | "engine", "metadata": {str: str}},
       "reference": {"backend": "torch", "variant": "s", "checkpoint": str | null, "ema": bool,
                     "backbone": bool, "img_size": [H, W], "init_seed": int},
-      "backend": {"name": "ort" | "trt", "providers": [str] | null},
+      "backend": {"name": str,                  # a registered backend: ort, ov, trt, torch-fused, ...
+                  "providers": [str] | null,    # ONNX Runtime's execution providers
+                  "options": {str: value}},     # the backend options given (--ov-precision, --plugin, ...)
       "inputs": {"source": "random" | "images", "num_batches": int, "batch": int,
                  "seed": int | null, "images": [file name] | null},
       "tolerance": {"precision": "fp32" | "fp16" | "bf16" | "int8" | "fp8", "atol": float, "rtol": float,
@@ -40,9 +42,8 @@ import contextlib
 import os
 import time
 from dataclasses import asdict, dataclass
-from typing import Callable, Iterable
+from collections.abc import Callable, Iterable
 
-import numpy as np
 
 from tinyvim import __version__
 from tinyvim.backends.base import BaseRunner
@@ -57,14 +58,13 @@ from tinyvim.backends.registry import (
 )
 from tinyvim.contract import (
     INPUT_NAME,
-    check_count,
-    check_seed,
+    ModelOverrides,
     check_threads,
     format_size,
+    loosest_precision,
 )
 from tinyvim.errors import TinyvimError
 from tinyvim.tools.compare import (
-    DEFAULT_TOLERANCES,
     Comparison,
     ComparisonAccumulator,
     Tolerance,
@@ -72,8 +72,7 @@ from tinyvim.tools.compare import (
 )
 from tinyvim.tools.environment import default_threads
 from tinyvim.tools.inputs import (
-    DEFAULT_CROP_PCT,
-    check_crop_pct,
+    InputRequest,
     iter_image_batches,
     iter_random_batches,
     list_images,
@@ -85,7 +84,10 @@ from tinyvim.tools.reference import (
     random_weights_note,
     resolve_reference,
 )
+from tinyvim.lazy import lazy_import
 from tinyvim.utils import plural
+
+np = lazy_import("numpy")
 
 SCHEMA_VERSION = 1
 
@@ -189,9 +191,9 @@ def make_report(result: ValidationResult, *, info: ModelInfo, config: ReferenceC
         "passed": result.passed,
         "model": {"path": info.path, "kind": info.kind,
                   "metadata": info.metadata.to_props() if info.metadata else {}},
-        "reference": {"backend": "torch", "variant": config.variant, "checkpoint": config.checkpoint,
-                      "ema": config.ema, "backbone": config.backbone, "img_size": list(config.img_size),
-                      "init_seed": config.init_seed},
+        "reference": {"backend": "torch", "variant": config.model.variant, "checkpoint": config.model.checkpoint,
+                      "ema": config.model.ema, "backbone": config.model.backbone,
+                      "img_size": list(config.inputs.size), "init_seed": config.model.weight_seed},
         "backend": {"name": backend, "providers": providers,
                     "options": {k: v for k, v in (options or {}).items() if v is not None}},
         "inputs": inputs,
@@ -229,53 +231,60 @@ def format_table(report: dict) -> str:
     return "\n".join(lines)
 
 
+@dataclass(frozen=True)
+class Checks:
+    """How `validate` judges: atol / rtol (None: by the precision, tinyvim.tools.compare's
+    table), and whether every stage's, block's and SS2D's output is compared too."""
+    atol: float | None = None
+    rtol: float | None = None
+    per_block: bool = False
+
+    def __post_init__(self) -> None:
+        try:
+            for name in ("atol", "rtol"):
+                if getattr(self, name) is not None:   # finite and >= 0, before any work
+                    Tolerance(**{"atol": 0.0, "rtol": 0.0, name: getattr(self, name)})
+        except ValueError as exc:
+            raise TinyvimError(str(exc)) from None
+
+
 def validate_model(model: str | os.PathLike, *, backend: str | None = None, options: dict | None = None,
-                   threads: int | None = None, variant: str | None = None, checkpoint: str | None = None,
-                   ema: bool | None = None, backbone: bool | None = None, img_size: str | None = None,
-                   init_seed: int | None = None, batch: int | None = None, num_inputs: int = 4, seed: int = 0,
-                   images: str | os.PathLike | None = None, crop_pct: float = DEFAULT_CROP_PCT,
-                   atol: float | None = None, rtol: float | None = None, allow_nonfinite: bool = False,
-                   per_block: bool = False, log: Callable[[str], None] = print) -> dict:
+                   threads: int | None = None, reference: ModelOverrides = ModelOverrides(),
+                   inputs: InputRequest = InputRequest(), checks: Checks = Checks(),
+                   log: Callable[[str], None] = print) -> dict:
     """`tinyvim validate`: run `model` on `backend` (by default the one for its file kind) and
-    the PyTorch reference on the same inputs, batch by batch; returns the report (module
-    docstring). Every argument is checked before any model is built (one-line TinyvimError).
-    per_block: also compare every stage's and block's output on the first batch
-    (tinyvim.tools.per_block; the report gains a "per_block" section)."""
+    the PyTorch reference (the model the file records, `reference` overriding or filling in)
+    on the same `inputs`, batch by batch; returns the report (module docstring). Every argument
+    is checked before any model is built (one-line TinyvimError). checks.per_block: also
+    compare every stage's and block's output on the first batch (tinyvim.tools.per_block; the
+    report gains a "per_block" section)."""
     check_threads(threads)
-    check_count(num_inputs, "--num-inputs")
-    check_seed(seed)
-    check_crop_pct(crop_pct)
-    try:
-        for name, value in (("atol", atol), ("rtol", rtol)):
-            if value is not None:
-                Tolerance(**{"atol": 0.0, "rtol": 0.0, name: value})   # finite and >= 0, before any work
-    except ValueError as exc:
-        raise TinyvimError(str(exc)) from None
     info = read_model_info(model)
     target_backend = get_backend(backend) if backend else default_backend_for(info)
     check_model(target_backend, info)
-    if per_block:
+    if checks.per_block:
         per_block_source(info)           # a model it cannot mark is refused before any work
-    config, warnings = resolve_reference(info, variant=variant, checkpoint=checkpoint, ema=ema, backbone=backbone,
-                                         img_size=img_size, init_seed=init_seed, batch=batch)
+    config, warnings = resolve_reference(info, reference, img_size=inputs.size, batch=inputs.batch)
     warnings += unused_option_warnings([target_backend], dict(options or {}))
     for w in warnings:
         log(f"warning: {w}")
-    note = random_weights_note(config.checkpoint, config.init_seed)
+    note = random_weights_note(config.model)
     if note:
         log(note)
+    size, batch = config.inputs.size, config.inputs.batch
 
-    if images:
-        files = list_images(images, config.batch)
+    if inputs.images:
+        files = list_images(inputs.images, batch)
 
         def make_batches():
-            return iter_image_batches(files, config.batch, config.img_size, crop_pct)
-        inputs = {"source": "images", "num_batches": -(-len(files) // config.batch), "batch": config.batch,
-                  "seed": None, "images": [p.name for p in files]}
+            return iter_image_batches(files, batch, size, inputs.crop_pct)
+        fed = {"source": "images", "num_batches": -(-len(files) // batch), "batch": batch,
+               "seed": None, "images": [p.name for p in files]}
     else:
         def make_batches():
-            return iter_random_batches(num_inputs, config.batch, config.img_size, seed)
-        inputs = {"source": "random", "num_batches": num_inputs, "batch": config.batch, "seed": seed, "images": None}
+            return iter_random_batches(inputs.num_batches, batch, size, inputs.input_seed)
+        fed = {"source": "random", "num_batches": inputs.num_batches, "batch": batch, "seed": inputs.input_seed,
+               "images": None}
 
     if info.metadata is not None and "cpu" in target_backend.devices:
         saturation = saturation_warning(info.metadata.quantization)
@@ -283,29 +292,26 @@ def validate_model(model: str | os.PathLike, *, backend: str | None = None, opti
             warnings.append(saturation)
             log(f"warning: {saturation}")
     threads = threads or default_threads()
-    target = target_backend.runner(RunnerRequest("validate", model=info, threads=threads, options=dict(options or {}),
-                                                 log=log))
+    target = target_backend.runner(RunnerRequest(model=info, threads=threads, options=dict(options or {}), log=log))
     # a backend computing in a reduced precision (OpenVINO bf16/f16), or weights stored in one (an IR
     # written with --compress-to-fp16), is judged by that precision's tolerance
-    precision = max(info.precision, getattr(target, "compute_precision", info.precision),
-                    info.metadata.weights if info.metadata else info.precision, key=list(DEFAULT_TOLERANCES).index)
+    precision = loosest_precision(info.precision, target.compute_precision,
+                                  info.metadata.weights if info.metadata else None)
     try:
-        tolerance = tolerance_for(precision, atol, rtol)
+        tolerance = tolerance_for(precision, checks.atol, checks.rtol)
     except ValueError as exc:
         raise TinyvimError(str(exc)) from None
-    reference = get_backend("torch").runner(RunnerRequest(
-        "reference", variant=config.variant, checkpoint=config.checkpoint, ema=config.ema, backbone=config.backbone,
-        init_seed=config.init_seed, threads=threads, allow_nonfinite=allow_nonfinite, log=log))
-    log(f"validating {info.path} ({target_backend.name}) against TinyViM-{config.variant.upper()} "
-        f"{format_size(config.img_size)} on {plural(inputs['num_batches'], 'batch')} of {config.batch}...")
-    chunk = chunk_images(config.img_size)
-    result = validate_runner(target, reference, make_batches(), tolerance, chunk=chunk,
-                             chunk_target=info.batch_problem(min(chunk, config.batch)) is None,
-                             total=inputs["num_batches"], log=log)
+    torch_reference = get_backend("torch").runner(RunnerRequest(spec=config.model, threads=threads, log=log))
+    log(f"validating {info.path} ({target_backend.name}) against TinyViM-{config.model.variant.upper()} "
+        f"{format_size(size)} on {plural(fed['num_batches'], 'batch')} of {batch}...")
+    chunk = chunk_images(size)
+    result = validate_runner(target, torch_reference, make_batches(), tolerance, chunk=chunk,
+                             chunk_target=info.batch_problem(min(chunk, batch)) is None,
+                             total=fed["num_batches"], log=log)
     report = make_report(result, info=info, config=config, backend=target_backend.name,
-                         providers=getattr(target, "providers", None), inputs=inputs, precision=precision,
+                         providers=target.providers, inputs=fed, precision=precision,
                          warnings=warnings, options=options)
-    if per_block:
+    if checks.per_block:
         report["per_block"] = run_per_block(info, config, backend=target_backend, batch=next(iter(make_batches())),
                                             tolerance=tolerance, precision=precision, threads=threads,
                                             options=options, log=log)

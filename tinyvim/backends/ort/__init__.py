@@ -16,12 +16,12 @@ QDQ_ON_CPU_NOTE = ("note: ONNX Runtime's CPU provider runs a TensorRT-style Q/DQ
 
 def _make(req: RunnerRequest) -> OrtRunner:
     meta = req.model.metadata if req.model is not None else None
-    if req.purpose == "profile" and meta is not None and meta.quantization is not None \
+    if req.timed and meta is not None and meta.quantization is not None \
             and parse_providers(req.option("providers"))[0] == "CPUExecutionProvider":
         req.log(QDQ_ON_CPU_NOTE)
     # The plugin graph's CPU path runs the scan in Python: right for checks, not a speed to report.
     return OrtRunner(req.model.path, providers=req.option("providers"), threads=req.threads,
-                     allow_plugin_cpu=req.purpose != "profile")
+                     allow_plugin_cpu=not req.timed, scan=req.model.scan)
 
 
 BACKENDS = (

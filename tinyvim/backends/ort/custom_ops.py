@@ -8,15 +8,16 @@ from __future__ import annotations
 
 import os
 
-import numpy as np
-import onnx
-import torch
 
 from tinyvim.backends.ort.graph_edit import edit_graph
 from tinyvim.backends.ort.loader import import_onnxruntime
 from tinyvim.contract import SCAN_PLUGIN
-from tinyvim.lazy import import_optional
-from tinyvim.ops import scan_parallel
+from tinyvim.lazy import import_optional, lazy_import
+
+np = lazy_import("numpy")
+onnx = lazy_import("onnx")
+torch = lazy_import("torch")
+ops = lazy_import("tinyvim.ops")
 
 CONTRIB_DOMAIN = "ai.onnx.contrib"
 
@@ -52,7 +53,7 @@ def _register() -> None:
             raise ValueError(f"{SCAN_PLUGIN.op_type}: {exc}") from None
         args = [torch.from_numpy(np.ascontiguousarray(a, dtype=np.float32)) for a in arrays]
         with torch.no_grad():
-            return scan_parallel(*args).numpy()
+            return ops.scan_parallel(*args).numpy()
 
     _registered = True
 

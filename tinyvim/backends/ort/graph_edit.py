@@ -5,17 +5,19 @@ fields (metadata_props - the typed ExportMetadata -, producer, doc string, model
 copied back here, so an edited model still reads as the export it came from."""
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Callable
+from typing import TYPE_CHECKING
+from collections.abc import Callable
 
-import onnx
 
-from tinyvim.lazy import import_optional
+from tinyvim.lazy import import_optional, lazy_import
+
+onnx = lazy_import("onnx")
 
 if TYPE_CHECKING:   # optional dependency, imported where used
     import onnx_graphsurgeon
 
 
-def edit_graph(model: onnx.ModelProto, edit: Callable[["onnx_graphsurgeon.Graph"], None]) -> onnx.ModelProto:
+def edit_graph(model: onnx.ModelProto, edit: Callable[[onnx_graphsurgeon.Graph], None]) -> onnx.ModelProto:
     """A new model: `model`'s graph imported into graphsurgeon, changed in place by `edit`,
     exported again, with `model`'s metadata."""
     gs = import_optional("onnx_graphsurgeon")

@@ -1,7 +1,7 @@
 """Getting an ONNX Runtime session ready: the optional import, provider names, optimisation levels."""
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 from tinyvim.lazy import import_optional
 

@@ -1,6 +1,6 @@
 """ONNX Runtime runner: providers, intra-op threads, graph optimisation level, and no idle
 spinning (ORT's spinning worker threads otherwise steal the cores from whatever runs next in
-the process, which corrupts back-to-back benchmarks; see TOOLCHAIN.md).
+the process, which corrupts back-to-back benchmarks such as `tinyvim profile` runs).
 
 A plugin-flavour graph (custom tinyvim::CrossSelectiveScan node) runs through the CPU
 custom-op path of tinyvim.backends.ort.custom_ops (onnxruntime-extensions + the PyTorch scan):
@@ -9,20 +9,23 @@ from __future__ import annotations
 
 import os
 import time
-from typing import Mapping, Sequence
+from collections.abc import Mapping, Sequence
 
-import numpy as np
-import onnx
 
 from tinyvim.backends.base import BaseRunner
 from tinyvim.backends.model_file import has_plugin_nodes
 from tinyvim.backends.ort.custom_ops import plugin_session
 from tinyvim.backends.ort.loader import OPT_LEVELS, import_onnxruntime, parse_providers
-from tinyvim.contract import SCAN_PLUGIN
+from tinyvim.contract import PLUGIN_SCAN, SCAN_PLUGIN, ScanFlavour
 from tinyvim.errors import TinyvimError, error_reason
+from tinyvim.lazy import lazy_import
 
-_ORT_TO_NUMPY = {"tensor(float)": np.float32, "tensor(float16)": np.float16,
-                 "tensor(double)": np.float64, "tensor(bfloat16)": np.float32}
+np = lazy_import("numpy")
+onnx = lazy_import("onnx")
+
+#: input type -> the numpy dtype fed to it (by name: numpy is imported on first use)
+_ORT_TO_NUMPY = {"tensor(float)": "float32", "tensor(float16)": "float16",
+                 "tensor(double)": "float64", "tensor(bfloat16)": "float32"}
 
 
 class OrtRunner(BaseRunner):
@@ -30,7 +33,7 @@ class OrtRunner(BaseRunner):
 
     def __init__(self, model: str | os.PathLike | bytes, *, providers: str | Sequence[str] | None = None,
                  threads: int | None = None, optimization_level: str = "all", allow_plugin_cpu: bool = True,
-                 name: str = "ort"):
+                 scan: ScanFlavour | None = None, name: str = "ort"):
         super().__init__(name)
         if optimization_level not in OPT_LEVELS:
             raise TinyvimError(f"unknown graph optimisation level {optimization_level!r}; "
@@ -40,6 +43,8 @@ class OrtRunner(BaseRunner):
         self.threads = threads
         self.optimization_level = optimization_level
         self.allow_plugin_cpu = allow_plugin_cpu
+        #: the file's scan flavour when the caller read it (ModelInfo.scan); None: read here
+        self.scan = scan
         self.uses_plugin_cpu = False
         self._session = None
         self._input_dtypes: dict[str, type] = {}
@@ -58,6 +63,8 @@ class OrtRunner(BaseRunner):
         return so
 
     def _has_plugin_nodes(self) -> bool:
+        if self.scan is not None:
+            return self.scan == PLUGIN_SCAN
         try:
             proto = (onnx.load_from_string(self.model) if isinstance(self.model, bytes)
                      else onnx.load(os.fspath(self.model), format="protobuf", load_external_data=False))
@@ -98,7 +105,7 @@ class OrtRunner(BaseRunner):
             raise TinyvimError(f"{self.model if not isinstance(self.model, bytes) else 'the model'}: input "
                                f"{', '.join(wrong)}; TinyViM exports take float images (tensor(float) or "
                                "tensor(float16)): re-export it with `tinyvim export`")
-        self._input_dtypes = {i.name: _ORT_TO_NUMPY[i.type] for i in self._session.get_inputs()}
+        self._input_dtypes = {i.name: np.dtype(_ORT_TO_NUMPY[i.type]) for i in self._session.get_inputs()}
 
     def _plugin_session(self, model):
         if isinstance(model, bytes):

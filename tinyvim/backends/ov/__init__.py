@@ -5,12 +5,13 @@ from tinyvim.backends.ov.loader import OV_HINTS, OV_PRECISIONS
 from tinyvim.backends.ov.model_file import read_ir_info
 from tinyvim.backends.ov.runner import OvRunner
 from tinyvim.backends.spec import Backend, BackendOption, RunnerRequest
+from tinyvim.contract import PLUGIN_SCAN
 
 
 def _make(req: RunnerRequest) -> OvRunner:
     return OvRunner(req.model.path, device=req.option("ov_device"), precision=req.option("ov_precision"),
-                    threads=req.threads, hint=req.option("ov_hint"), plugin_nodes=req.model.plugin_nodes,
-                    log=req.log if req.purpose == "validate" else None)
+                    threads=req.threads, hint=req.option("ov_hint"), plugin_nodes=req.model.scan == PLUGIN_SCAN,
+                    log=None if req.timed else req.log)
 
 
 BACKENDS = (

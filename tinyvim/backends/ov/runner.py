@@ -14,9 +14,8 @@ from __future__ import annotations
 
 import os
 import time
-from typing import Mapping
+from collections.abc import Mapping
 
-import numpy as np
 
 from tinyvim.backends.base import BaseRunner
 from tinyvim.backends.ov.loader import (
@@ -31,6 +30,9 @@ from tinyvim.backends.ov.loader import (
 )
 from tinyvim.contract import SCAN_PLUGIN, check_input_size
 from tinyvim.errors import TinyvimError, error_reason
+from tinyvim.lazy import lazy_import
+
+np = lazy_import("numpy")
 
 
 class OvRunner(BaseRunner):

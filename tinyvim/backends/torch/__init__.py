@@ -2,7 +2,7 @@
 eager model (`torch-fused`)."""
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 from tinyvim.backends.spec import Backend, RunnerRequest
 from tinyvim.backends.torch.runner import TorchRunner
@@ -10,9 +10,7 @@ from tinyvim.backends.torch.runner import TorchRunner
 
 def _factory(name: str) -> Callable[[RunnerRequest], TorchRunner]:
     def make(req: RunnerRequest) -> TorchRunner:
-        return TorchRunner.for_backend(name, req.variant, checkpoint=req.checkpoint, ema=req.ema,
-                                       backbone=req.backbone, seed=req.init_seed, threads=req.threads,
-                                       allow_nonfinite=req.allow_nonfinite)
+        return TorchRunner.for_backend(name, req.spec, threads=req.threads)
     return make
 
 

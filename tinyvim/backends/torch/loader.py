@@ -3,22 +3,23 @@ seed, optionally re-parameterized (Polygraphy style: a loader is a cheap callabl
 the thing when the runner activates)."""
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
-from tinyvim.model import create_model, reparameterize
+from tinyvim.contract import ModelSpec
+from tinyvim.lazy import lazy_import
+
+#: the network (torch): imported when a loader runs, not when a backend is declared
+models = lazy_import("tinyvim.model")
 
 
-def tinyvim_loader(variant: str, *, checkpoint: str | None = None, ema: bool = False,
-                   backbone: bool = False, seed: int = 0, fused: bool = False,
-                   allow_nonfinite: bool = False) -> Callable:
-    """A zero-argument callable building the TinyViM model (lazy, so that a runner can be
-    described before the model package is imported or the weights are read)."""
+def tinyvim_loader(spec: ModelSpec, *, fused: bool = False) -> Callable:
+    """A zero-argument callable building the TinyViM model `spec` names: the weights are read
+    and tinyvim.model (so torch) imported when it is called, not when a runner is described."""
 
     def load():
-        model = create_model(variant, checkpoint=checkpoint, backbone=backbone, ema=ema, seed=seed,
-                             allow_nonfinite=allow_nonfinite)
+        model = models.build_model(spec)
         if fused:
-            model = reparameterize(model)
+            model = models.reparameterize(model)
         return model.eval()
 
     return load

@@ -3,16 +3,18 @@ computation) and the fast eager path (`torch-fused`: re-parameterized model, par
 from __future__ import annotations
 
 import time
-from typing import Mapping, Sequence
+from collections.abc import Mapping, Sequence
 
-import numpy as np
-import torch
 
 from tinyvim import contract
 from tinyvim.backends.base import BaseRunner
 from tinyvim.backends.torch.loader import tinyvim_loader
 from tinyvim.errors import TinyvimError
-from tinyvim.ops import scan_implementation
+from tinyvim.lazy import lazy_import
+
+np = lazy_import("numpy")
+torch = lazy_import("torch")
+ops = lazy_import("tinyvim.ops")
 
 #: backend name -> (fuse the model?, scan implementation). "auto" is the parallel scan on
 #: the CPU and our CUDA kernel on a GPU where it is built.
@@ -38,15 +40,13 @@ class TorchRunner(BaseRunner):
         self._saved_threads: int | None = None
 
     @classmethod
-    def for_backend(cls, backend: str, variant: str, *, checkpoint=None, ema=False, backbone=False,
-                    seed=0, threads=None, allow_nonfinite=False) -> "TorchRunner":
-        """`torch` (reference) or `torch-fused` runner for a TinyViM variant."""
+    def for_backend(cls, backend: str, spec: contract.ModelSpec, *, threads: int | None = None) -> TorchRunner:
+        """`torch` (reference) or `torch-fused` runner for the model `spec` names."""
         if backend not in TORCH_BACKENDS:
             raise TinyvimError(f"unknown torch backend {backend!r}; choose {', '.join(TORCH_BACKENDS)}")
         fused, scan = TORCH_BACKENDS[backend]
-        loader = tinyvim_loader(variant, checkpoint=checkpoint, ema=ema, backbone=backbone,
-                                seed=seed, fused=fused, allow_nonfinite=allow_nonfinite)
-        return cls(loader, scan=scan, threads=threads, output_names=contract.output_names(backbone),
+        return cls(tinyvim_loader(spec, fused=fused), scan=scan, threads=threads,
+                   output_names=contract.output_names(spec.backbone),
                    name=backend)
 
     def activate_impl(self) -> None:
@@ -64,7 +64,7 @@ class TorchRunner(BaseRunner):
     def infer_impl(self, feed: Mapping[str, np.ndarray]):
         args = [torch.from_numpy(np.ascontiguousarray(feed[n], dtype=np.float32)) for n in self._inputs]
         start = time.perf_counter()
-        with torch.inference_mode(), scan_implementation(self.scan):
+        with torch.inference_mode(), ops.scan_implementation(self.scan):
             result = self._model(*args)
         compute = time.perf_counter() - start
         tensors = [result] if isinstance(result, torch.Tensor) else list(result)

@@ -38,9 +38,9 @@ import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Callable
+from typing import TYPE_CHECKING
+from collections.abc import Callable
 
-import onnx
 
 from tinyvim import __version__
 from tinyvim.backends.model_file import read_onnx_info
@@ -72,6 +72,9 @@ from tinyvim.contract import (
 from tinyvim.contract import COMPUTE_PRECISIONS as PRECISIONS
 from tinyvim.errors import TinyvimError
 from tinyvim.utils import atomic_write_bytes, check_output_paths, file_sha256
+from tinyvim.lazy import lazy_import
+
+onnx = lazy_import("onnx")
 
 if TYPE_CHECKING:   # annotations only; imported lazily where used
     import tensorrt as trt
@@ -264,7 +267,7 @@ def should_pin_fp32(layer_name: str, layer_kind: str, activation_kind: str | Non
     return bool(_PIN_NAME.search(layer_name or ""))
 
 
-def pin_fp32_layers(trt, network: "trt.INetworkDefinition", fp32_nodes: frozenset[str]) -> list[str]:
+def pin_fp32_layers(trt, network: trt.INetworkDefinition, fp32_nodes: frozenset[str]) -> list[str]:
     """TensorRT 10.x only (per-layer precision is gone in 11, where networks are strongly
     typed): pin the layers `should_pin_fp32` picks to fp32 compute and fp32 outputs. Returns
     their names, in network order."""
@@ -272,7 +275,7 @@ def pin_fp32_layers(trt, network: "trt.INetworkDefinition", fp32_nodes: frozense
         raise TinyvimError(f"internal: TensorRT {trt.__version__} has no per-layer precision; build strongly typed")
     pinned = []
     for i in range(network.num_layers):
-        layer: "trt.ILayer" = network.get_layer(i)
+        layer: trt.ILayer = network.get_layer(i)
         kind = layer.type.name
         act = None
         if kind == "ACTIVATION":
@@ -448,7 +451,7 @@ def build_engine(onnx_path: str | os.PathLike, output: str | os.PathLike | None 
             progress_monitor=_make_progress_monitor(trt, log), **policy.config_kwargs())
         start = time.perf_counter()
         try:
-            config: "trt.IBuilderConfig" = create_config(builder, net)
+            config: trt.IBuilderConfig = create_config(builder, net)
             serialized = poly.EngineBytesFromNetwork((builder, net, parser), config=config)()
         except PolygraphyException as exc:
             detail = "; ".join(errors) or str(exc)
@@ -457,7 +460,7 @@ def build_engine(onnx_path: str | os.PathLike, output: str | os.PathLike | None 
 
     atomic_write_bytes(out, bytes(serialized))
     if timing_cache is not None:   # the loaded cache plus this build's timings
-        cache: "trt.ITimingCache" = config.get_timing_cache()
+        cache: trt.ITimingCache = config.get_timing_cache()
         atomic_write_bytes(timing_cache, bytes(cache.serialize()))
     # the ONNX path is absolute: per-block rebuilds from it, from wherever validate runs
     sidecar = EngineSidecar(tinyvim_version=__version__, tensorrt_version=trt.__version__, gpu_name=gpu["name"],

@@ -11,16 +11,17 @@ import contextlib
 import logging
 import os
 import re
-from typing import Callable
+from collections.abc import Callable
 
-import torch
 
 from tinyvim.contract import (
     SCAN_PLUGIN,
 )
 from tinyvim.errors import TinyvimError
-from tinyvim.lazy import OPTIONAL, import_optional
+from tinyvim.lazy import OPTIONAL, import_optional, lazy_import
 from tinyvim.plugins import find_plugin_library
+
+torch = lazy_import("torch")
 
 MIN_TRT_MAJOR = 10
 
@@ -148,7 +149,7 @@ def register_plugin_library(trt, path: str | os.PathLike) -> str:
         return path
     check_plugin_file(path)
     spec = SCAN_PLUGIN
-    registry: "trt.IPluginRegistry" = trt.get_plugin_registry()
+    registry: trt.IPluginRegistry = trt.get_plugin_registry()
     handle = None
     if registry.get_creator(spec.op_type, spec.version, spec.namespace) is None:
         handle = registry.load_library(path)

@@ -2,7 +2,7 @@
 EngineFromBytes, after the sidecar check and the plugin registration) and runs it with the
 named-tensor API (set_input_shape / set_tensor_address / execute_async_v3).
 
-Device buffers, the stream and the timing events come from torch.cuda (imported lazily), so
+Device buffers, the stream and the timing events come from torch.cuda (torch imported on first use, tinyvim.lazy), so
 no extra CUDA binding is needed. Each call is timed like trtexec: host-to-device copy, compute
 and device-to-host copy separately, with CUDA events on the runner's stream. Optionally the
 compute part is captured once per input shape into a CUDA graph and replayed (removes the
@@ -11,9 +11,9 @@ per-layer launch overhead, which matters at batch 1).
 from __future__ import annotations
 
 import os
-from typing import TYPE_CHECKING, Mapping
+from typing import TYPE_CHECKING
+from collections.abc import Mapping
 
-import numpy as np
 
 from tinyvim.backends.base import BaseRunner
 from tinyvim.backends.trt.common import (
@@ -27,7 +27,11 @@ from tinyvim.backends.trt.common import (
 )
 from tinyvim.backends.trt.sidecar import check_sidecar as check_sidecar_against
 from tinyvim.backends.trt.sidecar import read_sidecar
+from tinyvim.contract import PLUGIN_SCAN
 from tinyvim.errors import TinyvimError
+from tinyvim.lazy import lazy_import
+
+np = lazy_import("numpy")
 
 if TYPE_CHECKING:   # annotations only; imported lazily where used
     import tensorrt as trt
@@ -62,13 +66,13 @@ def load_engine(engine_path: str | os.PathLike, *, plugin: str | os.PathLike | N
         register_plugin_library(trt, plugin)
     elif recorded and os.path.isfile(recorded):
         register_plugin_library(trt, recorded)
-    elif recorded or (sidecar is not None and sidecar.onnx_metadata.get("scan") == "plugin"):
+    elif recorded or (sidecar is not None and sidecar.metadata is not None and sidecar.metadata.scan == PLUGIN_SCAN):
         register_plugin_library(trt, default_plugin_path())
     with open(engine_path, "rb") as f:
         data = f.read()
     with polygraphy_messages(log) as messages:
         try:
-            engine: "trt.ICudaEngine" = poly.EngineFromBytes(data)()
+            engine: trt.ICudaEngine = poly.EngineFromBytes(data)()
         except PolygraphyException as exc:
             detail = "; ".join(messages) or str(exc)
             raise TinyvimError(f"TensorRT could not deserialize {engine_path}: {detail} (if it names a missing "
@@ -79,8 +83,8 @@ def load_engine(engine_path: str | os.PathLike, *, plugin: str | os.PathLike | N
 class TrtRunner(BaseRunner):
     """Runs a serialized TensorRT engine; the scan plugin is registered before deserializing."""
 
-    _engine: "trt.ICudaEngine"
-    _context: "trt.IExecutionContext"
+    _engine: trt.ICudaEngine
+    _context: trt.IExecutionContext
 
     def __init__(self, engine_path: str | os.PathLike, *, plugin: str | os.PathLike | None = None,
                  cuda_graph: bool = False, check_sidecar: bool = True, name: str = "trt",
@@ -104,9 +108,9 @@ class TrtRunner(BaseRunner):
         self._inputs = [n for n in names if self._engine.get_tensor_mode(n) == trt.TensorIOMode.INPUT]
         self._outputs = [n for n in names if self._engine.get_tensor_mode(n) == trt.TensorIOMode.OUTPUT]
         self._stream = torch.cuda.Stream()
-        self._buffers: dict[str, "torch.Tensor"] = {}
-        self._host_buffers: dict[str, "torch.Tensor"] = {}
-        self._graphs: dict[tuple, "torch.cuda.CUDAGraph"] = {}
+        self._buffers: dict[str, torch.Tensor] = {}
+        self._host_buffers: dict[str, torch.Tensor] = {}
+        self._graphs: dict[tuple, torch.cuda.CUDAGraph] = {}
         self._events = [torch.cuda.Event(enable_timing=True) for _ in range(4)]
 
     def deactivate_impl(self) -> None:
@@ -122,7 +126,7 @@ class TrtRunner(BaseRunner):
         return {np.dtype(np.float32): self._torch.float32, np.dtype(np.float16): self._torch.float16,
                 np.dtype(np.int32): self._torch.int32, np.dtype(np.int64): self._torch.int64}[np_dtype]
 
-    def _buffer(self, name: str, shape: tuple) -> "torch.Tensor":
+    def _buffer(self, name: str, shape: tuple) -> torch.Tensor:
         # Reuse device buffers while the shape is unchanged: the addresses then stay valid
         # for a captured CUDA graph too.
         buf = self._buffers.get(name)
@@ -132,7 +136,7 @@ class TrtRunner(BaseRunner):
             self._graphs.clear()
         return buf
 
-    def _host(self, name: str, like: "torch.Tensor") -> "torch.Tensor":
+    def _host(self, name: str, like: torch.Tensor) -> torch.Tensor:
         # Pinned (page-locked) staging buffers, as trtexec uses: only these make the
         # copies truly asynchronous and their timings comparable.
         buf = self._host_buffers.get(name)

@@ -171,7 +171,7 @@ class EngineSidecar:
         }
 
     @classmethod
-    def from_dict(cls, doc: dict, source: str = "engine sidecar") -> "EngineSidecar":
+    def from_dict(cls, doc: dict, source: str = "engine sidecar") -> EngineSidecar:
         """A sidecar from its JSON document, every field checked first (one-line error)."""
         problems = sidecar_problems(doc)
         if problems:
@@ -193,7 +193,7 @@ class EngineSidecar:
         return path
 
     @classmethod
-    def read(cls, engine_path: str | os.PathLike) -> "EngineSidecar":
+    def read(cls, engine_path: str | os.PathLike) -> EngineSidecar:
         """The sidecar of `engine_path`, checked before anything trusts it; one-line TinyvimError
         naming the first problem otherwise."""
         path = sidecar_path(engine_path)
@@ -217,7 +217,7 @@ def read_sidecar(engine_path: str | os.PathLike) -> EngineSidecar:
     return EngineSidecar.read(engine_path)
 
 
-def check_sidecar(sidecar: "EngineSidecar | dict", *, trt_version: str, gpu: dict) -> tuple[list[str], list[str]]:
+def check_sidecar(sidecar: EngineSidecar | dict, *, trt_version: str, gpu: dict) -> tuple[list[str], list[str]]:
     """(errors, warnings) of running an engine described by `sidecar` (or a raw document) here.
 
     Errors: a different TensorRT version or GPU compute capability (the engine's kernels and
