@@ -10,8 +10,9 @@ import contextlib
 import importlib
 import signal
 import threading
+from collections.abc import Iterator
 from types import ModuleType
-from typing import Any, Iterator
+from typing import Any
 
 from tinyvim.errors import TinyvimError
 
