@@ -6,6 +6,8 @@ private TMPDIR or beside the outputs. The cases run in-process (click's CliRunne
 only behaviour that needs a fresh process (signals, a parent's death) starts one."""
 from __future__ import annotations
 
+import importlib
+import json
 import math
 import os
 import re
@@ -37,6 +39,8 @@ from tinyvim.contract import ExportMetadata
 from tinyvim.errors import TinyvimError
 from tinyvim.lazy import import_optional
 from tinyvim.serve.load import bench_repository, endpoint_address, server_statistics
+from tinyvim.tools import noise
+from tinyvim.tools import profile as profile_mod
 from tinyvim.tools import validate as validate_mod
 from tinyvim.tools.compare import Tolerance
 from tinyvim.tools.validate import chunk_images, format_table, validate_runner
@@ -435,3 +439,96 @@ def test_gpu_check_uses_the_project_venv_and_names_only_a_report_it_wrote(tmp_pa
     r = subprocess.run(["bash", str(tmp_path / "scripts" / "gpu_check.sh"), str(out)], capture_output=True,
                        text=True, timeout=60, env={**env, "WRITE_REPORT": "1"})
     assert r.returncode == 0 and f"(report: {out / 'gpu_check.json'})" in r.stdout, r.stdout
+
+
+# --------------------------------------------------------------------- 11: timings that say when not to trust them
+_STAT = "cpu  {user} 0 {system} {idle} 0 0 0 {steal} 0 0\ncpu0 1 2 3 4 5 6 7 8 0 0\nintr 1\n"
+
+
+def test_noise_limits_each_become_a_reason():
+    quiet = noise.assess({"torch batch 1": 0.05}, load_average=2.1, cores=2, threads=2, steal=0.0, throttle_events=0)
+    assert quiet.trustworthy and quiet.verdict().startswith("timing conditions: load average 2.1 on 2 cores")
+    busy = noise.assess({"torch batch 1": 2.9, "ort batch 1": 0.04}, load_average=12.4, cores=2, threads=2,
+                        steal=0.07, throttle_events=3)
+    assert not busy.trustworthy and len(busy.reasons) == 4, busy.reasons
+    text = busy.verdict()
+    assert text.startswith("warning: these timings are not trustworthy")
+    for part in ("load average 12.4 on 2 cores", "7.0% of CPU time stolen", "throttled 3 times",
+                 "spread by up to 290% (torch batch 1; 1 of 2 series"):
+        assert part in text, (part, text)
+    # each limit alone, just over and just under
+    assert noise.assess({"a": noise.MAX_SPREAD + 0.01}, load_average=None, cores=2, threads=2, steal=None,
+                        throttle_events=None).reasons
+    assert noise.assess({"a": noise.MAX_SPREAD - 0.01}, load_average=2.4, cores=2, threads=2,
+                        steal=noise.MAX_STEAL - 0.001, throttle_events=0).trustworthy
+
+
+def test_spread_steal_and_throttling_are_measured(tmp_path):
+    """relative_spread against numpy's percentiles by hand; steal from two /proc/stat snapshots
+    (the aggregate line: steal is its 8th field, of the sum of the first 8); throttle counters
+    summed over the files the kernel would show, as a difference over the run."""
+    times = [10.0] * 8 + [30.0, 10.0]
+    p10, p50, p90 = np.percentile(times, [10, 50, 90])
+    assert noise.relative_spread(times) == pytest.approx((p90 - p10) / p50) and noise.relative_spread([5.0]) == 0
+    assert noise.cpu_times(_STAT.format(user=10, system=5, idle=80, steal=5)) == (100, 5)
+    stat = tmp_path / "stat"
+    (tmp_path / "cpu0" / "thermal_throttle").mkdir(parents=True)
+    counter = tmp_path / "cpu0" / "thermal_throttle" / "core_throttle_count"
+    stat.write_text(_STAT.format(user=100, system=50, idle=800, steal=50))
+    counter.write_text("7\n")
+    monitor = noise.NoiseMonitor(2, proc_stat=str(stat), throttle_glob=str(tmp_path / "cpu*/thermal_throttle/*_count"))
+    with monitor:
+        stat.write_text(_STAT.format(user=150, system=60, idle=860, steal=80))   # +150 jiffies, 30 stolen
+        counter.write_text("9\n")
+    report = monitor.report({"x": 0.01})
+    assert report.steal == pytest.approx(30 / 150) and report.throttle_events == 2
+    assert noise.NoiseMonitor(2, proc_stat=str(tmp_path / "absent"),
+                              throttle_glob=str(tmp_path / "none*")).report({}).steal is None
+
+
+def test_profile_says_when_its_figures_are_not_trustworthy(tmp_path, monkeypatch):
+    """profile's screen and JSON carry the noise verdict: a busy machine (load average 40 on these
+    cores) gets the warning line, and the JSON says trustworthy=false with the reason."""
+    model = tmp_path / "tiny.onnx"
+    onnx.save(tiny_onnx(tiny_torch(), size=32), model)
+    monkeypatch.setattr(os, "getloadavg", lambda: (40.0, 40.0, 40.0))
+    r = CliRunner().invoke(cli, ["profile", "--backend", "ort", "--model", str(model), "--warmup", "0", "--iters",
+                                 "5", "--threads", "1", "--json", str(tmp_path / "p.json")])
+    assert r.exit_code == 0, r.output
+    assert "warning: these timings are not trustworthy (load average 40.0 on" in r.output, r.output
+    document = json.loads((tmp_path / "p.json").read_text())
+    assert document["noise"]["trustworthy"] is False and "load average 40.0" in document["noise"]["reasons"][0]
+    assert set(document["noise"]["spread"]) == {"ort batch 1"} and "spread" in document["results"][0]
+
+
+def test_the_ceiling_verdict_states_its_conditions_and_refuses_a_busy_run():
+    sys.path.insert(0, str(ROOT / "bench"))
+    try:
+        cpu_ceiling = importlib.import_module("cpu_ceiling")
+    finally:
+        sys.path.remove(str(ROOT / "bench"))
+    quiet = noise.assess({"torch": 0.03}, load_average=2.0, cores=2, threads=2, steal=0.0, throttle_events=None)
+    busy = noise.assess({"torch": 1.5}, load_average=11.0, cores=2, threads=2, steal=0.0, throttle_events=None)
+    line = cpu_ceiling.ceiling_verdict(6.4, 6.0, quiet, batch=8, threads=2)
+    assert "within reach - for batch 8, 2 threads" in line and "load average 2.0 on 2 cores" in line
+    assert "out of reach" in cpu_ceiling.ceiling_verdict(3.0, 6.0, quiet, batch=8, threads=2)
+    line = cpu_ceiling.ceiling_verdict(6.4, 6.0, busy, batch=8, threads=2)
+    assert "NO VERDICT" in line and "within reach" not in line and "load average 11.0" in line
+
+
+# --------------------------------------------------------------------- 12: plots
+def test_plots_label_the_measured_batches_and_show_the_tables_statistic():
+    """x ticks read 1, 8, 32 (not 2^0, 2^3, 2^5); with stat='p50' (serve-bench, whose table shows
+    p50) the lines are the p50s; the profile title names precision and file."""
+    pytest.importorskip("matplotlib")
+    entries = [{"backend": "ort", "batch": b, "concurrency": b,
+                "latency_ms": {"mean": 10.0 * b, "p50": 9.0 * b, "p90": 12.0 * b}} for b in (1, 8, 32)]
+    fig = profile_mod.latency_figure(entries, "t", stat="p50")
+    ax = fig.axes[0]
+    fig.canvas.draw()
+    assert [t.get_text() for t in ax.get_xticklabels()] == ["1", "8", "32"]
+    assert list(ax.lines[0].get_ydata()) == [9.0, 72.0, 288.0] and "p50" in ax.get_ylabel()
+    document = {"variant": "s", "img_size": [224, 224], "settings": {"threads": 2},
+                "models": [{"path": "/runs/s.int8.onnx", "kind": "onnx", "precision": "int8"}]}
+    assert profile_mod.profile_title(document) == "TinyViM-S 224x224, int8 (s.int8.onnx), 2 threads"
+    fig.clf()

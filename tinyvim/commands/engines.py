@@ -124,12 +124,11 @@ def profile(batch_text, json_path, plot_path, variant, checkpoint, ema, allow_no
                                 timing=prof.Timing(warmup, iters, duration), options=options, log=_err, **kwargs)
     click.echo(prof.format_environment(document["environment"], [e["backend"] for e in document["results"]]))
     click.echo(prof.format_table(document["results"]))
+    click.echo(document["noise"]["verdict"])
     if json_path:
         atomic_write_json(json_path, document)
     if plot_path:
-        size = document["img_size"]
-        prof.plot_latency(document["results"], plot_path, title=f"TinyViM-{document['variant'].upper()} "
-                          f"{size[0]}x{size[1]}, {document['settings']['threads']} threads")
+        prof.plot_latency(document["results"], plot_path, title=prof.profile_title(document))
 
 
 # --------------------------------------------------------------------- build-engine
