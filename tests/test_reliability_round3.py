@@ -378,16 +378,23 @@ fi
 """
 
 
+def _script_copy_with_venv(root: Path, script: str, python: str) -> Path:
+    """scripts/<script> copied under `root`, beside a .venv whose bin/python is the stand-in
+    shell script `python` (it records its arguments in bin/calls). Returns that python."""
+    (root / "scripts").mkdir()
+    shutil.copy(ROOT / "scripts" / script, root / "scripts" / script)
+    fake = root / ".venv" / "bin" / "python"
+    fake.parent.mkdir(parents=True)
+    fake.write_text(python)
+    fake.chmod(0o755)
+    return fake
+
+
 def test_setup_shows_each_step_and_what_pip_fetches(tmp_path):
     """10: scripts/setup.sh (run on a copy whose .venv/bin/python is a stand-in printing pip's
     kind of output) says each step, the packages pip collects/downloads/installs and the time,
     not pip's already-satisfied chatter; no -qq silence; a failing step names itself, exit != 0."""
-    (tmp_path / "scripts").mkdir()
-    shutil.copy(ROOT / "scripts" / "setup.sh", tmp_path / "scripts" / "setup.sh")
-    fake = tmp_path / ".venv" / "bin" / "python"
-    fake.parent.mkdir(parents=True)
-    fake.write_text(_FAKE_PIP)
-    fake.chmod(0o755)
+    fake = _script_copy_with_venv(tmp_path, "setup.sh", _FAKE_PIP)
     r = subprocess.run(["bash", str(tmp_path / "scripts" / "setup.sh")], capture_output=True, text=True, timeout=60)
     assert r.returncode == 0, r.stderr
     lines = r.stdout.splitlines()
@@ -421,12 +428,7 @@ def test_gpu_check_uses_the_project_venv_and_names_only_a_report_it_wrote(tmp_pa
     """13: with a .venv in the repository its python runs the check (not the system python3);
     a run that wrote no report does not say `report: ...` (an old report from an earlier run is
     not this run's); a run that wrote one names it."""
-    (tmp_path / "scripts").mkdir()
-    shutil.copy(ROOT / "scripts" / "gpu_check.sh", tmp_path / "scripts" / "gpu_check.sh")
-    venv_python = tmp_path / ".venv" / "bin" / "python"
-    venv_python.parent.mkdir(parents=True)
-    venv_python.write_text(_FAKE_VENV_PYTHON)
-    venv_python.chmod(0o755)
+    venv_python = _script_copy_with_venv(tmp_path, "gpu_check.sh", _FAKE_VENV_PYTHON)
     out = tmp_path / "out"
     out.mkdir()
     (out / "gpu_check.json").write_text('{"old": true}')
