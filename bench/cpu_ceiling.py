@@ -44,7 +44,7 @@ from tinyvim.export import export_onnx
 from tinyvim.tools.inputs import iter_random_batches
 from tinyvim.tools.noise import NoiseMonitor, NoiseReport, relative_spread
 from tinyvim.tools.profile import cpu_model
-from tinyvim.tools.quantize import cpu_has_vnni, quantize_onnx
+from tinyvim.tools.quantize import CalibrationRequest, cpu_has_vnni, quantize_onnx
 from tinyvim.utils import atomic_write_json
 
 GEMM = 1536      # large enough that packing and threading overheads vanish, small enough for a few seconds
@@ -150,7 +150,7 @@ def main():
     with tempfile.TemporaryDirectory(prefix="tinyvim-ceiling-") as tmp:
         tmp = Path(tmp)
         fp32 = export_onnx(tmp / "s.onnx", ModelSpec("s"), InputSpec(batch=None), network=model).path
-        int8 = quantize_onnx(fp32, tmp / "s.int8.onnx", dtype="int8", calib_random=16,
+        int8 = quantize_onnx(fp32, tmp / "s.int8.onnx", CalibrationRequest(calib_random=16), dtype="int8",
                              reduce_range=not vnni, threads=args.threads).path
         x = next(iter_random_batches(1, args.batch, (224, 224), seed=7))
         runners = {"torch": TorchRunner(model, scan="sequential", threads=args.threads),

@@ -36,7 +36,7 @@ from tinyvim.tools.profile import cpu_model
 from tinyvim.backends.torch.runner import TorchRunner
 from tinyvim.contract import InputSpec, ModelSpec
 from tinyvim.export import export_onnx
-from tinyvim.tools.quantize import cpu_has_vnni, quantize_onnx
+from tinyvim.tools.quantize import CalibrationRequest, cpu_has_vnni, quantize_onnx
 
 
 def fidelity(ref: np.ndarray, out: np.ndarray) -> dict:
@@ -69,8 +69,9 @@ def main():
         fp32 = export_onnx(tmp / "s.onnx", ModelSpec("s"), InputSpec(batch=None), network=model).path
         files = {}
         for name, dtype, bits in (("int8 w8", "int8", 8), ("int8 w7", "int8", 7), ("fp8", "fp8", 8)):
-            r = quantize_onnx(fp32, tmp / f"s.{name.replace(' ', '-')}.onnx", dtype=dtype,
-                              calib_random=args.calib_random, reduce_range=bits == 7, threads=args.threads)
+            r = quantize_onnx(fp32, tmp / f"s.{name.replace(' ', '-')}.onnx",
+                              CalibrationRequest(calib_random=args.calib_random), dtype=dtype,
+                              reduce_range=bits == 7, threads=args.threads)
             files[name] = r.path
             print(f"quantized {name}: {len(r.quantized)} layers, {r.seconds['total']:.1f} s "
                   f"(calibration {r.seconds['calibration']:.1f} s)")

@@ -27,7 +27,7 @@ import torch
 from click.testing import CliRunner
 
 import tinyvim
-from test_engines_runners import tiny_onnx, tiny_torch
+from test_runners import tiny_onnx, tiny_torch
 from tinyvim.cli import COMMANDS, cli
 from tinyvim.tools import noise
 

@@ -16,7 +16,7 @@ from click.testing import CliRunner
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from test_engines_runners import tiny_onnx, tiny_torch
+from test_runners import tiny_onnx, tiny_torch
 from tinyvim.cli import cli
 from tinyvim.contract import MAX_BATCH, MAX_COUNT, MAX_THREADS, ExportMetadata
 

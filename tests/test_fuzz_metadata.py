@@ -13,7 +13,7 @@ from click.testing import CliRunner
 from hypothesis import event, given, settings
 from hypothesis import strategies as st
 
-from test_engines_runners import tiny_onnx, tiny_torch
+from test_runners import tiny_onnx, tiny_torch
 from tinyvim.backends.trt import sidecar as sc
 from tinyvim.cli import cli
 from tinyvim.contract import MAX_BATCH, MAX_BATCH_PIXELS, MAX_IMAGE_SIDE, ExportMetadata

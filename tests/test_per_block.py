@@ -96,7 +96,7 @@ def test_perturbed_block_is_named_first_in_an_fp16_export(exports, tmp_path, bac
 
 
 def test_a_graph_without_the_block_structure_is_a_one_line_error(tmp_path):
-    from test_engines_runners import tiny_onnx, tiny_torch
+    from test_runners import tiny_onnx, tiny_torch
     from tinyvim.errors import TinyvimError
     with pytest.raises(TinyvimError, match="cannot follow TinyViM's blocks"):
         trunk_residuals(tiny_onnx(tiny_torch()).graph, 3)

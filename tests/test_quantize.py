@@ -14,7 +14,7 @@ from onnx import numpy_helper
 
 import fake_tensorrt
 from conftest import BATCH, SIZE
-from test_engines_trt_fake import TRT10, TRT11, fake, plugin_lib  # noqa: F401 - pytest fixtures
+from test_trt_build_fake import TRT10, TRT11, fake, plugin_lib  # noqa: F401 - pytest fixtures
 from tinyvim.cli import cli
 from tinyvim.contract import ExportMetadata, QuantizationInfo
 from tinyvim.backends.trt import builder as trt_build
@@ -31,7 +31,7 @@ def int8_onnx(tinyvim_onnx, tmp_path_factory):
     """The session's 64x64 export quantized to int8 with 7-bit weights (so that every CPU, VNNI or
     not, computes it exactly: OpenVINO is validated on it too)."""
     out = tmp_path_factory.mktemp("int8") / "s64.int8.onnx"
-    return q.quantize_onnx(tinyvim_onnx, out, calib_random=CALIB, reduce_range=True, seed=3)
+    return q.quantize_onnx(tinyvim_onnx, out, q.CalibrationRequest(calib_random=CALIB, calib_seed=3), reduce_range=True)
 
 
 @pytest.fixture(scope="module")
@@ -162,7 +162,7 @@ def test_plugin_nodes_are_left_untouched(tmp_path):
     from tinyvim.contract import InputSpec, ModelSpec
     from tinyvim.export import export_onnx
     src = export_onnx(tmp_path / "p.onnx", ModelSpec("s"), InputSpec((32, 32), 1), scan="plugin").path
-    result = q.quantize_onnx(src, tmp_path / "p.int8.onnx", calib_random=1)
+    result = q.quantize_onnx(src, tmp_path / "p.int8.onnx", q.CalibrationRequest(calib_random=1))
     before = {n.name: n.SerializeToString() for n in onnx.load(str(src)).graph.node if n.domain == "tinyvim"}
     model, _, _, producer, _ = _graph(result.path)
     after = {n.name: n for n in model.graph.node if n.domain == "tinyvim"}
@@ -205,16 +205,16 @@ def test_openvino_concat_qdq_conv_is_still_miscomputed(tmp_path):
 
 def test_build_engine_takes_the_qdq_onnx(fake, plugin_lib, int8_onnx, tmp_path):  # noqa: F811 - fixtures
     trt, events = fake(TRT10)
-    result = trt_build.build_engine(int8_onnx.path, tmp_path / "m.engine", precision="int8", max_batch=BATCH,
-                                    log=lambda s: None)
+    result = trt_build.build_engine(int8_onnx.path, tmp_path / "m.engine", precision="int8",
+                                    shapes=trt_build.ProfileRequest(max_batch=BATCH), log=lambda s: None)
     assert ("network_flags", 0) in events and ("set_flag", "INT8") in events       # 10.x: the INT8 flag
     assert not [e for e in events if e[0] in ("precision", "output_type")]       # nothing pinned
     assert "--int8" in result.commands["trtexec"] and "--fp16" not in result.commands["trtexec"]
     assert "--int8" in result.commands["polygraphy"] and result.sidecar.precision == "int8"
     assert result.sidecar.onnx_metadata["quantization"].startswith("scheme=int8;")
     trt, events = fake(TRT11)
-    result = trt_build.build_engine(int8_onnx.path, tmp_path / "m11.engine", precision="int8", max_batch=BATCH,
-                                    log=lambda s: None)
+    result = trt_build.build_engine(int8_onnx.path, tmp_path / "m11.engine", precision="int8",
+                                    shapes=trt_build.ProfileRequest(max_batch=BATCH), log=lambda s: None)
     assert ("network_flags", 1 << int(trt.NetworkDefinitionCreationFlag.STRONGLY_TYPED)) in events
     assert "--int8" not in result.commands["trtexec"] and "--strongly-typed" in result.commands["polygraphy"]
     with pytest.raises(TinyvimError, match="already|quantized to int8"):
@@ -349,7 +349,8 @@ def test_percentile_calibration_end_to_end(tinyvim_onnx, tmp_path):
     meta = ExportMetadata.from_props({p.key: p.value for p in onnx.load(str(tmp_path / "p.onnx")).metadata_props},
                                      source="p")
     assert meta.quantization.method == "percentile-99.99"
-    minmax = q.quantize_onnx(tinyvim_onnx, tmp_path / "m.onnx", calib_random=CALIB, reduce_range=True, seed=3)
+    minmax = q.quantize_onnx(tinyvim_onnx, tmp_path / "m.onnx", q.CalibrationRequest(calib_random=CALIB, calib_seed=3),
+                             reduce_range=True)
     assert minmax.metadata.quantization.method == "minmax"
 
     def activation_scales(path):

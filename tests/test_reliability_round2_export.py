@@ -25,7 +25,7 @@ import pytest
 from click.testing import CliRunner
 
 import tinyvim
-from test_engines_runners import tiny_onnx, tiny_torch
+from test_runners import tiny_onnx, tiny_torch
 from tinyvim.cli import cli
 from tinyvim.commands.plugins import build_plugin
 from tinyvim.contract import EXPORT_FORMATS, IR_WEIGHTS_SUFFIX, ExportMetadata, InputSpec, ModelSpec
@@ -86,7 +86,7 @@ STUB = textwrap.dedent("""
     import os, sys, time
     from pathlib import Path
     import onnx
-    from test_engines_runners import tiny_onnx, tiny_torch
+    from test_runners import tiny_onnx, tiny_torch
     import tinyvim.export.onnx_export as oe
     from tinyvim.contract import ExportMetadata
 

@@ -29,7 +29,7 @@ from click.testing import CliRunner
 from PIL import Image
 
 from serve_helpers import running
-from test_engines_runners import tiny_onnx, tiny_torch
+from test_runners import tiny_onnx, tiny_torch
 from test_reliability_round2_export import TINY_META, _tiny_ir
 from tinyvim.backends.ort.runner import OrtRunner
 from tinyvim.backends.model_file import ModelInfo

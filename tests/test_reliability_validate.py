@@ -113,7 +113,7 @@ def test_validation_memory_does_not_grow_with_the_number_of_batches(tmp_path):
     the loop is under test, not the model). Batches made by a generator stream through; the
     same batches handed over as a list (what the old loop built) show the growth the
     measurement is able to see. (RSS of the real command: see the reliability note.)"""
-    from test_engines_runners import tiny_onnx, tiny_torch
+    from test_runners import tiny_onnx, tiny_torch
     from tinyvim.tools.compare import tolerance_for
     from tinyvim.tools.inputs import iter_random_batches
     from tinyvim.backends.ort.runner import OrtRunner

@@ -66,11 +66,13 @@ def test_metadata_is_built_from_the_specs_and_reads_back_into_them(tmp_path):
                                 precision="fp32").model.allow_nonfinite is False
 
 
-def test_metadata_build_refuses_what_the_file_could_not_hold(tmp_path):
-    with pytest.raises(TinyvimError, match="unknown --scan 'magic'"):
-        ExportMetadata.build(ModelSpec(), InputSpec(), scan="magic", precision="fp32")  # type: ignore[arg-type]
-    with pytest.raises(TinyvimError, match="unknown precision 'fp64'"):
-        ExportMetadata.build(ModelSpec(), InputSpec(), scan="portable", precision="fp64")  # type: ignore[arg-type]
+def test_metadata_refuses_to_write_what_it_could_not_read(tmp_path):
+    meta = ExportMetadata.build(ModelSpec(), InputSpec(), scan="magic", precision="fp32")  # type: ignore[arg-type]
+    with pytest.raises(TinyvimError, match="metadata 'scan' is invalid"):
+        meta.to_props()
+    meta = ExportMetadata.build(ModelSpec(), InputSpec(), scan="portable", precision="fp64")  # type: ignore[arg-type]
+    with pytest.raises(TinyvimError, match="metadata 'precision' is invalid"):
+        meta.to_props()
     with pytest.raises(ValueError, match="sha256"):   # a checkpoint without its digest is a caller's bug
         ExportMetadata.build(ModelSpec(checkpoint=str(tmp_path / "w.pth")), InputSpec(), scan="portable",
                              precision="fp32")
@@ -79,3 +81,24 @@ def test_metadata_build_refuses_what_the_file_could_not_hold(tmp_path):
 def test_model_spec_from_metadata_takes_overrides_that_are_given():
     meta = ExportMetadata("l", init_seed=3, input_size=(64, 64))
     assert ModelSpec.from_metadata(meta, variant=None, weight_seed=5) == ModelSpec("l", weight_seed=5)
+
+
+@pytest.mark.parametrize("argv,message", [
+    (["export", "--seed", "-1"], "--seed (weight seed) must be an integer from 0"),
+    (["export", "--img-size", "64", "--batch", "0"], "--batch must be an integer from 1 to 4096"),
+    (["export", "--img-size", "4096", "--batch", "4096"], "pixels per call"),
+    (["validate", "m.onnx", "--init-seed", "-2"], "--init-seed (weight seed) must be an integer from 0"),
+    (["info", "--variant", "q"], "invalid value for '--variant'"),
+])
+def test_the_option_groups_build_checked_specs_before_any_work(tmp_path, monkeypatch, argv, message):
+    """model_options / input_options turn the flags into a ModelSpec / InputSpec as the command
+    starts: a bad value is one `error:` line, exit 2, and nothing is written."""
+    from click.testing import CliRunner
+
+    from tinyvim.cli import cli
+    monkeypatch.chdir(tmp_path)
+    result = CliRunner().invoke(cli, argv)
+    assert result.exit_code == 2, result.output
+    lines = [line for line in result.output.splitlines() if line.strip()]
+    assert len(lines) == 1 and lines[0].startswith("error: ") and message in lines[0], result.output
+    assert list(tmp_path.iterdir()) == []

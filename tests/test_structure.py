@@ -199,7 +199,7 @@ print('OWN', sorted(m for m in sys.modules if m.startswith(TORCH_PACKAGES)))
 
 @pytest.mark.parametrize("argv", [["validate", "--help"], ["export", "--help"], ["profile", "--help"],
                                   ["quantize", "--help"], ["build-engine", "--help"],
-                                  ["validate", "/nonexistent/model.onnx"]])
+                                  ["validate", "/nonexistent/model.onnx"], ["info"]])
 def test_commands_parse_without_heavy_imports(argv):
     """What `validate --help` and friends import, pinned: a module-top `import torch` (or numpy,
     onnx) anywhere on a command's import path fails here, naming the module that came in."""
@@ -214,7 +214,8 @@ def test_commands_parse_without_heavy_imports(argv):
 
 def test_the_wheel_holds_what_users_run_and_not_the_test_tools(tmp_path):
     """The TensorRT contract checker (plugins/csrc/trt_contract_check.cpp) is a test tool:
-    excluded from the wheel, while the sources `tinyvim build-plugin` compiles ship. (~10 s: a
+    excluded from the wheel, while the sources `tinyvim build-plugin` compiles ship; the kernel-on-CPU
+    runtime and harness live in tests/cuda_on_cpu, no vendored code anywhere. (~10 s: a
     real wheel build, the only way to see what setuptools' globs and excludes make of the tree.)"""
     import zipfile
     r = subprocess.run([sys.executable, "-m", "pip", "wheel", str(ROOT), "--no-deps", "--no-build-isolation", "-q",
@@ -224,6 +225,7 @@ def test_the_wheel_holds_what_users_run_and_not_the_test_tools(tmp_path):
     assert "tinyvim/plugins/csrc/trt_plugin.cpp" in names and "tinyvim/plugins/CMakeLists.txt" in names
     assert "tinyvim/plugins/csrc/trt_contract_check.cpp" not in names
     assert not any(n.startswith("tests/") for n in names)
+    assert not any(part in n for n in names for part in ("hip_cpu", "cuda_on_cpu", "third_party")), sorted(names)
 
 
 def test_ruff_is_clean():

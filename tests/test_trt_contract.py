@@ -8,17 +8,16 @@ parser's rules and in the builder's order. The declared contract (tinyvim.contra
 is the reference for the library's identity and fields.
 
 The plugin's enqueue runs too, on the CPU: the plugin and the driver are also compiled (with g++,
-no CUDA) against each version's headers on top of the CUDA kernel's own source built on HIP-CPU
-(tinyvim.plugins.hip_cpu), and every node is enqueued on host buffers holding the values it gets
+no CUDA) against each version's headers on top of the CUDA kernel's own source built on our CUDA-on-CPU
+runtime (tests/cuda_on_cpu), and every node is enqueued on guard-paged host buffers holding the values it gets
 in the export, compared with what the ONNX Runtime custom op computed for it.
 
 Needs ../shared/third_party/tensorrt (see its README); the CMake-built library also needs cmake
-and nvcc (the plugin links the CUDA kernel), the CPU build TBB (tbb-devel); each is skipped, with
+and nvcc (the plugin links the CUDA kernel); each is skipped, with
 the reason, where what it needs is missing.
 """
 from __future__ import annotations
 
-import os
 import shutil
 import subprocess
 from pathlib import Path
@@ -32,7 +31,13 @@ import pytest
 import torch
 
 from tinyvim.contract import SCAN_PLUGIN, TRT_FIELD_TYPE_VALUES
-from tinyvim.plugins import hip_cpu
+from tinyvim.ops.reference import random_scan_inputs
+from tinyvim.plugins.cpu_twin import cross_selective_scan_cpu
+from cuda_on_cpu import build as cpu_build
+from cuda_on_cpu import cases as cpu_cases
+from cuda_on_cpu import device as cpu_device
+from cuda_on_cpu.cases import REF_TOL
+from cuda_on_cpu.storage import from_storage, rounded, to_storage
 from tinyvim.plugins.build import build, find_nvcc
 
 HEADERS = Path(__file__).resolve().parents[2] / "shared" / "third_party" / "tensorrt"
@@ -309,10 +314,8 @@ def test_only_the_autoreg_library_registers_on_load(built):
 @pytest.fixture(scope="module")
 def on_cpu(request):
     """The plugin and the driver built with g++ against that version's headers, on the kernel's
-    own source run on the CPU (hip_cpu.build_trt_on_cpu; cached like the CPU twin)."""
-    if hip_cpu.tbb_problem() and not os.environ.get("CI"):     # CI has tbb-devel: fail there, not skip
-        pytest.skip(hip_cpu.tbb_problem())
-    return hip_cpu.build_trt_on_cpu(HEADERS / request.param / "include")
+    own source run on the CPU (cuda_on_cpu.build.build_trt_on_cpu; cached like the CPU twin)."""
+    return cpu_build.build_trt_on_cpu(HEADERS / request.param / "include")
 
 
 def _ort_options():
@@ -383,9 +386,8 @@ def enqueue_jobs(nodes, export_paths):
               if n.op_type == SCAN_PLUGIN.op_type]
     for n, proto, (ins, _) in zip(nodes[key], protos, io[key]):
         for onnx_dtype, dtype in (("FLOAT16", "float16"), ("BFLOAT16", "bfloat16")):
-            rounded = [hip_cpu.from_storage(hip_cpu.to_storage(a, dtype), dtype) if k < 4 else a
-                       for k, a in enumerate(ins)]
-            jobs.append((with_dtype(n, onnx_dtype), rounded, ort_custom_op(proto, rounded), dtype))
+            low = [rounded(a, dtype) if k < 4 else a for k, a in enumerate(ins)]
+            jobs.append((with_dtype(n, onnx_dtype), low, ort_custom_op(proto, low), dtype))
     return jobs
 
 
@@ -396,14 +398,14 @@ def test_enqueue_of_every_exported_node_matches_the_ort_custom_op(on_cpu, enqueu
     enqueue on host buffers, i.e. the plugin's real enqueue running the kernel's real source.
     Compared with the ORT custom op's output for the same node: float32 within 1e-5 of max|y|
     (observed ~2e-7: summation order only), 16-bit within float32 noise plus half an ulp of the
-    output type (hip_cpu.REF_TOL)."""
+    output type (cuda_on_cpu.cases.REF_TOL)."""
     jobs = enqueue_jobs
     spec = []
     for j, (n, ins, _, _) in enumerate(jobs):
         folder = tmp_path / str(j)
         folder.mkdir()
         for k, (t, a) in enumerate(zip(n.inputs, ins)):
-            (folder / f"in{k}.bin").write_bytes(hip_cpu.to_storage(a, STORAGE[t.dtype]).tobytes())
+            (folder / f"in{k}.bin").write_bytes(to_storage(a, STORAGE[t.dtype]).tobytes())
         spec.append(replace(n, data=str(folder)))
     lines = run_driver(on_cpu, "enqueue", on_cpu["plugin"], write_spec(spec, tmp_path / "spec"))
     got = results(lines)
@@ -416,9 +418,70 @@ def test_enqueue_of_every_exported_node_matches_the_ort_custom_op(on_cpu, enqueu
         # one launch per node (batch <= 65535), on the stream TensorRT gave enqueue, no overrun
         assert report.endswith("enqueued launches=1 stream=0x5eed overruns=0 refused=0"), (n.name, report)
         raw = (tmp_path / str(j) / "out0.bin").read_bytes()
-        y = hip_cpu.from_storage(np.frombuffer(raw, dtype=STORAGE_NUMPY[dtype]), dtype)
+        y = from_storage(np.frombuffer(raw, dtype=STORAGE_NUMPY[dtype]), dtype)
         assert y.size == ref.size and np.abs(ref).max() > 0, n.name
         err = float(np.abs(y.reshape(ref.shape) - ref).max() / np.abs(ref).max())
-        assert err <= hip_cpu.REF_TOL[dtype], (n.name, dtype, err)
+        assert err <= REF_TOL[dtype], (n.name, dtype, err)
         worst[dtype] = max(worst.get(dtype, 0.0), err)
     print(f"\nenqueue vs ORT custom op, max rel error: {worst}")
+
+
+def synthetic_node(name: str, d: int, n: int, dims: dict, syms: dict | None = None) -> Node:
+    """A scan node as the exporter writes it (plugin_version, plugin_namespace, d_state = n: the
+    contract's), on float32 tensors shaped by the contract's dims: D and N given, B/H/W from `dims`
+    (an int, or a symbol with its (min, opt, max) in `syms`)."""
+    values = {"D": d, "4D": 4 * d, "4": 4, "N": n, **dims}
+    ins = [Tensor(f"{name}.{s.name}", "FLOAT", [values[x] for x in s.dims]) for s in SCAN_PLUGIN.inputs]
+    outs = [Tensor(f"{name}.{s.name}", "FLOAT", [values[x] for x in s.dims]) for s in SCAN_PLUGIN.outputs]
+    attrs = {"plugin_version": ("STRING", [SCAN_PLUGIN.version]), "plugin_namespace": ("STRING", [SCAN_PLUGIN.namespace]),
+             "d_state": ("INT", [n])}
+    return Node(name, SCAN_PLUGIN.op_type, attrs, ins, outs, dict(syms or {}))
+
+
+#: name -> (D, dims, syms): nodes real exports at 64x64 never have. The driver enqueues at the
+#: profile's opt shape with a workspace of exactly getWorkspaceSize's bytes (from the profile's max).
+ENQUEUE_NODES = {
+    "nonsquare_5x9": (20, {"B": 1, "H": 5, "W": 9}, {}),
+    "workspace_16x20_b2": (24, {"B": 2, "H": 16, "W": 20}, {}),                   # L = 320: global workspace
+    "dynamic_opt_is_max": (24, {"B": "batch", "H": "height", "W": "width"},       # the exact size is the need
+                           {"batch": (1, 2, 2), "height": (1, 17, 17), "width": (1, 19, 19)}),
+    "dynamic_max_needs_workspace": (40, {"B": "batch", "H": "height", "W": "width"},   # opt fits in smem
+                                    {"batch": (1, 2, 8), "height": (4, 6, 20), "width": (4, 7, 24)}),
+}
+
+
+@pytest.mark.parametrize("on_cpu", VERSIONS[-1:], indirect=True)
+def test_enqueue_of_nonsquare_workspace_and_dynamic_nodes(on_cpu, tmp_path):
+    """The plugin's enqueue where the exported nodes never go: a non-square map, an L whose
+    accumulator needs the global workspace, and dynamic profiles whose getWorkspaceSize must cover
+    the MAX shape (asserted equal to the ABI's need there), enqueued at opt with a workspace of
+    exactly that size in a guard-paged buffer (an overrun faults and names it). Output: bit for bit
+    the CPU twin's (the same kernel source and step header), and within REF_TOL of the float64
+    reference on the first and last channel."""
+    kernel = cpu_device.load_library(on_cpu["kernel"])
+    spec, inputs, want_ws = [], {}, {}
+    for j, (name, (d, dims, syms)) in enumerate(ENQUEUE_NODES.items()):
+        node = synthetic_node(name, d, 8, dims, syms)
+        opt = [v if isinstance(v, int) else syms[v][1] for v in (dims["B"], dims["H"], dims["W"])]
+        top = [v if isinstance(v, int) else syms[v][2] for v in (dims["B"], dims["H"], dims["W"])]
+        want_ws[name] = kernel.tinyvim_cross_scan_cuda_workspace_size(top[0], d, top[1], top[2], 8, 0)
+        inp = random_scan_inputs(opt[0], d, opt[1], opt[2], 8, seed=j, dtype=np.float32)
+        inp["delta_bias"] = np.random.default_rng(j).uniform(-8, 8, 4 * d).astype(np.float32)
+        folder = tmp_path / str(j)
+        folder.mkdir()
+        for k, key in enumerate(("x", "delta", "Bs", "Cs", "A", "Ds", "delta_bias")):
+            (folder / f"in{k}.bin").write_bytes(np.ascontiguousarray(inp[key], np.float32).tobytes())
+        inputs[name] = (inp, folder)
+        spec.append(replace(node, data=str(folder)))
+    got = results(run_driver(on_cpu, "enqueue", on_cpu["plugin"], write_spec(spec, tmp_path / "spec")))
+    assert want_ws["workspace_16x20_b2"] > 0 and want_ws["dynamic_max_needs_workspace"] > 0
+    assert kernel.tinyvim_cross_scan_cuda_workspace_size(2, 40, 6, 7, 8, 0) == 0     # opt alone needs none
+    for name, (inp, folder) in inputs.items():
+        report = got[name]
+        assert report.startswith("ok ") and f" workspace={want_ws[name]} " in report, (name, report)
+        assert report.endswith("enqueued launches=1 stream=0x5eed overruns=0 refused=0"), (name, report)
+        y = np.frombuffer((folder / "out0.bin").read_bytes(), np.float32).reshape(inp["x"].shape)
+        assert np.array_equal(y, cross_selective_scan_cpu(**inp)), name
+        d = inp["x"].shape[1]
+        err = cpu_cases.rel_error(y[:, [0, d - 1]], cpu_cases.reference_subset(inp, channels=(0, d - 1)))
+        assert err <= REF_TOL["float32"], (name, err)

@@ -712,14 +712,16 @@ class ExportMetadata:
               opset: int = DEFAULT_OPSET, weights: Precision | None = None,
               quantization: QuantizationInfo | None = None) -> ExportMetadata:
         """The metadata of an export of `model` at `inputs` (the one way exports make it). The
-        checkpoint is recorded as an absolute path; its sha256 must already be in `model`."""
+        checkpoint is recorded as an absolute path; its sha256 must already be in `model`. The
+        specs checked themselves; scan, precision and opset are checked by the exporter before
+        any work, and every value again when written (to_props reads its own text back)."""
         if model.checkpoint is not None and not model.checkpoint_sha256:
             raise ValueError("ExportMetadata.build needs the checkpoint's sha256 in the ModelSpec")
         return cls(variant=model.variant, backbone=model.backbone, ema=model.ema,
                    checkpoint=os.path.abspath(model.checkpoint) if model.checkpoint else "",
                    checkpoint_sha256=model.checkpoint_sha256, init_seed=model.weight_seed,
-                   input_size=inputs.size, batch=inputs.batch, scan=check_scan(scan), opset=int(opset),
-                   precision=check_choice(precision, MODEL_PRECISIONS, "precision"), tinyvim_version=__version__,
+                   input_size=inputs.size, batch=inputs.batch, scan=scan, opset=int(opset),
+                   precision=precision, tinyvim_version=__version__,
                    weights=weights, quantization=quantization)
 
     @property

@@ -8,6 +8,7 @@ from __future__ import annotations
 import click
 
 from tinyvim.backends.registry import all_options, backend_names, get_backend
+from tinyvim.backends.trt.builder import ProfileRequest
 from tinyvim.backends.trt.builder import build_engine as build
 from tinyvim.commands.common import allow_nonfinite_option, img_size_option, model_options
 from tinyvim.commands.common import echo_err as _err
@@ -159,8 +160,8 @@ def build_engine(model, output, precision, min_shape, opt_shape, max_shape, min_
     """Build a TensorRT engine (and its JSON sidecar) from a TinyViM ONNX MODEL.
 
     Goes through Polygraphy's TensorRT loaders; prints the equivalent trtexec and polygraphy command lines first."""
-    result = build(model, output, precision=precision, min_shape=min_shape, opt_shape=opt_shape, max_shape=max_shape,
-                   min_batch=min_batch, opt_batch=opt_batch, max_batch=max_batch, tf32=tf32, workspace_mib=workspace,
+    shapes = ProfileRequest(min_shape, opt_shape, max_shape, min_batch, opt_batch, max_batch)
+    result = build(model, output, precision=precision, shapes=shapes, tf32=tf32, workspace_mib=workspace,
                    timing_cache=timing_cache, plugin=plugin, builder_optimization_level=builder_optimization_level,
                    log=_err)
     click.echo(f"wrote {result.engine_path} and {result.sidecar_path} ({precision}, built in {result.seconds:.1f} s)")

@@ -5,8 +5,7 @@ import click
 
 from tinyvim.commands.common import announce_weights, img_size_option, json_option, model_options
 from tinyvim.contract import DEFAULT_IMG_SIZE, format_size
-from tinyvim.model import build_model, count_parameters, reparameterize
-from tinyvim.model.complexity import count_macs, ss2d_table
+from tinyvim.tools.model_info import model_report
 from tinyvim.utils import atomic_write_json, check_output_paths
 
 
@@ -28,16 +27,11 @@ def info(model, img_size, json_path):
     img_size = img_size or DEFAULT_IMG_SIZE
     announce_weights(model)
     variant, backbone, checkpoint = model.variant, model.backbone, model.checkpoint
-    model = build_model(model)
-    fused = reparameterize(model)
-    total = count_parameters(model)
-    dist = sum(p.numel() for p in model.dist_head.parameters()) if getattr(model, "dist_head", None) is not None else 0
-    report = {
-        "variant": variant, "backbone": backbone, "img_size": list(img_size), "checkpoint": checkpoint,
-        "params": total, "params_without_dist_head": total - dist, "params_fused": count_parameters(fused),
-        "gmacs": count_macs(model, img_size) / 1e9, "gmacs_fused": count_macs(fused, img_size) / 1e9,
-        "ss2d": ss2d_table(model, img_size),
-    }
+    # from the shipped table or the cache when known (no torch: fast), else computed
+    figures, _ = model_report(model, img_size)
+    report = {"variant": variant, "backbone": backbone, "img_size": list(img_size), "checkpoint": checkpoint,
+              **figures}
+    total, dist = report["params"], report["params"] - report["params_without_dist_head"]
     click.echo(f"TinyViM-{variant.upper()}{' backbone' if backbone else ''} @ {format_size(img_size)}"
                f"{'' if checkpoint else ' (random weights)'}")
     if dist:

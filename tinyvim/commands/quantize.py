@@ -6,10 +6,10 @@ from pathlib import Path
 
 import click
 
-from tinyvim.commands.common import SIZE_METAVAR, echo_err, json_option, one_line_errors
+from tinyvim.commands.common import echo_err, img_size_option, json_option, one_line_errors
 from tinyvim.contract import CALIBRATION_METHODS, DEFAULT_PERCENTILE, QUANTIZED_PRECISIONS
 from tinyvim.tools.inputs import DEFAULT_CROP_PCT
-from tinyvim.tools.quantize import quantization_report, quantize_onnx
+from tinyvim.tools.quantize import CalibrationRequest, quantization_report, quantize_onnx
 from tinyvim.utils import atomic_write_json, check_output_paths
 
 
@@ -36,9 +36,9 @@ def default_output(model: str, dtype: str) -> str:
 @click.option("--reduce-range", is_flag=True,
               help="7-bit int8 weights, for x86 CPUs without VNNI (AVX2: their int8 kernels saturate on 8-bit "
                    "weights). Default: 8 bits (TensorRT, VNNI/AMX CPUs).")
-@click.option("--img-size", default=None, metavar=SIZE_METAVAR,
-              help="Calibration size for a dynamic-size export [default: the model's, else 224].")
-@click.option("--seed", type=int, default=0, show_default=True, help="Seed of --calib-random.")
+@img_size_option(default="the model's, else 224; for a dynamic-size export")
+@click.option("--seed", "calib_seed", type=int, default=0, show_default=True,
+              help="Seed of the --calib-random calibration images.")
 @click.option("--crop-pct", type=float, default=DEFAULT_CROP_PCT, show_default=True,
               help="Centre-crop fraction for --calib.")
 @click.option("--threads", type=int, default=None, help="ONNX Runtime threads for calibration [default: all cores].")
@@ -46,17 +46,17 @@ def default_output(model: str, dtype: str) -> str:
               help="Output path [default: MODEL.<dtype>.onnx].")
 @json_option
 @one_line_errors
-def quantize(model, calib_dir, calib_random, calib_max, calib_method, percentile, dtype, reduce_range, img_size, seed,
-             crop_pct, threads, output, json_path):
+def quantize(model, calib_dir, calib_random, calib_max, calib_method, percentile, dtype, reduce_range, img_size,
+             calib_seed, crop_pct, threads, output, json_path):
     """Quantize an fp32 TinyViM ONNX into an explicit Q/DQ ONNX (symmetric, per-channel weights on
     Conv/MatMul/Gemm; scan, softplus, LayerNorm statistics and plugin nodes stay fp32) that
     TensorRT, ONNX Runtime and OpenVINO all run. Calibration runs on the CPU."""
 
     output = output or default_output(model, dtype)
     check_output_paths({"-o": output, "--json": json_path}, inputs={"MODEL": model})
-    result = quantize_onnx(model, output, dtype=dtype, calib_dir=calib_dir, calib_random=calib_random, seed=seed,
-                           max_images=calib_max, crop_pct=crop_pct, img_size=img_size, reduce_range=reduce_range,
-                           calib_method=calib_method, percentile=percentile, threads=threads,
+    calibration = CalibrationRequest(calib_dir, calib_random, calib_seed, calib_max, crop_pct, img_size, calib_method,
+                                     percentile)
+    result = quantize_onnx(model, output, calibration, dtype=dtype, reduce_range=reduce_range, threads=threads,
                            log=lambda m: echo_err(f"  {m} ..."))
     for warning in result.warnings:
         click.secho(f"warning: {warning}", fg="yellow", err=True)

@@ -53,11 +53,15 @@ from tinyvim.backends.model_file import read_onnx_info
 from tinyvim.backends.ort.runner import OrtRunner
 from tinyvim.contract import (
     CALIBRATION_METHODS,
+    DEFAULT_IMG_SIZE,
     DEFAULT_PERCENTILE,
+    FP32,
+    INT8,
     INPUT_NAME,
     MAX_CALIBRATION_SAMPLES,
     QUANTIZED_PRECISIONS,
     SCAN_PLUGIN,
+    Precision,
     ExportMetadata,
     QuantizationInfo,
     calibration_method_name,
@@ -65,8 +69,8 @@ from tinyvim.contract import (
     check_percentile,
     check_seed,
     check_threads,
+    check_input_size,
     check_workload,
-    parse_size,
 )
 from tinyvim.errors import TinyvimError
 from tinyvim.export.onnx_export import op_counts
@@ -206,22 +210,58 @@ class CalibrationSet:
         return f"{self.samples} random image(s) (seed {self.seed})"
 
 
-def calibration_set(*, calib_dir: str | os.PathLike | None, calib_random: int | None, batch: int,
-                    size: tuple[int, int], seed: int = 0, max_images: int = 512,
-                    crop_pct: float = DEFAULT_CROP_PCT) -> CalibrationSet:
-    """The calibration set from exactly one of `calib_dir` (pictures, ImageNet preprocessing,
-    at most `max_images`) and `calib_random` (that many seeded random images)."""
-    if (calib_dir is None) == (calib_random is None):
-        raise TinyvimError("give the calibration images with exactly one of --calib DIR (your pictures, preprocessed "
-                           "like ImageNet evaluation) or --calib-random N (seeded random images)")
-    check_workload(batch, size)
-    if calib_dir is not None:
-        check_count(max_images, "--calib-max", 1, MAX_CALIBRATION_SAMPLES)
-        files = list_images(calib_dir, 1, max_images, flag="--calib")
-        return CalibrationSet("images", len(files), batch, size, None, tuple(files), crop_pct)
-    check_count(calib_random, "--calib-random", 1, MAX_CALIBRATION_SAMPLES)
-    check_seed(seed)
-    return CalibrationSet("random", int(calib_random), batch, size, int(seed))
+@dataclass(frozen=True)
+class CalibrationRequest:
+    """What `tinyvim quantize` calibrates on and how, checked when built: exactly one of
+    `calib_dir` (at most `max_images` pictures, ImageNet preprocessing with `crop_pct`) and
+    `calib_random` (that many random images from `calib_seed`); the range `method` (minmax, or
+    the `percentile` of |x|); `size` for a dynamic-size export (None: the model's, else
+    DEFAULT_IMG_SIZE)."""
+    calib_dir: str | os.PathLike | None = None
+    calib_random: int | None = None
+    #: seeds the random calibration images (`quantize --seed`); not the weights
+    calib_seed: int = 0
+    max_images: int = 512
+    crop_pct: float = DEFAULT_CROP_PCT
+    size: tuple[int, int] | None = None
+    method: str = "minmax"
+    percentile: float | None = None
+
+    def __post_init__(self) -> None:
+        if (self.calib_dir is None) == (self.calib_random is None):
+            raise TinyvimError("give the calibration images with exactly one of --calib DIR (your pictures, "
+                               "preprocessed like ImageNet evaluation) or --calib-random N (seeded random images)")
+        if self.calib_dir is not None:
+            check_count(self.max_images, "--calib-max", 1, MAX_CALIBRATION_SAMPLES)
+        else:
+            check_count(self.calib_random, "--calib-random", 1, MAX_CALIBRATION_SAMPLES)
+            check_seed(self.calib_seed, "--seed (calibration seed)")
+        check_crop_pct(self.crop_pct)
+        if self.size is not None:
+            check_input_size(*self.size)
+        if self.method not in CALIBRATION_METHODS:
+            raise TinyvimError(f"unknown --calib-method {self.method!r}: choose {' or '.join(CALIBRATION_METHODS)}")
+        if self.method == "minmax" and self.percentile is not None:
+            raise TinyvimError("--percentile applies to --calib-method percentile (minmax takes max |x|)")
+        if self.method == "percentile":
+            try:
+                object.__setattr__(self, "percentile", check_percentile(
+                    DEFAULT_PERCENTILE if self.percentile is None else self.percentile))
+            except ValueError as exc:
+                raise TinyvimError(f"--percentile: {exc}") from None
+
+    @property
+    def method_name(self) -> str:
+        """The metadata's method text: minmax or percentile-P."""
+        return calibration_method_name(self.method, self.percentile)
+
+    def calibration_set(self, batch: int, size: tuple[int, int]) -> CalibrationSet:
+        """The images themselves, at the model's `batch` and `size` (the pictures listed now)."""
+        check_workload(batch, size)
+        if self.calib_dir is not None:
+            files = list_images(self.calib_dir, 1, self.max_images, flag="--calib")
+            return CalibrationSet("images", len(files), batch, size, None, tuple(files), self.crop_pct)
+        return CalibrationSet("random", int(self.calib_random), batch, size, int(self.calib_seed))
 
 
 #: bins of the |x| histogram behind a percentile range: the range is exact to max|x| / HISTOGRAM_BINS
@@ -482,42 +522,28 @@ def _output_axis(node: onnx.NodeProto) -> int:
 
 
 # --------------------------------------------------------------------- the whole job
-def quantize_onnx(model: str | os.PathLike, output: str | os.PathLike, *, dtype: str = "int8",
-                  calib_dir: str | os.PathLike | None = None, calib_random: int | None = None, seed: int = 0,
-                  max_images: int = 512, crop_pct: float = DEFAULT_CROP_PCT, img_size: str | None = None,
-                  reduce_range: bool = False, calib_method: str = "minmax", percentile: float | None = None,
-                  threads: int | None = None, log: Callable[[str], None] = lambda m: None) -> QuantizeResult:
+def quantize_onnx(model: str | os.PathLike, output: str | os.PathLike, calibration: CalibrationRequest, *,
+                  dtype: Precision = INT8, reduce_range: bool = False, threads: int | None = None,
+                  log: Callable[[str], None] = lambda m: None) -> QuantizeResult:
     """Quantize the fp32 TinyViM ONNX `model` into a Q/DQ ONNX at `output` (written
-    atomically): int8 (or fp8) per the module docstring, calibrated on `calib_dir`'s pictures
-    or `calib_random` seeded random images. metadata_props are kept, with `precision` set to
-    `dtype` and `quantization` describing how. `calib_method` minmax (max |x|) or percentile
-    (`percentile` of |x|, default DEFAULT_PERCENTILE; see collect_ranges). Every argument is
-    checked before any work."""
+    atomically): int8 (or fp8) per the module docstring, calibrated as `calibration` says.
+    metadata_props are kept, with `precision` set to `dtype` and `quantization` describing
+    how. Every argument is checked before any work."""
     start = time.perf_counter()
     if dtype not in QUANTIZED_PRECISIONS:
         raise TinyvimError(f"unknown --dtype {dtype!r}: choose {' or '.join(QUANTIZED_PRECISIONS)}")
     check_threads(threads)
-    check_crop_pct(crop_pct)
     check_output_paths({"-o": output}, inputs={"MODEL": model}, suffixes={"-o": (".onnx",)})
     info = read_onnx_info(model)
     meta = info.metadata
     if meta is None:
         raise TinyvimError(f"{model} carries no tinyvim metadata: quantize an ONNX written by `tinyvim export`")
-    if meta.precision != "fp32":
+    if meta.precision != FP32:
         raise TinyvimError(f"{model} is already {meta.precision}: quantize the fp32 export it came from "
                            "(`tinyvim export --precision fp32`)")
     if dtype == "fp8" and reduce_range:
         raise TinyvimError("--reduce-range is for int8 weights on CPUs without VNNI; fp8 has no such mode")
-    if calib_method not in CALIBRATION_METHODS:
-        raise TinyvimError(f"unknown --calib-method {calib_method!r}: choose {' or '.join(CALIBRATION_METHODS)}")
-    if calib_method == "minmax" and percentile is not None:
-        raise TinyvimError("--percentile applies to --calib-method percentile (minmax takes max |x|)")
-    if calib_method == "percentile":
-        try:
-            percentile = check_percentile(DEFAULT_PERCENTILE if percentile is None else percentile)
-        except ValueError as exc:
-            raise TinyvimError(f"--percentile: {exc}") from None
-    method = calibration_method_name(calib_method, percentile)
+    percentile, method = calibration.percentile, calibration.method_name
     proto = onnx.load(os.fspath(model), format="protobuf")
     if any(n.op_type in _QDQ for n in proto.graph.node):
         raise TinyvimError(f"{model} already has QuantizeLinear/DequantizeLinear nodes: quantize the fp32 export")
@@ -526,16 +552,15 @@ def quantize_onnx(model: str | os.PathLike, output: str | os.PathLike, *, dtype:
         raise TinyvimError(f"fp8 Q/DQ needs opset {FP8_MIN_OPSET} or newer and {model} has opset {opset}: "
                            f"re-export with --opset {max(FP8_MIN_OPSET, 20)}")
     size = info.fixed_size or (meta.input_size if meta.input_size else None)
-    if img_size is not None:
-        wanted = parse_size(img_size) if not isinstance(img_size, tuple) else img_size
+    if calibration.size is not None:
+        wanted = calibration.size
         if size is not None and wanted != size:
             raise TinyvimError(f"--img-size {wanted[0]}x{wanted[1]} does not match the model's input "
                                f"{size[0]}x{size[1]}")
         size = wanted
-    size = size or (224, 224)
+    size = size or DEFAULT_IMG_SIZE
     batch = info.fixed_batch or CALIBRATION_BATCH
-    calib = calibration_set(calib_dir=calib_dir, calib_random=calib_random, batch=batch, size=size, seed=seed,
-                            max_images=max_images, crop_pct=crop_pct)
+    calib = calibration.calibration_set(batch, size)
     warnings = [w for w in [saturation_warning(QuantizationInfo(dtype, 7 if reduce_range else 8, calib.source,
                                                                  calib.samples, calib.seed))] if w]
 

@@ -65,6 +65,7 @@ from tinyvim.contract import (
     INT8,
     QUANTIZED_PRECISIONS,
     SCAN_PLUGIN,
+    Precision,
     check_batch,
     check_input_size,
     format_size,
@@ -108,30 +109,53 @@ def _fill(values: dict[str, object]) -> dict[str, object]:
     return {"min": lo, "opt": opt, "max": hi}
 
 
-def profile_shapes(input_shape, *, min_shape: str | None = None, opt_shape: str | None = None,
-                   max_shape: str | None = None, min_batch: int | None = None, opt_batch: int | None = None,
-                   max_batch: int | None = None) -> dict:
-    """The optimisation profile {'images': {'min','opt','max': [B, 3, H, W]}} for an ONNX whose
-    input is `input_shape` ([B, 3, H, W], None where the dimension is dynamic).
+@dataclass(frozen=True)
+class ProfileRequest:
+    """Which inputs an engine takes, as asked: shapes ('BxHxW', e.g. --max-shape 8x224x224) or,
+    for the ONNX's own fixed H x W, batches only; None where not given. Each value is checked
+    when built (the rest needs the ONNX: profile_shapes)."""
+    min_shape: str | None = None
+    opt_shape: str | None = None
+    max_shape: str | None = None
+    min_batch: int | None = None
+    opt_batch: int | None = None
+    max_batch: int | None = None
 
-    Either shapes ('BxHxW', e.g. --max-shape 8x224x224) or, for a fixed H x W, batches only.
+    def __post_init__(self) -> None:
+        if self.shapes and self.batches:
+            raise TinyvimError("give the profile either as --min/--opt/--max-shape BxHxW or as "
+                               "--min/--opt/--max-batch (for the ONNX's own size), not both")
+        for k, b in self.batches.items():
+            check_batch(b, f"--{k}-batch")
+
+    @property
+    def shapes(self) -> dict[str, tuple[int, int, int]]:
+        given = zip(_SHAPE_KEYS, (self.min_shape, self.opt_shape, self.max_shape))
+        return {k: parse_shape(v, f"--{k}-shape") for k, v in given if v is not None}
+
+    @property
+    def batches(self) -> dict[str, int]:
+        given = zip(_SHAPE_KEYS, (self.min_batch, self.opt_batch, self.max_batch))
+        return {k: v for k, v in given if v is not None}
+
+
+def profile_shapes(input_shape, request: ProfileRequest = ProfileRequest()) -> dict:
+    """The optimisation profile {'images': {'min','opt','max': [B, 3, H, W]}} for an ONNX whose
+    input is `input_shape` ([B, 3, H, W], None where the dimension is dynamic), as `request` asks.
+
     Missing ends are filled (opt from max, max from opt, min from opt; min batch 1). A fixed
     dimension of the ONNX admits only its own value; a dynamic H x W needs shapes."""
     fixed_b, _, fixed_h, fixed_w = (d if isinstance(d, int) and d > 0 else None for d in input_shape)
-    shapes = {k: v for k, v in zip(_SHAPE_KEYS, (min_shape, opt_shape, max_shape)) if v is not None}
-    batches = {k: v for k, v in zip(_SHAPE_KEYS, (min_batch, opt_batch, max_batch)) if v is not None}
-    if shapes and batches:
-        raise TinyvimError("give the profile either as --min/--opt/--max-shape BxHxW or as "
-                           "--min/--opt/--max-batch (for the ONNX's own size), not both")
+    shapes, batches = request.shapes, request.batches
     if shapes:
-        dims = {k: parse_shape(v, f"--{k}-shape") for k, v in shapes.items()}
+        dims = dict(shapes)
     else:
         if fixed_h is None or fixed_w is None:
             raise TinyvimError("the ONNX has a dynamic image size: give the range with --min-shape / --opt-shape / "
                                "--max-shape BxHxW (e.g. --min-shape 1x224x224 --max-shape 8x384x384)")
         if fixed_b is None and "min" not in batches:
             batches["min"] = 1
-        dims = {k: (check_batch(b, f"--{k}-batch"), fixed_h, fixed_w) for k, b in batches.items()}
+        dims = {k: (b, fixed_h, fixed_w) for k, b in batches.items()}
     if not dims:      # nothing asked: the ONNX's own (fixed) shape
         dims = {"min": (fixed_b or 1, fixed_h, fixed_w)}
     dims = _fill(dims)
@@ -390,16 +414,15 @@ def _make_progress_monitor(trt, log: Callable[[str], None]):
 
 
 def build_engine(onnx_path: str | os.PathLike, output: str | os.PathLike | None = None, *,
-                 precision: str = FP32, min_shape: str | None = None, opt_shape: str | None = None,
-                 max_shape: str | None = None, min_batch: int | None = None, opt_batch: int | None = None,
-                 max_batch: int | None = None, workspace_mib: int | None = None,
+                 precision: Precision = FP32, shapes: ProfileRequest = ProfileRequest(),
+                 workspace_mib: int | None = None,
                  timing_cache: str | os.PathLike | None = None, plugin: str | os.PathLike | None = None,
                  builder_optimization_level: int | None = None, tf32: bool = False,
                  log: Callable[[str], None] = print) -> BuildResult:
-    """Parse `onnx_path`, build a serialized engine, write it atomically plus `<engine>.json`."""
+    """Parse `onnx_path`, build a serialized engine for the inputs `shapes` asks (its optimisation
+    profile), write it atomically plus `<engine>.json`."""
     info = read_onnx_info(onnx_path)          # one-line errors for missing / foreign files first
-    profile = profile_shapes(info.input_shape, min_shape=min_shape, opt_shape=opt_shape, max_shape=max_shape,
-                             min_batch=min_batch, opt_batch=opt_batch, max_batch=max_batch)
+    profile = profile_shapes(info.input_shape, shapes)
     out = Path(output) if output is not None else default_engine_path(onnx_path, precision)
     # every file this build writes, checked before minutes of building (and before TensorRT is needed)
     check_output_paths({"-o": out, "sidecar": sidecar_path(out), "--timing-cache": timing_cache},

@@ -12,7 +12,7 @@
 //                        attachToContext, onShapeChange and enqueue on host buffers read from
 //                        DIR/in<i>.bin (raw, the node's dtype, the `opt` shape), writing
 //                        DIR/out.bin. For the plugin built on the CPU build of the kernel
-//                        (tinyvim/plugins/hip_cpu.py), where "device" memory is host memory; the
+//                        (tests/cuda_on_cpu), where "device" memory is host memory; the
 //                        stream is a token (0x5EED) that the CPU runtime records, and its
 //                        counters (tinyvim_cuda_on_cpu_stats, found through the library's
 //                        dependencies) are reported.
@@ -374,14 +374,38 @@ std::string enqueue_node(const NodeSpec& n, const Library& lib, IPluginV3OneRunt
             return path + " has " + std::to_string(buffers[i].size()) + " bytes, the shape needs " +
                    std::to_string(want);
     }
-    // Outputs and workspace start as NaN bytes: nothing may rely on their contents.
+    // Outputs and workspace start as NaN bytes: nothing may rely on their contents. With the CPU
+    // runtime's allocator (tinyvim_cuda_on_cpu_malloc, found through the library's dependencies),
+    // every buffer is copied into memory that ends at an inaccessible page: an access past any of
+    // them, the workspace of exactly getWorkspaceSize's bytes included, faults at once and the
+    // runtime names the buffer on stderr.
     for (int32_t i = nb_in; i < nb_in + nb_out; ++i)
         buffers[i].assign(volume(concrete[i].dims) * element_size(concrete[i].type), 0xFF);
     std::vector<unsigned char> workspace(workspace_bytes, 0xFF);
+    using Malloc = void* (*)(size_t, const char*);
+    using Free = void (*)(void*);
+    auto dmalloc = reinterpret_cast<Malloc>(dlsym(lib.handle, "tinyvim_cuda_on_cpu_malloc"));
+    auto dfree = reinterpret_cast<Free>(dlsym(lib.handle, "tinyvim_cuda_on_cpu_free"));
+    std::vector<void*> device(buffers.size() + 1, nullptr);
+    auto place = [&](size_t k, std::vector<unsigned char>& host, const std::string& name) -> unsigned char* {
+        if (!dmalloc || host.empty()) return host.empty() ? nullptr : host.data();
+        device[k] = dmalloc(host.size(), name.c_str());
+        if (device[k]) std::memcpy(device[k], host.data(), host.size());
+        return static_cast<unsigned char*>(device[k]);
+    };
     std::vector<const void*> ins;
     std::vector<void*> outs;
-    for (int32_t i = 0; i < nb_in; ++i) ins.push_back(buffers[i].data());
-    for (int32_t i = nb_in; i < nb_in + nb_out; ++i) outs.push_back(buffers[i].data());
+    for (int32_t i = 0; i < nb_in; ++i) ins.push_back(place(i, buffers[i], "in" + std::to_string(i)));
+    for (int32_t i = nb_in; i < nb_in + nb_out; ++i) outs.push_back(place(i, buffers[i], "out" + std::to_string(i - nb_in)));
+    void* ws = place(buffers.size(), workspace, "workspace");
+    struct Release {
+        std::vector<void*>& p;
+        Free f;
+        ~Release() {
+            for (void* q : p)
+                if (q && f) f(q);
+        }
+    } release{device, dfree};
 
     using Stats = int (*)(long long*, int);
     using Reset = void (*)();
@@ -389,10 +413,10 @@ std::string enqueue_node(const NodeSpec& n, const Library& lib, IPluginV3OneRunt
     auto reset = reinterpret_cast<Reset>(dlsym(lib.handle, "tinyvim_cuda_on_cpu_reset_stats"));
     if (reset) reset();
     const auto stream = reinterpret_cast<cudaStream_t>(static_cast<uintptr_t>(0x5EED));
-    if (r.runtime->enqueue(concrete.data(), concrete.data() + nb_in, ins.data(), outs.data(),
-                           workspace.empty() ? nullptr : workspace.data(), stream) != 0)
+    if (r.runtime->enqueue(concrete.data(), concrete.data() + nb_in, ins.data(), outs.data(), ws, stream) != 0)
         return "enqueue failed: " + logger.take();
     for (int32_t i = nb_in; i < nb_in + nb_out; ++i) {
+        if (device[i]) std::memcpy(buffers[i].data(), device[i], buffers[i].size());
         const std::string path = n.data + "/out" + std::to_string(i - nb_in) + ".bin";
         std::ofstream out(path, std::ios::binary);
         out.write(reinterpret_cast<const char*>(buffers[i].data()), static_cast<std::streamsize>(buffers[i].size()));

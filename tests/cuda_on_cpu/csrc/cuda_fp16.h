@@ -1,0 +1,3 @@
+// Stand-in for CUDA's cuda_fp16.h in the CPU build: everything is in cuda_on_cpu.h.
+#pragma once
+#include "cuda_on_cpu.h"
