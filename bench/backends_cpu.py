@@ -5,7 +5,10 @@ inputs through torch (unfused + sequential scan: the original computation), torc
 (re-parameterized + parallel scan), ort (portable ONNX) and ov (the same ONNX on OpenVINO,
 f32, and bf16 where the CPU offers it), timed interleaved (one call of each in turn) on the
 tinyvim runners `profile` uses. Prints median ms, the ratio to torch, and max |Δ logits|
-against torch.
+against torch. With --plugin (default on; --no-plugin leaves it out) also the plugin-flavour
+export (one CrossSelectiveScan node per SS2D, on our fast CPU scan: ONNX Runtime's custom op,
+the OpenVINO extension) in the same interleaved loop, `ort plugin` and `ov <p> plugin`, and
+their plugin/portable ratios.
 
 Part 2 (--dynamic): TinyViM-S exported once with --dynamic-size: node count and latency at
 224 next to the fixed-size export (ORT and OpenVINO f32, interleaved); for every variant in
@@ -52,8 +55,10 @@ def ov_precisions() -> list[str]:
 def side_by_side(args, tmp: Path) -> list[dict]:
     rows = []
     precisions = ov_precisions()
-    print(f"\n{'variant':8}{'batch':>6}  " + "  ".join(f"{n:>16}" for n in
-          ["torch", "torch-fused", "ort", *[f"ov {p}" for p in precisions]]) + "   (median ms; ×: speed-up over torch)")
+    names = ["torch", "torch-fused", "ort", *[f"ov {p}" for p in precisions]]
+    names += ["ort plugin", *[f"ov {p} plugin" for p in precisions]] if args.plugin else []
+    print(f"\n{'variant':8}{'batch':>6}  " + "  ".join(f"{n:>16}" for n in names)
+          + "   (median ms; ×: speed-up over torch)")
     for v in args.variants.split(","):
         model = tinyvim.create_model(v)
         path = export_onnx(tmp / f"{v}.onnx", ModelSpec(v), InputSpec(batch=None), network=model).path
@@ -62,6 +67,12 @@ def side_by_side(args, tmp: Path) -> list[dict]:
                                               name="torch-fused"),
                    "ort": OrtRunner(path, threads=args.threads),
                    **{f"ov {p}": OvRunner(path, precision=p, threads=args.threads, name=f"ov {p}") for p in precisions}}
+        if args.plugin:
+            plugin = export_onnx(tmp / f"{v}-plugin.onnx", ModelSpec(v), InputSpec(batch=None), scan="plugin",
+                                 network=model).path
+            runners["ort plugin"] = OrtRunner(plugin, threads=args.threads, name="ort plugin")
+            runners.update({f"ov {p} plugin": OvRunner(plugin, precision=p, threads=args.threads, plugin_nodes=True,
+                                                       name=f"ov {p} plugin") for p in precisions})
         for r in runners.values():
             r.activate()
         try:
@@ -76,6 +87,9 @@ def side_by_side(args, tmp: Path) -> list[dict]:
                 cells = [f"{med[k]:8.1f} ({med['torch'] / med[k]:4.2f}×)" for k in runners]
                 print(f"{v.upper():8}{b:>6}  " + "  ".join(f"{c:>16}" for c in cells), flush=True)
                 print(f"{'':14}max|Δ| vs torch: " + ", ".join(f"{k} {e:.1e}" for k, e in err.items() if k != "torch"))
+                if args.plugin:
+                    print(f"{'':14}plugin / portable (ms ratio): " + ", ".join(
+                        f"{k} {med[k + ' plugin'] / med[k]:.3f}" for k in ["ort", *[f"ov {p}" for p in precisions]]))
         finally:
             for r in runners.values():
                 r.deactivate()
@@ -155,6 +169,8 @@ def main():
     ap.add_argument("--dynamic-variants", default="s", help="variants whose dynamic export is checked at 3 sizes")
     ap.add_argument("--backbone-check", action="store_true", help="also the backbone at 512x512 (fixed and dynamic)")
     ap.add_argument("--skip-backends", action="store_true", help="skip part 1")
+    ap.add_argument("--no-plugin", dest="plugin", action="store_false",
+                    help="part 1 without the plugin-flavour rows")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     ov = import_openvino()

@@ -12,6 +12,14 @@ the speed-up over torch, then cosine / max |Δ| / top-1 / top-5 of every output 
     python bench/int8_cpu.py [--batches 1,8] [--iters 20] [--warmup 3] [--threads 2]
                              [--calib-random 32] [--json PATH]
 
+Plugin flavour (--plugin, on by default; --no-plugin leaves it out): the same network exported with
+--scan plugin (one CrossSelectiveScan node per SS2D: OpenVINO runs it through the tinyvim extension,
+ONNX Runtime through its custom op, both on our fast CPU scan) and quantized the same way, timed in
+the same interleaved loop as the portable files: `ort fp32 plugin`, `ov f32 plugin`, `ov int8
+plugin` (and `ov bf16 plugin`). Printed: each one's speed-up over torch, plugin/portable ratios side
+by side, and OpenVINO per-layer profiles (PERF_COUNT) giving the scan's share of the time (lowered
+scan nodes vs the one plugin node per SS2D) and the standalone FakeQuantize share, per flavour.
+
 Random weights and random calibration images (no checkpoint or ImageNet here): the speeds are
 real, the cosines are those of this random network (its logits are nearly flat, so its top-1
 agreement says little; a trained checkpoint separates classes far more).
@@ -31,7 +39,9 @@ from _common import bench_parser, finish_report, interleaved
 from tinyvim.tools.compare import DEFAULT_TOLERANCES, compare_output
 from tinyvim.tools.inputs import iter_random_batches
 from tinyvim.backends.ort.runner import OrtRunner
+from tinyvim.backends.ov.loader import compile_config, new_core
 from tinyvim.backends.ov.runner import OvRunner, import_openvino, supported_precisions
+from tinyvim.contract import SCAN_PLUGIN
 from tinyvim.tools.profile import cpu_model
 from tinyvim.backends.torch.runner import TorchRunner
 from tinyvim.contract import InputSpec, ModelSpec
@@ -45,10 +55,41 @@ def fidelity(ref: np.ndarray, out: np.ndarray) -> dict:
     return {"cosine": c.cosine, "max_abs": c.max_abs_err, "top1": c.top1, "top5": c.top5}
 
 
+def scan_outputs(plugin_onnx: Path) -> set[str]:
+    """Output names of the plugin nodes: the portable lowering names its nodes '<that name>/…'."""
+    import onnx
+    graph = onnx.load(str(plugin_onnx), load_external_data=False).graph
+    return {n.output[0] for n in graph.node if n.op_type == SCAN_PLUGIN.op_type}
+
+
+def ov_shares(ov, path: Path, plugin: bool, precision: str, x: np.ndarray, threads: int, scans: set[str],
+              iters: int = 5) -> dict:
+    """OpenVINO per-layer profile (PERF_COUNT) of `path`: total ms per inference and the shares of
+    the scan (plugin node, or the nodes of its lowering) and of standalone FakeQuantize layers."""
+    core = new_core(ov, path, plugin)
+    config = {**compile_config("CPU", precision, threads, None), "PERF_COUNT": True}
+    request = core.compile_model(str(path), "CPU", config).create_infer_request()
+    totals: dict[str, float] = {"all": 0.0, "scan": 0.0, "fakequantize": 0.0}
+    for _ in range(iters):
+        request.infer({0: x})
+        for layer in request.get_profiling_info():
+            ms = layer.real_time.total_seconds() * 1e3
+            totals["all"] += ms
+            name = layer.node_name
+            # the extension's op runs as the CPU plugin's "Reference" layer (nothing else here does)
+            if layer.node_type in (SCAN_PLUGIN.op_type, "Reference") or any(name == s or name.startswith(s + "/") for s in scans):
+                totals["scan"] += ms
+            elif layer.node_type == "FakeQuantize":
+                totals["fakequantize"] += ms
+    return {"ms": totals["all"] / iters, "scan_share": totals["scan"] / max(totals["all"], 1e-9),
+            "fakequantize_share": totals["fakequantize"] / max(totals["all"], 1e-9)}
+
+
 def main():
     ap = bench_parser(__doc__)
     ap.set_defaults(variants="s")
     ap.add_argument("--calib-random", type=int, default=32, help="random calibration images")
+    ap.add_argument("--no-plugin", dest="plugin", action="store_false", help="leave out the plugin flavour")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     ov = import_openvino()
@@ -76,6 +117,12 @@ def main():
             print(f"quantized {name}: {len(r.quantized)} layers, {r.seconds['total']:.1f} s "
                   f"(calibration {r.seconds['calibration']:.1f} s)")
         cpu_int8 = files[f"int8 w{cpu_bits}"]
+        if args.plugin:
+            plugin = export_onnx(tmp / "s-plugin.onnx", ModelSpec("s"), InputSpec(batch=None), scan="plugin",
+                                 network=model).path
+            plugin_int8 = quantize_onnx(plugin, tmp / "s-plugin.int8.onnx", calib_random=args.calib_random,
+                                        reduce_range=cpu_bits == 7, threads=args.threads).path
+            scans = scan_outputs(plugin)
         timed = {"torch": TorchRunner(model, scan="sequential", threads=args.threads),
                  "ort fp32": OrtRunner(fp32, threads=args.threads, name="ort fp32"),
                  "ov f32": OvRunner(fp32, precision="f32", threads=args.threads, name="ov f32"),
@@ -83,6 +130,15 @@ def main():
                     if "bf16" in precisions else {}),
                  "ort int8": OrtRunner(cpu_int8, threads=args.threads, name="ort int8"),
                  "ov int8": OvRunner(cpu_int8, precision="f32", threads=args.threads, name="ov int8")}
+        if args.plugin:    # interleaved with the portable files, in the same loop
+            timed.update({
+                "ort fp32 plugin": OrtRunner(plugin, threads=args.threads, name="ort fp32 plugin"),
+                "ov f32 plugin": OvRunner(plugin, precision="f32", threads=args.threads, plugin_nodes=True,
+                                          name="ov f32 plugin"),
+                **({"ov bf16 plugin": OvRunner(plugin, precision="bf16", threads=args.threads, plugin_nodes=True,
+                                               name="ov bf16 plugin")} if "bf16" in precisions else {}),
+                "ov int8 plugin": OvRunner(plugin_int8, precision="f32", threads=args.threads, plugin_nodes=True,
+                                           name="ov int8 plugin")})
         other = {f"ort int8 w{15 - cpu_bits}": OrtRunner(files[f"int8 w{15 - cpu_bits}"], threads=args.threads),
                  f"ov int8 w{15 - cpu_bits}": OvRunner(files[f"int8 w{15 - cpu_bits}"], precision="f32",
                                                        threads=args.threads),
@@ -110,6 +166,19 @@ def main():
                     print(f"  int8 vs ort fp32: ort {stat['ort fp32'] / stat['ort int8']:.2f}x, "
                           f"ov {stat['ort fp32'] / stat['ov int8']:.2f}x; ov int8 vs ov f32 "
                           f"{stat['ov f32'] / stat['ov int8']:.2f}x")
+                if args.plugin:
+                    print("  plugin / portable (median ms ratio; < 1: the plugin flavour is faster): " + ", ".join(
+                        f"{k} {med[f'{k} plugin'] / med[k]:.3f}" for k in ("ort fp32", "ov f32", "ov bf16", "ov int8")
+                        if f"{k} plugin" in med))
+                    shares = {}
+                    for name, path, plug, prec in (("ov f32", fp32, False, "f32"), ("ov f32 plugin", plugin, True, "f32"),
+                                                   ("ov int8", cpu_int8, False, "f32"),
+                                                   ("ov int8 plugin", plugin_int8, True, "f32")):
+                        shares[name] = ov_shares(ov, path, plug, prec, x, args.threads, scans)
+                    report["rows"][-1]["ov_profile"] = shares
+                    print("  OpenVINO per-layer profile (PERF_COUNT, sum of layer times): " + "; ".join(
+                        f"{k} {v['ms']:.1f} ms, scan {100 * v['scan_share']:.1f} %, FakeQuantize "
+                        f"{100 * v['fakequantize_share']:.1f} %" for k, v in shares.items()))
                 print("  fidelity vs torch (cosine worst sample / max|Δ| / top-1 / top-5):")
                 for k, f in fid.items():
                     print(f"    {k:14s} {f['cosine']:.6f}  {f['max_abs']:.2e}  {f['top1']:.3f}  {f['top5']:.3f}")

@@ -28,3 +28,16 @@ def tinyvim_onnx(tmp_path_factory):
     path = tmp_path_factory.mktemp("export") / "tinyvim_s64.onnx"
     export_onnx(path, ModelSpec("s"), InputSpec((SIZE, SIZE), BATCH))
     return path
+
+
+@pytest.fixture(scope="session")
+def digits_onnx(tmp_path_factory):
+    """The trained digits fixture (tests/data, scripts/train_fixture.py) exported once at 64x64 with a
+    dynamic batch, for the evaluate, benchmark and accuracy-budget tests."""
+    from digits_data import FIXTURE_CHECKPOINT, FIXTURE_SIZE
+    from tinyvim.contract import InputSpec, ModelSpec
+    from tinyvim.export import export_onnx
+    path = tmp_path_factory.mktemp("digits") / "digits_s64.onnx"
+    export_onnx(path, ModelSpec("s", checkpoint=FIXTURE_CHECKPOINT), InputSpec(size=(FIXTURE_SIZE, FIXTURE_SIZE),
+                                                                               batch=None))
+    return path

@@ -102,8 +102,12 @@ def test_bf16_passes_the_reduced_tolerance_or_is_refused_in_one_line(onnx_s64, t
         assert r.exit_code == 2 and "does not support bf16" in r.output and "Traceback" not in r.output
 
 
-def test_plugin_flavour_is_refused_in_one_line(onnx_s64):
-    with pytest.raises(TinyvimError, match=r"custom tinyvim::CrossSelectiveScan node .* --scan portable"):
+def test_plugin_flavour_without_the_extension_is_one_line(onnx_s64, monkeypatch, tmp_path):
+    """Plugin nodes need the tinyvim OpenVINO extension (tests/test_ov_extension.py runs it);
+    when it cannot be had, the runner says so in one line."""
+    monkeypatch.setenv("TINYVIM_OV_EXTENSION", str(tmp_path / "missing.so"))
+    with pytest.raises(TinyvimError, match=r"tinyvim::CrossSelectiveScan nodes, which need the tinyvim OpenVINO "
+                                           r"extension .*build-plugin"):
         OvRunner(onnx_s64, plugin_nodes=True).activate()
 
 

@@ -219,7 +219,9 @@ def test_ir_conflicts_are_refused_before_the_work(ov, tmp_path, monkeypatch):
     _one_error(_invoke(base + ["-o", "d.xml"]), 2, "the IR's weights d.bin", "is a directory")
     _one_error(_invoke(base + ["-o", "e.xml", "--json", "e.bin"]), 2, "name the same file")
     _one_error(_invoke(base + ["-o", "e.onnx"]), 2, "named *.xml")
-    _one_error(_invoke(base + ["-o", "e.xml", "--scan", "plugin"]), 2, "needs --scan portable")
+    monkeypatch.setenv("TINYVIM_OV_EXTENSION", str(tmp_path / "missing.so"))
+    _one_error(_invoke(base + ["-o", "e.xml", "--scan", "plugin"]), 2, "needs the tinyvim OpenVINO extension",
+               "TINYVIM_OV_EXTENSION=")
     _one_error(_invoke(["export", "--compress-to-fp16", "-o", "e.onnx"]), 2, "applies to --fmt openvino")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["d.bin"]
 

@@ -106,12 +106,17 @@ def test_runner_rejects_wrong_feed_and_inactive_use(tiny):
     assert not runner.is_active
 
 
-def test_ort_runner_refuses_plugin_graph_clearly(tmp_path):
+def test_ort_runner_refuses_plugin_graph_clearly(tmp_path, monkeypatch):
+    """Only the PyTorch reference route is refused where a speed is measured."""
     path = tmp_path / "plugin.onnx"
     proto = tiny_onnx(tiny_torch(), plugin_node=True)
     assert has_plugin_nodes(proto.graph)
     onnx.save(proto, path)
+    monkeypatch.setenv("TINYVIM_ORT_SCAN", "reference")
     with pytest.raises(TinyvimError, match="--backend trt"):
+        OrtRunner(path, allow_plugin_cpu=False).activate()
+    monkeypatch.setenv("TINYVIM_ORT_SCAN", "fastest")
+    with pytest.raises(TinyvimError, match="TINYVIM_ORT_SCAN='fastest'.*choose fast or reference"):
         OrtRunner(path, allow_plugin_cpu=False).activate()
 
 

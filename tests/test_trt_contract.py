@@ -1,7 +1,7 @@
 """The TensorRT plugin as TensorRT sees it, against TensorRT's real headers (10.16 and 11.1).
 
 The plugin library is built against each version's public headers with -Werror (headers
-only: there is no libnvinfer here), then tinyvim_trt_contract_check (csrc/trt_contract_check.cpp,
+only: there is no libnvinfer here), then tinyvim_trt_contract_check (tests/csrc/trt_contract_check.cpp,
 compiled against the same headers) loads it the way IPluginRegistry::loadLibrary does and
 drives it with the CrossSelectiveScan nodes of real plugin-flavour exports by the ONNX
 parser's rules and in the builder's order. The declared contract (tinyvim.contract.SCAN_PLUGIN)

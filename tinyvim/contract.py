@@ -56,6 +56,10 @@ FILE_KIND_NAMES = {"onnx": "an ONNX model", "openvino": "an OpenVINO IR", "engin
 #: an OpenVINO IR: the graph in .xml, its weights beside it in .bin (OpenVINO pairs them by name
 #: alone), tinyvim's metadata under this rt_info key (the ONNX metadata_props keys and texts)
 IR_SUFFIX, IR_WEIGHTS_SUFFIX, IR_RT_INFO_KEY = ".xml", ".bin", "tinyvim"
+#: rt_info section of an IR holding CrossSelectiveScan nodes, naming the OpenVINO extension that
+#: must be loaded before it is read: {"library": IR_EXTENSION_LIBRARY, "op": "tinyvim::CrossSelectiveScan"};
+#: the op's IR "version" (its opset name) is the plugin namespace
+IR_EXTENSION_RT_INFO_KEY, IR_EXTENSION_LIBRARY = "tinyvim_extension", "libtinyvim_ov_extension.so"
 #: graph outputs added for `validate --per-block` are named TAP_PREFIX + the module's name
 TAP_PREFIX = "tinyvim_tap__"
 
@@ -573,7 +577,7 @@ def _text(key: str, text: str) -> str:
 #: (minmax), or the P-th percentile of |x| (percentile, written `percentile-P` in the metadata),
 #: which clips rare outliers so the bulk of the values gets finer steps
 CALIBRATION_SOURCES = ("images", "random")
-CALIBRATION_METHODS = ("minmax", "percentile")
+CALIBRATION_METHODS = ("minmax", "percentile", "entropy")
 DEFAULT_PERCENTILE = 99.99
 #: percentiles accepted: below 90 clips far too much to be a calibration; 100 is minmax
 PERCENTILE_RANGE = (90.0, 100.0)
@@ -602,8 +606,8 @@ def _method(key: str, text: str) -> str:
         except ValueError:
             raise ValueError(f"expected percentile-P with a number P, got {text!r}") from None
         return calibration_method_name("percentile", check_percentile(number))
-    if text != "minmax":
-        raise ValueError(f"expected minmax or percentile-P, got {text!r}")
+    if text not in ("minmax", "entropy"):
+        raise ValueError(f"expected minmax, entropy or percentile-P, got {text!r}")
     return text
 
 

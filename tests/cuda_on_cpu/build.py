@@ -24,8 +24,8 @@ CSRC = Path(rewrite.__file__).resolve().parents[2] / "tinyvim" / "plugins" / "cs
 RUNTIME = Path(__file__).resolve().parent / "csrc"
 KERNEL_SOURCES = ("cross_scan_kernel.cu", "cross_scan_kernel.cuh", "scan_step.h", "tinyvim_scan.h")
 PLUGIN_SOURCES = ("trt_plugin.cpp", "plugin_logic.cpp", "plugin_logic.h", "tinyvim_scan.h")
-#: the contract driver (trt_contract_check.cpp): a test tool, compiled against the same headers
-CONTRACT_CHECK = CSRC / "trt_contract_check.cpp"
+#: the contract driver (tests/csrc/trt_contract_check.cpp): a test tool, compiled against the same headers
+CONTRACT_CHECK = Path(__file__).resolve().parents[1] / "csrc" / "trt_contract_check.cpp"
 #: -fno-extern-tls-init: the kernel's `extern __shared__` array and the runtime's threadIdx & co.
 #: are thread_locals without dynamic initialisation, so no TLS init wrapper is needed (or emitted).
 #: -ffp-contract=off: the arithmetic header writes its fmas explicitly (as the twin is built).

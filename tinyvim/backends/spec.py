@@ -44,6 +44,31 @@ class RunnerRequest:
         return default if value is None else value
 
 
+#: what a benchmark row runs: the PyTorch model, or a file tinyvim makes - the fp32 portable ONNX
+#: (dynamic batch), its `tinyvim quantize` int8 / fp8 Q/DQ versions, a TensorRT engine built from
+#: the fp32 ONNX (fp32/fp16) or from the int8 one. tinyvim.tools.benchmark knows how to make each.
+ARTIFACTS = ("torch", "onnx", "onnx-int8", "onnx-fp8", "engine-fp32", "engine-fp16", "engine-int8")
+
+
+@dataclass(frozen=True)
+class BenchmarkRow:
+    """A row a backend contributes to `tinyvim benchmark`: a label, the precision computed in, the
+    artifact it runs (ARTIFACTS), runner options, and whether its speed means anything here
+    (timed=False: fidelity only, e.g. fp8 Q/DQ, which a CPU runs as dequantize + fp32).
+    `unavailable` says why the row cannot run on this machine (None: it can), cheaply, without
+    importing the runtime when it can be told otherwise."""
+    label: str
+    precision: str
+    artifact: str
+    options: Mapping[str, Any] = field(default_factory=dict)
+    timed: bool = True
+    unavailable: Callable[[], str | None] | None = None
+
+    def __post_init__(self):
+        if self.artifact not in ARTIFACTS:
+            raise ValueError(f"benchmark row {self.label}: unknown artifact {self.artifact!r}")
+
+
 @dataclass(frozen=True)
 class Backend:
     name: str
@@ -61,6 +86,8 @@ class Backend:
     #: file kind (a key of contract.FILE_KINDS) -> reader of such a file's ModelInfo, for the
     #: kinds this backend owns (ONNX, which every backend starts from, is read in model_file.py)
     readers: Mapping[str, Callable[[str], ModelInfo]] = field(default_factory=dict)
+    #: the rows `tinyvim benchmark` shows for it
+    benchmark_rows: tuple[BenchmarkRow, ...] = ()
 
     @property
     def runs_files(self) -> bool:

@@ -7,9 +7,11 @@ from __future__ import annotations
 
 import click
 
-from tinyvim.backends.registry import all_options, backend_names, get_backend
+from tinyvim.backends.registry import backend_names, get_backend
 from tinyvim.backends.trt.builder import ProfileRequest
 from tinyvim.backends.trt.builder import build_engine as build
+from tinyvim.commands.backend_options import backend_options as _backend_options
+from tinyvim.commands.backend_options import pop_backend_options as _pop_backend_options
 from tinyvim.commands.common import allow_nonfinite_option, img_size_option, model_options
 from tinyvim.commands.common import echo_err as _err
 from tinyvim.commands.common import int_list as _int_list
@@ -21,28 +23,10 @@ from tinyvim.tools.validate import Checks, format_table, validate_model
 from tinyvim.utils import atomic_write_json, check_output_paths
 
 
-def _backend_options(fn):
-    """Every registered backend's own options as click options (tinyvim.backends.registry):
-    a new backend's options appear here without touching this module."""
-    for opt in reversed(all_options()):
-        if opt.type is bool:
-            decl = click.option(f"{opt.flag}/--no-{opt.flag[2:]}", opt.name, default=None, help=opt.help)
-        else:
-            kind = (click.Choice(opt.choices, case_sensitive=False) if opt.choices else
-                    click.Path(dir_okay=False) if opt.path else opt.type)
-            decl = click.option(opt.flag, opt.name, type=kind, default=None, help=opt.help)
-        fn = decl(fn)
-    return fn
-
-
 def _defaults_by_kind() -> str:
     """'ort for .onnx, trt for .engine/.plan/.trt, ...' from the registry and the contract."""
     return ", ".join(f"{b.name} for {'/'.join(FILE_KINDS[k])}" for b in map(get_backend, backend_names())
                      for k in b.default_for)
-
-
-def _pop_backend_options(kwargs: dict) -> dict:
-    return {opt.name: kwargs.pop(opt.name) for opt in all_options()}
 
 
 # --------------------------------------------------------------------- validate

@@ -8,6 +8,8 @@ import click
 
 from tinyvim.commands.common import echo_err, img_size_option, json_option, one_line_errors
 from tinyvim.contract import CALIBRATION_METHODS, DEFAULT_PERCENTILE, QUANTIZED_PRECISIONS
+from tinyvim.errors import TinyvimError
+from tinyvim.tools.accuracy_budget import quantize_to_budget
 from tinyvim.tools.inputs import DEFAULT_CROP_PCT
 from tinyvim.tools.quantize import CalibrationRequest, quantization_report, quantize_onnx
 from tinyvim.utils import atomic_write_json, check_output_paths
@@ -27,8 +29,9 @@ def default_output(model: str, dtype: str) -> str:
               help="Calibrate on N seeded random images instead (for a try-out: real pictures give real ranges).")
 @click.option("--calib-max", type=int, default=512, show_default=True, help="Use at most this many --calib pictures.")
 @click.option("--calib-method", type=click.Choice(CALIBRATION_METHODS), default="minmax", show_default=True,
-              help="Activation range: max |x| over the calibration set, or a percentile of |x| (clips rare "
-                   "outliers; two passes over the pictures).")
+              help="Activation range: max |x| over the calibration set, a percentile of |x| (clips rare "
+                   "outliers), or entropy: the KL-optimal threshold of |x| (TensorRT's entropy calibration); the "
+                   "last two take two passes over the pictures.")
 @click.option("--percentile", type=float, default=None,
               help=f"With --calib-method percentile: which one, in [90, 100) [default: {DEFAULT_PERCENTILE:g}].")
 @click.option("--dtype", type=click.Choice(QUANTIZED_PRECISIONS), default="int8", show_default=True,
@@ -42,12 +45,17 @@ def default_output(model: str, dtype: str) -> str:
 @click.option("--crop-pct", type=float, default=DEFAULT_CROP_PCT, show_default=True,
               help="Centre-crop fraction for --calib.")
 @click.option("--threads", type=int, default=None, help="ONNX Runtime threads for calibration [default: all cores].")
+@click.option("--max-drop", type=float, default=None,
+              help="Accuracy budget: keep the fewest regions (stem, block branches, downsamplers, head) in float so "
+                   "that top-1 on --data is at most this many points below the fp32 model's.")
+@click.option("--data", type=click.Path(file_okay=False), default=None,
+              help="With --max-drop: held-out labelled pictures (layouts of `tinyvim evaluate`), not the --calib ones.")
 @click.option("-o", "--output", type=click.Path(dir_okay=False), default=None,
               help="Output path [default: MODEL.<dtype>.onnx].")
 @json_option
 @one_line_errors
 def quantize(model, calib_dir, calib_random, calib_max, calib_method, percentile, dtype, reduce_range, img_size,
-             calib_seed, crop_pct, threads, output, json_path):
+             calib_seed, crop_pct, threads, max_drop, data, output, json_path):
     """Quantize an fp32 TinyViM ONNX into an explicit Q/DQ ONNX (symmetric, per-channel weights on
     Conv/MatMul/Gemm; scan, softplus, LayerNorm statistics and plugin nodes stay fp32) that
     TensorRT, ONNX Runtime and OpenVINO all run. Calibration runs on the CPU."""
@@ -56,8 +64,14 @@ def quantize(model, calib_dir, calib_random, calib_max, calib_method, percentile
     check_output_paths({"-o": output, "--json": json_path}, inputs={"MODEL": model})
     calibration = CalibrationRequest(calib_dir, calib_random, calib_seed, calib_max, crop_pct, img_size, calib_method,
                                      percentile)
-    result = quantize_onnx(model, output, calibration, dtype=dtype, reduce_range=reduce_range, threads=threads,
-                           log=lambda m: echo_err(f"  {m} ..."))
+    args = dict(dtype=dtype, reduce_range=reduce_range, threads=threads, log=lambda m: echo_err(f"  {m} ..."))
+    budget = None
+    if (max_drop is None) != (data is None):
+        raise TinyvimError("--max-drop and --data go together: the budget is measured on held-out labelled pictures")
+    if max_drop is not None:
+        result, budget = quantize_to_budget(model, output, calibration, max_drop=max_drop, data=data, **args)
+    else:
+        result = quantize_onnx(model, output, calibration, **args)
     for warning in result.warnings:
         click.secho(f"warning: {warning}", fg="yellow", err=True)
     quant = result.metadata.quantization
@@ -74,7 +88,23 @@ def quantize(model, calib_dir, calib_random, calib_max, calib_method, percentile
             click.echo(f"  fp32      {len(names)} weighted layer(s): {why}")
     click.echo(f"  calib     {quant.samples} {'pictures' if quant.calibration == 'images' else 'random images'}"
                f"{'' if quant.seed is None else f' (seed {quant.seed})'}, ranges by {quant.method}")
+    if budget is not None:
+        click.echo(f"  budget    top-1 on {budget.pictures} held-out pictures: fp32 {budget.fp32 * 100:.2f} %, plain "
+                   f"{dtype} {budget.int8 * 100:.2f} % ({-budget.int8_drop_points:+.2f}), this file "
+                   f"{budget.final * 100:.2f} % ({-budget.drop_points:+.2f}; --max-drop {max_drop:g})")
+        if budget.kept_float:
+            click.echo(f"  float     {len(budget.kept_float)} region(s) kept in fp32: {', '.join(budget.kept_float)}; "
+                       f"p50 at batch 1 on ONNX Runtime {budget.latency_ms['plain']:.2f} ms plain -> "
+                       f"{budget.latency_ms['budget']:.2f} ms")
+        else:
+            click.echo("  float     no region needed: plain quantization meets the budget")
     click.echo("  next      tinyvim validate " + str(result.path) + " [--backend ov] [--per-block]; "
                "tinyvim build-engine " + str(result.path) + f" --precision {dtype}")
     if json_path:
-        atomic_write_json(json_path, quantization_report(result))
+        report = quantization_report(result)
+        if budget is not None:
+            report["budget"] = {"max_drop": max_drop, "kept_float": budget.kept_float, "ranking": budget.ranking,
+                                "top1": {"fp32": budget.fp32, "plain": budget.int8, "final": budget.final},
+                                "drop_points": budget.drop_points, "plain_drop_points": budget.int8_drop_points,
+                                "latency_ms": budget.latency_ms, "pictures": budget.pictures}
+        atomic_write_json(json_path, report)

@@ -32,7 +32,7 @@ from tinyvim.contract import (
 from tinyvim.errors import TinyvimError
 from tinyvim.export import onnx_export
 from tinyvim.export.onnx_export import ExportResult, check_export_args
-from tinyvim.export.openvino_ir import check_ir_outputs, export_ir
+from tinyvim.export.openvino_ir import check_ir_outputs, export_ir, ir_extension
 from tinyvim.lazy import import_optional
 from tinyvim.utils import atomic_write_json, check_output_paths
 
@@ -96,7 +96,7 @@ def plan_export(fmt: str, output: str | os.PathLike | None = None, model: ModelS
         raise TinyvimError(f"--fmt {fmt} writes {spec.doc}: use tinyvim.serve.repository.write_repository")
     check_export_args(scan=scan, precision=precision, opset=opset)
     if fmt == "openvino" and scan != PORTABLE_SCAN:
-        raise TinyvimError("--fmt openvino needs --scan portable: OpenVINO has no CrossSelectiveScan op")
+        ir_extension()      # the plugin flavour's IR needs our OpenVINO extension: said before the tracing
     output = os.fspath(output) if output else default_output(fmt, model, inputs, scan=scan, precision=precision)
     if os.path.isdir(output):      # os.path: a name too long to stat is the writer's check below
         example = Path(output) / f"model{spec.suffix}"

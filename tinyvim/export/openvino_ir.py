@@ -19,10 +19,13 @@ from pathlib import Path
 from xml.etree import ElementTree
 
 from tinyvim.contract import (
+    IR_EXTENSION_LIBRARY,
+    IR_EXTENSION_RT_INFO_KEY,
     IR_RT_INFO_KEY,
     IR_SUFFIX,
     IR_WEIGHTS_SUFFIX,
     PORTABLE_SCAN,
+    SCAN_PLUGIN,
     ExportMetadata,
     InputSpec,
     ModelSpec,
@@ -32,6 +35,8 @@ from tinyvim.errors import TinyvimError
 from tinyvim.errors import error_reason as ov_error_reason
 from tinyvim.export import onnx_export
 from tinyvim.lazy import import_optional
+from tinyvim.plugins.errors import PluginError
+from tinyvim.plugins.ov_extension import extension_library
 from tinyvim.utils import (
     atomic_output,
     check_output_paths,
@@ -101,6 +106,16 @@ def _link_weights(xml: Path, written: Path) -> None:
                            f"({exc.strerror or exc}): OpenVINO reads {name.name} with {xml.name}") from None
 
 
+def ir_extension() -> Path:
+    """The tinyvim OpenVINO extension a plugin-flavour IR is converted (and later read) with, or a
+    one-line error saying why there is none."""
+    try:
+        return extension_library()
+    except PluginError as exc:
+        raise TinyvimError(f"--fmt openvino --scan plugin needs the tinyvim OpenVINO extension "
+                           f"({IR_EXTENSION_LIBRARY}): {exc}") from None
+
+
 def ir_metadata(metadata: ExportMetadata, compress_to_fp16: bool) -> ExportMetadata:
     """The metadata an IR records: with --compress-to-fp16 its weights are fp16 (validate then
     judges it at the fp16 tolerance: fp32 arithmetic on fp16-rounded weights)."""
@@ -108,19 +123,24 @@ def ir_metadata(metadata: ExportMetadata, compress_to_fp16: bool) -> ExportMetad
 
 
 def save_ir(onnx_path: str | os.PathLike, output: str | os.PathLike, metadata: ExportMetadata, *,
-            compress_to_fp16: bool = False) -> tuple[Path, Path]:
+            compress_to_fp16: bool = False, extension: Path | None = None) -> tuple[Path, Path]:
     """Convert a portable ONNX export to OpenVINO IR at `output` (.xml, the .bin beside it).
     Weights stay fp32 unless compress_to_fp16 (OpenVINO's own save_model compresses them by
-    default). OpenVINO writes the pair into a scratch folder; the safe writer then puts the .bin
-    and the .xml in place, each replaced in one rename. Returns (.xml, .bin)."""
+    default). A plugin-flavour ONNX is converted with `extension` (the tinyvim OpenVINO extension),
+    and the IR's rt_info names it for whoever reads the IR. OpenVINO writes the pair into a scratch
+    folder; the safe writer then puts the .bin and the .xml in place, each replaced in one rename.
+    Returns (.xml, .bin)."""
     ov = import_optional("openvino")
     xml, binary = check_ir_outputs(output)
     try:
-        model = ov.convert_model(os.fspath(onnx_path))
+        model = ov.convert_model(os.fspath(onnx_path), **({"extension": os.fspath(extension)} if extension else {}))
     except Exception as exc:  # noqa: BLE001 - OpenVINO raises RuntimeError subclasses with long texts
         raise TinyvimError(f"OpenVINO could not convert {onnx_path}: {ov_error_reason(exc)}") from exc
     for key, value in ir_metadata(metadata, compress_to_fp16).to_props().items():
         model.set_rt_info(value, [IR_RT_INFO_KEY, key])
+    if extension:
+        for key, value in (("library", IR_EXTENSION_LIBRARY), ("op", f"{SCAN_PLUGIN.namespace}::{SCAN_PLUGIN.op_type}")):
+            model.set_rt_info(value, [IR_EXTENSION_RT_INFO_KEY, key])
     with scratch_directory("tinyvim-ir-") as scratch:
         staged = scratch / f"model{IR_SUFFIX}"
         staged_bin = weights_path(staged)
@@ -205,15 +225,15 @@ def export_ir(output: str | os.PathLike, model: ModelSpec = ModelSpec(), inputs:
               compress_to_fp16: bool = False, scan: ScanFlavour = PORTABLE_SCAN, **export_kwargs):
     """`export_onnx` to a scratch folder, then `save_ir` to `output` (.xml). Returns the ONNX
     export's ExportResult with path, metadata and size (.xml + .bin) of the IR."""
-    if scan != PORTABLE_SCAN:
-        raise TinyvimError("--fmt openvino needs --scan portable: OpenVINO has no CrossSelectiveScan op")
     xml, _ = check_ir_outputs(output)
     import_optional("openvino")        # before the minutes of tracing
+    extension = ir_extension() if scan != PORTABLE_SCAN else None
     with scratch_directory("tinyvim-ir-") as tmp:
         result = onnx_export.export_onnx(tmp / "model.onnx", model, inputs, scan=scan,   # looked up when called
                                          **export_kwargs)
         log = export_kwargs.get("log") or (lambda m: None)
         log(f"converting to OpenVINO IR{' (weights compressed to fp16)' if compress_to_fp16 else ''}")
-        xml, binary = save_ir(result.path, xml, result.metadata, compress_to_fp16=compress_to_fp16)
+        xml, binary = save_ir(result.path, xml, result.metadata, compress_to_fp16=compress_to_fp16,
+                              extension=extension)
     return replace(result, path=xml, metadata=ir_metadata(result.metadata, compress_to_fp16),
                    size_bytes=xml.stat().st_size + binary.stat().st_size)

@@ -23,6 +23,7 @@ from collections.abc import Callable
 
 from tinyvim.plugins.cpu_twin import cache_dir
 from tinyvim.plugins.errors import PluginError
+from tinyvim.plugins.ov_extension import openvino_dev_paths
 
 SOURCE_DIR = Path(__file__).resolve().parent
 SUMMARY_NAME = "tinyvim_build_summary.txt"
@@ -30,6 +31,8 @@ LOG_NAME = "tinyvim_build.log"
 
 LIB_NAMES = {
     "tinyvim_scan_cpu": "libtinyvim_scan_cpu.so",
+    "tinyvim_scan_cpu_fast": "libtinyvim_scan_cpu_fast.so",
+    "tinyvim_ov_extension": "libtinyvim_ov_extension.so",
     "tinyvim_scan_cuda": "libtinyvim_scan_cuda.so",
     "tinyvim_trt_plugin": "libtinyvim_trt_plugin.so",
 }
@@ -66,6 +69,15 @@ class BuildResult:
     built: dict[str, Path] = field(default_factory=dict)     # target -> file
     skipped: dict[str, str] = field(default_factory=dict)    # target -> reason
     log: Path | None = None
+
+
+def openvino_cmake_dir() -> Path | None:
+    """The installed openvino wheel's cmake folder when it ships headers and OpenVINOConfig.cmake."""
+    try:
+        _, cmake, _ = openvino_dev_paths()
+    except PluginError:
+        return None
+    return cmake if (cmake / "OpenVINOConfig.cmake").is_file() else None
 
 
 def find_nvcc() -> str | None:
@@ -187,6 +199,9 @@ def prepare_build(build_dir: Path | str | None = None, *, tensorrt_root: str | N
     else:
         configure.append("-UTENSORRT_ROOT")
     configure.append(f"-DTINYVIM_CUDA_ARCH={cuda_arch}" if cuda_arch else "-UTINYVIM_CUDA_ARCH")
+    # The OpenVINO extension builds against the installed wheel's OpenVINOConfig.cmake and headers.
+    ov_cmake = openvino_cmake_dir()
+    configure.append(f"-DOpenVINO_DIR={ov_cmake}" if ov_cmake else "-UOpenVINO_DIR")
     compile_cmd = [tools["cmake"], "--build", str(build_dir), "-j", str(jobs or os.cpu_count() or 2)]
     for t in targets or []:
         compile_cmd += ["--target", t]

@@ -52,39 +52,50 @@ def find_compiler() -> str:
                       "install g++ to build the CPU twin of the scan kernel")
 
 
-def _source_hash() -> str:
-    h = hashlib.sha256()
-    for src in SOURCES:
+def source_hash(sources, flags: tuple[str, ...] = ()) -> str:
+    """16 hex digits over the sources' names and bytes and the compiler flags: an edited
+    header or a changed flag never serves a stale library."""
+    h = hashlib.sha256(" ".join(flags).encode())
+    for src in sources:
         h.update(src.name.encode())
         h.update(src.read_bytes())
     return h.hexdigest()[:16]
 
 
-def build_library(out_dir: Path | None = None) -> Path:
-    """Compile the twin (if not already cached) and return the .so path."""
+def compile_cached(stem: str, sources, flags: list[str], out_dir: Path | None = None, what: str = "the CPU twin",
+                   libs: tuple[str, ...] = ()) -> Path:
+    """<out_dir>/<stem>-<hash of sources and flags>.so, compiled from the .cpp files among
+    `sources` (headers are hashed only) with a direct compiler call, linked with `libs`, unless
+    already there; a one-line PluginError naming `what` if it fails."""
     out_dir = Path(out_dir) if out_dir else cache_dir()
-    target = out_dir / f"libtinyvim_scan_cpu-{_source_hash()}.so"
+    target = out_dir / f"{stem}-{source_hash(sources, (*flags, *libs))}.so"
     if target.exists():
         return target
     cxx = find_compiler()
     out_dir.mkdir(parents=True, exist_ok=True)
     # Compile to a private name, then rename: concurrent test processes never load a
-    # half-written library. -ffp-contract=off: the header writes its fmas explicitly,
-    # so the compiler must not fuse anything else (the kernel is built the same way).
+    # half-written library.
     fd, tmp = tempfile.mkstemp(suffix=".so", dir=out_dir)
     os.close(fd)
-    cmd = [cxx, "-O2", "-std=c++17", "-shared", "-fPIC", "-fvisibility=hidden",
-           "-ffp-contract=off", "-Wall", "-Wextra", "-Werror", str(SOURCES[0]), "-o", tmp]
+    cmd = [cxx, "-std=c++17", "-shared", "-fPIC", "-fvisibility=hidden", "-Wall", "-Wextra", "-Werror",
+           *flags, *(str(s) for s in sources if s.suffix == ".cpp"), *libs, "-o", tmp]
     try:
         proc = subprocess.run(cmd, capture_output=True, text=True)
         if proc.returncode != 0:
             first = (proc.stderr.strip().splitlines() or ["(no output)"])[0]
-            raise PluginError(f"building the CPU twin failed ({' '.join(cmd[:1])}): {first}")
+            raise PluginError(f"building {what} failed ({' '.join(cmd[:1])}): {first}")
         os.replace(tmp, target)
     finally:
         if os.path.exists(tmp):
             os.unlink(tmp)
     return target
+
+
+def build_library(out_dir: Path | None = None) -> Path:
+    """Compile the twin (if not already cached) and return the .so path."""
+    # -ffp-contract=off: the header writes its fmas explicitly, so the compiler must not
+    # fuse anything else (the kernel is built the same way).
+    return compile_cached("libtinyvim_scan_cpu", SOURCES, ["-O2", "-ffp-contract=off"], out_dir)
 
 
 @functools.lru_cache(maxsize=1)

@@ -96,9 +96,9 @@ def random_batches(num: int, batch: int, size: tuple[int, int], seed: int = 0) -
 
 
 def preprocess_image(path: str | os.PathLike, size: tuple[int, int], crop_pct: float = DEFAULT_CROP_PCT,
-                     flag: str = "--images") -> np.ndarray:
-    """One picture -> (3, H, W) normalised float32. The shorter side is resized to
-    floor(max(H, W) / crop_pct), keeping the aspect ratio, then the centre H x W is cropped.
+                     flag: str = "--images", mean=None, std=None) -> np.ndarray:
+    """One picture -> (3, H, W) float32 normalised with mean/std (default ImageNet's). The shorter
+    side is resized to floor(max(H, W) / crop_pct), keeping the aspect ratio, then the centre H x W is cropped.
     Memory is bounded: the picture by MAX_DECODED_PIXELS, the resized intermediate by
     MAX_RESIZED_PIXELS (beyond it the crop's source region is resampled directly)."""
     check_crop_pct(crop_pct)
@@ -118,7 +118,7 @@ def preprocess_image(path: str | os.PathLike, size: tuple[int, int], crop_pct: f
             box = (left * sx, top * sy, (left + size[1]) * sx, (top + size[0]) * sy)
             im = im.resize((size[1], size[0]), Image.BICUBIC, box=box)
         pixels = np.asarray(im, dtype=np.float32).transpose(2, 0, 1) / 255.0
-    return normalize(pixels[None])[0]
+    return normalize(pixels[None], mean, std)[0]
 
 
 def _check_pixels(path, wh: tuple[int, int], flag: str = "--images") -> None:
@@ -157,18 +157,21 @@ def iter_image_batches(files: list[Path], batch: int, size: tuple[int, int],
     padded by repeating pictures from the start so every batch has the model's batch size."""
     total = -(-len(files) // batch) * batch
     for start in range(0, total, batch):
-        arrays = []
-        for i in range(start, start + batch):
-            p = files[i % len(files)]
-            try:
-                arrays.append(preprocess_image(p, size, crop_pct, flag))
-            except TinyvimError:
-                raise
-            except MemoryError:
-                raise TinyvimError(f"{flag}: not enough memory to decode {p}: downscale it, or free memory") from None
-            except Exception as exc:  # noqa: BLE001 - a picture that opened but does not decode
-                raise TinyvimError(f"{flag}: cannot read {p}: {error_reason(exc, 200)}") from None
-        yield np.stack(arrays)
+        yield np.stack([load_picture(files[i % len(files)], size, crop_pct, flag) for i in range(start, start + batch)])
+
+
+def load_picture(path: Path, size: tuple[int, int], crop_pct: float = DEFAULT_CROP_PCT, flag: str = "--images",
+                 mean=None, std=None) -> np.ndarray:
+    """`preprocess_image` with every failure said as one line naming the picture and `flag`:
+    too large (checked from the header), not decodable, out of memory."""
+    try:
+        return preprocess_image(path, size, crop_pct, flag, mean, std)
+    except TinyvimError:
+        raise
+    except MemoryError:
+        raise TinyvimError(f"{flag}: not enough memory to decode {path}: downscale it, or free memory") from None
+    except Exception as exc:  # noqa: BLE001 - a picture that does not open or decode
+        raise TinyvimError(f"{flag}: cannot read {path}: {error_reason(exc, 200)}") from None
 
 
 def image_batches(folder: str | os.PathLike, batch: int, size: tuple[int, int], limit: int | None = None,

@@ -241,8 +241,8 @@ class CalibrationRequest:
             check_input_size(*self.size)
         if self.method not in CALIBRATION_METHODS:
             raise TinyvimError(f"unknown --calib-method {self.method!r}: choose {' or '.join(CALIBRATION_METHODS)}")
-        if self.method == "minmax" and self.percentile is not None:
-            raise TinyvimError("--percentile applies to --calib-method percentile (minmax takes max |x|)")
+        if self.method != "percentile" and self.percentile is not None:
+            raise TinyvimError(f"--percentile applies to --calib-method percentile ({self.method} does not take one)")
         if self.method == "percentile":
             try:
                 object.__setattr__(self, "percentile", check_percentile(
@@ -269,7 +269,8 @@ HISTOGRAM_BINS = 4096
 
 
 def collect_ranges(model: onnx.ModelProto, tensors: list[str], calib: CalibrationSet, *,
-                   threads: int | None = None, percentile: float | None = None) -> dict[str, tuple[float, float]]:
+                   threads: int | None = None, percentile: float | None = None,
+                   entropy: bool = False) -> dict[str, tuple[float, float]]:
     """(min, max) of each of `tensors` over the calibration set: the model, with those tensors
     as extra outputs, runs batch by batch through tinyvim's ORT runner (the plugin flavour's
     scan node through its CPU path); memory is that of one batch.
@@ -278,7 +279,10 @@ def collect_ranges(model: onnx.ModelProto, tensors: list[str], calib: Calibratio
     tensor over [0, max|x|] in HISTOGRAM_BINS bins, and the range becomes -a..a with a the upper
     edge of the bin holding the P-th percentile of |x| - the smallest |x| with P % of the values
     at or below it - so at most max|x| / HISTOGRAM_BINS above it (the activations are quantized
-    symmetrically: only |x| matters)."""
+    symmetrically: only |x| matters).
+
+    With entropy=True the same histogram gives -a..a with a the KL-optimal threshold
+    (`entropy_threshold`, TensorRT's entropy calibration)."""
 
     marked = onnx.ModelProto()
     marked.CopyFrom(model)
@@ -305,7 +309,7 @@ def collect_ranges(model: onnx.ModelProto, tensors: list[str], calib: Calibratio
                 lo, hi = float(v.min()), float(v.max())
                 cur = ranges.setdefault(name, [lo, hi])
                 cur[0], cur[1] = min(cur[0], lo), max(cur[1], hi)
-        if percentile is None:
+        if percentile is None and not entropy:
             return {k: (v[0], v[1]) for k, v in ranges.items()}
         amax = {k: max(-v[0], v[1]) for k, v in ranges.items()}
         hist = {k: np.zeros(HISTOGRAM_BINS, np.int64) for k in ranges}
@@ -320,11 +324,53 @@ def collect_ranges(model: onnx.ModelProto, tensors: list[str], calib: Calibratio
         if amax[name] == 0:
             clipped[name] = (0.0, 0.0)
             continue
-        cumulative = np.cumsum(counts)
-        k = int(np.searchsorted(cumulative, percentile / 100.0 * cumulative[-1]))   # first bin reaching P %
-        a = min((k + 1) * amax[name] / HISTOGRAM_BINS, amax[name])
+        if entropy:
+            a = entropy_threshold(counts) * amax[name] / HISTOGRAM_BINS
+        else:
+            cumulative = np.cumsum(counts)
+            k = int(np.searchsorted(cumulative, percentile / 100.0 * cumulative[-1]))   # first bin reaching P %
+            a = min((k + 1) * amax[name] / HISTOGRAM_BINS, amax[name])
         clipped[name] = (-a, a)
     return clipped
+
+
+#: int8's positive levels: a |x| histogram is merged into this many bins to model quantization
+QUANTIZED_BINS = 128
+#: candidate thresholds are tried every ENTROPY_STRIDE bins (HISTOGRAM_BINS / 8 = 512 candidates)
+ENTROPY_STRIDE = 8
+
+
+def entropy_threshold(counts: np.ndarray, quantized_bins: int = QUANTIZED_BINS, stride: int = ENTROPY_STRIDE) -> int:
+    """The number of histogram bins i (a threshold at the upper edge of bin i-1) whose int8 model
+    loses the least information: for each candidate i from `quantized_bins` up, P is the first i
+    bins with everything above folded into the last, Q is those i bins merged into
+    `quantized_bins` groups and spread back uniformly over each group's non-empty bins, and the
+    i with the smallest KL(P || Q) wins (ties: the smaller i). A candidate whose last bin is empty
+    but receives the folded tail has P > 0 where Q = 0: KL is infinite, the candidate is passed
+    over (the full range, i = len(counts), always has a finite KL)."""
+    counts = np.asarray(counts, np.float64)
+    n = len(counts)
+    if n <= quantized_bins or counts.sum() == 0:
+        return n
+    tail = np.concatenate([np.cumsum(counts[::-1])[::-1], [0.0]])         # tail[i] = sum(counts[i:])
+    best, best_kl = n, np.inf
+    for i in [*range(quantized_bins, n, stride), n]:
+        p = counts[:i].copy()
+        p[-1] += tail[i]
+        group = (np.arange(i) * quantized_bins) // i                      # bin -> its quantized group
+        nonzero = counts[:i] > 0
+        sums = np.bincount(group, weights=counts[:i], minlength=quantized_bins)
+        filled = np.bincount(group, weights=nonzero.astype(np.float64), minlength=quantized_bins)
+        q = np.where(nonzero, sums[group] / np.maximum(filled[group], 1), 0.0)
+        p /= p.sum()
+        q /= q.sum()
+        mask = p > 0
+        if np.any(q[mask] == 0):
+            continue
+        kl = float(np.sum(p[mask] * np.log(p[mask] / q[mask])))
+        if kl < best_kl - 1e-12:
+            best, best_kl = i, kl
+    return best
 
 
 # --------------------------------------------------------------------- the Q/DQ graph
@@ -568,10 +614,12 @@ def quantize_onnx(model: str | os.PathLike, output: str | os.PathLike, calibrati
     if not nodes:
         raise TinyvimError(f"{model} has no Conv/MatMul/Gemm with weights to quantize")
     tensors = activation_inputs(proto.graph, nodes)
-    how = "max |x|" if percentile is None else f"the {percentile:g}th percentile of |x|, two passes"
+    how = ("KL-optimal thresholds of |x|, two passes" if calibration.method == "entropy" else "max |x|"
+           if percentile is None else f"the {percentile:g}th percentile of |x|, two passes")
     log(f"calibrating {len(tensors)} activation ranges ({how}) on {calib.describe()}, batch {batch}")
     t0 = time.perf_counter()
-    ranges = collect_ranges(proto, tensors, calib, threads=threads, percentile=percentile)
+    ranges = collect_ranges(proto, tensors, calib, threads=threads, percentile=percentile,
+                            entropy=calibration.method == "entropy")
     t1 = time.perf_counter()
     log(f"quantizing {len(nodes)} layers ({dtype}, per-channel weights"
         f"{', 7-bit' if reduce_range else ''}; {len(kept)} weighted layer(s) kept in fp32)")

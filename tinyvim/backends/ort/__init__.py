@@ -3,8 +3,8 @@ from __future__ import annotations
 
 from tinyvim.backends.ort.loader import parse_providers
 from tinyvim.backends.ort.runner import OrtRunner
-from tinyvim.backends.spec import Backend, BackendOption, RunnerRequest
-from tinyvim.contract import EXPORT_PRECISIONS
+from tinyvim.backends.spec import Backend, BackendOption, BenchmarkRow, RunnerRequest
+from tinyvim.contract import EXPORT_PRECISIONS, FP8, FP32, INT8
 
 
 #: What `profile` says before timing a `tinyvim quantize` file on the CPU provider: measured in the
@@ -19,7 +19,8 @@ def _make(req: RunnerRequest) -> OrtRunner:
     if req.timed and meta is not None and meta.quantization is not None \
             and parse_providers(req.option("providers"))[0] == "CPUExecutionProvider":
         req.log(QDQ_ON_CPU_NOTE)
-    # The plugin graph's CPU path runs the scan in Python: right for checks, not a speed to report.
+    # The plugin graph's CPU path runs our fast scan by default; only its PyTorch reference route
+    # (TINYVIM_ORT_SCAN=reference) is too slow to report, and the runner refuses that for profile.
     return OrtRunner(req.model.path, providers=req.option("providers"), threads=req.threads,
                      allow_plugin_cpu=not req.timed, scan=req.model.scan)
 
@@ -27,6 +28,9 @@ def _make(req: RunnerRequest) -> OrtRunner:
 BACKENDS = (
     Backend("ort", "ONNX Runtime on an ONNX export", _make, model_kinds=("onnx",), default_for=("onnx",),
             devices=("cpu", "cuda"), precisions=EXPORT_PRECISIONS, exports_onnx=True,
+            # fp8: ORT's CPU provider dequantizes float8 to fp32: a fidelity check, not a speed
+            benchmark_rows=(BenchmarkRow("ORT fp32", FP32, "onnx"), BenchmarkRow("ORT int8", INT8, "onnx-int8"),
+                            BenchmarkRow("ORT fp8", FP8, "onnx-fp8", timed=False)),
             options=(BackendOption("providers", "--providers",
                                    "ONNX Runtime providers, comma list (cpu, cuda, ...) [default: cpu]."),)),
 )

@@ -1,9 +1,16 @@
-"""Run a plugin-flavour ONNX on ONNX Runtime CPU, with the CrossSelectiveScan node
-computed by our PyTorch scan through onnxruntime-extensions.
+"""Run a plugin-flavour ONNX on ONNX Runtime CPU, the CrossSelectiveScan node computed through
+onnxruntime-extensions' Python custom op by one of two routes:
 
-onnxruntime-extensions registers Python ops only in the domain `ai.onnx.contrib`, so the
-session gets a copy of the graph with the plugin nodes moved there (an onnx-graphsurgeon
-edit, tinyvim.backends.ort.graph_edit). This is a correctness path (tests, `validate` of plugin graphs), not a fast one."""
+- "fast" (the default): our compiled fast CPU scan (tinyvim.plugins.cpu_fast), called through
+  ctypes on the numpy buffers ORT hands the op (no copies on our side). The ORT wheel ships no
+  C/C++ headers and we vendor none, so a native ORT custom-op library is not an option; what
+  remains is the Python call itself (~40 us per node, bench/fast_scan_cpu.py measures it).
+- "reference": the PyTorch parallel scan - the check the fast route is compared against.
+
+TINYVIM_ORT_SCAN=fast|reference picks the route for a process; plugin_session(route=...) for
+one session. onnxruntime-extensions registers Python ops only in the domain `ai.onnx.contrib`,
+so the session gets a copy of the graph with the plugin nodes moved there (an
+onnx-graphsurgeon edit, tinyvim.backends.ort.graph_edit), under the route's op type."""
 from __future__ import annotations
 
 import os
@@ -12,14 +19,42 @@ import os
 from tinyvim.backends.ort.graph_edit import edit_graph
 from tinyvim.backends.ort.loader import import_onnxruntime
 from tinyvim.contract import SCAN_PLUGIN
+from tinyvim.errors import TinyvimError
 from tinyvim.lazy import import_optional, lazy_import
 
 np = lazy_import("numpy")
 onnx = lazy_import("onnx")
 torch = lazy_import("torch")
 ops = lazy_import("tinyvim.ops")
+cpu_fast = lazy_import("tinyvim.plugins.cpu_fast")
 
 CONTRIB_DOMAIN = "ai.onnx.contrib"
+ROUTE_ENV = "TINYVIM_ORT_SCAN"
+#: route -> the op type its Python op is registered under in the contrib domain
+ROUTES = {"fast": SCAN_PLUGIN.op_type, "reference": SCAN_PLUGIN.op_type + "Reference"}
+
+
+def scan_route(route: str | None = None) -> str:
+    """`route`, else $TINYVIM_ORT_SCAN, else "fast"; a one-line error for an unknown name."""
+    name = route or os.environ.get(ROUTE_ENV) or "fast"
+    if name not in ROUTES:
+        source = "route" if route else ROUTE_ENV
+        raise TinyvimError(f"{source}={name!r} is not a scan route for ONNX Runtime's plugin node: "
+                           f"choose {' or '.join(ROUTES)}")
+    return name
+
+
+def _reference_scan(*arrays: np.ndarray) -> np.ndarray:
+    args = [torch.from_numpy(np.ascontiguousarray(a, dtype=np.float32)) for a in arrays]
+    with torch.no_grad():
+        return ops.scan_parallel(*args).numpy()
+
+
+def _fast_scan(*arrays: np.ndarray) -> np.ndarray:
+    return cpu_fast.cross_selective_scan_fast(*arrays, threads=cpu_fast.default_threads())
+
+
+_SCANS = {"fast": _fast_scan, "reference": _reference_scan}
 
 
 def import_ort_extensions():
@@ -42,36 +77,43 @@ def _register() -> None:
     attrs = {"plugin_version": PyCustomOpDef.dt_string, "plugin_namespace": PyCustomOpDef.dt_string,
              **{f.name: attr_types[f.onnx_type] for f in SCAN_PLUGIN.fields}}
 
-    @onnx_op(op_type=SCAN_PLUGIN.op_type, inputs=[PyCustomOpDef.dt_float] * len(SCAN_PLUGIN.inputs),
-             outputs=[PyCustomOpDef.dt_float] * len(SCAN_PLUGIN.outputs), attrs=attrs)
-    def _cross_selective_scan(*arrays, **node_attrs):
-        shapes = dict(zip(SCAN_PLUGIN.input_names, (a.shape for a in arrays)))
-        fields = {f.name: int(node_attrs[f.name]) for f in SCAN_PLUGIN.fields}
-        try:   # what the TensorRT plugin checks at configure time, checked here too
-            SCAN_PLUGIN.bind_dims(shapes, **fields)
-        except ValueError as exc:
-            raise ValueError(f"{SCAN_PLUGIN.op_type}: {exc}") from None
-        args = [torch.from_numpy(np.ascontiguousarray(a, dtype=np.float32)) for a in arrays]
-        with torch.no_grad():
-            return ops.scan_parallel(*args).numpy()
+    def checked(route):
+        def op(*arrays, **node_attrs):
+            shapes = dict(zip(SCAN_PLUGIN.input_names, (a.shape for a in arrays)))
+            fields = {f.name: int(node_attrs[f.name]) for f in SCAN_PLUGIN.fields}
+            try:   # what the TensorRT plugin checks at configure time, checked here too
+                SCAN_PLUGIN.bind_dims(shapes, **fields)
+            except ValueError as exc:
+                raise ValueError(f"{SCAN_PLUGIN.op_type}: {exc}") from None
+            return _SCANS[route](*arrays)     # looked up per call: a test may wrap it
+        return op
+
+    for route, op_type in ROUTES.items():
+        onnx_op(op_type=op_type, inputs=[PyCustomOpDef.dt_float] * len(SCAN_PLUGIN.inputs),
+                outputs=[PyCustomOpDef.dt_float] * len(SCAN_PLUGIN.outputs), attrs=attrs)(checked(route))
 
     _registered = True
 
 
-def to_contrib_domain(model: onnx.ModelProto) -> onnx.ModelProto:
-    """A copy of `model` with the plugin nodes in ai.onnx.contrib instead of the contract's
-    domain (whose opset import goes; graphsurgeon imports the contrib one), metadata kept."""
+def to_contrib_domain(model: onnx.ModelProto, route: str = "fast") -> onnx.ModelProto:
+    """A copy of `model` with the plugin nodes in ai.onnx.contrib (as the route's op type)
+    instead of the contract's domain (whose opset import goes; graphsurgeon imports the contrib
+    one), metadata kept."""
     def move(graph) -> None:
         for node in graph.nodes:
             if (node.domain, node.op) == (SCAN_PLUGIN.onnx_domain, SCAN_PLUGIN.op_type):
                 node.domain = CONTRIB_DOMAIN
+                node.op = ROUTES[route]
         graph.import_domains = [d for d in graph.import_domains if d.domain != SCAN_PLUGIN.onnx_domain]
 
     return edit_graph(model, move)
 
 
-def plugin_session(model: onnx.ModelProto | str | os.PathLike, sess_options=None, providers=None):
-    """An onnxruntime.InferenceSession that runs a plugin-flavour graph on CPU."""
+def plugin_session(model: onnx.ModelProto | str | os.PathLike, sess_options=None, providers=None,
+                   route: str | None = None):
+    """An onnxruntime.InferenceSession that runs a plugin-flavour graph on CPU, the scan by
+    `route` (see scan_route)."""
+    route = scan_route(route)
     ort = import_onnxruntime()
     get_library_path = import_ort_extensions().get_library_path
     _register()
@@ -79,5 +121,5 @@ def plugin_session(model: onnx.ModelProto | str | os.PathLike, sess_options=None
         model = onnx.load(str(model), format="protobuf")
     so = sess_options or ort.SessionOptions()
     so.register_custom_ops_library(get_library_path())
-    return ort.InferenceSession(to_contrib_domain(model).SerializeToString(), so,
+    return ort.InferenceSession(to_contrib_domain(model, route).SerializeToString(), so,
                                 providers=providers or ["CPUExecutionProvider"])

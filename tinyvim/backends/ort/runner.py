@@ -3,8 +3,9 @@ spinning (ORT's spinning worker threads otherwise steal the cores from whatever 
 the process, which corrupts back-to-back benchmarks such as `tinyvim profile` runs).
 
 A plugin-flavour graph (custom tinyvim::CrossSelectiveScan node) runs through the CPU
-custom-op path of tinyvim.backends.ort.custom_ops (onnxruntime-extensions + the PyTorch scan):
-right for validation, meaningless for timing, so profiling turns it off."""
+custom-op path of tinyvim.backends.ort.custom_ops (onnxruntime-extensions): by default our fast
+compiled scan, a speed worth timing; with TINYVIM_ORT_SCAN=reference the PyTorch scan, right for
+checks and meaningless for timing, so profiling refuses that route."""
 from __future__ import annotations
 
 import os
@@ -14,7 +15,7 @@ from collections.abc import Mapping, Sequence
 
 from tinyvim.backends.base import BaseRunner
 from tinyvim.backends.model_file import has_plugin_nodes
-from tinyvim.backends.ort.custom_ops import plugin_session
+from tinyvim.backends.ort.custom_ops import plugin_session, scan_route
 from tinyvim.backends.ort.loader import OPT_LEVELS, import_onnxruntime, parse_providers
 from tinyvim.contract import PLUGIN_SCAN, SCAN_PLUGIN, ScanFlavour
 from tinyvim.errors import TinyvimError, error_reason
@@ -80,11 +81,12 @@ class OrtRunner(BaseRunner):
             raise TinyvimError(f"ONNX Runtime provider(s) {', '.join(unknown)} not available in this "
                                f"onnxruntime build; available: {', '.join(available)}")
         self.uses_plugin_cpu = self._has_plugin_nodes()
-        if self.uses_plugin_cpu and not self.allow_plugin_cpu:
+        if self.uses_plugin_cpu and not self.allow_plugin_cpu and scan_route() == "reference":
             raise TinyvimError(
                 f"this ONNX graph contains the custom {SCAN_PLUGIN.onnx_domain}::{SCAN_PLUGIN.op_type} node (exported with "
-                "--scan plugin), which stock ONNX Runtime cannot run fast: use --backend trt with an engine "
-                "built from it, or export with --scan portable for ONNX Runtime")
+                "--scan plugin) and TINYVIM_ORT_SCAN=reference runs it in PyTorch, too slow to time: unset "
+                "TINYVIM_ORT_SCAN (the fast CPU scan), use --backend trt with an engine built from it, or export "
+                "with --scan portable")
         model = self.model if isinstance(self.model, bytes) else os.fspath(self.model)
         try:
             if self.uses_plugin_cpu:

@@ -2,14 +2,21 @@
 against the device's capabilities, the compile properties, and tinyvim's names of its ports."""
 from __future__ import annotations
 
+import os
+from xml.etree import ElementTree
+
 from tinyvim.contract import (
     BACKBONE_OUTPUTS,
     CLASSIFIER_OUTPUTS,
     INPUT_NAME,
+    IR_EXTENSION_LIBRARY,
+    SCAN_PLUGIN,
     TAP_PREFIX,
 )
 from tinyvim.errors import TinyvimError
 from tinyvim.lazy import import_optional
+from tinyvim.plugins.errors import PluginError
+from tinyvim.plugins.ov_extension import extension_library
 
 #: --ov-precision -> (OpenVINO INFERENCE_PRECISION_HINT, the OPTIMIZATION_CAPABILITIES entry
 #: the device must list, tinyvim's compute precision that picks the validation tolerance)
@@ -21,6 +28,35 @@ DEFAULT_PRECISION = "f32"
 def import_openvino():
     """openvino, or a one-line error saying how to install it."""
     return import_optional("openvino")
+
+
+def ir_has_plugin_nodes(xml: str | os.PathLike) -> bool:
+    """Does this IR hold CrossSelectiveScan layers (the extension's op, version = the plugin
+    namespace)? Read from the .xml text, because OpenVINO cannot read such an IR at all before
+    the extension is loaded."""
+    try:
+        for _, elem in ElementTree.iterparse(os.fspath(xml)):
+            if elem.tag == "layer" and (elem.get("type"), elem.get("version")) == (SCAN_PLUGIN.op_type,
+                                                                                    SCAN_PLUGIN.namespace):
+                return True
+            elem.clear()
+    except (ElementTree.ParseError, OSError):
+        return False      # OpenVINO says what is wrong with the file when it reads it
+    return False
+
+
+def new_core(ov, model: str | os.PathLike, plugin_nodes: bool):
+    """An openvino.Core, with the tinyvim extension (the CrossSelectiveScan op and its ONNX
+    conversion) added when the model holds plugin nodes; a one-line error when it cannot be had."""
+    core = ov.Core()
+    if plugin_nodes:
+        try:
+            library = extension_library()
+        except PluginError as exc:
+            raise TinyvimError(f"{os.fspath(model)} holds {SCAN_PLUGIN.onnx_domain}::{SCAN_PLUGIN.op_type} nodes, "
+                               f"which need the tinyvim OpenVINO extension ({IR_EXTENSION_LIBRARY}): {exc}") from None
+        core.add_extension(os.fspath(library))
+    return core
 
 
 def port_name(port) -> str:

@@ -7,7 +7,9 @@ INFERENCE_PRECISION_HINT, and a precision the device does not list in its
 OPTIMIZATION_CAPABILITIES is refused in one line. `--threads` becomes INFERENCE_NUM_THREADS
 (CPU), `--ov-hint latency|throughput` PERFORMANCE_HINT, `--ov-device` the device.
 
-The plugin flavour (custom CrossSelectiveScan node) is refused: OpenVINO has no such op.
+The plugin flavour (custom CrossSelectiveScan node, in an ONNX or an IR exported from one) runs
+with the tinyvim OpenVINO extension (tinyvim.plugins.ov_extension: our fast CPU scan as an op),
+added to the Core whenever the model holds such nodes; the scan computes in fp32 whatever the hint.
 `openvino` is imported when a runner activates (optional extra `tinyvim[openvino]`; backends/ov/loader.py).
 """
 from __future__ import annotations
@@ -24,11 +26,12 @@ from tinyvim.backends.ov.loader import (
     compile_config,
     device_description,
     import_openvino,
+    new_core,
     port_name,
     resolve_precision,
     supported_precisions,
 )
-from tinyvim.contract import SCAN_PLUGIN, check_input_size
+from tinyvim.contract import check_input_size
 from tinyvim.errors import TinyvimError, error_reason
 from tinyvim.lazy import lazy_import
 
@@ -61,12 +64,8 @@ class OvRunner(BaseRunner):
         return OV_PRECISIONS[self.precision or (self.requested_precision or DEFAULT_PRECISION).lower()][2]
 
     def activate_impl(self) -> None:
-        if self.plugin_nodes:
-            raise TinyvimError(f"this ONNX graph contains the custom {SCAN_PLUGIN.onnx_domain}::{SCAN_PLUGIN.op_type} "
-                               "node (exported with --scan plugin), which OpenVINO cannot run: export with "
-                               "--scan portable for OpenVINO")
         ov = import_openvino()
-        core = ov.Core()
+        core = new_core(ov, self.model, self.plugin_nodes)
         available = core.available_devices
         if not any(d == self.device or d.startswith(self.device + ".") for d in available) and self.device != "AUTO":
             raise TinyvimError(f"OpenVINO device {self.device} is not available here; available: "

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-from tinyvim.backends.spec import Backend, RunnerRequest
+from tinyvim.backends.spec import Backend, BenchmarkRow, RunnerRequest
 from tinyvim.backends.torch.runner import TorchRunner
 
 
@@ -18,5 +18,6 @@ BACKENDS = (
     Backend("torch", "PyTorch eager, unfused model + sequential scan (the original computation; validate's "
                      "reference)", _factory("torch"), devices=("cpu",)),
     Backend("torch-fused", "PyTorch eager, re-parameterized model + parallel scan (our CUDA kernel on a GPU)",
-            _factory("torch-fused"), devices=("cpu", "cuda")),
+            _factory("torch-fused"), devices=("cpu", "cuda"),
+            benchmark_rows=(BenchmarkRow("torch eager", "fp32", "torch"),)),
 )

@@ -1,0 +1,85 @@
+"""`tinyvim benchmark` on the trained fixture: rows from the registry (a throwaway backend's row
+appears and its failure stays in its row), numbers equal to independent counts, skipped rows say
+why, and the four outputs."""
+from __future__ import annotations
+
+import csv
+import json
+
+import numpy as np
+import onnxruntime as ort
+import pytest
+import torch
+
+from digits_data import FIXTURE_CHECKPOINT, FIXTURE_SIZE, write_pictures
+from tinyvim.backends import registry
+from tinyvim.backends.spec import Backend, BenchmarkRow
+from tinyvim.backends.trt import trt_missing
+from tinyvim.errors import TinyvimError
+from tinyvim.model import create_model
+from tinyvim.ops import scan_implementation
+from tinyvim.tools.benchmark import format_markdown, run_benchmark, select_rows, write_outputs
+from tinyvim.tools.inputs import preprocess_image
+
+PICTURES = 12
+
+
+def _broken(req):
+    raise RuntimeError("this backend is broken on purpose")
+
+
+def test_benchmark_table_on_the_fixture(digits_onnx, tmp_path):
+    data = tmp_path / "flat"
+    written = write_pictures(data, "heldout", "flat", limit=PICTURES)
+    registry.register(Backend("broken", "a throwaway backend", _broken, model_kinds=("onnx",),
+                              benchmark_rows=(BenchmarkRow("broken fp32", "fp32", "onnx"),
+                                              BenchmarkRow("absent fp32", "fp32", "onnx",
+                                                           unavailable=lambda: "not on this machine"))))
+    try:
+        report = run_benchmark(checkpoint=str(FIXTURE_CHECKPOINT), img_size=(FIXTURE_SIZE, FIXTURE_SIZE), data=data,
+                               formats="ort-fp32,ort-int8,broken,trt", batches=(1, 2), iters=2, warmup=0,
+                               files={"onnx": str(digits_onnx)}, workdir=tmp_path / "work", log=lambda m: None)
+    finally:
+        registry.unregister("broken")
+    rows = {e["row"]: e for e in report["rows"]}
+    assert list(rows)[:3] == ["torch eager", "ORT fp32", "ORT int8"]        # registry order, eager kept
+    assert rows["broken fp32"]["status"] == "failed" and "broken on purpose" in rows["broken fp32"]["reason"]
+    assert rows["absent fp32"]["status"] == "skipped" and rows["absent fp32"]["reason"] == "not on this machine"
+    if trt_missing():
+        assert rows["TRT fp16"]["status"] == "skipped" and rows["TRT fp16"]["reason"] == trt_missing()
+    assert all(rows[k]["status"] == "ok" for k in ("torch eager", "ORT fp32", "ORT int8"))
+
+    # the same numbers computed directly on the same tensors
+    x = np.stack([preprocess_image(data / name, (FIXTURE_SIZE, FIXTURE_SIZE)) for name, _ in written])
+    labels = np.array([y for _, y in written])
+    with torch.inference_mode(), scan_implementation("sequential"):
+        ref = create_model("s", checkpoint=FIXTURE_CHECKPOINT)(torch.from_numpy(x)).numpy()
+    onnx_logits = ort.InferenceSession(str(digits_onnx), providers=["CPUExecutionProvider"]).run(None, {"images": x})[0]
+    assert report["reference_top1"] == np.mean(ref.argmax(1) == labels)
+    fp32 = rows["ORT fp32"]
+    assert fp32["top1"] == np.mean(onnx_logits.argmax(1) == labels)
+    assert fp32["top1_agreement"] == np.mean(onnx_logits.argmax(1) == ref.argmax(1))
+    cos = (onnx_logits.astype(np.float64) * ref).sum(1) / np.linalg.norm(onnx_logits, axis=1) / np.linalg.norm(ref, axis=1)
+    assert fp32["worst_cosine"] == pytest.approx(cos.min(), abs=1e-6)     # float32 logits, float64 sums
+    assert fp32["delta_top1"] == pytest.approx((fp32["top1"] - report["reference_top1"]) * 100)
+    assert fp32["size_mb"] == pytest.approx(digits_onnx.stat().st_size / 1e6) and fp32["make_s"] == 0.0
+    assert rows["ORT int8"]["size_mb"] < 0.4 * fp32["size_mb"]          # int8 weights: ~1/4 of fp32
+    eager = rows["torch eager"]
+    assert eager["speedup"] == 1.0
+    assert fp32["speedup"] == pytest.approx(eager["p50_ms_b1"] / fp32["p50_ms_b1"])
+    assert fp32["throughput"] == pytest.approx(2e3 / fp32["latency_ms"]["2"]["p50"])
+    assert fp32["latency_ms"]["1"]["iters"] == 2 and fp32["latency_ms"]["2"]["iters"] == 2
+
+    paths = write_outputs(report, tmp_path / "out")
+    table = format_markdown(report)
+    assert "broken fp32 | broken | failed: RuntimeError: this backend is broken on purpose" in table
+    with open(paths[1]) as f:
+        assert [r["row"] for r in csv.DictReader(f)] == list(rows)
+    assert json.loads(paths[2].read_text())["rows"][1]["top1"] == fp32["top1"]
+    assert paths[3].stat().st_size > 1000 and paths[3].read_bytes()[:4] == b"\x89PNG"
+
+
+def test_formats_are_checked():
+    assert [r.label for _, r in select_rows("ort-int8")] == ["torch eager", "ORT int8"]
+    with pytest.raises(TinyvimError, match="--formats onnx-q: unknown"):
+        select_rows("onnx-q")
