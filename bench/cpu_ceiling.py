@@ -42,6 +42,7 @@ from tinyvim.backends.torch.runner import TorchRunner
 from tinyvim.contract import InputSpec, ModelSpec
 from tinyvim.export import export_onnx
 from tinyvim.tools.inputs import iter_random_batches
+from tinyvim.tools.noise import NoiseMonitor, NoiseReport, relative_spread
 from tinyvim.tools.profile import cpu_model
 from tinyvim.tools.quantize import CalibrationRequest, cpu_has_vnni, quantize_onnx
 from tinyvim.utils import atomic_write_json
@@ -112,6 +113,18 @@ def ov_layer_split(path: Path, x: np.ndarray, threads: int) -> dict[str, float]:
     return split
 
 
+def ceiling_verdict(best: float, goal: float, noise: NoiseReport, *, batch: int, threads: int) -> str:
+    """The conclusion with the conditions it holds under - and none at all from a busy machine
+    (a loaded run once concluded 'within reach' where a quiet one did not)."""
+    measured = f"batch {batch}, {threads} threads, {cpu_model()}; {noise.conditions()}"
+    if not noise.trustworthy:
+        return (f"  ceiling with today's non-convolution layers: {best:.2f}x - NO VERDICT: these timings are not "
+                f"trustworthy ({'; '.join(noise.reasons)}); rerun on a quiet machine ({measured})")
+    conclusion = "within reach" if best >= goal else "the goal is out of reach on this CPU"
+    return (f"  ceiling with today's non-convolution layers: {best:.2f}x; {conclusion} - for {measured}, "
+            "with today's OpenVINO int8 kernels")
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--batch", type=int, default=8)
@@ -124,6 +137,7 @@ def main():
     vnni = cpu_has_vnni()
     print(f"CPU: {cpu_model()} (VNNI/AMX: {vnni}); {args.threads} threads; load average {os.getloadavg()[0]:.1f}")
 
+    monitor = NoiseMonitor(args.threads).__enter__()     # every timing below is judged by its conditions
     peak = gemm_throughput(args.threads, args.iters)
     print(f"GEMM {GEMM}^3: fp32 {peak['fp32']:.1f} GMAC/s, int8 u8xs8 {peak['int8']:.1f} GMAC/s "
           f"({peak['int8'] / peak['fp32']:.2f}x fp32)")
@@ -151,6 +165,8 @@ def main():
                 r.deactivate()
         med = {k: statistics.median(t) for k, t in times.items()}
         split = ov_layer_split(int8, x, args.threads)
+    monitor.__exit__(None, None, None)
+    noise = monitor.report({k: relative_spread(t) for k, t in times.items()})
 
     allowed = med["torch"] / args.goal
     floor = gemm_macs / peak["int8"] / 1e6          # ms
@@ -163,14 +179,13 @@ def main():
     print(f"  the goal ({args.goal:g}x) allows {allowed:.1f} ms; the convolutions alone at the large-GEMM int8 "
           f"rate take {floor:.1f} ms, leaving {allowed - floor:.1f} ms for the rest (today {split['rest']:.1f} ms)")
     best = med["torch"] / (floor + split["rest"])
-    print(f"  ceiling with today's non-convolution layers: {best:.2f}x; "
-          f"{'within reach' if best >= args.goal else 'the goal is out of reach on this CPU'}")
+    print(ceiling_verdict(best, args.goal, noise, batch=args.batch, threads=args.threads))
     if args.json:
         atomic_write_json(args.json, {"cpu": cpu_model(), "vnni": vnni, "threads": args.threads,
                                       "batch": args.batch, "gemm_gmacs": peak, "macs_per_image": macs,
                                       "ms": med, "ov_int8_split_ms": split, "allowed_ms": allowed,
                                       "conv_floor_ms": floor, "ceiling_x": best,
-                                      "load_average": os.getloadavg()})
+                                      "load_average": os.getloadavg(), "noise": noise.to_dict()})
 
 
 if __name__ == "__main__":

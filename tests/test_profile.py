@@ -92,7 +92,7 @@ def test_profile_cli_bad_input_exit_2(tmp_path):
     r = CliRunner().invoke(profile, ["--backend", "tpu"])
     assert r.exit_code == 2 and "unknown backend 'tpu'" in r.output
     r = CliRunner().invoke(profile, ["--backend", "trt"])
-    assert r.exit_code == 2 and "needs --model ENGINE" in r.output
+    assert r.exit_code == 2 and "needs --model with a TensorRT engine" in r.output
     r = CliRunner().invoke(profile, ["--backend", "torch", "--img-size", "100"])
     assert r.exit_code == 2 and "not divisible by 32" in r.output
     r = CliRunner().invoke(profile, ["--batch", "1,x"])

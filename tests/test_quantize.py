@@ -282,7 +282,7 @@ def test_bad_input_is_one_error_line(tinyvim_onnx, int8_onnx, tmp_path):
         # the errors name quantize's own option (the picture loader is validate's --images too)
         (str(tinyvim_onnx), "--calib", str(empty), "-o", str(tmp_path / "b.onnx")): f"--calib {empty}: no pictures",
         (str(tinyvim_onnx), "--calib", str(tmp_path / "nowhere"), "-o", str(tmp_path / "b.onnx")):
-            f"--calib {tmp_path / 'nowhere'}: not a folder",
+            f"--calib {tmp_path / 'nowhere'}: no such folder",
         (str(tinyvim_onnx), "--calib", str(broken), "-o", str(tmp_path / "b.onnx")): "--calib: cannot read",
         (str(notes), "--calib-random", "4"): "is not an ONNX model",
         (str(int8_onnx.path), "--calib-random", "4", "-o", str(tmp_path / "c.onnx")): "is already int8",

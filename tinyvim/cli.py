@@ -6,6 +6,7 @@ argument, an unknown option); 1 is kept for "a check failed" (validate out of to
 Nothing else is caught: an unexpected exception is a bug and shows its traceback."""
 from __future__ import annotations
 
+import difflib
 import importlib
 import sys
 
@@ -75,6 +76,15 @@ class TinyvimGroup(click.Group):
             return None
         module, attr = COMMANDS[name]
         return getattr(importlib.import_module(module), attr)
+
+    def resolve_command(self, ctx, args):
+        """click's lookup, plus the nearest command for a typo (`tinyvim exprot`)."""
+        name = args[0] if args else ""
+        if name and name not in COMMANDS and not name.startswith("-"):
+            close = difflib.get_close_matches(name, list(COMMANDS), n=1, cutoff=0.6)
+            if close:
+                ctx.fail(f"No such command {name!r}: did you mean {close[0]!r}?")
+        return super().resolve_command(ctx, args)
 
     def invoke(self, ctx):
         try:

@@ -63,6 +63,11 @@ ARTIFACT_METADATA_METHOD = "tinyvim_metadata"
 ORT_TARGET_PLATFORMS = ("arm", "amd64")
 #: beside a .ort: the operator list for an ONNX Runtime reduced-operator (mobile) build
 ORT_REQUIRED_OPS_SUFFIX = ".required_operators.config"
+#: how messages name each file kind ("x.xml is an OpenVINO IR", not "is OPENVINO")
+FILE_KIND_NAMES = {"onnx": "an ONNX model", "openvino": "an OpenVINO IR", "engine": "a TensorRT engine",
+                   "pt2": "a torch.export program", "aoti": "an AOTInductor package",
+                   "torchscript": "a TorchScript module", "ort": "an ORT-format model",
+                   "executorch": "an ExecuTorch program"}
 #: an OpenVINO IR: the graph in .xml, its weights beside it in .bin (OpenVINO pairs them by name
 #: alone), tinyvim's metadata under this rt_info key (the ONNX metadata_props keys and texts)
 IR_SUFFIX, IR_WEIGHTS_SUFFIX, IR_RT_INFO_KEY = ".xml", ".bin", "tinyvim"

@@ -6,7 +6,11 @@ is deferred until it is used (`lazy_import`), so that parsing a command's option
 How to install each optional dependency is declared here, once."""
 from __future__ import annotations
 
+import contextlib
 import importlib
+import signal
+import threading
+from collections.abc import Iterator
 from types import ModuleType
 from typing import Any
 
@@ -37,12 +41,49 @@ def import_optional(module: str, install: str | None = None, *, what: str | None
     libnvinfer) is said as such."""
     name, hint = OPTIONAL.get(module.split(".")[0], (module.split(".")[0], f"pip install {module.split('.')[0]}"))
     name, hint = what or name, install or hint
+    with _noting_sigint() as interrupted:
+        try:
+            return importlib.import_module(module)
+        except ImportError as exc:
+            if interrupted or _caused_by_interrupt(exc):
+                # Ctrl-C during a native module's initialisation: pybind11 turns the
+                # KeyboardInterrupt into an ImportError, which is not "not installed"
+                raise KeyboardInterrupt from exc
+            raise TinyvimError(f"{name} is not installed ({exc}): {hint}") from exc
+        except OSError as exc:
+            raise TinyvimError(f"{name} is installed but its libraries do not load ({exc}): {hint}") from exc
+
+
+@contextlib.contextmanager
+def _noting_sigint() -> Iterator[list[int]]:
+    """While inside, a SIGINT is recorded (then handled as before): an import that fails after
+    one was interrupted, whatever the exception says."""
+    seen: list[int] = []
+    if threading.current_thread() is not threading.main_thread():
+        yield seen
+        return
+    previous = signal.getsignal(signal.SIGINT)
+    if not callable(previous):      # SIG_IGN / SIG_DFL: nothing reaches Python to note
+        yield seen
+        return
+
+    def note(signum, frame):
+        seen.append(signum)
+        previous(signum, frame)
+
+    signal.signal(signal.SIGINT, note)
     try:
-        return importlib.import_module(module)
-    except ImportError as exc:
-        raise TinyvimError(f"{name} is not installed ({exc}): {hint}") from exc
-    except OSError as exc:
-        raise TinyvimError(f"{name} is installed but its libraries do not load ({exc}): {hint}") from exc
+        yield seen
+    finally:
+        signal.signal(signal.SIGINT, previous)
+
+
+def _caused_by_interrupt(exc: BaseException) -> bool:
+    while exc is not None:
+        if isinstance(exc, KeyboardInterrupt):
+            return True
+        exc = exc.__cause__ or exc.__context__
+    return False
 
 
 class LazyModule:

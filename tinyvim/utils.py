@@ -53,6 +53,11 @@ _NAME_MAX, _PATH_MAX = 255, 4096
 
 
 # --------------------------------------------------------------------- checks before the work
+def plural(count: int, noun: str, many: str | None = None) -> str:
+    """'1 image', '2 images', '1 batch', '3 batches' (`many` for irregular plurals)."""
+    return f"{count} {noun if count == 1 else many or noun + ('es' if noun.endswith(('s', 'ch', 'sh', 'x')) else 's')}"
+
+
 def _refuse(path, what: str, reason: str) -> TinyvimError:
     label = f"{what} {path}" if what else str(path)
     return TinyvimError(f"cannot write {label}: {reason} (choose another output path)")
@@ -400,6 +405,19 @@ def scratch_directory(prefix: str = "tinyvim-") -> Iterator[Path]:
             _live_temps.discard(os.fspath(path))
         shutil.rmtree(path, ignore_errors=True)
         _restore_handlers()
+
+
+@contextlib.contextmanager
+def temporaries_in(folder: str | os.PathLike) -> Iterator[None]:
+    """While inside, Python's tempfile puts what a library makes on its own (ONNX Runtime's
+    quantizer: `ort.quant.*` folders) inside `folder` - a scratch_directory, whose removal on
+    SIGTERM / SIGHUP then takes them too. Process-wide while it lasts (tempfile has one setting)."""
+    before = tempfile.tempdir
+    tempfile.tempdir = os.fspath(folder)
+    try:
+        yield
+    finally:
+        tempfile.tempdir = before
 
 
 def file_sha256(path: str | os.PathLike) -> str:

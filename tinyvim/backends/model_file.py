@@ -127,6 +127,22 @@ def check_signature(info: ModelInfo) -> None:
                                f"input is {info.fixed_size[0]}x{info.fixed_size[1]}")
 
 
+def load_onnx_proto(path: Path) -> onnx.ModelProto:
+    """The ModelProto in `path`, parsed as binary protobuf whatever its suffix: onnx.load picks a
+    JSON or text parser for .json / .textproto names, whose ParseErrors nothing expects (an
+    export's .json sidecar passed back as the model gave a 69-line traceback). Weights are not
+    needed by the callers; external data is not read."""
+    try:
+        return onnx.load(os.fspath(path), format="protobuf", load_external_data=False)
+    except (protobuf.DecodeError, ValueError, RuntimeError, OSError) as exc:
+        with open(path, "rb") as f:
+            head = f.read(64).lstrip()
+        if head[:1] in (b"{", b"[") or (head and all(32 <= c < 127 or c in b"\t\r\n" for c in head)):
+            raise TinyvimError(f"{path} is not an ONNX model: it is a text file (JSON or text); pass the binary "
+                               ".onnx file (an export's .json is its report)") from None
+        raise TinyvimError(f"{path} is not an ONNX model ({type(exc).__name__}: {exc})".splitlines()[0]) from None
+
+
 def read_onnx_info(path: str | os.PathLike) -> ModelInfo:
     """Signature + metadata of an ONNX file, with one-line errors for missing / non-ONNX files."""
     p = Path(path)
@@ -134,11 +150,7 @@ def read_onnx_info(path: str | os.PathLike) -> ModelInfo:
         raise TinyvimError(f"{p}: no such file" if not p.exists() else f"{p}: not a regular file")
     if p.stat().st_size > MAX_ONNX_BYTES:
         raise TinyvimError(f"{p} is larger than 2 GiB: not a single-file ONNX model (protobuf's limit)")
-    try:
-        # Weights are not needed here; external data (large models) is not read.
-        proto = onnx.load(os.fspath(p), load_external_data=False)
-    except (protobuf.DecodeError, ValueError, RuntimeError, OSError) as exc:
-        raise TinyvimError(f"{p} is not an ONNX model ({type(exc).__name__}: {exc})".splitlines()[0]) from None
+    proto = load_onnx_proto(p)
     if not proto.graph.node and not proto.graph.input:
         raise TinyvimError(f"{p} is not an ONNX model (empty graph)")
     initializers = {i.name for i in proto.graph.initializer}

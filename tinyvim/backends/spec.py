@@ -10,7 +10,7 @@ from collections.abc import Callable, Mapping, Sequence
 
 from tinyvim.backends.base import BaseRunner
 from tinyvim.backends.model_file import ModelInfo
-from tinyvim.contract import FP32, ModelSpec
+from tinyvim.contract import FILE_KIND_NAMES, FP32, ModelSpec
 from tinyvim.errors import TinyvimError
 
 
@@ -99,8 +99,12 @@ class Backend:
         if info.kind not in self.model_kinds:
             hints = ([f"use --backend {' or '.join(others)}"] if others else []) + \
                 ([self.missing_model_hint] if self.missing_model_hint else [])
-            raise TinyvimError(f"backend {self.name} runs {' or '.join(k.upper() for k in self.model_kinds) or 'no'} "
-                               f"files, and {info.path} is {info.kind.upper()}: {', or '.join(hints)}")
+            raise TinyvimError(f"backend {self.name} runs {self.kinds_named() or 'no model files'}, and {info.path} "
+                               f"is {FILE_KIND_NAMES.get(info.kind, info.kind)}: {', or '.join(hints)}")
+
+    def kinds_named(self) -> str:
+        """'an ONNX model or an OpenVINO IR': the file kinds this backend runs, as messages say them."""
+        return " or ".join(FILE_KIND_NAMES.get(k, k) for k in self.model_kinds)
 
     def runner(self, request: RunnerRequest) -> BaseRunner:
         if self.runs_files:

@@ -43,7 +43,7 @@ def _defaults_by_kind() -> str:
 @click.option("--num-inputs", type=int, default=4, show_default=True, help="Number of random input batches.")
 @click.option("--seed", "input_seed", type=int, default=0, show_default=True,
               help="Seed of the random input batches (the reference's weights: --init-seed).")
-@click.option("--images", type=click.Path(file_okay=False), default=None,
+@click.option("--images", type=click.Path(), default=None,
               help="Folder of pictures to use instead of random inputs (ImageNet preprocessing).")
 @click.option("--crop-pct", type=float, default=DEFAULT_CROP_PCT, show_default=True,
               help="Centre-crop fraction for --images.")
@@ -109,12 +109,11 @@ def profile(batch_text, json_path, plot_path, variant, checkpoint, ema, allow_no
                                 timing=prof.Timing(warmup, iters, duration), options=options, log=_err, **kwargs)
     click.echo(prof.format_environment(document["environment"], [e["backend"] for e in document["results"]]))
     click.echo(prof.format_table(document["results"]))
+    click.echo(document["noise"]["verdict"])
     if json_path:
         atomic_write_json(json_path, document)
     if plot_path:
-        size = document["img_size"]
-        prof.plot_latency(document["results"], plot_path, title=f"TinyViM-{document['variant'].upper()} "
-                          f"{size[0]}x{size[1]}, {document['settings']['threads']} threads")
+        prof.plot_latency(document["results"], plot_path, title=prof.profile_title(document))
 
 
 # --------------------------------------------------------------------- build-engine

@@ -23,7 +23,7 @@ def default_output(model: str, dtype: str) -> str:
 
 @click.command("quantize")
 @click.argument("model", type=click.Path(dir_okay=False))
-@click.option("--calib", "calib_dir", type=click.Path(file_okay=False), default=None,
+@click.option("--calib", "calib_dir", type=click.Path(), default=None,
               help="Folder of calibration pictures (preprocessed like ImageNet evaluation).")
 @click.option("--calib-random", type=int, default=None, metavar="N",
               help="Calibrate on N seeded random images instead (for a try-out: real pictures give real ranges).")

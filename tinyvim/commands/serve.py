@@ -173,7 +173,7 @@ def serve_bench(http_url, grpc_url, repo, model_name, protocol_text, concurrency
         shape = document["input"]["shape"]
         prof.plot_latency([e for e in document["results"] if "latency_ms" in e], plot_path,
                           title=f"{model_name} {'x'.join(map(str, shape[-2:]))}, batch {batch} per request",
-                          x="concurrency", xlabel="concurrent requests")
+                          x="concurrency", xlabel="concurrent requests", stat="p50")
     failed = sum(e["failed"] for e in document["results"])
     if failed:
         errors = sorted({msg for e in document["results"] for msg in e["errors"]})

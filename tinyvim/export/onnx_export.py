@@ -73,7 +73,7 @@ def read_metadata(model: onnx.ModelProto | str | os.PathLike) -> ExportMetadata 
     """The validated tinyvim metadata of an ONNX model (None when it has none)."""
     source = "ONNX model" if isinstance(model, onnx.ModelProto) else os.fspath(model)
     if not isinstance(model, onnx.ModelProto):
-        model = onnx.load(str(model), load_external_data=False)
+        model = onnx.load(str(model), format="protobuf", load_external_data=False)
     return ExportMetadata.from_props({p.key: p.value for p in model.metadata_props}, source=source)
 
 

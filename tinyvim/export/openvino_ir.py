@@ -10,6 +10,7 @@ itself only ever writes into a private scratch folder, removed on SIGTERM too.
 """
 from __future__ import annotations
 
+import contextlib
 import errno
 import os
 import shutil
@@ -74,8 +75,35 @@ def check_ir_outputs(output: str | os.PathLike, *, json_path: str | os.PathLike 
     will write them, before any work; returns (.xml, .bin)."""
     xml = check_ir_path(output)
     binary = weights_path(xml)
-    check_output_paths({"-o": xml, WEIGHTS_LABEL: binary, "--json": json_path}, inputs=inputs)
+    check_output_paths({"-o": xml, WEIGHTS_LABEL: written_weights_path(xml), "--json": json_path}, inputs=inputs)
     return xml, binary
+
+
+def written_weights_path(xml: str | os.PathLike) -> Path:
+    """Where the .bin of `xml` is written: beside the .xml actually written (a symlinked -o's
+    target), so that the pair at the target reads too; the name OpenVINO reads with the link
+    (weights_path) then becomes a link to it (_link_weights)."""
+    return weights_path(os.path.realpath(xml)) if os.path.islink(xml) else weights_path(xml)
+
+
+def _link_weights(xml: Path, written: Path) -> None:
+    """Make weights_path(xml) lead to `written` when `xml` is a symlink and it does not already:
+    OpenVINO reads link.bin with link.xml, whatever the link points at. The old entry (a file of an
+    earlier export, a link elsewhere) is replaced in one rename by a relative link."""
+    name = weights_path(xml)
+    if os.path.realpath(name) == os.path.realpath(written):
+        return
+    tmp = name.with_name(f".{name.name}.link-{os.getpid()}")
+    try:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+        os.symlink(os.path.relpath(written, name.parent), tmp)
+        os.replace(tmp, name)
+    except OSError as exc:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise TinyvimError(f"wrote {xml} and {written}, but could not point {name} at {written.name} "
+                           f"({exc.strerror or exc}): OpenVINO reads {name.name} with {xml.name}") from None
 
 
 def ir_extension() -> Path:
@@ -127,10 +155,12 @@ def save_ir(onnx_path: str | os.PathLike, output: str | os.PathLike, metadata: E
             raise TinyvimError("internal: OpenVINO wrote different weights for the same model twice")
         # The inner writer (.bin) renames first; a reader between the two renames, or a failed
         # second rename, leaves a pair that check_ir_weights refuses, never one run silently.
+        written = written_weights_path(xml)
         with atomic_output(xml, suffix=IR_SUFFIX) as tmp_xml, \
-                atomic_output(binary, suffix=IR_WEIGHTS_SUFFIX) as tmp_bin:
+                atomic_output(written, suffix=IR_WEIGHTS_SUFFIX) as tmp_bin:
             _move(staged_bin, tmp_bin)
             _move(staged, tmp_xml)
+    _link_weights(xml, written)
     return xml, binary
 
 

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import re
 import warnings
 from pathlib import Path
 
@@ -44,11 +45,24 @@ def read_checkpoint(path: str | os.PathLike, *, ema: bool = False,
             warnings.simplefilter("ignore")
             obj = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # noqa: BLE001 - any unpickling failure means the same thing to a user
-        reason = str(exc).strip().splitlines()[0][:160] if str(exc).strip() else type(exc).__name__
-        raise TinyvimError(f"cannot read checkpoint {path}: not a PyTorch checkpoint, corrupt, or holds "
-                           f"objects that are unsafe to load ({reason})") from None
+        raise TinyvimError(f"cannot read checkpoint {path}: {_load_failure(exc)}") from None
     state = check_state(_unwrap(obj, path, ema), path, allow_nonfinite=allow_nonfinite)
     return {k: (v.float() if v.is_floating_point() else v) for k, v in state.items()}
+
+
+def _load_failure(exc: Exception) -> str:
+    """torch.load's failure in one whole sentence. Its weights-only refusal is a paragraph (ANSI
+    codes, two numbered options, a URL) whose first line was cut mid-sentence; what matters in
+    it is the class it refused."""
+    text = re.sub(r"\x1b\[[0-9;]*m", "", str(exc))
+    refused = re.search(r"Unsupported global: GLOBAL ([\w.]+)", text)
+    if refused:
+        return (f"it holds a pickled {refused.group(1)} object, which is unsafe to load (tinyvim loads weights "
+                "only): re-save just the state dict, torch.save(model.state_dict(), PATH), where the file is trusted")
+    first = text.strip().splitlines()[0] if text.strip() else type(exc).__name__
+    if len(first) > 160:
+        first = first[:157].rsplit(" ", 1)[0] + "..."
+    return f"not a PyTorch checkpoint, or corrupt ({first})"
 
 
 def _unwrap(obj, path: Path, ema: bool) -> dict:

@@ -77,12 +77,12 @@ def endpoint_address(url: str, protocol: str) -> str:
         if name != protocol:
             raise TinyvimError(f"{what} {url}: expected {protocol}://host:port or host:port")
         text = text[scheme.end():].rstrip("/")
-    parts = urllib.parse.urlsplit("//" + text)
     try:
+        parts = urllib.parse.urlsplit("//" + text)
         port = parts.port
-    except ValueError:
-        port = None
-    if not parts.hostname or port is None or not 1 <= port <= 65535 or parts.path or parts.query or parts.fragment \
+    except ValueError:      # 'http://[::1' (Invalid IPv6 URL), a port that is not a number
+        parts, port = None, None
+    if parts is None or not parts.hostname or port is None or not 1 <= port <= 65535 or parts.path or parts.query or parts.fragment \
             or parts.username is not None:
         raise TinyvimError(f"{what} {url!r} is not host:port: give e.g. 127.0.0.1:8000 or {protocol}://127.0.0.1:8000 "
                            "([::1]:8000 for IPv6)")
@@ -152,8 +152,14 @@ def describe_model(http_url: str, model: str) -> ModelEndpoint:
 def server_statistics(http_url: str, model: str) -> dict:
     """The cumulative statistics entry of `model` (GET /v2/models/<model>/stats)."""
     client = _http_client(http_url)
+    from tritonclient.utils import InferenceServerException
     try:
         stats = client.get_inference_statistics(model)["model_stats"]
+    except InferenceServerException as exc:
+        raise TinyvimError(f"Triton server at {http_url}: {exc.message()}") from None
+    except (ConnectionError, OSError) as exc:   # it answered describe_model, then went away
+        raise TinyvimError(f"the Triton server at {http_url} stopped answering during the run ({exc}): "
+                           "see its log, then run serve-bench again") from None
     finally:
         client.close()
     return stats[0] if stats else {}
@@ -419,6 +425,30 @@ def throughput_ratios(entries: list[dict], target: str, reference: str = "ort-in
 SCHEMA_VERSION = 1
 
 
+def check_bench_settings(*, protocols=("http",), concurrencies=(1, 4, 8), duration_s: float = 10.0,
+                         warmup_s: float = 2.0, batch: int = 1, slices: int = 1, threads: int | None = None,
+                         seed: int = 0, **_ignored) -> list[str]:
+    """Every serve-bench number and name, before any request and before `--repo` starts a
+    server (a NaN duration would never end, a huge one never report). Returns the protocols,
+    duplicates dropped."""
+    protocols = list(dict.fromkeys(protocols))
+    unknown = [p for p in protocols if p not in ("http", "grpc")]
+    if unknown or not protocols:
+        raise TinyvimError(f"--protocol {','.join(protocols) or '(none)'}: choose http, grpc or http,grpc")
+    check_positive_float(duration_s, "--duration", MAX_DURATION_S)
+    if warmup_s != 0:
+        check_positive_float(warmup_s, "--warmup", MAX_DURATION_S)
+    check_batch(batch)
+    check_threads(threads)
+    check_seed(seed)
+    for c in concurrencies:
+        check_count(c, "--concurrency", maximum=MAX_CONCURRENCY)
+    if not 1 <= slices <= 100 or duration_s / slices < 0.2:
+        raise TinyvimError(f"--slices must be 1..100 and leave at least 0.2 s per window, got {slices} for "
+                           f"{duration_s:g} s")
+    return protocols
+
+
 def run_serve_bench(http_url: str, model: str, *, protocols=("http",), grpc_url: str | None = None,
                     concurrencies=(1, 4, 8), duration_s: float = 10.0, warmup_s: float = 2.0, batch: int = 1,
                     slices: int = 1, compare_onnx: str | None = None, threads: int | None = None, seed: int = 0,
@@ -430,24 +460,10 @@ def run_serve_bench(http_url: str, model: str, *, protocols=("http",), grpc_url:
     target alike; `warmup_s` of unmeasured requests precede each window. Returns the JSON
     document: settings, environment, one entry per (backend, concurrency) and the throughput
     ratios server / in-process."""
-    protocols = list(dict.fromkeys(protocols))
-    unknown = [p for p in protocols if p not in ("http", "grpc")]
-    if unknown or not protocols:
-        raise TinyvimError(f"--protocol {','.join(protocols) or '(none)'}: choose http, grpc or http,grpc")
-    # every number before any request: a NaN duration would never end, a huge one never report
-    check_positive_float(duration_s, "--duration", MAX_DURATION_S)
-    if warmup_s != 0:
-        check_positive_float(warmup_s, "--warmup", MAX_DURATION_S)
-    check_batch(batch)
-    check_threads(threads)
-    check_seed(seed)
-    for c in concurrencies:
-        check_count(c, "--concurrency", maximum=MAX_CONCURRENCY)
+    protocols = check_bench_settings(protocols=protocols, concurrencies=concurrencies, duration_s=duration_s,
+                                     warmup_s=warmup_s, batch=batch, slices=slices, threads=threads, seed=seed)
     if "grpc" in protocols and not grpc_url:
         raise TinyvimError("--protocol grpc needs --grpc-url host:port")
-    if not 1 <= slices <= 100 or duration_s / slices < 0.2:
-        raise TinyvimError(f"--slices must be 1..100 and leave at least 0.2 s per window, got {slices} for "
-                           f"{duration_s:g} s")
     concurrencies = list(dict.fromkeys(concurrencies))
     http_url = endpoint_address(http_url, "http")
     if "grpc" in protocols:
@@ -489,6 +505,7 @@ def bench_repository(repo: str | os.PathLike, model: str, *, server_path: str | 
                      timeout_s: float = 120.0, log: Callable[[str], None] = print, **bench) -> dict:
     """`serve-bench --repo`: run_serve_bench against a tritonserver started on `repo` for the
     run (loopback, free ports) and stopped after it - also on an error, Ctrl-C or SIGTERM."""
+    check_bench_settings(**bench)     # a bad number is said before a server is started for it
     server = TritonServer(repo, install=find_triton(server_path), ports={"http": 0, "grpc": 0, "metrics": 0})
     log(f"starting tritonserver on {repo}...")
     with unwind_on_termination():

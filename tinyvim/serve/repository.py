@@ -112,7 +112,7 @@ class RepositoryResult:
 def onnx_signature(path: str | os.PathLike) -> ModelSignature:
     """Inputs/outputs of an ONNX file with their Triton dtypes and full dims (batch first)."""
     try:
-        proto = onnx.load(os.fspath(path), load_external_data=False)
+        proto = onnx.load(os.fspath(path), format="protobuf", load_external_data=False)
     except Exception as exc:  # noqa: BLE001 - protobuf's decode errors have no common public base
         raise TinyvimError(f"{path} is not a readable ONNX model ({type(exc).__name__}: {exc})") from None
     initializers = {i.name for i in proto.graph.initializer}
@@ -396,6 +396,12 @@ def write_repository(repo: str | os.PathLike, settings: TritonSettings, *, onnx:
 
 
 def _check_destination(repo: Path, model_name: str) -> None:
+    try:
+        os.stat(repo)
+    except FileNotFoundError:
+        pass
+    except OSError as exc:   # ELOOP (a symlink loop), EACCES, ...: pathlib would raise RuntimeError later
+        raise TinyvimError(f"cannot write the repository {repo}: {exc.strerror or exc} (choose another -o)") from None
     if repo.exists() and not repo.is_dir():
         raise TinyvimError(f"{repo} is a file: a Triton model repository is a folder; choose another -o")
     final = repo / model_name

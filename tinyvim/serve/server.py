@@ -19,6 +19,9 @@ What running the wheel's server takes (checked on this project's Debian 12 / Pyt
 
 The server runs in its own session (process group): stopping it sends SIGTERM to its PID,
 waits for Triton's graceful exit, then SIGKILLs whatever of its group is left (the stubs).
+Its own session also shields it from the terminal's Ctrl-C, so a tinyvim that dies without
+stopping it (SIGKILL, OOM killer, a crash) must not leave it running with PPID 1: on Linux the
+kernel SIGKILLs it when tinyvim ends (PR_SET_PDEATHSIG, set in the child before exec).
 
 It loads the repository's model folders by name (explicit model control): Triton would
 otherwise take every folder in the repository for a model, hidden ones too (a staging folder
@@ -27,6 +30,7 @@ of an interrupted `export --fmt triton`, an editor's or notebook's leftovers) an
 from __future__ import annotations
 
 import atexit
+import ctypes
 import importlib.util
 import ipaddress
 import json
@@ -312,7 +316,8 @@ class TritonServer:
             self._log_file = _open_log(log_path)
             self.process = subprocess.Popen(self.command(backends), env=server_environment(self.install),
                                             stdin=subprocess.DEVNULL, stdout=self._log_file,
-                                            stderr=subprocess.STDOUT, start_new_session=True)
+                                            stderr=subprocess.STDOUT, start_new_session=True,
+                                            preexec_fn=die_with_parent())
             atexit.register(self.stop)
             self._wait_ready(timeout_s, log_path)
         except BaseException:
@@ -422,6 +427,29 @@ def serve_until_stopped(server: TritonServer, timeout_s: float, *,
         finally:
             code = server.stop()
     return code
+
+
+#: linux/prctl.h
+_PR_SET_PDEATHSIG = 1
+
+
+def die_with_parent() -> Callable[[], None] | None:
+    """A preexec_fn making the child receive SIGKILL when this process ends, however it ends
+    (None where prctl is not available: not Linux). It also ends the child at once if this
+    process died between fork and the prctl (the child was already re-parented)."""
+    if not sys.platform.startswith("linux"):
+        return None
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)      # loaded here: the child only calls it
+        prctl = libc.prctl
+    except (OSError, AttributeError):
+        return None
+    parent = os.getpid()
+
+    def preexec() -> None:
+        if prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0) != 0 or os.getppid() != parent:
+            os._exit(1)
+    return preexec
 
 
 def _open_log(path: Path):

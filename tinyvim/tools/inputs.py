@@ -42,6 +42,8 @@ def _quiet_pil() -> Iterator[None]:
 
 
 def check_crop_pct(crop_pct: float) -> float:
+    """The one --crop-pct check: every command that preprocesses pictures (validate, quantize's
+    calibration) calls it before any work, and preprocess_image again so no caller can skip it."""
     if not (isinstance(crop_pct, (int, float)) and MIN_CROP_PCT <= crop_pct <= 1.0):
         raise TinyvimError(f"--crop-pct {crop_pct}: use a fraction in [{MIN_CROP_PCT}, 1] (0.875 is the ImageNet "
                            "evaluation's resize-256-crop-224)")
@@ -99,6 +101,7 @@ def preprocess_image(path: str | os.PathLike, size: tuple[int, int], crop_pct: f
     side is resized to floor(max(H, W) / crop_pct), keeping the aspect ratio, then the centre H x W is cropped.
     Memory is bounded: the picture by MAX_DECODED_PIXELS, the resized intermediate by
     MAX_RESIZED_PIXELS (beyond it the crop's source region is resampled directly)."""
+    check_crop_pct(crop_pct)
     with _quiet_pil(), Image.open(path) as im:
         _check_pixels(path, im.size, flag)
         im = im.convert("RGB")
@@ -131,7 +134,8 @@ def list_images(folder: str | os.PathLike, batch: int, limit: int | None = None,
     the command's option (`flag`: validate's --images, quantize's --calib)."""
     folder = Path(folder)
     if not folder.is_dir():
-        raise TinyvimError(f"{flag} {folder}: not a folder")
+        what = "no such folder" if not folder.exists() else "a file, not a folder" if folder.is_file() else "not a folder"
+        raise TinyvimError(f"{flag} {folder}: {what} (pass the folder that holds the pictures)")
     files = sorted(p for p in folder.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file())
     if limit:
         files = files[: limit * batch]

@@ -274,7 +274,7 @@ def run_per_block(info: ModelInfo, config, *, backend, batch: np.ndarray, tolera
     source = per_block_source(info)
     log("per-block comparison on the first batch...")
     model = models.build_model(config.model)
-    proto = onnx.load(source)
+    proto = onnx.load(source, format="protobuf")
     taps = taps_for(model, proto.graph, list(info.output_names))
     # SIGTERM/SIGHUP unwind like Ctrl-C, so the temporary folder goes too
     with unwind_on_termination(), tempfile.TemporaryDirectory(prefix="tinyvim-per-block-") as tmp:

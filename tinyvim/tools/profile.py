@@ -28,6 +28,7 @@ from tinyvim.backends.registry import (
 from tinyvim.contract import (
     DEFAULT_IMG_SIZE,
     DEFAULT_VARIANT,
+    FILE_KIND_NAMES,
     MAX_DURATION_S,
     InputSpec,
     ModelOverrides,
@@ -45,6 +46,7 @@ from tinyvim.export import export_onnx
 from tinyvim.interrupt import unwind_on_termination
 from tinyvim.lazy import import_optional, lazy_import
 from tinyvim.tools.environment import cpu_model, default_threads, environment  # noqa: F401  (re-exported)
+from tinyvim.tools.noise import NoiseMonitor, relative_spread
 from tinyvim.tools.reference import random_weights_note, resolve_checkpoint
 from tinyvim.utils import atomic_output, check_output_path
 
@@ -126,7 +128,7 @@ def profile_backends(factories: dict[str, Callable[[], BaseRunner]], batches: li
                 times, phases = time_runner(runner, feed, warmup=warmup, iters=iters, duration=duration)
                 stats = latency_stats(times)
                 entries.append({"backend": name, "batch": b, "latency_ms": stats,
-                                "throughput": throughput(b, stats["mean"]),
+                                "throughput": throughput(b, stats["mean"]), "spread": relative_spread(times),
                                 "phases_ms": {k: v * 1e3 for k, v in phases.items()}})
                 log(f"[{done}/{total}] {name} batch {b}: {stats['mean']:.2f} ms mean, "
                     f"{entries[-1]['throughput']:.1f} img/s")
@@ -157,29 +159,56 @@ def check_plot_output(path: str) -> None:
     _matplotlib_pyplot()
 
 
-def plot_latency(entries: list[dict], path: str, title: str = "", x: str = "batch", xlabel: str = "batch size") -> None:
-    """Mean latency vs batch size (or another key `x` of the entries, e.g. concurrency), one line
-    per backend, shaded up to p90; writes the picture (PNG, SVG or PDF by the suffix) atomically."""
-    check_output_path(path, suffixes=PLOT_FORMATS, what="--plot")
+def latency_figure(entries: list[dict], title: str = "", x: str = "batch", xlabel: str = "batch size",
+                   stat: str = "mean"):
+    """The matplotlib figure plot_latency writes: latency `stat` ('mean' or 'p50': what the table
+    beside it shows) vs batch size (or another key `x` of the entries, e.g. concurrency), one line
+    per backend, shaded up to p90. The x axis is log 2 with the measured values as its labels
+    (1, 8, 32 - not 2^0, 2^3, 2^5)."""
     plt = _matplotlib_pyplot()
+    ticker = import_optional("matplotlib.ticker", what="matplotlib (for --plot)")
     fig, ax = plt.subplots(figsize=(6, 4))
+    measured = set()
     for backend in dict.fromkeys(e["backend"] for e in entries):
-        pts = [(e[x], e["latency_ms"]["mean"], e["latency_ms"]["p90"])
+        pts = [(e[x], e["latency_ms"][stat], e["latency_ms"]["p90"])
                for e in entries if e["backend"] == backend and "latency_ms" in e]
         if not pts:
             continue
-        xs, means, p90 = zip(*pts)
-        ax.plot(xs, means, marker="o", label=backend)
-        ax.fill_between(xs, means, p90, alpha=0.15)
+        xs, values, p90 = zip(*pts)
+        measured.update(xs)
+        ax.plot(xs, values, marker="o", label=backend)
+        ax.fill_between(xs, values, p90, alpha=0.15)
     ax.set_xlabel(xlabel)
-    ax.set_ylabel("latency per call (ms, mean; band to p90)")
+    ax.set_ylabel(f"latency per call (ms, {stat}; band to p90)")
     ax.set_xscale("log", base=2)
+    ax.xaxis.set_major_locator(ticker.FixedLocator(sorted(measured)))
+    ax.xaxis.set_major_formatter(ticker.FuncFormatter(lambda v, _pos: f"{v:g}"))
+    ax.xaxis.set_minor_locator(ticker.NullLocator())
     ax.set_yscale("log")
     ax.grid(True, which="both", alpha=0.3)
     ax.legend()
     if title:
-        ax.set_title(title)
+        ax.set_title(title, fontsize=10)
     fig.tight_layout()
+    return fig
+
+
+def profile_title(document: dict) -> str:
+    """'TinyViM-S 224x224, int8 (s.int8.onnx), 2 threads': the model, what it computes in and
+    which files were timed - a picture read alone says what it shows."""
+    size = document["img_size"]
+    models = document.get("models") or []
+    files = ", ".join(f"{m['precision']} ({os.path.basename(m['path'])})" for m in models) or "fp32, exported on the fly"
+    return (f"TinyViM-{document['variant'].upper()} {size[0]}x{size[1]}, {files}, "
+            f"{document['settings']['threads']} threads")
+
+
+def plot_latency(entries: list[dict], path: str, title: str = "", x: str = "batch", xlabel: str = "batch size",
+                 stat: str = "mean") -> None:
+    """latency_figure written to `path` (PNG, SVG or PDF by the suffix), atomically."""
+    check_output_path(path, suffixes=PLOT_FORMATS, what="--plot")
+    plt = _matplotlib_pyplot()
+    fig = latency_figure(entries, title, x, xlabel, stat)
     try:
         with atomic_output(path) as tmp:
             fig.savefig(tmp, dpi=120, format=os.path.splitext(os.fspath(path))[1][1:].lower())
@@ -246,6 +275,9 @@ def run_profile(backends, *, models: Sequence[str] = (), model: ModelOverrides =
             raise TinyvimError(f"two --model files of kind {info.kind} ({by_kind[info.kind].path}, {info.path}): "
                                "give one per kind")
         by_kind[info.kind] = info
+    for backend in selected:   # before any note or export: the file it needs was not given
+        if backend.runs_files and not backend.exports_onnx and not any(k in by_kind for k in backend.model_kinds):
+            raise TinyvimError(missing_model_message(backend, list(by_kind.values())))
     known = next(iter(by_kind.values()), None)
     meta = known.metadata if known else None
     if model.variant is not None and meta is not None and model.variant != meta.variant:
@@ -285,8 +317,7 @@ def run_profile(backends, *, models: Sequence[str] = (), model: ModelOverrides =
             info = next((by_kind[k] for k in backend.model_kinds if k in by_kind), None)
             if backend.runs_files and info is None:
                 if not backend.exports_onnx:
-                    raise TinyvimError(f"--backend {backend.name} needs --model "
-                                       f"{' or '.join(k.upper() for k in backend.model_kinds)}{backend_hint(backend)}")
+                    raise TinyvimError(missing_model_message(backend, list(by_kind.values())))
                 info = by_kind["onnx"] = _export_for_profile(Path(tmp) / "tinyvim.onnx", spec, size, log)
             files[backend.name] = info
         request = functools.partial(RunnerRequest, spec=spec, timed=True, threads=threads, options=options, log=log)
@@ -303,15 +334,27 @@ def run_profile(backends, *, models: Sequence[str] = (), model: ModelOverrides =
         env = environment(threads)
         log(f"profiling TinyViM-{variant.upper()} {format_size(size)} on {', '.join(factories)}, batch "
             f"{', '.join(map(str, batches))}, {threads} thread(s)")
-        entries = profile_backends(factories, list(batches), size, warmup=timing.warmup,
-                                   iters=None if timing.duration else timing.iters, duration=timing.duration,
-                                   seed=input_seed, log=log, batch_ok=batch_ok)
+        with NoiseMonitor(threads) as monitor:
+            entries = profile_backends(factories, list(batches), size, warmup=timing.warmup,
+                                       iters=None if timing.duration else timing.iters, duration=timing.duration,
+                                       seed=input_seed, log=log, batch_ok=batch_ok)
+        noise = monitor.report({f"{e['backend']} batch {e['batch']}": e["spread"] for e in entries if "spread" in e})
     return {"schema_version": SCHEMA_VERSION, "variant": variant, "img_size": list(size), "checkpoint": checkpoint,
-            "environment": env, "settings": {"warmup": timing.warmup,
+            "models": [{"path": i.path, "kind": i.kind, "precision": i.precision} for i in by_kind.values()],
+            "noise": noise.to_dict(), "environment": env, "settings": {"warmup": timing.warmup,
                                              "iters": None if timing.duration else timing.iters,
                                              "duration_s": timing.duration, "threads": threads, "seed": input_seed,
                                              "options": {k: v for k, v in options.items() if v is not None}},
             "results": entries}
+
+
+def missing_model_message(backend: Backend, given: list[ModelInfo]) -> str:
+    """--backend X without a --model of a kind X runs: what was given, if anything, and how to get one."""
+    what = backend.kinds_named()
+    if given:
+        named = ", ".join(f"{i.path} ({FILE_KIND_NAMES.get(i.kind, i.kind)})" for i in given)
+        return f"--backend {backend.name} runs {what}, and --model gave {named}{backend_hint(backend)}"
+    return f"--backend {backend.name} needs --model with {what}{backend_hint(backend)}"
 
 
 def backend_hint(backend: Backend) -> str:

@@ -43,7 +43,6 @@ import contextlib
 import inspect
 import logging
 import os
-import tempfile
 import time
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -75,6 +74,7 @@ from tinyvim.contract import (
 )
 from tinyvim.errors import TinyvimError
 from tinyvim.export.onnx_export import op_counts
+from tinyvim.interrupt import unwind_on_termination
 from tinyvim.lazy import import_optional, lazy_import
 from tinyvim.tools.inputs import (
     DEFAULT_CROP_PCT,
@@ -83,7 +83,7 @@ from tinyvim.tools.inputs import (
     iter_random_batches,
     list_images,
 )
-from tinyvim.utils import atomic_output, check_output_paths, file_sha256
+from tinyvim.utils import atomic_output, check_output_paths, file_sha256, scratch_directory, temporaries_in
 
 np = lazy_import("numpy")
 onnx = lazy_import("onnx")
@@ -399,7 +399,8 @@ def _ort_quantize(model: onnx.ModelProto, nodes: list[str], ranges: dict[str, tu
         "OpTypesToExcludeOutputQuantization": list(QUANTIZED_OP_TYPES),
         "QDQOpTypePerChannelSupportToAxis": {"MatMul": 1},     # weight (K, N): one scale per output column
     }
-    with tempfile.TemporaryDirectory(prefix="tinyvim-quantize-") as tmp:
+    # our scratch folder (removed on SIGTERM/SIGHUP as on Ctrl-C) also holds ORT's own ort.quant.* folders
+    with unwind_on_termination(), scratch_directory("tinyvim-quantize-") as tmp, temporaries_in(tmp):
         cache = Path(tmp) / "ranges.json"
         save_tensors_data(data, cache)
         out = Path(tmp) / "qdq.onnx"
@@ -414,7 +415,7 @@ def _ort_quantize(model: onnx.ModelProto, nodes: list[str], ranges: dict[str, tu
             except Exception as exc:  # noqa: BLE001 - the quantizer raises many types; all mean "it failed"
                 first = str(exc).strip().splitlines()[0][:300] if str(exc).strip() else type(exc).__name__
                 raise TinyvimError(f"ONNX Runtime's quantizer failed: {first}") from exc
-        qdq = onnx.load(os.fspath(out))
+        qdq = onnx.load(os.fspath(out), format="protobuf")
     fp32_readers_back(qdq, nodes)
     return qdq
 
@@ -589,7 +590,7 @@ def quantize_onnx(model: str | os.PathLike, output: str | os.PathLike, calibrati
     if dtype == "fp8" and reduce_range:
         raise TinyvimError("--reduce-range is for int8 weights on CPUs without VNNI; fp8 has no such mode")
     percentile, method = calibration.percentile, calibration.method_name
-    proto = onnx.load(os.fspath(model))
+    proto = onnx.load(os.fspath(model), format="protobuf")
     if any(n.op_type in _QDQ for n in proto.graph.node):
         raise TinyvimError(f"{model} already has QuantizeLinear/DequantizeLinear nodes: quantize the fp32 export")
     opset = next((o.version for o in proto.opset_import if o.domain in ("", "ai.onnx")), 0)

@@ -85,6 +85,7 @@ from tinyvim.tools.reference import (
     resolve_reference,
 )
 from tinyvim.lazy import lazy_import
+from tinyvim.utils import plural
 
 np = lazy_import("numpy")
 
@@ -114,15 +115,35 @@ class ValidationResult:
         return self.comparison.passed
 
 
+#: images x pixels one inference call of validate may hold (32 images at 224x224, 392 at 64x64):
+#: activations grow with batch x H x W (`--batch 4096` at 64x64 peaked at 6 GB unchunked), so a
+#: larger batch is run in chunks of this many pixels; results are the same (streamed comparison)
+CHUNK_PIXELS = 32 * 224 * 224
+#: a batch slower than this gets a progress line (per-batch images/s on stderr)
+PROGRESS_AFTER_S = 2.0
+
+
+def chunk_images(img_size: tuple[int, int], chunk_pixels: int = CHUNK_PIXELS) -> int:
+    """Images per inference call for pictures of `img_size` under `chunk_pixels` (at least 1)."""
+    return max(1, chunk_pixels // (img_size[0] * img_size[1]))
+
+
 def validate_runner(target: BaseRunner, reference: BaseRunner, batches: Iterable[np.ndarray],
-                    tolerance: Tolerance) -> ValidationResult:
+                    tolerance: Tolerance, *, chunk: int | None = None, chunk_target: bool = True,
+                    total: int | None = None, log: Callable[[str], None] | None = None) -> ValidationResult:
     """Compare `target` with `reference` on the same batches (B, 3, H, W), one batch at a time:
     both runners are active together, each batch goes through both and into a streaming
     comparison, and is then dropped - memory does not grow with the number of batches
-    (`batches` may be a generator). Runners already active stay active (the caller's)."""
+    (`batches` may be a generator). Runners already active stay active (the caller's).
+
+    chunk: at most this many images per inference call (peak memory is set by it, not by B);
+    the target gets the whole batch when it cannot take a smaller one (chunk_target=False: a
+    fixed-batch file). log: a progress line per batch (images/s of each side) once the run
+    is slow enough to need one; `total` batches, if known, is said in it."""
     accumulator = ComparisonAccumulator(tolerance)
     seconds = {"reference": 0.0, "backend": 0.0}
-    count = 0
+    count = images = 0
+    began = time.perf_counter()
     with contextlib.ExitStack() as stack:
         for key, runner in (("backend", target), ("reference", reference)):
             if not runner.is_active:
@@ -130,14 +151,30 @@ def validate_runner(target: BaseRunner, reference: BaseRunner, batches: Iterable
                 stack.enter_context(runner)
                 seconds[key] += time.perf_counter() - start
         for batch in batches:
-            start = time.perf_counter()
-            out = target.infer({INPUT_NAME: batch})
-            mid = time.perf_counter()
-            ref = reference.infer({INPUT_NAME: batch})
-            seconds["backend"] += mid - start
-            seconds["reference"] += time.perf_counter() - mid
-            accumulator.update(ref, out)
+            n = batch.shape[0]
+            step = min(n, chunk) if chunk else n
+            whole = None
+            if step < n and not chunk_target:
+                start = time.perf_counter()
+                whole = target.infer({INPUT_NAME: batch})
+                seconds["backend"] += time.perf_counter() - start
+            spent = dict(seconds)
+            for lo in range(0, n, step):
+                part = batch[lo:lo + step]
+                start = time.perf_counter()
+                out = ({k: v[lo:lo + step] for k, v in whole.items()} if whole is not None
+                       else target.infer({INPUT_NAME: part}))
+                mid = time.perf_counter()
+                ref = reference.infer({INPUT_NAME: part})
+                seconds["backend"] += mid - start
+                seconds["reference"] += time.perf_counter() - mid
+                accumulator.update(ref, out)
             count += 1
+            images += n
+            if log is not None and time.perf_counter() - began > PROGRESS_AFTER_S:
+                rates = ", ".join(f"{key} {n / max(seconds[key] - spent[key], 1e-9):.1f} images/s"
+                                  for key in ("reference", "backend"))
+                log(f"  batch {count}{f'/{total}' if total else ''} ({plural(images, 'image')}): {rates}")
     if not count:
         raise TinyvimError("no inputs to validate with")
     return ValidationResult(accumulator.result(), {k: round(v, 3) for k, v in seconds.items()})
@@ -185,7 +222,7 @@ def format_table(report: dict) -> str:
     n = report["inputs"]["num_batches"] * report["inputs"]["batch"]
     verdict = "PASSED" if report["passed"] else "FAILED"
     lines.append(f"{verdict}: {report['backend']['name']} vs PyTorch reference (TinyViM-"
-                 f"{report['reference']['variant'].upper()}, {n} images, {tol['precision']} tolerance "
+                 f"{report['reference']['variant'].upper()}, {plural(n, 'image')}, {tol['precision']} tolerance "
                  f"atol={tol['atol']:g} rtol={tol['rtol']:g}"
                  + (f" cosine>={tol['min_cosine']:g}" if tol.get("min_cosine") is not None else "")
                  + (f" top5>={tol['min_top5']:g}" if tol.get("min_top5") is not None else "") + ")")
@@ -266,8 +303,11 @@ def validate_model(model: str | os.PathLike, *, backend: str | None = None, opti
         raise TinyvimError(str(exc)) from None
     torch_reference = get_backend("torch").runner(RunnerRequest(spec=config.model, threads=threads, log=log))
     log(f"validating {info.path} ({target_backend.name}) against TinyViM-{config.model.variant.upper()} "
-        f"{format_size(size)} on {fed['num_batches']} batch(es) of {batch}...")
-    result = validate_runner(target, torch_reference, make_batches(), tolerance)
+        f"{format_size(size)} on {plural(fed['num_batches'], 'batch')} of {batch}...")
+    chunk = chunk_images(size)
+    result = validate_runner(target, torch_reference, make_batches(), tolerance, chunk=chunk,
+                             chunk_target=info.batch_problem(min(chunk, batch)) is None,
+                             total=fed["num_batches"], log=log)
     report = make_report(result, info=info, config=config, backend=target_backend.name,
                          providers=target.providers, inputs=fed, precision=precision,
                          warnings=warnings, options=options)

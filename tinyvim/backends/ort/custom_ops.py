@@ -118,7 +118,7 @@ def plugin_session(model: onnx.ModelProto | str | os.PathLike, sess_options=None
     get_library_path = import_ort_extensions().get_library_path
     _register()
     if not isinstance(model, onnx.ModelProto):
-        model = onnx.load(str(model))
+        model = onnx.load(str(model), format="protobuf")
     so = sess_options or ort.SessionOptions()
     so.register_custom_ops_library(get_library_path())
     return ort.InferenceSession(to_contrib_domain(model, route).SerializeToString(), so,

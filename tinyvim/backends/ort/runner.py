@@ -68,7 +68,7 @@ class OrtRunner(BaseRunner):
             return self.scan == PLUGIN_SCAN
         try:
             proto = (onnx.load_from_string(self.model) if isinstance(self.model, bytes)
-                     else onnx.load(os.fspath(self.model), load_external_data=False))
+                     else onnx.load(os.fspath(self.model), format="protobuf", load_external_data=False))
         except Exception:  # let ORT report unreadable files in its own words
             return False
         return has_plugin_nodes(proto.graph)

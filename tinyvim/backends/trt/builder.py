@@ -447,7 +447,7 @@ def build_engine(onnx_path: str | os.PathLike, output: str | os.PathLike | None 
         try:
             network = poly.NetworkFromOnnxPath(os.fspath(onnx_path), strongly_typed=policy.strongly_typed)
             if policy.pin_fp32:
-                fp32_nodes = fp32_node_names(onnx.load(os.fspath(onnx_path), load_external_data=False).graph)
+                fp32_nodes = fp32_node_names(onnx.load(os.fspath(onnx_path), format="protobuf", load_external_data=False).graph)
                 network = poly.PostprocessNetwork(
                     network, lambda network: pinned.extend(pin_fp32_layers(trt, network, fp32_nodes)),
                     name="tinyvim: pin scan, softplus and normalisation to fp32")
