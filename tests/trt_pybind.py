@@ -154,9 +154,17 @@ def python_api(root: Path) -> dict[str, set[str]]:
 
 # --------------------------------------------------------------------- what our code uses
 def _annotation_class(node) -> str | None:
-    """'trt.ICudaEngine' (a string annotation) -> 'ICudaEngine'."""
-    if isinstance(node, ast.Constant) and isinstance(node.value, str) and node.value.startswith("trt."):
-        return node.value.split(".", 1)[1]
+    """`trt.ICudaEngine` -> 'ICudaEngine', written as a string or, under `from __future__ import
+    annotations` (ruff's UP037 unquotes them), as the bare expression; `trt.X | None` too."""
+    if isinstance(node, ast.Constant) and isinstance(node.value, str):
+        try:
+            node = ast.parse(node.value, mode="eval").body
+        except SyntaxError:
+            return None
+    if isinstance(node, ast.BinOp) and isinstance(node.op, ast.BitOr):
+        return _annotation_class(node.left) or _annotation_class(node.right)
+    if isinstance(node, ast.Attribute) and isinstance(node.value, ast.Name) and node.value.id == "trt":
+        return node.attr
     return None
 
 
