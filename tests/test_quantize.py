@@ -296,7 +296,7 @@ def test_bad_input_is_one_error_line(tinyvim_onnx, int8_onnx, tmp_path):
          "-o", str(tmp_path / "g.onnx")): "--percentile: a percentile must be at least 90 and below 100",
         (str(tinyvim_onnx), "--calib-random", "2", "--calib-method", "percentile", "--percentile", "nan",
          "-o", str(tmp_path / "h.onnx")): "--percentile: a percentile must be",
-        (str(tinyvim_onnx), "--calib-random", "2", "--calib-method", "entropy", "-o", str(tmp_path / "i.onnx")):
+        (str(tinyvim_onnx), "--calib-random", "2", "--calib-method", "kl-div", "-o", str(tmp_path / "i.onnx")):
             "invalid value for '--calib-method'",
     }
     for args, message in cases.items():
@@ -376,11 +376,14 @@ def test_quantization_metadata_is_typed_and_checked():
                 "scheme=int8;weight_bits=8;calibration=images;samples=1;seed=;method=percentile-100;source_sha256=",
                 "scheme=int8;weight_bits=8;calibration=images;samples=1;seed=;method=percentile-5;source_sha256=",
                 "scheme=int8;weight_bits=8;calibration=images;samples=1;seed=;method=percentile;source_sha256=",
-                "scheme=int8;weight_bits=8;calibration=images;samples=1;seed=;method=entropy;source_sha256="):
+                "scheme=int8;weight_bits=8;calibration=images;samples=1;seed=;method=kl-div;source_sha256=",
+                "scheme=int8;weight_bits=8;calibration=images;samples=1;seed=;method=entropy-2;source_sha256="):
         with pytest.raises(ValueError):
             QuantizationInfo.from_text(bad)
     pct = replace(info, method="percentile-99.9")
     assert QuantizationInfo.from_text(pct.to_text()) == pct
+    entropy = replace(info, method="entropy")          # KL calibration (issue 22) is a method now
+    assert QuantizationInfo.from_text(entropy.to_text()) == entropy
     props = ExportMetadata("s", precision="int8", quantization=info).to_props()
     assert ExportMetadata.from_props(props, source="t").quantization == info
     del props["quantization"]

@@ -128,7 +128,7 @@ def test_a_file_of_the_wrong_kind_is_named_in_words():
                      output_names=["logits"])
     with pytest.raises(TinyvimError) as exc:
         check_model(get_backend("ort"), info)
-    assert "backend ort runs an ONNX model, and m.xml is an OpenVINO IR: use --backend ov" in str(exc.value)
+    assert "backend ort runs an ONNX model or an ORT-format model, and m.xml is an OpenVINO IR: use --backend ov" in str(exc.value)
 
 
 def test_counts_agree_with_their_noun():
