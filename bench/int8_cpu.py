@@ -120,8 +120,8 @@ def main():
         if args.plugin:
             plugin = export_onnx(tmp / "s-plugin.onnx", ModelSpec("s"), InputSpec(batch=None), scan="plugin",
                                  network=model).path
-            plugin_int8 = quantize_onnx(plugin, tmp / "s-plugin.int8.onnx", calib_random=args.calib_random,
-                                        reduce_range=cpu_bits == 7, threads=args.threads).path
+            plugin_int8 = quantize_onnx(plugin, tmp / "s-plugin.int8.onnx",
+                                        CalibrationRequest(calib_random=args.calib_random), reduce_range=cpu_bits == 7, threads=args.threads).path
             scans = scan_outputs(plugin)
         timed = {"torch": TorchRunner(model, scan="sequential", threads=args.threads),
                  "ort fp32": OrtRunner(fp32, threads=args.threads, name="ort fp32"),
