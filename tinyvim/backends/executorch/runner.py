@@ -40,13 +40,16 @@ class ExecutorchRunner(BaseRunner):
         self._saved_threads: int | None = None
 
     def activate_impl(self) -> None:
-        self._method = load_program(self.path).load_method("forward")
         # XNNPACK runs on ExecuTorch's own threadpool (sized from the CPU count), not torch's: its
-        # size is set through the pybindings' reset call, the one the Python runtime offers
+        # size is set through the pybindings' reset call, the one the Python runtime offers. The
+        # reset frees the old pool and a loaded method's XNNPACK delegate keeps a pointer to the
+        # pool it was loaded with: reset first, then load (the other order aborts the process in
+        # glibc's mutex code on the first run after the reset).
         if self.threads:
             pool = import_optional("executorch.extension.pybindings.portable_lib")
             self._saved_threads = pool._threadpool_get_thread_count()
             pool._unsafe_reset_threadpool(int(self.threads))
+        self._method = load_program(self.path).load_method("forward")
 
     def deactivate_impl(self) -> None:
         self._method = None
