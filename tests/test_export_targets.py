@@ -182,6 +182,20 @@ def test_executorch_pte_validates_through_its_runtime(tmp_path):
     assert report["passed"] and report["backend"]["name"] == "executorch"
     assert report["model"]["metadata"]["input_size"] == f"{SIZE}x{SIZE}"
     assert report["outputs"][0]["max_abs_err"] <= EXECUTORCH_TOL
+    # --threads resizes ExecuTorch's pool per runner (profile / the targets bench do 1 then 2): the
+    # pool must be resized before the method loads - resized after, the next run aborted the process
+    from tinyvim.backends.executorch.runner import ExecutorchRunner
+    x = np.random.default_rng(1).standard_normal((1, 3, SIZE, SIZE)).astype(np.float32)
+    logits = []
+    for threads in (1, 2, 1):
+        runner = ExecutorchRunner(result.path, threads=threads)
+        runner.activate()
+        try:
+            logits.append(runner.infer({"images": x})["logits"])
+        finally:
+            runner.deactivate()
+    # the same kernels split over another number of threads: equal up to summation order
+    assert max(np.abs(a - logits[0]).max() for a in logits) <= 1e-5
 
 
 @pytest.mark.slow
