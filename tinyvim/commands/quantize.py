@@ -7,7 +7,13 @@ from pathlib import Path
 import click
 
 from tinyvim.commands.common import echo_err, img_size_option, json_option, one_line_errors
-from tinyvim.contract import CALIBRATION_METHODS, DEFAULT_PERCENTILE, QUANTIZED_PRECISIONS
+from tinyvim.contract import (
+    CALIBRATION_METHODS,
+    DEFAULT_PERCENTILE,
+    DEFAULT_QDQ_PLACEMENT,
+    QDQ_PLACEMENTS,
+    QUANTIZED_PRECISIONS,
+)
 from tinyvim.errors import TinyvimError
 from tinyvim.tools.accuracy_budget import quantize_to_budget
 from tinyvim.tools.inputs import DEFAULT_CROP_PCT
@@ -39,6 +45,9 @@ def default_output(model: str, dtype: str) -> str:
 @click.option("--reduce-range", is_flag=True,
               help="7-bit int8 weights, for x86 CPUs without VNNI (AVX2: their int8 kernels saturate on 8-bit "
                    "weights). Default: 8 bits (TensorRT, VNNI/AMX CPUs).")
+@click.option("--placement", type=click.Choice(QDQ_PLACEMENTS), default=DEFAULT_QDQ_PLACEMENT, show_default=True,
+              help="Which weighted layers get Q/DQ: lean leaves out the tiny ones that compute the scan's operands "
+                   "(x_proj, dt_proj), so no Q/DQ sits on the tensors feeding the scan; all quantizes every one.")
 @img_size_option(default="the model's, else 224; for a dynamic-size export")
 @click.option("--seed", "calib_seed", type=int, default=0, show_default=True,
               help="Seed of the --calib-random calibration images.")
@@ -54,8 +63,8 @@ def default_output(model: str, dtype: str) -> str:
               help="Output path [default: MODEL.<dtype>.onnx].")
 @json_option
 @one_line_errors
-def quantize(model, calib_dir, calib_random, calib_max, calib_method, percentile, dtype, reduce_range, img_size,
-             calib_seed, crop_pct, threads, max_drop, data, output, json_path):
+def quantize(model, calib_dir, calib_random, calib_max, calib_method, percentile, dtype, reduce_range, placement,
+             img_size, calib_seed, crop_pct, threads, max_drop, data, output, json_path):
     """Quantize an fp32 TinyViM ONNX into an explicit Q/DQ ONNX (symmetric, per-channel weights on
     Conv/MatMul/Gemm; scan, softplus, LayerNorm statistics and plugin nodes stay fp32) that
     TensorRT, ONNX Runtime and OpenVINO all run. Calibration runs on the CPU."""
@@ -64,7 +73,8 @@ def quantize(model, calib_dir, calib_random, calib_max, calib_method, percentile
     check_output_paths({"-o": output, "--json": json_path}, inputs={"MODEL": model})
     calibration = CalibrationRequest(calib_dir, calib_random, calib_seed, calib_max, crop_pct, img_size, calib_method,
                                      percentile)
-    args = dict(dtype=dtype, reduce_range=reduce_range, threads=threads, log=lambda m: echo_err(f"  {m} ..."))
+    args = dict(dtype=dtype, reduce_range=reduce_range, threads=threads, placement=placement,
+                log=lambda m: echo_err(f"  {m} ..."))
     budget = None
     if (max_drop is None) != (data is None):
         raise TinyvimError("--max-drop and --data go together: the budget is measured on held-out labelled pictures")
