@@ -83,8 +83,9 @@ def test_progress_says_each_batch_once_then_each_result(monkeypatch):
                      "[1/2] a batch 1: 10.00 ms mean, 100.0 img/s", "[2/2] b batch 1: 10.00 ms mean, 100.0 img/s"]
     monkeypatch.setattr(prof, "PROGRESS_EVERY_S", 0.0)      # a batch slower than the interval: rounds are said
     lines.clear()
-    prof.profile_backends({"a": lambda: ScriptedRunner([0.01] * 10, "a")}, [1], (32, 32), warmup=0, iters=3,
+    prof.profile_backends({"a": lambda: ScriptedRunner([0.01] * 10, "a")}, [1], (32, 32), warmup=1, iters=3,
                           log=lines.append)
+    assert lines[0] == "batch 1: timing a (1 warm-up round, then 3 rounds)..."
     assert lines[1:3] == ["batch 1: round 1 of 3", "batch 1: round 2 of 3"] and len(lines) == 4
 
 

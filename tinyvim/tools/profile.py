@@ -51,7 +51,7 @@ from tinyvim.tools.environment import cpu_model, default_threads, environment  #
 from tinyvim.tools.noise import NoiseMonitor, relative_spread
 from tinyvim.tools.reference import random_weights_note, resolve_checkpoint
 from tinyvim.tools.timing import interleave
-from tinyvim.utils import atomic_output, check_output_path
+from tinyvim.utils import atomic_output, check_output_path, plural
 
 np = lazy_import("numpy")
 
@@ -132,8 +132,9 @@ def profile_backends(factories: dict[str, Callable[[], BaseRunner]], batches: li
                 continue
             x = rng.standard_normal((b, 3, *img_size), dtype=np.float32)
             calls = {name: _timed_call(runners[name], {runners[name].input_names[0]: x}) for name in timed}
-            rounds = f"{iters} rounds" if duration is None else f"rounds for {duration * len(timed):g} s"
-            log(f"batch {b}: timing {', '.join(timed)} in turn ({warmup} warm-up rounds, then {rounds})...")
+            rounds = plural(iters, "round") if duration is None else f"rounds for {duration * len(timed):g} s"
+            log(f"batch {b}: timing {', '.join(timed)}{' in turn' if len(timed) > 1 else ''} "
+                f"({plural(warmup, 'warm-up round')}, then {rounds})...")
             samples = interleave(calls, warmup=warmup, iters=None if duration else iters,
                                  duration=duration * len(timed) if duration else None,
                                  on_round=_progress(log, f"batch {b}", iters if duration is None else None))
