@@ -16,7 +16,9 @@ from click.testing import CliRunner
 from digits_data import FIXTURE_SIZE, write_pictures
 from tinyvim.cli import cli
 from tinyvim.tools import accuracy_budget as ab
-from tinyvim.tools.inputs import preprocess_image
+from tinyvim.tools.compare import tolerance_for
+from tinyvim.tools.inputs import InputRequest, preprocess_image
+from tinyvim.tools.validate import validate_model
 from tinyvim.tools.quantize import CalibrationRequest, entropy_threshold, quantize_onnx
 
 PICTURES = 40
@@ -250,3 +252,34 @@ def test_quantize_agreement_budget_cli_and_calibration_progress(digits_onnx, poo
     assert 70 >= budget["plain_drop_points"] > 0
     plain_graph, written = onnx.load(str(plain)).graph, onnx.load(str(out)).graph
     assert [n.op_type for n in written.node] == [n.op_type for n in plain_graph.node]
+
+
+def test_fp8_floor_holds_on_the_trained_fixture(digits_onnx, tmp_path):
+    """The fp8 cosine floor, set on trained weights (tinyvim/tools/compare.py, docs/quantize.md): the
+    fixture's fp8 file (minmax ranges from training pictures) passes `validate` against PyTorch on
+    held-out pictures, with the floor below its worst cosine; the same file with weight scales that
+    map half of each channel's amax to 448 (clipping, a wrong scale) fails it."""
+    calib, held = tmp_path / "calib", tmp_path / "held"
+    write_pictures(calib, "train", "flat", limit=CALIB_PICTURES)
+    written = write_pictures(held, "heldout", "flat", limit=16)     # one batch: the PyTorch reference is slow
+    fp8 = tmp_path / "fp8.onnx"
+    quantize_onnx(digits_onnx, fp8, CalibrationRequest(calib_dir=calib), dtype="fp8", threads=2)
+    floor = tolerance_for("fp8").min_cosine
+    assert floor == 0.95
+    report = validate_model(fp8, inputs=InputRequest(images=held, batch=16), threads=2, log=lambda m: None)
+    (logits,) = report["outputs"]
+    assert report["passed"] and report["tolerance"]["precision"] == "fp8"
+    assert floor < logits["cosine"] < 0.9995          # it is fp8 (not the fp32 numbers), above the floor
+    model = onnx.load(str(fp8))
+    inits = {i.name: i for i in model.graph.initializer}
+    for node in model.graph.node:                 # a wrong scale: half of amax at 448, the rest clipped
+        if node.op_type == "DequantizeLinear" and node.input[0].endswith("_quantized"):
+            w = onnx.numpy_helper.to_array(inits[node.input[0]]).astype(np.float32)
+            clipped = np.clip(w * 2, -448, 448).astype(w.dtype if w.dtype != np.float32 else np.float32)
+            inits[node.input[0]].CopyFrom(onnx.numpy_helper.from_array(
+                clipped.astype(onnx.helper.tensor_dtype_to_np_dtype(inits[node.input[0]].data_type)), node.input[0]))
+    x = np.stack([preprocess_image(held / name, SIZE2) for name, _ in written])
+    ref = _session_logits(str(digits_onnx), x).astype(np.float64)   # fp32 export: PyTorch within 1e-4
+    got = _session_logits(model, x).astype(np.float64)
+    cosines = (ref * got).sum(1) / np.linalg.norm(ref, axis=1) / np.linalg.norm(got, axis=1)
+    assert cosines.min() < floor
