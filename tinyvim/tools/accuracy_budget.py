@@ -37,6 +37,7 @@ all regions restored is the fp32 model, which meets any budget).
 """
 from __future__ import annotations
 
+import functools
 import os
 import tempfile
 import time
@@ -62,6 +63,7 @@ from tinyvim.tools.quantize import (
     QuantizeResult,
     quantize_onnx,
 )
+from tinyvim.tools.timing import interleave, wall_clock
 from tinyvim.utils import atomic_output, check_output_paths
 
 np = lazy_import("numpy")
@@ -388,16 +390,11 @@ def check_max_drop(max_drop) -> float:
 
 def _latency(plain: onnx.ModelProto, budget: onnx.ModelProto, x: np.ndarray, threads: int | None) -> dict[str, float]:
     """p50 ms at batch 1 of the plain and the budget model on ONNX Runtime, repeats interleaved."""
-    times: dict[str, list[float]] = {"plain": [], "budget": []}
     with OrtRunner(plain.SerializeToString(), threads=threads, name="plain") as a, \
             OrtRunner(budget.SerializeToString(), threads=threads, name="budget") as b:
-        for i in range(LATENCY_REPEATS + 2):
-            for key, runner in (("plain", a), ("budget", b)):
-                t0 = time.perf_counter()
-                runner.infer({INPUT_NAME: x})
-                if i >= 2:
-                    times[key].append((time.perf_counter() - t0) * 1e3)
-    return {k: float(np.median(v)) for k, v in times.items()}
+        times = interleave({key: wall_clock(functools.partial(runner.infer, {INPUT_NAME: x}))
+                            for key, runner in (("plain", a), ("budget", b))}, warmup=2, iters=LATENCY_REPEATS)
+    return {k: float(np.median(v)) * 1e3 for k, v in times.items()}
 
 
 def quantize_to_budget(model: str | os.PathLike, output: str | os.PathLike, calibration: CalibrationRequest, *,

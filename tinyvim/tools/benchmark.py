@@ -9,15 +9,16 @@ this module makes each artifact at most once (export, quantize, build an engine)
 long that took. A row that cannot run here says why (`skipped`); a row that fails says its
 failure (`failed`) and the others go on.
 
-Timings are interleaved: every repeat runs each timed row once in turn (a, b, c, a, b, c, ...),
-so a load that comes and goes hits every row alike. The report flags a noisy machine: a load
-average above half the usable cores before or after, or a row whose p90 is more than
-NOISY_SPREAD times its p50.
+Timings are interleaved (tinyvim.tools.timing): every repeat runs each timed row once in turn
+(a, b, c, a, b, c, ...), so a load that comes and goes hits every row alike. The report flags a
+noisy machine: a load average above half the usable cores before or after, or a row whose p90 is
+more than NOISY_SPREAD times its p50.
 """
 from __future__ import annotations
 
 import contextlib
 import csv
+import functools
 import io
 import os
 import tempfile
@@ -49,8 +50,10 @@ from tinyvim.tools.datasets import open_labelled_set
 from tinyvim.tools.environment import default_threads, environment
 from tinyvim.tools.evaluate import MAX_WORKERS, labelled_batches, topk_hits
 from tinyvim.tools.inputs import DEFAULT_CROP_PCT, iter_random_batches, list_images
+from tinyvim.tools.noise import NoiseMonitor, relative_spread
 from tinyvim.tools.profile import _matplotlib_pyplot, latency_stats
 from tinyvim.tools.quantize import CalibrationRequest, cpu_has_vnni, quantize_onnx
+from tinyvim.tools.timing import interleave
 from tinyvim.utils import atomic_output, atomic_write_json, check_output_path
 
 np = lazy_import("numpy")
@@ -270,18 +273,19 @@ def run_benchmark(*, variant: str = "s", checkpoint: str | None = None, img_size
         # speed: interleaved repeats, every timed row once per repeat
         timed = [r for r in live if r.spec.timed and r.status == "ok"]
         log(f"timing {len(timed)} rows at batch {', '.join(map(str, batches))} ({iters} interleaved repeats)")
-        for b in batches:
-            feed = {INPUT_NAME: next(iter_random_batches(1, b, img_size, seed=1))}
-            for i in range(warmup + iters):
-                for row in timed:
-                    if row.status != "ok":
-                        continue
-                    start = time.perf_counter()
-                    if _guard(row, row.runner.infer, feed) is not None and i >= warmup:
-                        row.times.setdefault(b, []).append(time.perf_counter() - start)
+        with NoiseMonitor(threads) as monitor:     # the conditions `profile` reports too (tinyvim.tools.noise)
+            for b in batches:
+                feed = {INPUT_NAME: next(iter_random_batches(1, b, img_size, seed=1))}
+                samples = interleave({str(i): functools.partial(_timed_infer, row, feed)
+                                      for i, row in enumerate(timed)}, warmup=warmup, iters=iters)
+                for i, row in enumerate(timed):
+                    if samples[str(i)]:
+                        row.times[b] = samples[str(i)]
     load_after = os.getloadavg()
     report = _report(rows, ref_all, y_all, batches, env, load_before, load_after, cores, variant, img_size,
                      checkpoint, dataset)
+    report["noise"] = monitor.report({f"{r.spec.label} batch {b}": relative_spread(t) for r in timed
+                                      for b, t in r.times.items() if r.status == "ok"}).to_dict()
     report["calibration"] = maker.calib_dir or f"{RANDOM_PICTURES} seeded random images"
     report["int8_weight_bits"] = 7 if maker.reduce_range else 8
     return report
@@ -314,6 +318,15 @@ def _a(word: str) -> str:
 
 def _run(runner: BaseRunner, x: np.ndarray) -> np.ndarray:
     return np.asarray(next(iter(runner.infer({INPUT_NAME: x}).values())), np.float32)
+
+
+def _timed_infer(row: _Row, feed: dict) -> float | None:
+    """One call of a row for interleave: its seconds by the wall clock, or None once the row has
+    failed (said in its row; the other rows go on)."""
+    if row.status != "ok":
+        return None
+    start = time.perf_counter()
+    return None if _guard(row, row.runner.infer, feed) is None else time.perf_counter() - start
 
 
 def _guard(row: _Row, fn, *args):
@@ -398,6 +411,8 @@ def format_markdown(report: dict) -> str:
             _cell(e["worst_cosine"], ".5f"), *timing]) + " |")
     notes = [f"int8 calibrated on {report['calibration']}, weights in {report['int8_weight_bits']} bits"]
     notes += [f"noisy: {n}" for n in report["noisy"]]
+    if "noise" in report:      # a report written before the noise measurement has none
+        notes.append(report["noise"]["verdict"])
     return "\n".join(lines + [""] + notes)
 
 
