@@ -86,6 +86,38 @@ def test_formats_are_checked():
         select_rows("onnx-q")
 
 
+def test_bad_options_are_refused_before_any_work(digits_onnx, tmp_path):
+    """Every option is checked at the boundary: a checkpoint that does not load, a --file of the
+    wrong kind or precision, a missing --calib folder, --workers 0, a --workdir that is a file: one `error:` line,
+    exit 2, before "exporting ..." or any other phase starts, and nothing written."""
+    from click.testing import CliRunner
+
+    from tinyvim.cli import cli
+    corrupt = tmp_path / "corrupt.pth"
+    corrupt.write_bytes(b"\x80\x02 not a checkpoint")
+    a_file = tmp_path / "a_file"
+    a_file.write_text("x")
+    work, out = tmp_path / "work", tmp_path / "out"
+    common = ["benchmark", "--img-size", "64", "--batch", "1", "--iters", "1", "--workdir", str(work),
+              "--out-dir", str(out), "--no-plot"]
+    cases = {("--checkpoint", str(corrupt)): "cannot read checkpoint",
+             ("--file", f"onnx-int8={corrupt}"): "onnx-int8",
+             ("--file", f"engine-fp16={digits_onnx}"): "an onnx file, and engine-fp16 is an engine file",
+             ("--file", f"onnx-int8={digits_onnx}"): "the file is fp32, and onnx-int8 is int8",
+             ("--calib", str(tmp_path / "missing")): "--calib",
+             ("--workers", "0"): "--workers must be an integer from 1"}
+    for args, message in cases.items():
+        r = CliRunner().invoke(cli, [*common, *args])
+        lines = r.stderr.strip().splitlines()
+        assert r.exit_code == 2 and len(lines) == 1 and lines[0].startswith("error:"), (args, r.stderr)
+        assert message in lines[0] and "Traceback" not in r.output, (args, lines[0])
+        assert not work.exists() and not out.exists()
+    r = CliRunner().invoke(cli, ["benchmark", "--workdir", str(a_file), "--iters", "1"])
+    assert r.exit_code == 2 and "--workdir" in r.stderr and len(r.stderr.strip().splitlines()) == 1
+    with pytest.raises(TinyvimError, match="--workdir .*: not a folder"):       # the library says it too
+        run_benchmark(workdir=a_file, log=lambda m: None)
+
+
 class _LoggingRunner(BaseRunner):
     """Logs (name, batch) of every call into a list shared with the other rows; 'fails' raises on
     its third call at batch 1 (the timing phase's only batch-1 calls: fidelity runs at batch 2)."""

@@ -48,8 +48,8 @@ from tinyvim.lazy import lazy_import
 from tinyvim.export import export_onnx
 from tinyvim.tools.datasets import open_labelled_set
 from tinyvim.tools.environment import default_threads, environment
-from tinyvim.tools.evaluate import labelled_batches, topk_hits
-from tinyvim.tools.inputs import DEFAULT_CROP_PCT, iter_random_batches
+from tinyvim.tools.evaluate import MAX_WORKERS, labelled_batches, topk_hits
+from tinyvim.tools.inputs import DEFAULT_CROP_PCT, iter_random_batches, list_images
 from tinyvim.tools.noise import NoiseMonitor, relative_spread
 from tinyvim.tools.profile import _matplotlib_pyplot, latency_stats
 from tinyvim.tools.quantize import CalibrationRequest, cpu_has_vnni, quantize_onnx
@@ -197,16 +197,21 @@ def run_benchmark(*, variant: str = "s", checkpoint: str | None = None, img_size
     check_threads(threads)
     check_count(iters, "--iters")
     check_count(warmup, "--warmup", 0)
+    check_count(workers, "--workers", 1, MAX_WORKERS)
+    if limit is not None:
+        check_count(limit, "--limit")
+    if not batches:
+        raise TinyvimError("--batch: give at least one batch size, e.g. 1,8")
     for b in batches:
         check_batch(b)
         check_workload(b, img_size)
     if checkpoint is not None and not os.path.isfile(checkpoint):
         raise TinyvimError(f"--checkpoint {checkpoint}: no such file (or not a regular file)")
-    for artifact, path in (files or {}).items():
-        if artifact not in ARTIFACTS or artifact == "torch":
-            raise TinyvimError(f"--file {artifact}=...: not a file artifact; choose from {', '.join(ARTIFACTS[1:])}")
-        if not os.path.isfile(path):
-            raise TinyvimError(f"--file {artifact}={path}: no such file")
+    _check_files(files or {})
+    if calib is not None:
+        list_images(calib, 1, DEFAULT_LIMIT, flag="--calib")
+    if workdir is not None and os.path.exists(workdir) and not os.path.isdir(workdir):
+        raise TinyvimError(f"--workdir {workdir}: not a folder (give a folder to keep the made files in)")
     dataset = open_labelled_set(data, limit=limit) if data is not None else None
     rows = [_Row(b, r) for b, r in select_rows(formats)]
     threads = threads or default_threads()
@@ -214,7 +219,11 @@ def run_benchmark(*, variant: str = "s", checkpoint: str | None = None, img_size
     cores = env["usable_cores"] or 1
     load_before = os.getloadavg()
     max_batch = max(batches)
+    spec = ModelSpec(variant=variant, checkpoint=checkpoint)
     with contextlib.ExitStack() as stack:
+        # the reference first: a checkpoint that does not load is refused before any export
+        reference = stack.enter_context(get_backend("torch").runner(RunnerRequest(
+            spec=spec, threads=threads, log=lambda m: None)))
         work = Path(workdir) if workdir else Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="tinyvim-bench-")))
         work.mkdir(parents=True, exist_ok=True)
         maker = ArtifactMaker(work, variant=variant, checkpoint=checkpoint, img_size=img_size, max_batch=max_batch,
@@ -240,8 +249,6 @@ def run_benchmark(*, variant: str = "s", checkpoint: str | None = None, img_size
                 row.status, row.reason = "failed", (str(exc) if isinstance(exc, TinyvimError) else
                                                      f"{type(exc).__name__}: {error_reason(exc, 200)}")
         live = [r for r in rows if r.status == "ok"]
-        reference = stack.enter_context(get_backend("torch").runner(RunnerRequest(
-            spec=maker.spec, threads=threads, log=lambda m: None)))
 
         # fidelity (and accuracy with labels): every row on the same pictures as the reference
         if dataset is not None:
@@ -282,6 +289,31 @@ def run_benchmark(*, variant: str = "s", checkpoint: str | None = None, img_size
     report["calibration"] = maker.calib_dir or f"{RANDOM_PICTURES} seeded random images"
     report["int8_weight_bits"] = 7 if maker.reduce_range else 8
     return report
+
+
+def _check_files(files: dict[str, str]) -> None:
+    """--file ARTIFACT=PATH: a file artifact, an existing file, of the kind and precision the
+    artifact is (an engine for engine-*, else an ONNX; fp32 for onnx, int8 for onnx-int8, ...),
+    read now rather than when its row comes up."""
+    for artifact, path in files.items():
+        if artifact not in ARTIFACTS or artifact == "torch":
+            raise TinyvimError(f"--file {artifact}=...: not a file artifact; choose from {', '.join(ARTIFACTS[1:])}")
+        if not os.path.isfile(path):
+            raise TinyvimError(f"--file {artifact}={path}: no such file")
+        want, _, precision = artifact.partition("-")
+        try:
+            info = read_model_info(path)
+        except TinyvimError as exc:
+            raise TinyvimError(f"--file {artifact}=...: {exc}") from None
+        if info.kind != want:
+            raise TinyvimError(f"--file {artifact}={path}: {_a(info.kind)} file, and {artifact} is {_a(want)} file")
+        if info.precision != (precision or "fp32"):
+            raise TinyvimError(f"--file {artifact}={path}: the file is {info.precision}, and {artifact} is "
+                               f"{precision or 'fp32'}")
+
+
+def _a(word: str) -> str:
+    return f"{'an' if word[:1] in 'aeiou' else 'a'} {word}"
 
 
 def _run(runner: BaseRunner, x: np.ndarray) -> np.ndarray:

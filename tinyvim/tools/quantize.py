@@ -292,6 +292,8 @@ class CalibrationRequest:
     size: tuple[int, int] | None = None
     method: str = "minmax"
     percentile: float | None = None
+    #: hold every k-th --calib picture out of calibration (the accuracy budget measures on them); None: none
+    holdout_every: int | None = None
 
     def __post_init__(self) -> None:
         if (self.calib_dir is None) == (self.calib_random is None):
@@ -315,6 +317,11 @@ class CalibrationRequest:
                     DEFAULT_PERCENTILE if self.percentile is None else self.percentile))
             except ValueError as exc:
                 raise TinyvimError(f"--percentile: {exc}") from None
+        if self.holdout_every is not None:
+            if self.calib_dir is None:
+                raise TinyvimError("an accuracy budget without labelled --data measures agreement on held-out --calib "
+                                   "pictures: give --calib DIR (random images say nothing about accuracy) or --data DIR")
+            check_count(self.holdout_every, "hold-out stride", 2)
 
     @property
     def method_name(self) -> str:
@@ -325,18 +332,38 @@ class CalibrationRequest:
         """The images themselves, at the model's `batch` and `size` (the pictures listed now)."""
         check_workload(batch, size)
         if self.calib_dir is not None:
-            files = list_images(self.calib_dir, 1, self.max_images, flag="--calib")
+            files = self._split()[0]
             return CalibrationSet("images", len(files), batch, size, None, tuple(files), self.crop_pct)
         return CalibrationSet("random", int(self.calib_random), batch, size, int(self.calib_seed))
 
+    def held_out_files(self) -> list[Path]:
+        """The --calib pictures kept out of calibration (every `holdout_every`-th, by name order)."""
+        return self._split()[1]
 
+    def _split(self) -> tuple[list[Path], list[Path]]:
+        """(calibration pictures, held-out pictures): picture i is held out when i % k == k - 1, a
+        rule (not a draw) spread over the whole sorted folder; one-line error when either is empty."""
+        files = list_images(self.calib_dir, 1, self.max_images, flag="--calib")
+        k = self.holdout_every
+        if not k:
+            return files, []
+        held = [f for i, f in enumerate(files) if i % k == k - 1]
+        if not held:
+            raise TinyvimError(f"--calib {self.calib_dir}: {len(files)} picture(s); the accuracy budget without --data "
+                               f"holds out every {k}th picture to measure agreement and needs at least {k}: give more "
+                               "pictures, or labelled --data")
+        return [f for i, f in enumerate(files) if i % k != k - 1], held
+
+
+#: progress(images done, images in the pass, seconds since the pass began, "pass k/2" or "") of a calibration pass
+CalibrationProgress = Callable[[int, int, float, str], None]
 #: bins of the |x| histogram behind a percentile range: the range is exact to max|x| / HISTOGRAM_BINS
 HISTOGRAM_BINS = 4096
 
 
 def collect_ranges(model: onnx.ModelProto, tensors: list[str], calib: CalibrationSet, *,
                    threads: int | None = None, percentile: float | None = None,
-                   entropy: bool = False) -> dict[str, tuple[float, float]]:
+                   entropy: bool = False, progress: CalibrationProgress | None = None) -> dict[str, tuple[float, float]]:
     """(min, max) of each of `tensors` over the calibration set: the model, with those tensors
     as extra outputs, runs batch by batch through tinyvim's ORT runner (the plugin flavour's
     scan node through its CPU path); memory is that of one batch.
@@ -348,7 +375,10 @@ def collect_ranges(model: onnx.ModelProto, tensors: list[str], calib: Calibratio
     symmetrically: only |x| matters).
 
     With entropy=True the same histogram gives -a..a with a the KL-optimal threshold
-    (`entropy_threshold`, TensorRT's entropy calibration)."""
+    (`entropy_threshold`, TensorRT's entropy calibration).
+
+    progress(images done, images in the pass, seconds since the pass began, "pass k/2" or "")
+    after every batch: a pass over a few hundred pictures takes seconds to minutes."""
 
     marked = onnx.ModelProto()
     marked.CopyFrom(model)
@@ -360,14 +390,21 @@ def collect_ranges(model: onnx.ModelProto, tensors: list[str], calib: Calibratio
     ranges: dict[str, list[float]] = {}
     runner = OrtRunner(marked.SerializeToString(), threads=threads, name="calibration")
 
-    def calibration_values() -> Iterator[dict[str, np.ndarray]]:
+    passes = 1 if percentile is None and not entropy else 2
+    total = -(-calib.samples // calib.batch) * calib.batch          # the last batch is filled up
+
+    def calibration_values(k: int) -> Iterator[dict[str, np.ndarray]]:
+        began, done = time.perf_counter(), 0
         for batch in calib.batches():     # the same batches on every pass (pictures, or seeded)
             values = runner.infer({INPUT_NAME: batch})
             values[INPUT_NAME] = batch
+            done += batch.shape[0]
+            if progress is not None:
+                progress(done, total, time.perf_counter() - began, f"pass {k}/{passes}" if passes > 1 else "")
             yield {name: np.asarray(values[name]) for name in tensors}
 
     with runner:
-        for values in calibration_values():
+        for values in calibration_values(1):
             for name, v in values.items():
                 if not np.all(np.isfinite(v)):
                     raise TinyvimError(f"calibration: tensor {name} has NaN/Inf values: the model or the images are "
@@ -379,7 +416,7 @@ def collect_ranges(model: onnx.ModelProto, tensors: list[str], calib: Calibratio
             return {k: (v[0], v[1]) for k, v in ranges.items()}
         amax = {k: max(-v[0], v[1]) for k, v in ranges.items()}
         hist = {k: np.zeros(HISTOGRAM_BINS, np.int64) for k in ranges}
-        for values in calibration_values():
+        for values in calibration_values(2):
             for name, v in values.items():
                 if amax[name] > 0:
                     bins = np.minimum((np.abs(v).ravel() * (HISTOGRAM_BINS / amax[name])).astype(np.int64),
@@ -643,11 +680,13 @@ def _output_axis(node: onnx.NodeProto) -> int:
 # --------------------------------------------------------------------- the whole job
 def quantize_onnx(model: str | os.PathLike, output: str | os.PathLike, calibration: CalibrationRequest, *,
                   dtype: Precision = INT8, reduce_range: bool = False, threads: int | None = None,
-                  placement: str = DEFAULT_QDQ_PLACEMENT, log: Callable[[str], None] = lambda m: None) -> QuantizeResult:
+                  placement: str = DEFAULT_QDQ_PLACEMENT, log: Callable[[str], None] = lambda m: None,
+                  progress: CalibrationProgress | None = None) -> QuantizeResult:
     """Quantize the fp32 TinyViM ONNX `model` into a Q/DQ ONNX at `output` (written
     atomically): int8 (or fp8) per the module docstring, calibrated as `calibration` says, the
     layers chosen by `placement` (select_nodes). metadata_props are kept, with `precision` set
-    to `dtype` and `quantization` describing how. Every argument is checked before any work."""
+    to `dtype` and `quantization` describing how. Every argument is checked before any work.
+    progress: per calibration batch (`collect_ranges`)."""
     start = time.perf_counter()
     if dtype not in QUANTIZED_PRECISIONS:
         raise TinyvimError(f"unknown --dtype {dtype!r}: choose {' or '.join(QUANTIZED_PRECISIONS)}")
@@ -694,7 +733,7 @@ def quantize_onnx(model: str | os.PathLike, output: str | os.PathLike, calibrati
     log(f"calibrating {len(tensors)} activation ranges ({how}) on {calib.describe()}, batch {batch}")
     t0 = time.perf_counter()
     ranges = collect_ranges(proto, tensors, calib, threads=threads, percentile=percentile,
-                            entropy=calibration.method == "entropy")
+                            entropy=calibration.method == "entropy", progress=progress)
     t1 = time.perf_counter()
     log(f"quantizing {len(nodes)} layers ({dtype}, per-channel weights"
         f"{', 7-bit' if reduce_range else ''}; {len(kept)} weighted layer(s) kept in fp32)")
