@@ -3,9 +3,9 @@ from __future__ import annotations
 
 import argparse
 import os
-import time
 from collections.abc import Callable
 
+from tinyvim.tools.timing import interleave, wall_clock
 from tinyvim.utils import atomic_write_json
 
 
@@ -21,16 +21,10 @@ def bench_parser(doc: str) -> argparse.ArgumentParser:
 
 
 def interleaved(fns: dict[str, Callable[[], object]], iters: int, warmup: int) -> dict[str, list[float]]:
-    """Milliseconds of each callable per call, the callables run in turn (a, b, a, b, …)
-    so that drift in machine load hits all of them alike."""
-    times: dict[str, list[float]] = {k: [] for k in fns}
-    for i in range(warmup + iters):
-        for name, fn in fns.items():
-            t0 = time.perf_counter()
-            fn()
-            if i >= warmup:
-                times[name].append((time.perf_counter() - t0) * 1e3)
-    return times
+    """Milliseconds of each callable per call, the callables run in turn (a, b, a, b, …) after
+    `warmup` untimed rounds: the package's loop (tinyvim.tools.timing), in the unit benches print."""
+    rounds = interleave({name: wall_clock(fn) for name, fn in fns.items()}, warmup=warmup, iters=iters)
+    return {name: [s * 1e3 for s in seconds] for name, seconds in rounds.items()}
 
 
 def finish_report(report: dict, json_path: str | None) -> None:

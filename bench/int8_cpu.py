@@ -64,12 +64,14 @@ def scan_outputs(plugin_onnx: Path) -> set[str]:
 
 def ov_shares(ov, path: Path, plugin: bool, precision: str, x: np.ndarray, threads: int, scans: set[str],
               iters: int = 5) -> dict:
-    """OpenVINO per-layer profile (PERF_COUNT) of `path`: total ms per inference and the shares of
-    the scan (plugin node, or the nodes of its lowering) and of standalone FakeQuantize layers."""
+    """OpenVINO per-layer profile (PERF_COUNT) of `path`: total ms per inference, the shares of
+    the scan (plugin node, or the nodes of its lowering) and of standalone FakeQuantize layers
+    (those OpenVINO did not fuse into another layer), and those layers' ms per inference by name."""
     core = new_core(ov, path, plugin)
     config = {**compile_config("CPU", precision, threads, None), "PERF_COUNT": True}
     request = core.compile_model(str(path), "CPU", config).create_infer_request()
     totals: dict[str, float] = {"all": 0.0, "scan": 0.0, "fakequantize": 0.0}
+    fq_layers: dict[str, float] = {}
     for _ in range(iters):
         request.infer({0: x})
         for layer in request.get_profiling_info():
@@ -81,8 +83,9 @@ def ov_shares(ov, path: Path, plugin: bool, precision: str, x: np.ndarray, threa
                 totals["scan"] += ms
             elif layer.node_type == "FakeQuantize":
                 totals["fakequantize"] += ms
+                fq_layers[name] = fq_layers.get(name, 0.0) + ms / iters
     return {"ms": totals["all"] / iters, "scan_share": totals["scan"] / max(totals["all"], 1e-9),
-            "fakequantize_share": totals["fakequantize"] / max(totals["all"], 1e-9)}
+            "fakequantize_share": totals["fakequantize"] / max(totals["all"], 1e-9), "fakequantize_layers": fq_layers}
 
 
 def main():

@@ -13,6 +13,7 @@ import torch
 
 from digits_data import FIXTURE_CHECKPOINT, FIXTURE_SIZE, write_pictures
 from tinyvim.backends import registry
+from tinyvim.backends.base import BaseRunner
 from tinyvim.backends.spec import Backend, BenchmarkRow
 from tinyvim.backends.trt import trt_missing
 from tinyvim.errors import TinyvimError
@@ -83,3 +84,83 @@ def test_formats_are_checked():
     assert [r.label for _, r in select_rows("ort-int8")] == ["torch eager", "ORT int8"]
     with pytest.raises(TinyvimError, match="--formats onnx-q: unknown"):
         select_rows("onnx-q")
+
+
+def test_bad_options_are_refused_before_any_work(digits_onnx, tmp_path):
+    """Every option is checked at the boundary: a checkpoint that does not load, a --file of the
+    wrong kind or precision, a missing --calib folder, --workers 0, a --workdir that is a file: one `error:` line,
+    exit 2, before "exporting ..." or any other phase starts, and nothing written."""
+    from click.testing import CliRunner
+
+    from tinyvim.cli import cli
+    corrupt = tmp_path / "corrupt.pth"
+    corrupt.write_bytes(b"\x80\x02 not a checkpoint")
+    a_file = tmp_path / "a_file"
+    a_file.write_text("x")
+    work, out = tmp_path / "work", tmp_path / "out"
+    common = ["benchmark", "--img-size", "64", "--batch", "1", "--iters", "1", "--workdir", str(work),
+              "--out-dir", str(out), "--no-plot"]
+    cases = {("--checkpoint", str(corrupt)): "cannot read checkpoint",
+             ("--file", f"onnx-int8={corrupt}"): "onnx-int8",
+             ("--file", f"engine-fp16={digits_onnx}"): "an onnx file, and engine-fp16 is an engine file",
+             ("--file", f"onnx-int8={digits_onnx}"): "the file is fp32, and onnx-int8 is int8",
+             ("--calib", str(tmp_path / "missing")): "--calib",
+             ("--workers", "0"): "--workers must be an integer from 1"}
+    for args, message in cases.items():
+        r = CliRunner().invoke(cli, [*common, *args])
+        lines = r.stderr.strip().splitlines()
+        assert r.exit_code == 2 and len(lines) == 1 and lines[0].startswith("error:"), (args, r.stderr)
+        assert message in lines[0] and "Traceback" not in r.output, (args, lines[0])
+        assert not work.exists() and not out.exists()
+    r = CliRunner().invoke(cli, ["benchmark", "--workdir", str(a_file), "--iters", "1"])
+    assert r.exit_code == 2 and "--workdir" in r.stderr and len(r.stderr.strip().splitlines()) == 1
+    with pytest.raises(TinyvimError, match="--workdir .*: not a folder"):       # the library says it too
+        run_benchmark(workdir=a_file, log=lambda m: None)
+
+
+class _LoggingRunner(BaseRunner):
+    """Logs (name, batch) of every call into a list shared with the other rows; 'fails' raises on
+    its third call at batch 1 (the timing phase's only batch-1 calls: fidelity runs at batch 2)."""
+
+    def __init__(self, name, log):
+        super().__init__(name)
+        self.log, self._inputs, self._outputs, self.batch1_calls = log, ["images"], ["logits"], 0
+
+    def activate_impl(self):
+        pass
+
+    def deactivate_impl(self):
+        pass
+
+    def infer_impl(self, feed):
+        batch = feed["images"].shape[0]
+        self.log.append((self.name, batch))
+        self.batch1_calls += batch == 1
+        if self.name == "fails" and self.batch1_calls == 3:
+            raise RuntimeError("failed in the second timed round")
+        return {"logits": np.ones((batch, 1000), np.float32)}, {}
+
+
+def test_rows_are_timed_in_turn_and_a_failing_row_leaves_the_turns():
+    """The timing loop: after the warm-up round every timed row is called once per round, in
+    turn; a row that fails drops out of the rounds (said in its row) and the others go on.
+    Timing row by row (a a a a, then b ...) fails the order."""
+    log = []
+    registry.register(Backend("logging", "records its calls", lambda req: _LoggingRunner(req.options["name"], log),
+                              benchmark_rows=(BenchmarkRow("rows a", "fp32", "torch", options={"name": "a"}),
+                                              BenchmarkRow("rows fails", "fp32", "torch", options={"name": "fails"}))))
+    try:
+        report = run_benchmark(img_size=(32, 32), formats="logging", batches=(1, 2), iters=3, warmup=1,
+                               threads=1, log=lambda m: None)
+    finally:
+        registry.unregister("logging")
+    timing = log[next(i for i, (_, b) in enumerate(log) if b == 1):]   # fidelity (batch 2) comes first
+    assert "".join(n[0] for n, b in timing if b == 1) == "afafafa"        # warm-up, 1st round, 2nd fails, 3rd
+    assert [n for n, b in timing if b == 2] == ["a"] * 4
+    rows = {e["row"]: e for e in report["rows"]}
+    assert rows["rows fails"]["status"] == "failed" and "second timed round" in rows["rows fails"]["reason"]
+    assert rows["rows a"]["latency_ms"]["1"]["iters"] == 3 and rows["rows a"]["latency_ms"]["2"]["iters"] == 3
+    assert rows["torch eager"]["status"] == "ok" and rows["torch eager"]["latency_ms"]["2"]["iters"] == 3
+    # the conditions, as profile measures them: a spread for every series timed to the end
+    assert set(report["noise"]["spread"]) == {f"{r} batch {b}" for r in ("torch eager", "rows a") for b in (1, 2)}
+    assert report["noise"]["verdict"] in format_markdown(report)

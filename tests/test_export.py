@@ -175,3 +175,37 @@ def test_unwritable_output_is_a_one_line_error(tmp_path):
     blocker.write_text("x")
     with pytest.raises(TinyvimError, match=r"cannot write .*out\.onnx.*choose another output path"):
         export_onnx(blocker / "out.onnx", scan="plugin")
+
+
+@pytest.mark.parametrize("argv", [["--fmt", "onnx"], ["--fmt", "triton", "--triton-backend", "onnxruntime"]])
+def test_export_arguments_are_worked_out_once_per_cli_export(argv, tmp_path, monkeypatch):
+    """The command's boundary (plan_export, or the triton branch) and export_onnx both meet the
+    argument check; its body runs once (the second answer is the first's). The model build is
+    stopped at once: only the checks run."""
+    from click.testing import CliRunner
+
+    from tinyvim.cli import cli
+    from tinyvim.export import onnx_export
+    runs = []
+    monkeypatch.setattr(onnx_export, "check_scan", lambda scan: runs.append(scan))
+    onnx_export._checked_opset.cache_clear()
+
+    def stop(model):
+        raise TinyvimError("stopped where the model would be built")
+    monkeypatch.setattr(onnx_export, "with_checkpoint_digest", stop)
+    r = CliRunner().invoke(cli, ["export", *argv, "--img-size", "64", "-o", str(tmp_path / "out")])
+    assert r.exit_code == 2 and "stopped where the model would be built" in r.output, r.output
+    assert runs == ["portable"]
+    onnx_export._checked_opset.cache_clear()
+
+
+def test_a_refused_opset_is_refused_every_time_and_pt2_names_its_own_rule(tmp_path):
+    from click.testing import CliRunner
+
+    from tinyvim.cli import cli
+    for _ in range(2):      # a refusal is never the cache's answer
+        r = CliRunner().invoke(cli, ["export", "--opset", "99", "-o", str(tmp_path / "x.onnx")])
+        assert r.exit_code == 2 and "--opset 99 is newer than this installation exports" in r.output, r.output
+    r = CliRunner().invoke(cli, ["export", "--fmt", "pt2", "--opset", "99", "-o", str(tmp_path / "x.pt2")])
+    assert r.exit_code == 2 and "--opset applies to the ONNX formats" in r.output, r.output
+    assert list(tmp_path.iterdir()) == []

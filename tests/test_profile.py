@@ -26,34 +26,67 @@ def test_latency_stats_on_known_array():
 
 
 class ScriptedRunner(BaseRunner):
-    """Reports pre-set compute and copy times instead of measuring."""
+    """Reports pre-set compute and copy times instead of measuring; `log` records its calls
+    (activate, infer and the input it got, deactivate) in one list shared between runners."""
 
-    def __init__(self, times):
-        super().__init__("scripted")
+    def __init__(self, times, name="scripted", log=None):
+        super().__init__(name)
         self._times = iter(times)
         self.calls = 0
+        self.log = [] if log is None else log
 
     input_names = property(lambda self: ["images"])
     output_names = property(lambda self: ["logits"])
 
     def activate_impl(self):
-        pass
+        self.log.append(("activate", self.name))
 
     def deactivate_impl(self):
-        pass
+        self.log.append(("deactivate", self.name))
 
     def infer_impl(self, feed):
         self.calls += 1
+        self.log.append(("infer", self.name, feed["images"]))
         return {"logits": np.zeros((1, 10))}, {"compute": next(self._times), "h2d": 0.5e-3}
 
 
-def test_time_runner_discards_warmup_and_uses_runner_times():
-    runner = ScriptedRunner([1.0, 1.0, 0.002, 0.004, 0.006])
-    with runner:
-        times, phases = prof.time_runner(runner, {"images": np.zeros((1, 3, 32, 32))}, warmup=2, iters=3)
-    np.testing.assert_allclose(times, [0.002, 0.004, 0.006])  # the 1 s warm-up calls are gone
-    assert runner.calls == 5
-    assert phases == {"h2d": pytest.approx(0.5e-3)}
+def test_backends_are_timed_in_turn_after_their_warm_ups():
+    """Two backends at two batch sizes: every runner is up before the first call, and at each
+    batch size the calls alternate a, b, a, b: warm-up rounds first, then the timed ones, on one
+    input batch. Sequential timing (a a a a b b b b) fails the order; the samples show which
+    calls were timed (warm-ups report 1 s)."""
+    log = []
+    script = {"a": [1.0, 0.002, 0.004, 0.006] * 2, "b": [1.0, 0.010, 0.020, 0.030] * 2}
+    factories = {n: (lambda n=n: ScriptedRunner(script[n], n, log)) for n in "ab"}
+    entries = prof.profile_backends(factories, [1, 2], (32, 32), warmup=1, iters=3)
+
+    assert log[:2] == [("activate", "a"), ("activate", "b")] and log[-2:] == [("deactivate", "b"),
+                                                                               ("deactivate", "a")]
+    calls = [entry for entry in log if entry[0] == "infer"]
+    assert [name for _, name, _ in calls] == ["a", "b"] * 4 * 2          # (1 warm-up + 3 timed) x 2 batches
+    for batch, round_calls in ((1, calls[:8]), (2, calls[8:])):
+        inputs = [x for _, _, x in round_calls]
+        assert all(x is inputs[0] for x in inputs) and inputs[0].shape == (batch, 3, 32, 32)
+
+    assert [(e["backend"], e["batch"]) for e in entries] == [("a", 1), ("a", 2), ("b", 1), ("b", 2)]
+    by = {(e["backend"], e["batch"]): e for e in entries}
+    assert by["a", 1]["latency_ms"]["mean"] == pytest.approx(4.0)       # (2 + 4 + 6) / 3: no 1 s warm-up in it
+    assert by["b", 2]["latency_ms"]["mean"] == pytest.approx(20.0)
+    assert by["b", 2]["latency_ms"]["iters"] == 3 and by["a", 1]["phases_ms"] == {"h2d": pytest.approx(0.5)}
+
+
+def test_progress_says_each_batch_once_then_each_result(monkeypatch):
+    lines = []
+    prof.profile_backends({n: (lambda n=n: ScriptedRunner([0.01] * 10, n)) for n in "ab"}, [1], (32, 32),
+                          warmup=2, iters=3, log=lines.append)
+    assert lines == ["batch 1: timing a, b in turn (2 warm-up rounds, then 3 rounds)...",
+                     "[1/2] a batch 1: 10.00 ms mean, 100.0 img/s", "[2/2] b batch 1: 10.00 ms mean, 100.0 img/s"]
+    monkeypatch.setattr(prof, "PROGRESS_EVERY_S", 0.0)      # a batch slower than the interval: rounds are said
+    lines.clear()
+    prof.profile_backends({"a": lambda: ScriptedRunner([0.01] * 10, "a")}, [1], (32, 32), warmup=1, iters=3,
+                          log=lines.append)
+    assert lines[0] == "batch 1: timing a (1 warm-up round, then 3 rounds)..."
+    assert lines[1:3] == ["batch 1: round 1 of 3", "batch 1: round 2 of 3"] and len(lines) == 4
 
 
 def test_profile_backends_skips_unsupported_batches_and_formats():

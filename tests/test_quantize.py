@@ -42,7 +42,8 @@ def fp8_onnx(tinyvim_onnx, tmp_path_factory):
     r = CliRunner().invoke(cli, ["quantize", str(tinyvim_onnx), "--dtype", "fp8", "--calib-random", str(CALIB),
                                  "--seed", "3", "-o", str(out), "--json", str(report)], catch_exceptions=False)
     assert r.exit_code == 0, r.output
-    assert "89 layers" in r.output and "5 weighted layer(s)" in r.output
+    assert "79 layers" in r.output and "5 weighted layer(s): input comes from a Concat" in r.output
+    assert "10 weighted layer(s): computes the scan's operands" in r.output
     return out, json.loads(report.read_text())
 
 
@@ -72,10 +73,17 @@ def test_int8_graph_is_tensorrt_style_qdq(tinyvim_onnx, int8_onnx):
     weighted = [n for n in model.graph.node if n.op_type in ("Conv", "Gemm")
                 and (n.input[1] in inits or producer[n.input[1]].input[0] in inits)]
     quantized = set(int8_onnx.quantized)
-    assert len(weighted) == 94 and len(quantized) == 89
+    assert len(weighted) == 94 and len(quantized) == 79
     assert set(int8_onnx.kept_fp32) == {n.name for n in weighted} - quantized
-    # only the five SS2D out_proj convolutions (fed by a Concat) stay fp32
-    assert [src_producer[n.input[0]].op_type for n in src.graph.node if n.name in int8_onnx.kept_fp32] == ["Concat"] * 5
+    # fp32: the five SS2D out_proj convolutions (fed by a Concat) and, placement "lean", each
+    # SS2D's x_proj / dt_proj (found here by their shape in the graph, not by the quantizer's walk)
+    projections = _scan_projections(src)
+    assert len(projections) == 5
+    concat_fed = {n.name for n in src.graph.node if n.name in int8_onnx.kept_fp32
+                  and src_producer[n.input[0]].op_type == "Concat"}
+    assert len(concat_fed) == 5
+    assert set(int8_onnx.kept_fp32) == concat_fed | {name for p in projections for name in (p[0].name, p[1].name)}
+    _assert_no_qdq_on_scan_operands(model, projections)
     for node in weighted:
         act, wdq = producer.get(node.input[0]), producer.get(node.input[1])
         if node.name not in quantized:
@@ -140,13 +148,13 @@ def test_int8_matches_pytorch_on_onnx_runtime_and_openvino(int8_onnx):
 
 def test_fp8_is_float8_qdq_and_matches_pytorch_on_onnx_runtime(fp8_onnx):
     path, doc = fp8_onnx
-    assert doc["metadata"]["precision"] == "fp8" and len(doc["quantized"]) == 89
+    assert doc["metadata"]["precision"] == "fp8" and len(doc["quantized"]) == 79
     assert ExportMetadata.from_props(doc["metadata"], source="json").quantization.scheme == "fp8"
     model, inits, dtypes, _, _ = _graph(path)
     qdq = [n for n in model.graph.node if n.op_type in ("QuantizeLinear", "DequantizeLinear")]
     assert qdq and all(dtypes[n.input[2]] == onnx.TensorProto.FLOAT8E4M3FN for n in qdq)
     weights = [n for n in qdq if n.op_type == "DequantizeLinear" and n.input[0] in inits]
-    assert len(weights) == 89 and all(dtypes[n.input[0]] == onnx.TensorProto.FLOAT8E4M3FN for n in weights)
+    assert len(weights) == 79 and all(dtypes[n.input[0]] == onnx.TensorProto.FLOAT8E4M3FN for n in weights)
     # per-channel scales reach e4m3's largest value exactly at each channel's largest weight
     w = weights[0]
     values = inits[w.input[0]].astype(np.float32)
@@ -157,19 +165,62 @@ def test_fp8_is_float8_qdq_and_matches_pytorch_on_onnx_runtime(fp8_onnx):
     assert report["passed"] and report["tolerance"]["precision"] == "fp8", report["outputs"]
 
 
-def test_plugin_nodes_are_left_untouched(tmp_path):
+def _scan_projections(model: onnx.ModelProto) -> list[tuple[onnx.NodeProto, onnx.NodeProto]]:
+    """(x_proj, dt_proj) of each SS2D, recognised by shape: a Conv whose output is split into
+    [dt | B | C], the first part read by a grouped Conv with one group per scan direction."""
+    producer = {o: n for n in model.graph.node for o in n.output}
+    readers = {}
+    for n in model.graph.node:
+        for i in n.input:
+            readers.setdefault(i, []).append(n)
+    found = []
+    for split in (n for n in model.graph.node if n.op_type == "Split"):
+        x_proj = producer.get(split.input[0])
+        dt_proj = [r for r in readers.get(split.output[0], []) if r.op_type == "Conv"
+                   and {a.name: a.i for a in r.attribute}.get("group") == 4]
+        if x_proj is not None and x_proj.op_type == "Conv" and len(split.output) == 3 and dt_proj:
+            found.append((x_proj, dt_proj[0]))
+    return found
+
+
+def _assert_no_qdq_on_scan_operands(qdq: onnx.ModelProto, projections) -> None:
+    """No QuantizeLinear reads the scan's x (x_proj's input) or the dt part of the split
+    (dt_proj's input): the tensors feeding the scan stay fp32 and unrounded."""
+    quantized = {n.input[0] for n in qdq.graph.node if n.op_type == "QuantizeLinear"}
+    for x_proj, dt_proj in projections:
+        assert x_proj.input[0] not in quantized and dt_proj.input[0] not in quantized, (x_proj.name, dt_proj.name)
+
+
+def test_plugin_nodes_are_left_untouched_and_their_operands_unquantized(tmp_path):
+    """Placement "lean" (the default) on a plugin-flavour file: every weighted layer but the
+    Concat-fed out_proj and each SS2D's x_proj / dt_proj, and so no Q/DQ on a tensor feeding
+    a CrossSelectiveScan node; placement "all" (the previous behaviour) would quantize x_proj's
+    input, which is the scan's x itself. The plugin nodes stay byte for byte."""
     pytest.importorskip("onnxruntime_extensions", reason="onnxruntime-extensions runs the plugin node on CPU")
     from tinyvim.contract import InputSpec, ModelSpec
     from tinyvim.export import export_onnx
     src = export_onnx(tmp_path / "p.onnx", ModelSpec("s"), InputSpec((32, 32), 1), scan="plugin").path
+    fp32 = onnx.load(str(src))
+    projections = _scan_projections(fp32)
+    scans = [n for n in fp32.graph.node if n.domain == "tinyvim"]
+    assert len(projections) == len(scans) == 5
+    # the walk found what the graph says: x_proj reads the scan's x, dt_proj writes its delta
+    assert {(x.input[0], d.output[0]) for x, d in projections} == {(n.input[0], n.input[1]) for n in scans}
+    before = {n.name: n.SerializeToString() for n in scans}
     result = q.quantize_onnx(src, tmp_path / "p.int8.onnx", q.CalibrationRequest(calib_random=1))
-    before = {n.name: n.SerializeToString() for n in onnx.load(str(src)).graph.node if n.domain == "tinyvim"}
     model, _, _, producer, _ = _graph(result.path)
     after = {n.name: n for n in model.graph.node if n.domain == "tinyvim"}
-    assert len(before) == 5 and {k: v.SerializeToString() for k, v in after.items()} == before
+    assert {k: v.SerializeToString() for k, v in after.items()} == before
     assert all(producer.get(i) is None or producer[i].op_type != "DequantizeLinear"
                for n in after.values() for i in n.input)
-    assert len(result.quantized) == 89      # calibration ran the plugin graph (its CPU path) end to end
+    assert len(result.quantized) == 79      # calibration ran the plugin graph (its CPU path) end to end
+    projection_names = {name for p in projections for name in (p[0].name, p[1].name)}
+    assert projection_names <= set(result.kept_fp32) and not projection_names & set(result.quantized)
+    _assert_no_qdq_on_scan_operands(model, projections)
+    assert sum(n.op_type == "QuantizeLinear" for n in model.graph.node) == 79
+    # placement "all" (what quantize did before) picks them too: Q/DQ on the scan's x itself
+    chosen, kept = q.select_nodes(fp32.graph, "all")
+    assert len(chosen) == 89 and projection_names <= set(chosen) and len(kept) == 5
 
 
 def test_openvino_concat_qdq_conv_is_still_miscomputed(tmp_path):

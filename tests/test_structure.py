@@ -220,12 +220,16 @@ def test_the_wheel_holds_what_users_run_and_not_the_test_tools(tmp_path):
     real wheel build, the only way to see what setuptools' globs and excludes make of the tree.)"""
     import shutil
     import zipfile
-    # built from a copy of the files git would commit: setuptools' build/ folder keeps files the
-    # tree no longer has (a deleted module would still ship from a stale build/lib)
+    # built from a copy of the files git would commit: setuptools reuses a build/lib it finds (an
+    # editable install leaves one), which keeps files the tree no longer has (a deleted module would
+    # still ship). Build state is left out by name too, not only by .gitignore.
     listed = subprocess.run(["git", "ls-files", "--cached", "--others", "--exclude-standard", "-z"], cwd=ROOT,
                             capture_output=True, text=True, check=True).stdout.split("\0")
     src = tmp_path / "src"
     for name in filter(None, listed):
+        top = Path(name).parts[0]
+        if top in ("build", "dist") or top.endswith(".egg-info"):
+            continue
         if (ROOT / name).is_file() and not (ROOT / name).is_symlink():
             (src / name).parent.mkdir(parents=True, exist_ok=True)
             shutil.copy2(ROOT / name, src / name)

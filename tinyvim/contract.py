@@ -103,6 +103,10 @@ MAX_SEED = 2**63 - 1
 MAX_COUNT = 1_000_000
 #: calibration images `tinyvim quantize` reads at most
 MAX_CALIBRATION_SAMPLES = 100_000
+#: where `tinyvim quantize` puts Q/DQ: "lean" on every weighted layer but those computing the
+#: scan's operands (tinyvim.tools.quantize.select_nodes says why), "all" on every weighted layer
+QDQ_PLACEMENTS = ("lean", "all")
+DEFAULT_QDQ_PLACEMENT = "lean"
 #: seconds per profiled configuration (--duration)
 MAX_DURATION_S = 3600.0
 

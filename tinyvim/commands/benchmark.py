@@ -51,6 +51,7 @@ def _files(values) -> dict[str, str]:
 @click.option("--iters", type=int, default=20, show_default=True, help="Interleaved timing repeats per batch size.")
 @click.option("--warmup", type=int, default=3, show_default=True)
 @click.option("--threads", type=int, default=None, help="Intra-op threads for every row [default: all cores].")
+@click.option("--workers", type=int, default=2, show_default=True, help="Threads decoding the --data pictures.")
 @click.option("--file", "files", multiple=True, metavar="ARTIFACT=PATH",
               help="Use a file already made instead of making it, e.g. onnx=model.onnx (a dynamic-batch export of "
                    "the same variant/checkpoint) or onnx-int8=model.int8.onnx; repeatable.")
@@ -60,15 +61,16 @@ def _files(values) -> dict[str, str]:
               help="Write benchmark.md, .csv, .json and .png (latency vs top-1) here.")
 @click.option("--no-plot", is_flag=True, help="With --out-dir: skip the picture (no matplotlib needed).")
 @one_line_errors
-def benchmark(variant, checkpoint, img_size, data, limit, calib, formats, batch_text, iters, warmup, threads, files,
-              workdir, out_dir, no_plot):
+def benchmark(variant, checkpoint, img_size, data, limit, calib, formats, batch_text, iters, warmup, threads, workers,
+              files, workdir, out_dir, no_plot):
     """One table of every format x precision x backend that runs here: size, time to make, top-1 and
     Δ vs PyTorch, agreement, p50 latency, throughput, speed-up over eager PyTorch."""
     if out_dir:
         output_paths(out_dir, plot=not no_plot)      # said before minutes of work, not after
     report = run_benchmark(variant=variant, checkpoint=checkpoint, img_size=img_size or (224, 224), data=data,
                            limit=limit, calib=calib, formats=formats, batches=tuple(int_list(batch_text, "--batch")),
-                           iters=iters, warmup=warmup, threads=threads, workdir=workdir, files=_files(files),
+                           iters=iters, warmup=warmup, threads=threads, workers=workers, workdir=workdir,
+                           files=_files(files),
                            log=lambda m: echo_err(f"  {m} ..."))
     click.echo(format_markdown(report))
     if out_dir:

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import functools
+import sys
 
 import click
 
@@ -161,3 +162,33 @@ def int_list(text: str, what: str) -> list[int]:
     if not values or min(values) < 1:
         raise TinyvimError(f"{what} must list integers >= 1, got {text!r}")
     return values
+
+
+class ProgressBar:
+    """One status line on stderr per long phase (evaluate's pictures, quantize's calibration passes),
+    redrawn at most every `every` seconds: in place on a terminal, otherwise a line each time (at
+    least 10 s apart, so logs stay readable); the first and the last call always draw. `label`
+    starts the line; each call may add a `note` (a running top-1, the pass)."""
+
+    def __init__(self, every: float = 0.5, label: str = ""):
+        self.tty = sys.stderr.isatty()
+        self.every = every if self.tty else max(every, 10.0)
+        self.label = label
+        self.last = None
+
+    def __call__(self, done: int, total: int, seconds: float, note: str = "") -> None:
+        # a new phase restarts its clock: seconds below the last drawn time start the bar afresh
+        fresh = self.last is None or seconds < self.last
+        if not fresh and seconds - self.last < self.every and done < total:
+            return
+        self.last = seconds
+        rate = done / seconds if seconds > 0 else 0.0
+        eta = (total - done) / rate if rate > 0 else 0.0
+        width = 24
+        filled = int(width * min(done, total) / max(total, 1))
+        line = (f"{self.label}[{'#' * filled}{'.' * (width - filled)}] {done}/{total}  {rate:.1f} images/s  "
+                + (f"{note}  " if note else "") + f"ETA {eta:.0f} s")
+        if self.tty:
+            click.echo("\r" + line + ("\n" if done >= total else ""), err=True, nl=False)
+        else:
+            click.echo(line, err=True)

@@ -83,9 +83,11 @@ def validate(ctx, model, json_path, backend, threads, img_size, batch, num_input
 @click.option("--ema/--no-ema", default=None, help="Use the checkpoint's EMA weights [default: as --model records].")
 @img_size_option(default="from --model, else 224")
 @click.option("--batch", "batch_text", default="1", show_default=True, help="Batch sizes, comma list, e.g. 1,8,32.")
-@click.option("--warmup", type=int, default=5, show_default=True)
-@click.option("--iters", type=int, default=20, show_default=True)
-@click.option("--duration", type=float, default=None, help="Seconds per configuration instead of --iters.")
+@click.option("--warmup", type=int, default=5, show_default=True,
+              help="Untimed rounds per batch size (a round: one call of each backend, in turn).")
+@click.option("--iters", type=int, default=20, show_default=True, help="Timed rounds per batch size.")
+@click.option("--duration", type=float, default=None,
+              help="Seconds of timed rounds per backend and batch size instead of --iters.")
 @click.option("--threads", type=int, default=None, help="torch / ORT intra-op threads [default: all cores].")
 @_backend_options
 @click.option("--seed", "input_seed", type=int, default=0, show_default=True,

@@ -2,42 +2,20 @@
 does the work; this module parses and prints)."""
 from __future__ import annotations
 
-import sys
-
 import click
 
 from tinyvim.backends.registry import backend_names
 from tinyvim.commands.backend_options import backend_options, pop_backend_options
-from tinyvim.commands.common import echo_err, img_size_option, json_option, one_line_errors
+from tinyvim.commands.common import ProgressBar, echo_err, img_size_option, json_option, one_line_errors
 from tinyvim.contract import VARIANTS
 from tinyvim.tools.evaluate import WORST_PICTURES, format_report, evaluate_model
 from tinyvim.tools.inputs import DEFAULT_CROP_PCT
 from tinyvim.utils import atomic_write_json, check_output_paths
 
 
-class ProgressBar:
-    """One status line on stderr, redrawn at most every `every` seconds (on a terminal in place;
-    otherwise a line each time, so logs stay readable)."""
-
-    def __init__(self, every: float = 0.5):
-        self.every = every if sys.stderr.isatty() else max(every, 10.0)
-        self.last = -1e9
-        self.tty = sys.stderr.isatty()
-
-    def __call__(self, done: int, total: int, seconds: float, top1: float) -> None:
-        if seconds - self.last < self.every and done < total:
-            return
-        self.last = seconds
-        rate = done / seconds if seconds > 0 else 0.0
-        eta = (total - done) / rate if rate > 0 else 0.0
-        width = 24
-        filled = int(width * done / total)
-        line = (f"[{'#' * filled}{'.' * (width - filled)}] {done}/{total}  {rate:.1f} images/s  "
-                f"top-1 {top1 * 100:.2f} %  ETA {eta:.0f} s")
-        if self.tty:
-            click.echo("\r" + line + ("\n" if done >= total else ""), err=True, nl=False)
-        else:
-            click.echo(line, err=True)
+def _top1_progress(bar: ProgressBar):
+    """evaluate's progress callback (pictures done, total, seconds, running top-1) on the shared bar."""
+    return lambda done, total, seconds, top1: bar(done, total, seconds, f"top-1 {top1 * 100:.2f} %")
 
 
 @click.command("evaluate")
@@ -83,7 +61,7 @@ def evaluate(ctx, model, data, json_path, quiet, **kwargs):
     check_output_paths({"--json": json_path}, inputs={"MODEL": model, "--checkpoint": kwargs["checkpoint"]})
     options = pop_backend_options(kwargs)
     report = evaluate_model(model, data=data, options=options,
-                            progress=None if quiet else ProgressBar(), log=echo_err, **kwargs)
+                            progress=None if quiet else _top1_progress(ProgressBar()), log=echo_err, **kwargs)
     click.echo(format_report(report))
     if json_path:
         atomic_write_json(json_path, report)

@@ -114,13 +114,14 @@ def plan_export(fmt: str, output: str | os.PathLike | None = None, model: ModelS
     spec = EXPORT_FORMATS[fmt]
     if spec.is_folder:
         raise TinyvimError(f"--fmt {fmt} writes {spec.doc}: use tinyvim.serve.repository.write_repository")
-    check_export_args(scan=scan, precision=precision, opset=opset)
+    if fmt in TORCH_FORMATS:      # no opset there: its own check refuses one in those words
+        check_torch_format_args(fmt, inputs, scan=scan, precision=precision, opset=opset)
+    else:
+        check_export_args(scan=scan, precision=precision, opset=opset)
     if fmt == "openvino" and scan != PORTABLE_SCAN:
         ir_extension()      # the plugin flavour's IR needs our OpenVINO extension: said before the tracing
     if fmt == "ort" and scan != PORTABLE_SCAN:
         raise TinyvimError("--fmt ort needs --scan portable: a mobile ONNX Runtime has no CrossSelectiveScan op")
-    if fmt in TORCH_FORMATS:
-        check_torch_format_args(fmt, inputs, scan=scan, precision=precision, opset=opset)
     output = os.fspath(output) if output else default_output(fmt, model, inputs, scan=scan, precision=precision)
     if os.path.isdir(output):      # os.path: a name too long to stat is the writer's check below
         example = Path(output) / f"model{spec.suffix}"

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import collections
 import contextlib
+import functools
 import io
 import logging
 import os
@@ -102,7 +103,18 @@ def check_export_args(*, scan: str, precision: str, opset: int | None) -> int:
     """The export's own arguments, before anything is built (the model and the input checked
     themselves when their ModelSpec / InputSpec was made); returns the opset to use. The opset
     must lie between MIN_OPSET and the newest the installed onnx knows (its checker and shape
-    inference refuse anything newer - after minutes of tracing)."""
+    inference refuse anything newer - after minutes of tracing).
+
+    Every CLI export meets this twice: at the boundary that must refuse before any work
+    (plan_export; `export --fmt triton` before the repository's checks) and again in export_onnx,
+    which library callers (profile, benchmark, the repository writer, user code) call directly.
+    The answer depends only on the arguments and the installed onnx, so it is worked out once
+    (_checked_opset's cache); a refusal raises every time and is never cached."""
+    return _checked_opset(scan, precision, opset)
+
+
+@functools.lru_cache(maxsize=32, typed=True)    # typed: 20 and 20.0 or True are different answers
+def _checked_opset(scan: str, precision: str, opset: int | None) -> int:
     check_scan(scan)
     check_export_precision(precision)
     opset = DEFAULT_OPSET if opset is None else opset

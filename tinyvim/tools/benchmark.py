@@ -9,15 +9,16 @@ this module makes each artifact at most once (export, quantize, build an engine)
 long that took. A row that cannot run here says why (`skipped`); a row that fails says its
 failure (`failed`) and the others go on.
 
-Timings are interleaved: every repeat runs each timed row once in turn (a, b, c, a, b, c, ...),
-so a load that comes and goes hits every row alike. The report flags a noisy machine: a load
-average above half the usable cores before or after, or a row whose p90 is more than
-NOISY_SPREAD times its p50.
+Timings are interleaved (tinyvim.tools.timing): every repeat runs each timed row once in turn
+(a, b, c, a, b, c, ...), so a load that comes and goes hits every row alike. The report flags a
+noisy machine: a load average above half the usable cores before or after, or a row whose p90 is
+more than NOISY_SPREAD times its p50.
 """
 from __future__ import annotations
 
 import contextlib
 import csv
+import functools
 import io
 import os
 import tempfile
@@ -47,10 +48,12 @@ from tinyvim.lazy import lazy_import
 from tinyvim.export import export_onnx
 from tinyvim.tools.datasets import open_labelled_set
 from tinyvim.tools.environment import default_threads, environment
-from tinyvim.tools.evaluate import labelled_batches, topk_hits
-from tinyvim.tools.inputs import DEFAULT_CROP_PCT, iter_random_batches
+from tinyvim.tools.evaluate import MAX_WORKERS, labelled_batches, topk_hits
+from tinyvim.tools.inputs import DEFAULT_CROP_PCT, iter_random_batches, list_images
+from tinyvim.tools.noise import NoiseMonitor, relative_spread
 from tinyvim.tools.profile import _matplotlib_pyplot, latency_stats
 from tinyvim.tools.quantize import CalibrationRequest, cpu_has_vnni, quantize_onnx
+from tinyvim.tools.timing import interleave
 from tinyvim.utils import atomic_output, atomic_write_json, check_output_path
 
 np = lazy_import("numpy")
@@ -194,16 +197,21 @@ def run_benchmark(*, variant: str = "s", checkpoint: str | None = None, img_size
     check_threads(threads)
     check_count(iters, "--iters")
     check_count(warmup, "--warmup", 0)
+    check_count(workers, "--workers", 1, MAX_WORKERS)
+    if limit is not None:
+        check_count(limit, "--limit")
+    if not batches:
+        raise TinyvimError("--batch: give at least one batch size, e.g. 1,8")
     for b in batches:
         check_batch(b)
         check_workload(b, img_size)
     if checkpoint is not None and not os.path.isfile(checkpoint):
         raise TinyvimError(f"--checkpoint {checkpoint}: no such file (or not a regular file)")
-    for artifact, path in (files or {}).items():
-        if artifact not in ARTIFACTS or artifact == "torch":
-            raise TinyvimError(f"--file {artifact}=...: not a file artifact; choose from {', '.join(ARTIFACTS[1:])}")
-        if not os.path.isfile(path):
-            raise TinyvimError(f"--file {artifact}={path}: no such file")
+    _check_files(files or {})
+    if calib is not None:
+        list_images(calib, 1, DEFAULT_LIMIT, flag="--calib")
+    if workdir is not None and os.path.exists(workdir) and not os.path.isdir(workdir):
+        raise TinyvimError(f"--workdir {workdir}: not a folder (give a folder to keep the made files in)")
     dataset = open_labelled_set(data, limit=limit) if data is not None else None
     rows = [_Row(b, r) for b, r in select_rows(formats)]
     threads = threads or default_threads()
@@ -211,7 +219,11 @@ def run_benchmark(*, variant: str = "s", checkpoint: str | None = None, img_size
     cores = env["usable_cores"] or 1
     load_before = os.getloadavg()
     max_batch = max(batches)
+    spec = ModelSpec(variant=variant, checkpoint=checkpoint)
     with contextlib.ExitStack() as stack:
+        # the reference first: a checkpoint that does not load is refused before any export
+        reference = stack.enter_context(get_backend("torch").runner(RunnerRequest(
+            spec=spec, threads=threads, log=lambda m: None)))
         work = Path(workdir) if workdir else Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="tinyvim-bench-")))
         work.mkdir(parents=True, exist_ok=True)
         maker = ArtifactMaker(work, variant=variant, checkpoint=checkpoint, img_size=img_size, max_batch=max_batch,
@@ -237,8 +249,6 @@ def run_benchmark(*, variant: str = "s", checkpoint: str | None = None, img_size
                 row.status, row.reason = "failed", (str(exc) if isinstance(exc, TinyvimError) else
                                                      f"{type(exc).__name__}: {error_reason(exc, 200)}")
         live = [r for r in rows if r.status == "ok"]
-        reference = stack.enter_context(get_backend("torch").runner(RunnerRequest(
-            spec=maker.spec, threads=threads, log=lambda m: None)))
 
         # fidelity (and accuracy with labels): every row on the same pictures as the reference
         if dataset is not None:
@@ -263,25 +273,60 @@ def run_benchmark(*, variant: str = "s", checkpoint: str | None = None, img_size
         # speed: interleaved repeats, every timed row once per repeat
         timed = [r for r in live if r.spec.timed and r.status == "ok"]
         log(f"timing {len(timed)} rows at batch {', '.join(map(str, batches))} ({iters} interleaved repeats)")
-        for b in batches:
-            feed = {INPUT_NAME: next(iter_random_batches(1, b, img_size, seed=1))}
-            for i in range(warmup + iters):
-                for row in timed:
-                    if row.status != "ok":
-                        continue
-                    start = time.perf_counter()
-                    if _guard(row, row.runner.infer, feed) is not None and i >= warmup:
-                        row.times.setdefault(b, []).append(time.perf_counter() - start)
+        with NoiseMonitor(threads) as monitor:     # the conditions `profile` reports too (tinyvim.tools.noise)
+            for b in batches:
+                feed = {INPUT_NAME: next(iter_random_batches(1, b, img_size, seed=1))}
+                samples = interleave({str(i): functools.partial(_timed_infer, row, feed)
+                                      for i, row in enumerate(timed)}, warmup=warmup, iters=iters)
+                for i, row in enumerate(timed):
+                    if samples[str(i)]:
+                        row.times[b] = samples[str(i)]
     load_after = os.getloadavg()
     report = _report(rows, ref_all, y_all, batches, env, load_before, load_after, cores, variant, img_size,
                      checkpoint, dataset)
+    report["noise"] = monitor.report({f"{r.spec.label} batch {b}": relative_spread(t) for r in timed
+                                      for b, t in r.times.items() if r.status == "ok"}).to_dict()
     report["calibration"] = maker.calib_dir or f"{RANDOM_PICTURES} seeded random images"
     report["int8_weight_bits"] = 7 if maker.reduce_range else 8
     return report
 
 
+def _check_files(files: dict[str, str]) -> None:
+    """--file ARTIFACT=PATH: a file artifact, an existing file, of the kind and precision the
+    artifact is (an engine for engine-*, else an ONNX; fp32 for onnx, int8 for onnx-int8, ...),
+    read now rather than when its row comes up."""
+    for artifact, path in files.items():
+        if artifact not in ARTIFACTS or artifact == "torch":
+            raise TinyvimError(f"--file {artifact}=...: not a file artifact; choose from {', '.join(ARTIFACTS[1:])}")
+        if not os.path.isfile(path):
+            raise TinyvimError(f"--file {artifact}={path}: no such file")
+        want, _, precision = artifact.partition("-")
+        try:
+            info = read_model_info(path)
+        except TinyvimError as exc:
+            raise TinyvimError(f"--file {artifact}=...: {exc}") from None
+        if info.kind != want:
+            raise TinyvimError(f"--file {artifact}={path}: {_a(info.kind)} file, and {artifact} is {_a(want)} file")
+        if info.precision != (precision or "fp32"):
+            raise TinyvimError(f"--file {artifact}={path}: the file is {info.precision}, and {artifact} is "
+                               f"{precision or 'fp32'}")
+
+
+def _a(word: str) -> str:
+    return f"{'an' if word[:1] in 'aeiou' else 'a'} {word}"
+
+
 def _run(runner: BaseRunner, x: np.ndarray) -> np.ndarray:
     return np.asarray(next(iter(runner.infer({INPUT_NAME: x}).values())), np.float32)
+
+
+def _timed_infer(row: _Row, feed: dict) -> float | None:
+    """One call of a row for interleave: its seconds by the wall clock, or None once the row has
+    failed (said in its row; the other rows go on)."""
+    if row.status != "ok":
+        return None
+    start = time.perf_counter()
+    return None if _guard(row, row.runner.infer, feed) is None else time.perf_counter() - start
 
 
 def _guard(row: _Row, fn, *args):
@@ -366,6 +411,8 @@ def format_markdown(report: dict) -> str:
             _cell(e["worst_cosine"], ".5f"), *timing]) + " |")
     notes = [f"int8 calibrated on {report['calibration']}, weights in {report['int8_weight_bits']} bits"]
     notes += [f"noisy: {n}" for n in report["noisy"]]
+    if "noise" in report:      # a report written before the noise measurement has none
+        notes.append(report["noise"]["verdict"])
     return "\n".join(lines + [""] + notes)
 
 

@@ -84,13 +84,20 @@ def _is_real(value) -> bool:
 #:   a saturating int8 kernel measured 0.97-0.994, a wrong scale or axis < 0.9) and on the
 #:   reference's top-1 class being in the candidate's top 5 for >= 95 % of the images.
 #: fp8 (e4m3: 3 mantissa bits, relative step 6.25 %) per-tensor amax/448 scales: the same guard
-#:   and top-5 rule, cosine >= 0.98.
+#:   and top-5 rule, cosine >= 0.95, set on trained weights (bench/fp8_fixture.py, the digits
+#:   fixture, 360 held-out pictures, minmax ranges from 256 training pictures): worst per-picture
+#:   cosine 0.966 (1st percentile 0.974, median 0.9965; top-1 unchanged, agreement 98.9 %). Not a
+#:   defect of the fp8 graph: ORT's e4m3 Q/DQ equals an exact ml_dtypes rounding, scales mapping
+#:   less than amax to 448 clip the weights (cosine < 0), and the loss is e4m3's flat ~31.5 dB
+#:   signal-to-noise on every weight tensor against 39-41 dB for 7-bit int8 - the fp8 weights
+#:   (activations alone: 0.996), most of it in the stem (restored to float: 0.996). 0.95 leaves
+#:   1.5x the measured worst 1 - cosine; the entropy ranges' fp8 (0.896) and broken scales fail.
 DEFAULT_TOLERANCES = {
     FP32: Tolerance(atol=1e-4, rtol=1e-3),
     FP16: Tolerance(atol=5e-2, rtol=5e-2, min_cosine=0.999),
     BF16: Tolerance(atol=2.5e-1, rtol=1e-1, min_cosine=0.995),
     INT8: Tolerance(atol=1.0, rtol=0.25, min_cosine=0.99, min_top5=0.95),
-    FP8: Tolerance(atol=1.0, rtol=0.25, min_cosine=0.98, min_top5=0.95),
+    FP8: Tolerance(atol=1.0, rtol=0.25, min_cosine=0.95, min_top5=0.95),
 }
 
 

@@ -1,12 +1,14 @@
 """Latency / throughput measurement of runners, the environment it ran in, and reporting.
 
-Backends are timed one after another (only one runner active at a time, ORT spinning off), so
-each is measured with the others idle. Latency is per `infer` call as the runner measures it
+Backends are timed in turn, one call of each per round (tinyvim.tools.timing), so a load that
+comes and goes hits them alike and their ratios hold (ORT sessions are made not to spin between
+calls, so an idle session leaves the cores to the backend whose turn it is). Latency is per `infer` call as the runner measures it
 (`BaseRunner.last_inference_time`: the model call for CPU backends, CUDA-event compute time for
 TensorRT, whose copies are reported separately as h2d/d2h).
 """
 from __future__ import annotations
 
+import contextlib
 import functools
 import os
 import tempfile
@@ -48,7 +50,8 @@ from tinyvim.lazy import import_optional, lazy_import
 from tinyvim.tools.environment import cpu_model, default_threads, environment  # noqa: F401  (re-exported)
 from tinyvim.tools.noise import NoiseMonitor, relative_spread
 from tinyvim.tools.reference import random_weights_note, resolve_checkpoint
-from tinyvim.utils import atomic_output, check_output_path
+from tinyvim.tools.timing import interleave
+from tinyvim.utils import atomic_output, check_output_path, plural
 
 np = lazy_import("numpy")
 
@@ -73,66 +76,86 @@ def throughput(batch: int, mean_ms: float) -> float:
     return batch * 1e3 / mean_ms if mean_ms > 0 else float("inf")
 
 
-def time_runner(runner: BaseRunner, feed: dict, *, warmup: int = 5, iters: int | None = 50,
-                duration: float | None = None, on_iter: Callable[[], None] | None = None) -> tuple[np.ndarray, dict]:
-    """Time an active runner on one feed: `warmup` untimed calls, then `iters` calls or as many
-    as fit in `duration` seconds (at least 3). Returns (per-call seconds, mean seconds per
-    extra phase such as h2d/d2h)."""
-    if iters is None and duration is None:
-        raise ValueError("give iters or duration")
-    for _ in range(warmup):
+def _timed_call(runner: BaseRunner, feed: dict) -> Callable[[], dict]:
+    """One infer of `runner` on `feed`, as a call for interleave: its sample is the runner's own
+    timings of that call (total, and compute / h2d / d2h where the backend measures them)."""
+    def call() -> dict:
         runner.infer(feed)
-    times, phases = [], {}
-    deadline = time.perf_counter() + duration if duration is not None else None
-    while True:
-        runner.infer(feed)
-        times.append(runner.last_inference_time())
-        for k, v in runner.last_timings().items():
+        return runner.last_timings()
+    return call
+
+
+def _entry(name: str, batch: int, timings: list[dict]) -> dict:
+    """The result of one (backend, batch) from the timings of its timed calls: latency as the
+    runner measures it (compute for TensorRT, whose copies are phases; the call otherwise)."""
+    times = np.asarray([t.get("compute", t["total"]) for t in timings])
+    phases: dict[str, list[float]] = {}
+    for t in timings:
+        for k, v in t.items():
             if k not in ("total", "compute"):
                 phases.setdefault(k, []).append(v)
-        if on_iter:
-            on_iter()
-        n = len(times)
-        if deadline is not None:
-            if time.perf_counter() >= deadline and n >= 3:
-                break
-        elif n >= iters:
-            break
-    return np.asarray(times), {k: float(np.mean(v)) for k, v in phases.items()}
+    stats = latency_stats(times)
+    return {"backend": name, "batch": batch, "latency_ms": stats, "throughput": throughput(batch, stats["mean"]),
+            "spread": relative_spread(times), "phases_ms": {k: float(np.mean(v)) * 1e3 for k, v in phases.items()}}
+
+
+#: seconds between two "round k of n" lines while a batch is timed
+PROGRESS_EVERY_S = 5.0
 
 
 def profile_backends(factories: dict[str, Callable[[], BaseRunner]], batches: list[int], img_size: tuple[int, int],
                      *, warmup: int = 5, iters: int | None = 50, duration: float | None = None, seed: int = 0,
                      log: Callable[[str], None] = lambda s: None,
                      batch_ok: Callable[[str, int], str | None] = lambda name, b: None) -> list[dict]:
-    """Time every backend at every batch size. `factories` maps a backend name to a callable
-    making its runner; `batch_ok(name, batch)` returns a reason to skip a combination.
-    Returns one entry per (backend, batch): {backend, batch, latency_ms{...}, throughput, phases_ms}
-    or {backend, batch, skipped: reason}."""
+    """Time every backend at every batch size, the backends interleaved (tinyvim.tools.timing):
+    all runners are built first, then at each batch size `warmup` rounds of one call each, then
+    `iters` timed rounds (or rounds for about `duration` seconds per backend). Every backend gets
+    the same input batch. `factories` maps a backend name to a callable making its runner;
+    `batch_ok(name, batch)` returns a reason to skip a combination. Returns one entry per
+    (backend, batch), backend by backend: {backend, batch, latency_ms{...}, throughput, spread,
+    phases_ms} or {backend, batch, skipped: reason}."""
     rng = np.random.default_rng(seed)
-    entries = []
+    results: dict[tuple[str, int], dict] = {}
     total = len(factories) * len(batches)
-    done = 0
-    for name, make in factories.items():
-        runner = make()
-        with runner:  # one runner active at a time: the others are idle while it is timed
-            for b in batches:
-                done += 1
+    with contextlib.ExitStack() as stack:
+        runners = {name: stack.enter_context(make()) for name, make in factories.items()}
+        for b in batches:
+            timed = []
+            for name in runners:
                 reason = batch_ok(name, b)
                 if reason:
-                    log(f"[{done}/{total}] {name} batch {b}: skipped ({reason})")
-                    entries.append({"backend": name, "batch": b, "skipped": reason})
-                    continue
-                feed = {runner.input_names[0]: rng.standard_normal((b, 3, *img_size), dtype=np.float32)}
-                log(f"[{done}/{total}] {name} batch {b}: timing...")
-                times, phases = time_runner(runner, feed, warmup=warmup, iters=iters, duration=duration)
-                stats = latency_stats(times)
-                entries.append({"backend": name, "batch": b, "latency_ms": stats,
-                                "throughput": throughput(b, stats["mean"]), "spread": relative_spread(times),
-                                "phases_ms": {k: v * 1e3 for k, v in phases.items()}})
-                log(f"[{done}/{total}] {name} batch {b}: {stats['mean']:.2f} ms mean, "
-                    f"{entries[-1]['throughput']:.1f} img/s")
-    return entries
+                    results[name, b] = {"backend": name, "batch": b, "skipped": reason}
+                    log(f"[{len(results)}/{total}] {name} batch {b}: skipped ({reason})")
+                else:
+                    timed.append(name)
+            if not timed:
+                continue
+            x = rng.standard_normal((b, 3, *img_size), dtype=np.float32)
+            calls = {name: _timed_call(runners[name], {runners[name].input_names[0]: x}) for name in timed}
+            rounds = plural(iters, "round") if duration is None else f"rounds for {duration * len(timed):g} s"
+            log(f"batch {b}: timing {', '.join(timed)}{' in turn' if len(timed) > 1 else ''} "
+                f"({plural(warmup, 'warm-up round')}, then {rounds})...")
+            samples = interleave(calls, warmup=warmup, iters=None if duration else iters,
+                                 duration=duration * len(timed) if duration else None,
+                                 on_round=_progress(log, f"batch {b}", iters if duration is None else None))
+            for name in timed:
+                e = results[name, b] = _entry(name, b, samples[name])
+                log(f"[{len(results)}/{total}] {name} batch {b}: {e['latency_ms']['mean']:.2f} ms mean, "
+                    f"{e['throughput']:.1f} img/s")
+    return [results[name, b] for name in factories for b in batches]
+
+
+def _progress(log: Callable[[str], None], what: str, rounds: int | None) -> Callable[[int], None]:
+    """on_round for interleave: 'batch 8: round 12 of 50' at most every PROGRESS_EVERY_S seconds."""
+    last = time.perf_counter()
+
+    def on_round(k: int) -> None:
+        nonlocal last
+        now = time.perf_counter()
+        if now - last >= PROGRESS_EVERY_S and k != rounds:      # the last round is said by its results
+            last = now
+            log(f"{what}: round {k}" + (f" of {rounds}" if rounds else ""))
+    return on_round
 
 
 def format_table(entries: list[dict]) -> str:
@@ -230,8 +253,9 @@ def format_environment(env: dict, backends: Sequence[str]) -> str:
 
 @dataclass(frozen=True)
 class Timing:
-    """How long each (backend, batch) is timed: `warmup` untimed calls, then `iters` calls or
-    `duration` seconds. Checked when built."""
+    """How long each batch size is timed: `warmup` untimed rounds, then `iters` timed rounds (a
+    round: one call of each backend, in turn) or rounds for about `duration` seconds per
+    backend. Checked when built."""
     warmup: int = 5
     iters: int = 20
     duration: float | None = None
@@ -343,7 +367,8 @@ def run_profile(backends, *, models: Sequence[str] = (), model: ModelOverrides =
             "models": [{"path": i.path, "kind": i.kind, "precision": i.precision} for i in by_kind.values()],
             "noise": noise.to_dict(), "environment": env, "settings": {"warmup": timing.warmup,
                                              "iters": None if timing.duration else timing.iters,
-                                             "duration_s": timing.duration, "threads": threads, "seed": input_seed,
+                                             "duration_s": timing.duration, "interleaved": True,
+                                             "threads": threads, "seed": input_seed,
                                              "options": {k: v for k, v in options.items() if v is not None}},
             "results": entries}
 

@@ -54,11 +54,13 @@ from tinyvim.backends.ort.runner import OrtRunner
 from tinyvim.contract import (
     CALIBRATION_METHODS,
     DEFAULT_IMG_SIZE,
+    DEFAULT_QDQ_PLACEMENT,
     DEFAULT_PERCENTILE,
     FP32,
     INT8,
     INPUT_NAME,
     MAX_CALIBRATION_SAMPLES,
+    QDQ_PLACEMENTS,
     QUANTIZED_PRECISIONS,
     SCAN_PLUGIN,
     Precision,
@@ -139,29 +141,93 @@ def saturation_warning(quant: QuantizationInfo | None) -> str | None:
 
 
 # --------------------------------------------------------------------- which nodes
-def select_nodes(graph: onnx.GraphProto) -> tuple[list[str], dict[str, str]]:
+#: ops that only move or view data: a tensor reaching a scan through them is still the scan's operand
+LAYOUT_OPS = ("Split", "Reshape", "Squeeze", "Unsqueeze", "Transpose", "Slice", "Identity", "Flatten")
+#: why placement "lean" keeps a scan-operand layer in fp32 (see select_nodes)
+SCAN_OPERAND_REASON = ("computes the scan's operands (x_proj / dt_proj: tiny, and Q/DQ there sits on the "
+                       "tensors that feed the scan)")
+
+
+def scan_operands(graph: onnx.GraphProto) -> set[str]:
+    """The tensors the SS2D scans read (x, delta, Bs, Cs): the inputs of the plugin nodes, and the
+    inputs from outside of each portable lowering, whose nodes are all named '<the scan's
+    output>/…' (tinyvim.export.scan_lowering). Initializers and constants are not operands."""
+    operands: set[str] = set()
+    constants = {i.name for i in graph.initializer} | {o for n in graph.node if n.op_type == "Constant"
+                                                       for o in n.output}
+    outputs = {o for n in graph.node for o in n.output}
+    lowered: dict[str, list[onnx.NodeProto]] = {}
+    for node in graph.node:
+        if (node.domain, node.op_type) == (SCAN_PLUGIN.onnx_domain, SCAN_PLUGIN.op_type):
+            operands.update(node.input[:4])
+            continue
+        cuts = [i for i, c in enumerate(node.name) if c == "/" and node.name[:i] in outputs]
+        if cuts:
+            lowered.setdefault(node.name[:cuts[0]], []).append(node)
+    for nodes in lowered.values():
+        inside = {o for n in nodes for o in n.output}
+        operands.update(i for n in nodes for i in n.input if i and i not in inside and i not in constants)
+    return operands
+
+
+def scan_operand_layers(graph: onnx.GraphProto, candidates: set[str]) -> tuple[set[str], set[str]]:
+    """(the layers of `candidates` that compute a scan operand, the tensors on the way): walking back
+    from each operand through LAYOUT_OPS and through such layers (delta = dt_proj(split(x_proj(x)))),
+    and stopping at anything else."""
+    producer = {o: n for n in graph.node for o in n.output}
+    layers: set[str] = set()
+    seen: set[str] = set()
+    stack = list(scan_operands(graph))
+    while stack:
+        tensor = stack.pop()
+        if tensor in seen:
+            continue
+        seen.add(tensor)
+        node = producer.get(tensor)
+        if node is None:
+            continue
+        if node.name in candidates:
+            layers.add(node.name)
+        elif node.op_type not in LAYOUT_OPS:
+            continue
+        stack.append(node.input[0])
+    return layers, seen
+
+
+def select_nodes(graph: onnx.GraphProto, placement: str = DEFAULT_QDQ_PLACEMENT) -> tuple[list[str], dict[str, str]]:
     """(names of the nodes to quantize, {name: reason} for weighted nodes kept in fp32).
 
     Quantized: Conv / MatMul / Gemm of the default domain whose weight (input 1) is an
     initializer, i.e. the network's learned layers. Not even considered: the scan's
     activation x activation MatMuls and every other op. Kept in fp32, with the reason: a node
     fed by a Concat (module docstring), a node without a name (the quantizer addresses nodes
-    by name)."""
+    by name), and with placement "lean" the layers that compute the scan's operands: each SS2D's
+    x_proj (the 1x1 conv giving dt, B and C from the scan's x) and dt_proj (dt -> delta), found
+    by walking back from the scan's operands (scan_operand_layers), for either scan flavour. They
+    run on the pooled 7x7 map (0.3 % of TinyViM-S's weighted MACs at 224), so int8 saves nothing
+    there, while their Q/DQ sits on the scan's x (which the scan and the pyramid residual read in
+    fp32 too) and on a Split output: tensors OpenVINO quantizes in a FakeQuantize layer of its
+    own, and rounding that reaches the scan's inputs."""
+    if placement not in QDQ_PLACEMENTS:
+        raise TinyvimError(f"unknown --placement {placement!r}: choose {' or '.join(QDQ_PLACEMENTS)}")
     initializers = {i.name for i in graph.initializer}
     producer = {o: n for n in graph.node for o in n.output}
+    weighted = [n for n in graph.node if n.domain in ("", "ai.onnx") and n.op_type in QUANTIZED_OP_TYPES
+                and len(n.input) >= 2 and n.input[1] in initializers]
+    # activation x activation (the scan's contractions) is not a learned layer: not in `weighted`
+    operand_layers = scan_operand_layers(graph, {n.name for n in weighted if n.name})[0] \
+        if placement == "lean" else set()
     chosen: list[str] = []
     kept: dict[str, str] = {}
-    for node in graph.node:
-        if node.domain not in ("", "ai.onnx") or node.op_type not in QUANTIZED_OP_TYPES:
-            continue
-        if len(node.input) < 2 or node.input[1] not in initializers:
-            continue            # activation x activation (the scan's contractions): not a learned layer
+    for node in weighted:
         source = producer.get(node.input[0])
         if not node.name:
             kept[f"<unnamed {node.op_type} reading {node.input[0]}>"] = "the node has no name"
         elif source is not None and source.op_type == "Concat":
             kept[node.name] = ("input comes from a Concat (OpenVINO's CPU plugin miscomputes Concat -> Q/DQ -> "
                                "Conv)")
+        elif node.name in operand_layers:
+            kept[node.name] = SCAN_OPERAND_REASON
         elif node.op_type == "Gemm" and not _gemm_plain(node):
             kept[node.name] = "Gemm with transA or alpha/beta != 1"
         else:
@@ -226,6 +292,8 @@ class CalibrationRequest:
     size: tuple[int, int] | None = None
     method: str = "minmax"
     percentile: float | None = None
+    #: hold every k-th --calib picture out of calibration (the accuracy budget measures on them); None: none
+    holdout_every: int | None = None
 
     def __post_init__(self) -> None:
         if (self.calib_dir is None) == (self.calib_random is None):
@@ -249,6 +317,11 @@ class CalibrationRequest:
                     DEFAULT_PERCENTILE if self.percentile is None else self.percentile))
             except ValueError as exc:
                 raise TinyvimError(f"--percentile: {exc}") from None
+        if self.holdout_every is not None:
+            if self.calib_dir is None:
+                raise TinyvimError("an accuracy budget without labelled --data measures agreement on held-out --calib "
+                                   "pictures: give --calib DIR (random images say nothing about accuracy) or --data DIR")
+            check_count(self.holdout_every, "hold-out stride", 2)
 
     @property
     def method_name(self) -> str:
@@ -259,18 +332,38 @@ class CalibrationRequest:
         """The images themselves, at the model's `batch` and `size` (the pictures listed now)."""
         check_workload(batch, size)
         if self.calib_dir is not None:
-            files = list_images(self.calib_dir, 1, self.max_images, flag="--calib")
+            files = self._split()[0]
             return CalibrationSet("images", len(files), batch, size, None, tuple(files), self.crop_pct)
         return CalibrationSet("random", int(self.calib_random), batch, size, int(self.calib_seed))
 
+    def held_out_files(self) -> list[Path]:
+        """The --calib pictures kept out of calibration (every `holdout_every`-th, by name order)."""
+        return self._split()[1]
 
+    def _split(self) -> tuple[list[Path], list[Path]]:
+        """(calibration pictures, held-out pictures): picture i is held out when i % k == k - 1, a
+        rule (not a draw) spread over the whole sorted folder; one-line error when either is empty."""
+        files = list_images(self.calib_dir, 1, self.max_images, flag="--calib")
+        k = self.holdout_every
+        if not k:
+            return files, []
+        held = [f for i, f in enumerate(files) if i % k == k - 1]
+        if not held:
+            raise TinyvimError(f"--calib {self.calib_dir}: {len(files)} picture(s); the accuracy budget without --data "
+                               f"holds out every {k}th picture to measure agreement and needs at least {k}: give more "
+                               "pictures, or labelled --data")
+        return [f for i, f in enumerate(files) if i % k != k - 1], held
+
+
+#: progress(images done, images in the pass, seconds since the pass began, "pass k/2" or "") of a calibration pass
+CalibrationProgress = Callable[[int, int, float, str], None]
 #: bins of the |x| histogram behind a percentile range: the range is exact to max|x| / HISTOGRAM_BINS
 HISTOGRAM_BINS = 4096
 
 
 def collect_ranges(model: onnx.ModelProto, tensors: list[str], calib: CalibrationSet, *,
                    threads: int | None = None, percentile: float | None = None,
-                   entropy: bool = False) -> dict[str, tuple[float, float]]:
+                   entropy: bool = False, progress: CalibrationProgress | None = None) -> dict[str, tuple[float, float]]:
     """(min, max) of each of `tensors` over the calibration set: the model, with those tensors
     as extra outputs, runs batch by batch through tinyvim's ORT runner (the plugin flavour's
     scan node through its CPU path); memory is that of one batch.
@@ -282,7 +375,10 @@ def collect_ranges(model: onnx.ModelProto, tensors: list[str], calib: Calibratio
     symmetrically: only |x| matters).
 
     With entropy=True the same histogram gives -a..a with a the KL-optimal threshold
-    (`entropy_threshold`, TensorRT's entropy calibration)."""
+    (`entropy_threshold`, TensorRT's entropy calibration).
+
+    progress(images done, images in the pass, seconds since the pass began, "pass k/2" or "")
+    after every batch: a pass over a few hundred pictures takes seconds to minutes."""
 
     marked = onnx.ModelProto()
     marked.CopyFrom(model)
@@ -294,14 +390,21 @@ def collect_ranges(model: onnx.ModelProto, tensors: list[str], calib: Calibratio
     ranges: dict[str, list[float]] = {}
     runner = OrtRunner(marked.SerializeToString(), threads=threads, name="calibration")
 
-    def calibration_values() -> Iterator[dict[str, np.ndarray]]:
+    passes = 1 if percentile is None and not entropy else 2
+    total = -(-calib.samples // calib.batch) * calib.batch          # the last batch is filled up
+
+    def calibration_values(k: int) -> Iterator[dict[str, np.ndarray]]:
+        began, done = time.perf_counter(), 0
         for batch in calib.batches():     # the same batches on every pass (pictures, or seeded)
             values = runner.infer({INPUT_NAME: batch})
             values[INPUT_NAME] = batch
+            done += batch.shape[0]
+            if progress is not None:
+                progress(done, total, time.perf_counter() - began, f"pass {k}/{passes}" if passes > 1 else "")
             yield {name: np.asarray(values[name]) for name in tensors}
 
     with runner:
-        for values in calibration_values():
+        for values in calibration_values(1):
             for name, v in values.items():
                 if not np.all(np.isfinite(v)):
                     raise TinyvimError(f"calibration: tensor {name} has NaN/Inf values: the model or the images are "
@@ -313,7 +416,7 @@ def collect_ranges(model: onnx.ModelProto, tensors: list[str], calib: Calibratio
             return {k: (v[0], v[1]) for k, v in ranges.items()}
         amax = {k: max(-v[0], v[1]) for k, v in ranges.items()}
         hist = {k: np.zeros(HISTOGRAM_BINS, np.int64) for k in ranges}
-        for values in calibration_values():
+        for values in calibration_values(2):
             for name, v in values.items():
                 if amax[name] > 0:
                     bins = np.minimum((np.abs(v).ravel() * (HISTOGRAM_BINS / amax[name])).astype(np.int64),
@@ -497,12 +600,14 @@ def to_fp8(qdq: onnx.ModelProto, source: onnx.ModelProto, ranges: dict[str, tupl
 _QDQ = ("QuantizeLinear", "DequantizeLinear")
 
 
-def qdq_problems(qdq: onnx.ModelProto, source: onnx.ModelProto, quantized: list[str], dtype: str) -> list[str]:
+def qdq_problems(qdq: onnx.ModelProto, source: onnx.ModelProto, quantized: list[str], dtype: str, *,
+                 scan_operands_free: bool = False) -> list[str]:
     """What breaks the promises of the module docstring (empty when nothing): each node in
     `quantized` reads a DQ of a Q on input 0 and a DQ of a stored weight on input 1 (per
     channel along its output axis); every Q/DQ has a zero point of 0 of the right type; no
     DQ output reaches anything but the nodes in `quantized`; no other node changed, plugin
-    nodes included; nothing else is quantized (no Q/DQ on outputs)."""
+    nodes included; nothing else is quantized (no Q/DQ on outputs); with scan_operands_free,
+    no Q reads a scan operand or a tensor it comes from through layout ops (placement "lean")."""
     want = onnx.TensorProto.INT8 if dtype == "int8" else onnx.TensorProto.FLOAT8E4M3FN
     inits = {i.name: i for i in qdq.graph.initializer}
     producer = {o: n for n in qdq.graph.node for o in n.output}
@@ -554,6 +659,11 @@ def qdq_problems(qdq: onnx.ModelProto, source: onnx.ModelProto, quantized: list[
         elif n.name not in wanted and n.SerializeToString() != old.SerializeToString():
             problems.append(f"{n.name}: changed although it is not quantized"
                             + (" (a plugin node)" if n.domain == SCAN_PLUGIN.onnx_domain else ""))
+    if scan_operands_free:
+        layers = {n.name for n in source.graph.node if n.op_type in QUANTIZED_OP_TYPES and n.name}
+        operand_tensors = scan_operand_layers(source.graph, layers)[1]
+        problems += [f"{n.name}: quantizes {n.input[0]}, which feeds the scan" for n in qdq.graph.node
+                     if n.op_type == "QuantizeLinear" and n.input[0] in operand_tensors]
     return problems
 
 
@@ -570,14 +680,18 @@ def _output_axis(node: onnx.NodeProto) -> int:
 # --------------------------------------------------------------------- the whole job
 def quantize_onnx(model: str | os.PathLike, output: str | os.PathLike, calibration: CalibrationRequest, *,
                   dtype: Precision = INT8, reduce_range: bool = False, threads: int | None = None,
-                  log: Callable[[str], None] = lambda m: None) -> QuantizeResult:
+                  placement: str = DEFAULT_QDQ_PLACEMENT, log: Callable[[str], None] = lambda m: None,
+                  progress: CalibrationProgress | None = None) -> QuantizeResult:
     """Quantize the fp32 TinyViM ONNX `model` into a Q/DQ ONNX at `output` (written
-    atomically): int8 (or fp8) per the module docstring, calibrated as `calibration` says.
-    metadata_props are kept, with `precision` set to `dtype` and `quantization` describing
-    how. Every argument is checked before any work."""
+    atomically): int8 (or fp8) per the module docstring, calibrated as `calibration` says, the
+    layers chosen by `placement` (select_nodes). metadata_props are kept, with `precision` set
+    to `dtype` and `quantization` describing how. Every argument is checked before any work.
+    progress: per calibration batch (`collect_ranges`)."""
     start = time.perf_counter()
     if dtype not in QUANTIZED_PRECISIONS:
         raise TinyvimError(f"unknown --dtype {dtype!r}: choose {' or '.join(QUANTIZED_PRECISIONS)}")
+    if placement not in QDQ_PLACEMENTS:
+        raise TinyvimError(f"unknown --placement {placement!r}: choose {' or '.join(QDQ_PLACEMENTS)}")
     check_threads(threads)
     check_output_paths({"-o": output}, inputs={"MODEL": model}, suffixes={"-o": (".onnx",)})
     info = read_onnx_info(model)
@@ -610,7 +724,7 @@ def quantize_onnx(model: str | os.PathLike, output: str | os.PathLike, calibrati
     warnings = [w for w in [saturation_warning(QuantizationInfo(dtype, 7 if reduce_range else 8, calib.source,
                                                                  calib.samples, calib.seed))] if w]
 
-    nodes, kept = select_nodes(proto.graph)
+    nodes, kept = select_nodes(proto.graph, placement)
     if not nodes:
         raise TinyvimError(f"{model} has no Conv/MatMul/Gemm with weights to quantize")
     tensors = activation_inputs(proto.graph, nodes)
@@ -619,14 +733,14 @@ def quantize_onnx(model: str | os.PathLike, output: str | os.PathLike, calibrati
     log(f"calibrating {len(tensors)} activation ranges ({how}) on {calib.describe()}, batch {batch}")
     t0 = time.perf_counter()
     ranges = collect_ranges(proto, tensors, calib, threads=threads, percentile=percentile,
-                            entropy=calibration.method == "entropy")
+                            entropy=calibration.method == "entropy", progress=progress)
     t1 = time.perf_counter()
     log(f"quantizing {len(nodes)} layers ({dtype}, per-channel weights"
         f"{', 7-bit' if reduce_range else ''}; {len(kept)} weighted layer(s) kept in fp32)")
     qdq = _ort_quantize(proto, nodes, ranges, reduce_range=reduce_range)
     if dtype == "fp8":
         qdq = to_fp8(qdq, proto, ranges)
-    problems = qdq_problems(qdq, proto, nodes, dtype)
+    problems = qdq_problems(qdq, proto, nodes, dtype, scan_operands_free=placement == "lean")
     if problems:
         raise TinyvimError(f"internal: the quantized graph breaks its promises: {'; '.join(problems[:5])}"
                            + (f" (+{len(problems) - 5} more)" if len(problems) > 5 else ""))

@@ -2,19 +2,28 @@
 onnxruntime-extensions' Python custom op by one of two routes:
 
 - "fast" (the default): our compiled fast CPU scan (tinyvim.plugins.cpu_fast), called through
-  ctypes on the numpy buffers ORT hands the op (no copies on our side). The ORT wheel ships no
-  C/C++ headers and we vendor none, so a native ORT custom-op library is not an option; what
-  remains is the Python call itself (~40 us per node, bench/fast_scan_cpu.py measures it).
+  ctypes on the numpy arrays the op is handed.
 - "reference": the PyTorch parallel scan - the check the fast route is compared against.
 
 TINYVIM_ORT_SCAN=fast|reference picks the route for a process; plugin_session(route=...) for
 one session. onnxruntime-extensions registers Python ops only in the domain `ai.onnx.contrib`,
 so the session gets a copy of the graph with the plugin nodes moved there (an
-onnx-graphsurgeon edit, tinyvim.backends.ort.graph_edit), under the route's op type."""
+onnx-graphsurgeon edit, tinyvim.backends.ort.graph_edit), under the route's op type.
+
+What a call costs besides the kernel (bench/ort_node_overhead.py takes it apart):
+onnxruntime-extensions copies each input into a new numpy array (a memcpy each, in C++), and its
+stock invoker hands the result back as `y.flatten().tolist()`: one Python float per element,
+which C++ then casts back into an array before copying it into ORT's output. That list was most
+of the route's overhead (it grows with the tensor). `_invoke` replaces the invoker for our ops
+only and hands the flat float32 array over as it is (pybind11 casts an ndarray without a copy);
+every other Python op goes on through the stock invoker. The input copies and the final memcpy
+are the extension's and stay. A native ORT custom-op library would avoid them but needs ORT's C
+API header, which neither the onnxruntime wheel nor a Debian 12 package ships (docs/cpu-scan.md).
+"""
 from __future__ import annotations
 
+import functools
 import os
-
 
 from tinyvim.backends.ort.graph_edit import edit_graph
 from tinyvim.backends.ort.loader import import_onnxruntime
@@ -61,7 +70,58 @@ def import_ort_extensions():
     return import_optional("onnxruntime_extensions", what="onnxruntime-extensions (to run a plugin-flavour ONNX on CPU)")
 
 
+@functools.lru_cache(maxsize=256)
+def _check_node(shapes: tuple[tuple[int, ...], ...], fields: tuple[tuple[str, int], ...]) -> None:
+    """What the TensorRT plugin checks at configure time, checked here too; once per distinct
+    (shapes, attributes): a session calls each node with the same shapes every inference.
+    A ValueError is not cached, so a bad call fails every time."""
+    try:
+        SCAN_PLUGIN.bind_dims(dict(zip(SCAN_PLUGIN.input_names, shapes)), **dict(fields))
+    except ValueError as exc:
+        raise ValueError(f"{SCAN_PLUGIN.op_type}: {exc}") from None
+
+
+#: id -> Opdef of the ops registered here: the ones `_invoke` answers itself
+_own_ops: dict[int, object] = {}
+#: onnxruntime-extensions' own invoker, which `_invoke` hands every other op to
+_stock_invoker = None
+
+
+def _invoke(op_id, feed, attributes):
+    """onnxruntime-extensions' Python-op invoker (called from its C++ kernel with the input
+    arrays and the attributes as strings; returns (id, shape, data, ...) per output), with the
+    result of our ops handed back as a flat float32 array instead of a Python list."""
+    opdef = _own_ops.get(op_id)
+    if opdef is None:
+        return _stock_invoker(op_id, feed, attributes)
+    y = opdef(*feed, **opdef.cast_attributes(attributes))
+    # C++ memcpys data into ORT's output of `shape`: it must be C-contiguous float32 (a no-op here)
+    return op_id, y.shape, np.ascontiguousarray(y, dtype=np.float32).reshape(-1)
+
+
+def use_array_results(enabled: bool = True) -> bool:
+    """Install `_invoke` as onnxruntime-extensions' invoker (enabled) or put its stock one back.
+    Returns whether `_invoke` is now installed: False when this onnxruntime-extensions has no
+    such hook (then its stock path stays: the same results, slower)."""
+    global _stock_invoker, _array_results
+    extensions = import_ort_extensions()
+    install = getattr(extensions.PyCustomOpDef, "install_hooker", None)
+    stock = getattr(getattr(extensions, "_ocos", None), "_on_pyop_invocation", None)
+    if install is None or stock is None:
+        return False
+    _stock_invoker = stock
+    install(_invoke if enabled else stock)
+    _array_results = enabled
+    return enabled
+
+
+def array_results() -> bool:
+    """Whether our ops' results go back through `_invoke` (as arrays)."""
+    return _array_results
+
+
 _registered = False
+_array_results = False
 
 
 def _register() -> None:
@@ -79,19 +139,16 @@ def _register() -> None:
 
     def checked(route):
         def op(*arrays, **node_attrs):
-            shapes = dict(zip(SCAN_PLUGIN.input_names, (a.shape for a in arrays)))
-            fields = {f.name: int(node_attrs[f.name]) for f in SCAN_PLUGIN.fields}
-            try:   # what the TensorRT plugin checks at configure time, checked here too
-                SCAN_PLUGIN.bind_dims(shapes, **fields)
-            except ValueError as exc:
-                raise ValueError(f"{SCAN_PLUGIN.op_type}: {exc}") from None
+            _check_node(tuple(a.shape for a in arrays),
+                        tuple((f.name, int(node_attrs[f.name])) for f in SCAN_PLUGIN.fields))
             return _SCANS[route](*arrays)     # looked up per call: a test may wrap it
         return op
 
     for route, op_type in ROUTES.items():
-        onnx_op(op_type=op_type, inputs=[PyCustomOpDef.dt_float] * len(SCAN_PLUGIN.inputs),
-                outputs=[PyCustomOpDef.dt_float] * len(SCAN_PLUGIN.outputs), attrs=attrs)(checked(route))
-
+        opdef = onnx_op(op_type=op_type, inputs=[PyCustomOpDef.dt_float] * len(SCAN_PLUGIN.inputs),
+                        outputs=[PyCustomOpDef.dt_float] * len(SCAN_PLUGIN.outputs), attrs=attrs)(checked(route))
+        _own_ops[id(opdef)] = opdef       # the id its C++ kernel calls the invoker with
+    use_array_results()
     _registered = True
 
 
