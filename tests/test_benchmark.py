@@ -164,3 +164,17 @@ def test_rows_are_timed_in_turn_and_a_failing_row_leaves_the_turns():
     # the conditions, as profile measures them: a spread for every series timed to the end
     assert set(report["noise"]["spread"]) == {f"{r} batch {b}" for r in ("torch eager", "rows a") for b in (1, 2)}
     assert report["noise"]["verdict"] in format_markdown(report)
+
+
+def test_the_runs_own_threads_are_not_other_work():
+    """The load-average flag counts what is beyond the run's own threads after it (a quiet 2-core run
+    with 2 threads ends near load 2 - that is not other work), and still flags real other work."""
+    from tinyvim.tools.benchmark import _report
+    env = {"threads": 2, "usable_cores": 2}
+
+    def flags(before, after):
+        return [n for n in _report([], None, None, (1,), env, (before, 0, 0), (after, 0, 0), 2, "s", (64, 64),
+                                   None, None)["noisy"] if "other work" in n]
+    assert flags(0.3, 1.9) == []            # quiet: the run's own two threads
+    assert len(flags(0.3, 3.5)) == 1        # 1.5 beyond them on 2 cores
+    assert len(flags(1.6, 1.9)) == 1        # busy before the run started
