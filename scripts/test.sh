@@ -4,7 +4,8 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh
 # Two workers, one test file each at a time (--dist loadfile keeps a file's module fixtures —
-# exports, C++ builds — on one worker): the suite in ~11 min cold on 2 cores (one process: ~16, extrapolated), and each
-# worker's process holds fewer native runtimes at once (one long single process once died of a
-# SIGSEGV after loading ORT, OpenVINO, the fast scan and the PT2 runtimes; not seen with workers).
-.venv/bin/python -m pytest -q -n "${TINYVIM_TEST_WORKERS:-2}" --dist loadfile "$@"
+# exports, C++ builds — on one worker), handed out in collection order, which tests/conftest.py
+# makes longest file first (--no-loadscope-reorder), so the workers finish together; each worker's
+# process holds fewer native runtimes at once (one long single process once died of a SIGSEGV
+# after loading ORT, OpenVINO, the fast scan and the PT2 runtimes; not seen with workers).
+.venv/bin/python -m pytest -q -n "${TINYVIM_TEST_WORKERS:-2}" --dist loadfile --no-loadscope-reorder "$@"

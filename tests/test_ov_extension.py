@@ -12,9 +12,9 @@ from click.testing import CliRunner
 
 from tinyvim.backends.ov.loader import ir_has_plugin_nodes, new_core, supported_precisions
 from tinyvim.commands.engines import validate
-from tinyvim.contract import IR_EXTENSION_LIBRARY, IR_EXTENSION_RT_INFO_KEY, InputSpec, ModelSpec
+from tinyvim.contract import IR_EXTENSION_LIBRARY, IR_EXTENSION_RT_INFO_KEY
 from tinyvim.errors import TinyvimError
-from tinyvim.export import export_onnx, read_metadata
+from tinyvim.export import read_metadata
 from tinyvim.export.openvino_ir import save_ir
 from tinyvim.export.scan_node import scan_node_model
 from tinyvim.plugins.ov_extension import extension_library
@@ -57,11 +57,11 @@ def test_missing_extension_is_one_line(scan_model, monkeypatch):
 
 
 @pytest.mark.slow
-def test_plugin_flavour_onnx_and_ir_validate_on_ov(tmp_path, monkeypatch):
-    """TinyViM-S 64x64, plugin flavour, dynamic batch: the ONNX and an IR converted from it validate
-    on OpenVINO against the original computation; the IR names its extension, and without it
-    validate says so in one line."""
-    onnx_path = export_onnx(tmp_path / "s.onnx", ModelSpec("s"), InputSpec((64, 64), None), scan="plugin").path
+def test_plugin_flavour_onnx_and_ir_validate_on_ov(tmp_path, monkeypatch, plugin_dyn_onnx):
+    """TinyViM-S 64x64, plugin flavour, dynamic batch (tests/conftest.py): the ONNX and an IR
+    converted from it validate on OpenVINO against the original computation; the IR names its
+    extension, and without it validate says so in one line."""
+    onnx_path = plugin_dyn_onnx
     r = CliRunner().invoke(validate, [str(onnx_path), "--backend", "ov", "--batch", "2", "--num-inputs", "1"])
     assert r.exit_code == 0 and "PASSED" in r.output, r.output
     xml, _ = save_ir(onnx_path, tmp_path / "s.xml", read_metadata(str(onnx_path)), extension=extension_library())

@@ -11,7 +11,6 @@ import pytest
 from click.testing import CliRunner
 from onnx import numpy_helper
 
-from tinyvim.contract import InputSpec, ModelSpec
 from tinyvim.commands.engines import validate
 from tinyvim.tools.inputs import preprocess_image
 from tinyvim.backends.model_file import read_onnx_info
@@ -158,11 +157,9 @@ def test_resolve_reference_rejects_contradictions(tinyvim_onnx):
         resolve_reference(info)
 
 
-def test_plugin_flavour_validates_through_the_cpu_custom_op(tmp_path_factory):
+def test_plugin_flavour_validates_through_the_cpu_custom_op(plugin_onnx):
     pytest.importorskip("onnxruntime_extensions", reason="onnxruntime-extensions runs the plugin node on CPU")
-    export = pytest.importorskip("tinyvim.export", reason="the ONNX export module is not available")
-    path = tmp_path_factory.mktemp("plugin") / "plugin.onnx"
-    export.export_onnx(path, ModelSpec("s"), InputSpec((SIZE, SIZE), 1), scan="plugin")
+    path = plugin_onnx                              # S 64x64, batch 1, seed 0 (tests/conftest.py)
     assert read_onnx_info(path).plugin_nodes
     r = run([path, "--num-inputs", 1])
     assert r.exit_code == 0, r.output

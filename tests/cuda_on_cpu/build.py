@@ -72,6 +72,20 @@ def _atomic_build(target: Path, build) -> Path:
     return target
 
 
+def runtime_object() -> Path:
+    """cuda_on_cpu_runtime-<hash>.o: the runtime compiled once (cached by content) and linked into
+    every kernel library, so that the mutation test's fifteen builds compile only their kernel
+    (the runtime was half of each build). Each library still holds its own copy of the runtime."""
+    cxx = find_compiler()
+    key = _hash([cxx, _compiler_version(cxx), *CXXFLAGS, *[p.read_bytes() for p in _runtime_files()]])
+    target = cache_dir() / f"cuda_on_cpu_runtime-{key}.o"
+    if target.exists():
+        return target
+    return _atomic_build(target, lambda tmp: _compile(
+        [cxx, *CXXFLAGS, "-c", f"-I{RUNTIME}", str(RUNTIME / "cuda_on_cpu_runtime.cpp"), "-o", tmp],
+        "the CUDA-on-CPU runtime"))
+
+
 def build_library(out_dir: Path | None = None, src_dir: Path | None = None) -> Path:
     """libtinyvim_scan_cuda_on_cpu-<hash>.so: the kernel and launcher of src_dir (default: the
     package's csrc) on the runtime; cached by content."""
@@ -84,13 +98,15 @@ def build_library(out_dir: Path | None = None, src_dir: Path | None = None) -> P
     if target.exists():
         return target
 
+    out_dir.mkdir(parents=True, exist_ok=True)
+    runtime = runtime_object()
+
     def build(tmp: str) -> None:
         with tempfile.TemporaryDirectory(dir=out_dir) as gen:
             tu = rewrite.generate_translation_unit(src_dir, Path(gen))
-            _compile([cxx, *CXXFLAGS, "-shared", f"-I{RUNTIME}", f"-I{src_dir}", str(tu),
-                      str(RUNTIME / "cuda_on_cpu_runtime.cpp"), "-o", tmp], "the CUDA kernel on the CPU runtime")
+            _compile([cxx, *CXXFLAGS, "-shared", f"-I{RUNTIME}", f"-I{src_dir}", str(tu), str(runtime), "-o", tmp],
+                     "the CUDA kernel on the CPU runtime")
 
-    out_dir.mkdir(parents=True, exist_ok=True)
     return _atomic_build(target, build)
 
 
