@@ -8,4 +8,8 @@ bash scripts/setup.sh
 # makes longest file first (--no-loadscope-reorder), so the workers finish together; each worker's
 # process holds fewer native runtimes at once (one long single process once died of a SIGSEGV
 # after loading ORT, OpenVINO, the fast scan and the PT2 runtimes; not seen with workers).
-.venv/bin/python -m pytest -q -n "${TINYVIM_TEST_WORKERS:-2}" --dist loadfile --no-loadscope-reorder "$@"
+# --max-worker-restart=0: a crashed worker is not replaced; the other finishes and the run fails,
+# naming the test the worker died in (by default xdist restarts workers and re-sends the crashing
+# test, up to 8 times; one such run here hung at the end instead).
+.venv/bin/python -m pytest -q -n "${TINYVIM_TEST_WORKERS:-2}" --dist loadfile --no-loadscope-reorder \
+    --max-worker-restart=0 "$@"
