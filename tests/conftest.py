@@ -31,7 +31,7 @@ settings.load_profile("tinyvim")
 #: 154, 88, 79, 71, 70, 48, 41, 37, 36, 33, 32, 29, 27; every other file is under 25). scripts/test.sh hands
 #: files to the two workers in collection order (--no-loadscope-reorder; xdist's default order puts the
 #: files with the most tests first, which left these few-test files to the end, one worker running the
-#: last of them while the other idled). Longest first, the two workers finish close together.
+#: last of them while the other idled: 44 s apart in one run). Longest first, the short files fill in last.
 LONGEST_FIRST = ["test_trt_contract.py", "test_export.py", "test_kernel_on_cpu_mutants.py", "test_dynamic_size.py",
                  "test_reliability_round2_export.py", "test_docs_examples.py", "test_accuracy_budget.py",
                  "test_scan_op_pt2.py", "test_quantize.py", "test_plugins_build.py", "test_ov_extension.py",
