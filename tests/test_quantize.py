@@ -349,6 +349,8 @@ def test_bad_input_is_one_error_line(tinyvim_onnx, int8_onnx, tmp_path):
          "-o", str(tmp_path / "h.onnx")): "--percentile: a percentile must be",
         (str(tinyvim_onnx), "--calib-random", "2", "--calib-method", "kl-div", "-o", str(tmp_path / "i.onnx")):
             "invalid value for '--calib-method'",
+        (str(tinyvim_onnx), "--calib-random", "2", "--placement", "some", "-o", str(tmp_path / "j.onnx")):
+            "invalid value for '--placement'",
     }
     for args, message in cases.items():
         r = _cli(["quantize", *args])
@@ -356,6 +358,16 @@ def test_bad_input_is_one_error_line(tinyvim_onnx, int8_onnx, tmp_path):
         assert r.exit_code == 2 and len(lines) == 1 and message in lines[0], (args, r.output)
         assert "Traceback" not in r.output
     assert not list(tmp_path.glob("*.onnx*")) or [p.name for p in tmp_path.glob("*.onnx")] == ["notes.onnx"]
+
+
+def test_unknown_placement_is_refused_before_any_work(tinyvim_onnx, tmp_path, monkeypatch):
+    """The Python API checks what click's choice checks for the CLI, before reading the model."""
+    monkeypatch.setattr(q, "read_onnx_info", lambda *a: pytest.fail("read the model before checking --placement"))
+    with pytest.raises(TinyvimError, match="unknown --placement 'some': choose lean or all"):
+        q.quantize_onnx(tinyvim_onnx, tmp_path / "x.onnx", q.CalibrationRequest(calib_random=2), placement="some")
+    with pytest.raises(TinyvimError, match="unknown --placement"):
+        q.select_nodes(onnx.load(str(tinyvim_onnx)).graph, "some")
+    assert not (tmp_path / "x.onnx").exists()
 
 
 def _tiny_calibration_model() -> onnx.ModelProto:

@@ -45,7 +45,7 @@ TARGETS = ["tinyvim_trt_plugin", "tinyvim_trt_plugin_autoreg", "tinyvim_trt_cont
 # Every variant, both batch modes and both precisions, without their product (which doubled the
 # export time and added no node shape: B's and L's scan dims differ from S's by the variant alone;
 # batch mode and precision change the node independently - a symbolic batch dim, casts around it -
-# and the same way for every variant). Each export costs ~19 s of CPU in the suite.
+# and the same way for every variant). Each export is ~10 s of CPU.
 # The plugin nodes of an fp16 export are float32 (casts around them), so S's 16-bit variants below
 # are made from its fp32 nodes; B's export is the fp16 one.
 EXPORTS = [("s", False, "fp32"), ("s", True, "fp32"), ("b", True, "fp16"), ("l", False, "fp32")]

@@ -194,6 +194,11 @@ def scan_operand_layers(graph: onnx.GraphProto, candidates: set[str]) -> tuple[s
     return layers, seen
 
 
+def check_placement(placement: str) -> None:
+    if placement not in QDQ_PLACEMENTS:
+        raise TinyvimError(f"unknown --placement {placement!r}: choose {' or '.join(QDQ_PLACEMENTS)}")
+
+
 def select_nodes(graph: onnx.GraphProto, placement: str = DEFAULT_QDQ_PLACEMENT) -> tuple[list[str], dict[str, str]]:
     """(names of the nodes to quantize, {name: reason} for weighted nodes kept in fp32).
 
@@ -208,8 +213,7 @@ def select_nodes(graph: onnx.GraphProto, placement: str = DEFAULT_QDQ_PLACEMENT)
     there, while their Q/DQ sits on the scan's x (which the scan and the pyramid residual read in
     fp32 too) and on a Split output: tensors OpenVINO quantizes in a FakeQuantize layer of its
     own, and rounding that reaches the scan's inputs."""
-    if placement not in QDQ_PLACEMENTS:
-        raise TinyvimError(f"unknown --placement {placement!r}: choose {' or '.join(QDQ_PLACEMENTS)}")
+    check_placement(placement)
     initializers = {i.name for i in graph.initializer}
     producer = {o: n for n in graph.node for o in n.output}
     weighted = [n for n in graph.node if n.domain in ("", "ai.onnx") and n.op_type in QUANTIZED_OP_TYPES
@@ -690,8 +694,7 @@ def quantize_onnx(model: str | os.PathLike, output: str | os.PathLike, calibrati
     start = time.perf_counter()
     if dtype not in QUANTIZED_PRECISIONS:
         raise TinyvimError(f"unknown --dtype {dtype!r}: choose {' or '.join(QUANTIZED_PRECISIONS)}")
-    if placement not in QDQ_PLACEMENTS:
-        raise TinyvimError(f"unknown --placement {placement!r}: choose {' or '.join(QDQ_PLACEMENTS)}")
+    check_placement(placement)
     check_threads(threads)
     check_output_paths({"-o": output}, inputs={"MODEL": model}, suffixes={"-o": (".onnx",)})
     info = read_onnx_info(model)
