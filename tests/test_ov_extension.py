@@ -49,6 +49,24 @@ def test_op_matches_reference_at_any_batch_and_size_in_fp32(scan_model, hint):
         assert y.shape == ref.shape and np.abs(y - ref).max() <= REL * np.abs(ref).max()
 
 
+def test_op_runs_on_openvinos_workers_and_equals_the_threaded_build(scan_model):
+    """The extension's scan runs its tasks on the CPU plugin's TBB workers (its own threads would
+    compete with OpenVINO's spinning idle ones for the cores): the build says so, and the op's
+    result is bit-identical to the threaded library's (same code, every (batch, direction) in its
+    own buffer, directions summed in a fixed order), here on 3 x 4 tasks over 2 workers."""
+    import ctypes
+    from tinyvim.plugins import cpu_fast
+    assert cpu_fast.threading(ctypes.CDLL(str(extension_library()))) == "tbb"
+    assert cpu_fast.threading() == "threads"
+    core = new_core(ov, scan_model, plugin_nodes=True)
+    compiled = core.compile_model(core.read_model(str(scan_model)), "CPU", {"INFERENCE_NUM_THREADS": 2})
+    inp = {k: v.astype(np.float32) for k, v in random_scan_inputs(3, D, 6, 5, N, seed=11).items()}
+    y = compiled(inp)[0]
+    assert np.array_equal(y, cpu_fast.cross_selective_scan_fast(**inp, threads=1))
+    ref = cross_selective_scan_reference(**inp)
+    assert np.abs(y - ref).max() <= REL * np.abs(ref).max()
+
+
 def test_missing_extension_is_one_line(scan_model, monkeypatch):
     monkeypatch.setenv("TINYVIM_OV_EXTENSION", "/nonexistent/libx.so")
     with pytest.raises(TinyvimError, match=r"need the tinyvim OpenVINO extension .*build-plugin") as info:

@@ -74,7 +74,7 @@ class BuildResult:
 def openvino_cmake_dir() -> Path | None:
     """The installed openvino wheel's cmake folder when it ships headers and OpenVINOConfig.cmake."""
     try:
-        _, cmake, _ = openvino_dev_paths()
+        _, cmake, _, _ = openvino_dev_paths()
     except PluginError:
         return None
     return cmake if (cmake / "OpenVINOConfig.cmake").is_file() else None

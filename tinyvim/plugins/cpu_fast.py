@@ -48,12 +48,21 @@ def load_library() -> ctypes.CDLL:
     lib.tinyvim_cross_scan_fast_error_string.restype = ctypes.c_char_p
     lib.tinyvim_cross_scan_fast_error_string.argtypes = [ctypes.c_int]
     lib.tinyvim_cross_scan_fast_isa.restype = ctypes.c_char_p
+    lib.tinyvim_cross_scan_fast_threading.restype = ctypes.c_char_p
     return lib
 
 
 def isa() -> str:
     """The code path the CPU dispatch picked: 'x86-64-v3' (AVX2 + FMA) or 'generic'."""
     return load_library().tinyvim_cross_scan_fast_isa().decode()
+
+
+def threading(lib: ctypes.CDLL | None = None) -> str:
+    """How a build of the kernel runs its tasks: 'threads' (threads of its own: this library) or
+    'tbb' (the caller's TBB arena: the OpenVINO extension, which holds the same symbols)."""
+    lib = lib or load_library()
+    lib.tinyvim_cross_scan_fast_threading.restype = ctypes.c_char_p
+    return lib.tinyvim_cross_scan_fast_threading().decode()
 
 
 def default_threads() -> int:

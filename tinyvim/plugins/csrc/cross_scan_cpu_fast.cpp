@@ -1,15 +1,14 @@
 // Fast CPU cross selective scan (see cross_scan_cpu_fast.h for the ABI).
 //
 // Work split: one task per (batch, direction). A task
-//   1. reads its direction's delta rows (D x L, contiguous along L), adds the bias and
-//      takes the softplus there (contiguous, so it vectorises), and transposes dt and x to
-//      channels-last (L x D) float32 buffers, converting fp16/bf16 on the way;
-//   2. walks the L steps in the direction's order; at each step the N values of B and C
-//      are scalars shared by all channels, and the recurrence
-//          s[n][d] <- exp(dt[d] A[d][n]) s[n][d] + dt[d] u[d] B[n],  y[d] += C[n] s[n][d]
-//      is a contiguous loop over d (state and A stored n-major, N x D), which the compiler
-//      vectorises;
-//   3. writes its contribution (L x D) to a buffer of its own.
+//   1. transposes x and its direction's delta rows (D x L) to channels-last (L x Dp) float32
+//      buffers, Dp = D rounded up to 8 (zero padding), converting fp16/bf16 on the way, and
+//      takes dt = softplus(delta + bias) there;
+//   2. walks the L steps in the direction's order, 8 channels at a time, with the states of
+//      those 8 channels (N of them, zero-padded to 8 or 16) in registers for the whole walk:
+//          s[n] <- 2^(dt A2[n]) s[n] + dt u B[n],  y = Ds u + sum_n C[n] s[n]   (A2 = A log2 e)
+//      B[n] and C[n] of a step are scalars shared by the 8 channels;
+//   3. writes its contribution (L x Dp) to a buffer of its own.
 // A second pass sums the four directions in the order k = 0..3 and transposes back to
 // (D, L): no shared writes, so the result is the same for any thread count.
 //
@@ -23,12 +22,18 @@
 #include <atomic>
 #include <cstdint>
 #include <cstring>
+#include <memory>
 #include <new>
 #include <system_error>
 #include <thread>
 #include <vector>
 
 #include "scan_step.h"
+
+#ifdef TINYVIM_SCAN_TBB
+#include <tbb/blocked_range.h>
+#include <tbb/parallel_for.h>
+#endif
 
 #if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__)) && !defined(TINYVIM_NO_CLONES)
 #define TV_CLONES __attribute__((target_clones("default", "arch=x86-64-v3")))
@@ -97,37 +102,51 @@ template <> struct IO<tinyvim::scan::kBF16> {
     static T store(float v) { return f32_to_bf16(v); }
 };
 
-// ---------------------------------------------------------------- vectorisable math
-// exp(v) for v <= 0 (dt >= 0, A < 0; clamped anyway): 2^n * p(r), r = v - n ln2 in
-// [-ln2/2, ln2/2], p the degree-6 Taylor polynomial (error < 2e-8 relative there).
-// n is rounded with the 1.5*2^23 trick (no rounding instruction needed on plain SSE2).
-inline float exp_neg(float v) {
-    v = v < -87.0f ? -87.0f : v;
-    v = v > 0.0f ? 0.0f : v;
-    const float n = (v * 1.44269504088896341f + 12582912.0f) - 12582912.0f;
-    const float r = (v - n * 0.693145751953125f) - n * 1.428606765330187e-06f;
-    float p = 1.0f / 720.0f;
-    p = p * r + 1.0f / 120.0f;
-    p = p * r + 1.0f / 24.0f;
-    p = p * r + 1.0f / 6.0f;
-    p = p * r + 0.5f;
+// ---------------------------------------------------------------- 8-lane vectors
+// GCC/Clang vector extensions: each clone compiles them to its ISA (one ymm register on
+// x86-64-v3, two xmm on the generic x86-64). Internal functions only, so the ABI note GCC
+// gives for 32-byte vectors without AVX does not matter here.
+#pragma GCC diagnostic ignored "-Wpsabi"
+typedef float v8f __attribute__((vector_size(32)));
+typedef int32_t v8i __attribute__((vector_size(32)));
+constexpr int kLanes = 8;
+
+#define TV_INLINE inline __attribute__((always_inline))
+TV_INLINE v8f load8(const float* p) { v8f v; std::memcpy(&v, p, sizeof v); return v; }
+TV_INLINE void store8(float* p, const v8f& v) { std::memcpy(p, &v, sizeof v); }
+TV_INLINE v8f splat(float f) { return v8f{} + f; }
+TV_INLINE v8f vmax(const v8f& a, const v8f& b) { return a > b ? a : b; }
+
+constexpr float kLog2e = 1.44269504088896341f;
+
+// 2^v for v <= 0: 2^n * p(r), n = round(v), r = v - n in [-1/2, 1/2] (exact), p the
+// degree-6 Taylor polynomial of exp(r ln2) (relative error < 1.3e-7 there). v is clamped
+// at -125 so that 2^n stays a normal float. n is rounded with the 1.5*2^23 trick (no
+// rounding instruction needed on plain SSE2).
+TV_INLINE v8f exp2_neg(const v8f& v_in) {
+    const v8f v = vmax(v_in, splat(-125.0f));
+    const v8f n = (v + 12582912.0f) - 12582912.0f;
+    const v8f r = v - n;
+    v8f p = splat(1.5403530393381609e-4f);   // ln2^6 / 6!
+    p = p * r + 1.3333558146428443e-3f;      // ln2^5 / 5!
+    p = p * r + 9.6181291076284772e-3f;      // ln2^4 / 4!
+    p = p * r + 5.5504108664821580e-2f;      // ln2^3 / 3!
+    p = p * r + 0.24022650695910071f;        // ln2^2 / 2!
+    p = p * r + 0.69314718055994531f;        // ln2
     p = p * r + 1.0f;
-    p = p * r + 1.0f;
-    const int32_t e = (static_cast<int32_t>(n) + 127) << 23;
-    float scale;
-    std::memcpy(&scale, &e, 4);
-    return p * scale;
+    const v8i e = (__builtin_convertvector(n, v8i) + 127) << 23;
+    return p * (v8f)e;   // a vector cast between same-size types reinterprets the bits
 }
 
 // softplus(v) = max(v, 0) + log1p(exp(-|v|)). With e = exp(-|v|) in (0, 1],
 // log1p(e) = 2 atanh(z), z = e / (2 + e) in (0, 1/3]: the odd series in z converges as
-// (1/9)^k, so eight terms reach float precision.
-inline float softplus_fast(float v) {
-    const float av = v < 0.0f ? -v : v;
-    const float e = exp_neg(-av);
-    const float z = e / (2.0f + e);
-    const float z2 = z * z;
-    float q = 1.0f / 15.0f;
+// (1/9)^k, so eight terms reach float precision (and keep it relative for small e).
+TV_INLINE v8f softplus(const v8f& v) {
+    const v8f av = v < 0.0f ? -v : v;
+    const v8f e = exp2_neg(av * -kLog2e);
+    const v8f z = e / (e + 2.0f);
+    const v8f z2 = z * z;
+    v8f q = splat(1.0f / 15.0f);
     q = q * z2 + 1.0f / 13.0f;
     q = q * z2 + 1.0f / 11.0f;
     q = q * z2 + 1.0f / 9.0f;
@@ -135,67 +154,117 @@ inline float softplus_fast(float v) {
     q = q * z2 + 1.0f / 5.0f;
     q = q * z2 + 1.0f / 3.0f;
     q = q * z2 + 1.0f;
-    return (v > 0.0f ? v : 0.0f) + 2.0f * z * q;
+    return vmax(v, v8f{}) + 2.0f * z * q;
 }
 
-// dt = softplus(delta + bias) over one contiguous row.
-TV_CLONES void softplus_row(const float* in, float bias, float* out, int n) {
-    for (int i = 0; i < n; ++i) out[i] = softplus_fast(in[i] + bias);
+// dt = softplus(delta + bias) in place over a (rows, Dp) channels-last buffer.
+TV_CLONES void softplus_rows(float* dt, const float* bias, int rows, int Dp) {
+    for (int p = 0; p < rows; ++p)
+        for (int c = 0; c < Dp; c += kLanes) {
+            float* q = dt + static_cast<size_t>(p) * Dp + c;
+            store8(q, softplus(load8(q) + load8(bias + c)));
+        }
 }
 
-// The recurrence over the L steps of one (batch, direction), channels-last.
-//   u, dt: (L, D) by position; Bk, Ck: (N, L) by position; AT: (N, D); dskip: (D)
-//   s: (N, D) scratch state; out: (L, D) by position.
-TV_CLONES void scan_direction(const float* __restrict u, const float* __restrict dt, const float* __restrict Bk,
-                              const float* __restrict Ck, const float* __restrict AT,
-                              const float* __restrict dskip, float* __restrict s, float* __restrict out,
-                              int k, int D, int H, int W, int N) {
+// The recurrence of one (batch, direction) over its L steps, 8 channels at a time with the
+// NC states of those channels held in registers for the whole walk:
+//   s[n] <- 2^(dt A2[n]) s[n] + dt u B[n],  y = Ds u + sum_n C[n] s[n]
+//   u, dt, out: (L, Dp) by position; bc: (L, 2 NC), B then C of each position;
+//   A2: (NC, Dp) = A log2(e), clamped to <= 0; dskip: (Dp).
+// Padding (channels D..Dp, states N..NC) is all zeros in u, B, C, A2 and dskip: a padded
+// state stays exactly 0 and adds exactly 0 to y.
+template <int NC>
+TV_INLINE void scan_lanes(const float* __restrict u, const float* __restrict dt, const float* __restrict bc,
+                          const float* __restrict A2, const float* __restrict dskip, float* __restrict out,
+                          int k, int Dp, int H, int W) {
     const int L = H * W;
-    std::fill(s, s + static_cast<size_t>(N) * D, 0.0f);
-    for (int t = 0; t < L; ++t) {
-        const int p = scan_position(k, t, H, W);
-        const float* up = u + static_cast<size_t>(p) * D;
-        const float* dp = dt + static_cast<size_t>(p) * D;
-        float* yp = out + static_cast<size_t>(p) * D;
-        for (int d = 0; d < D; ++d) yp[d] = dskip[d] * up[d];
-        for (int n = 0; n < N; ++n) {
-            const float bn = Bk[static_cast<size_t>(n) * L + p];
-            const float cn = Ck[static_cast<size_t>(n) * L + p];
-            const float* an = AT + static_cast<size_t>(n) * D;
-            float* sn = s + static_cast<size_t>(n) * D;
-            for (int d = 0; d < D; ++d) {
-                const float st = exp_neg(dp[d] * an[d]) * sn[d] + dp[d] * up[d] * bn;
-                sn[d] = st;
-                yp[d] += cn * st;
+    for (int c = 0; c < Dp; c += kLanes) {
+        v8f s[NC];
+        for (int n = 0; n < NC; ++n) s[n] = v8f{};
+        const v8f ds = load8(dskip + c);
+        for (int t = 0; t < L; ++t) {
+            const size_t p = static_cast<size_t>(scan_position(k, t, H, W));
+            const v8f uu = load8(u + p * Dp + c), dd = load8(dt + p * Dp + c);
+            const v8f du = dd * uu;
+            const float* bp = bc + p * 2 * NC;
+            v8f y = ds * uu;
+#pragma GCC unroll 16
+            for (int n = 0; n < NC; ++n) {
+                const v8f decay = exp2_neg(dd * load8(A2 + static_cast<size_t>(n) * Dp + c));
+                s[n] = decay * s[n] + du * bp[n];
+                y = y + bp[NC + n] * s[n];
+            }
+            store8(out + p * Dp + c, y);
+        }
+    }
+}
+
+TV_CLONES void scan_lanes8(const float* u, const float* dt, const float* bc, const float* A2, const float* dskip,
+                           float* out, int k, int Dp, int H, int W) {
+    scan_lanes<8>(u, dt, bc, A2, dskip, out, k, Dp, H, W);
+}
+
+TV_CLONES void scan_lanes16(const float* u, const float* dt, const float* bc, const float* A2, const float* dskip,
+                            float* out, int k, int Dp, int H, int W) {
+    scan_lanes<16>(u, dt, bc, A2, dskip, out, k, Dp, H, W);
+}
+
+// y[d][p] = sum_k parts[k][p][d] for positions [p0, p1), k in order 0..3.
+TV_CLONES void sum_directions(const float* parts, float* yT, int Dp, int L, int p0, int p1) {
+    const size_t stride = static_cast<size_t>(L) * Dp;
+    for (int p = p0; p < p1; ++p) {
+        const size_t o = static_cast<size_t>(p) * Dp;
+        float* row = yT + static_cast<size_t>(p - p0) * Dp;
+        for (int d = 0; d < Dp; ++d)
+            row[d] = ((parts[o + d] + parts[stride + o + d]) + parts[2 * stride + o + d]) + parts[3 * stride + o + d];
+    }
+}
+
+// src (rows, cols) -> dst (cols, ld), converted to float; columns rows..ld of dst (padding)
+// are zeroed. Eight rows at a time: each dst row segment is one 8-lane store.
+template <typename Load, typename T>
+void transpose_in(const T* __restrict src, float* __restrict dst, int rows, int cols, int ld) {
+    for (int r0 = 0; r0 < ld; r0 += kLanes) {
+        const int n = std::min(kLanes, rows - r0);   // rows of this block that exist (may be <= 0)
+        const T* s = src + static_cast<size_t>(r0) * cols;
+        if (n == kLanes) {
+            for (int c = 0; c < cols; ++c) {
+                float v[kLanes];
+                for (int j = 0; j < kLanes; ++j) v[j] = Load::load(s[static_cast<size_t>(j) * cols + c]);
+                std::memcpy(dst + static_cast<size_t>(c) * ld + r0, v, sizeof v);
+            }
+        } else {
+            for (int c = 0; c < cols; ++c) {
+                float v[kLanes] = {};
+                for (int j = 0; j < n; ++j) v[j] = Load::load(s[static_cast<size_t>(j) * cols + c]);
+                std::memcpy(dst + static_cast<size_t>(c) * ld + r0, v, sizeof v);
             }
         }
     }
 }
 
-// y[d][p] = sum_k parts[k][p][d] for positions [p0, p1), k in order 0..3.
-TV_CLONES void sum_directions(const float* parts, float* yT, int D, int L, int p0, int p1) {
-    const size_t stride = static_cast<size_t>(L) * D;
-    for (int p = p0; p < p1; ++p) {
-        const size_t o = static_cast<size_t>(p) * D;
-        float* row = yT + static_cast<size_t>(p - p0) * D;
-        for (int d = 0; d < D; ++d)
-            row[d] = ((parts[o + d] + parts[stride + o + d]) + parts[2 * stride + o + d]) + parts[3 * stride + o + d];
-    }
+// Runs fn(i) for i in [0, count). Returns false when a task ran out of memory (an
+// exception must not leave a worker).
+#ifdef TINYVIM_SCAN_TBB
+// Inside OpenVINO (the extension is built with TINYVIM_SCAN_TBB): the tasks go to the TBB
+// arena the caller runs in, i.e. the CPU plugin's own worker threads. Threads of our own
+// would be started per call and would compete for the cores with OpenVINO's idle workers,
+// which spin while the op runs (measured: the five scans of TinyViM-S at batch 8 took
+// 11-12 ms inside OpenVINO that way, 7 ms on its arena). `threads` is the arena's business.
+template <typename Fn>
+bool parallel_for(int count, int /*threads*/, Fn fn) {
+    std::atomic<bool> ok{true};
+    tbb::parallel_for(tbb::blocked_range<int>(0, count, 1), [&](const tbb::blocked_range<int>& r) {
+        try {
+            for (int i = r.begin(); i < r.end() && ok.load(std::memory_order_relaxed); ++i) fn(i);
+        } catch (const std::bad_alloc&) {
+            ok = false;
+        }
+    });
+    return ok;
 }
-
-// (rows, cols) -> (cols, rows), converting to float, in tiles that stay in cache.
-template <typename Load, typename T>
-void transpose_in(const T* src, float* dst, int rows, int cols) {
-    constexpr int kTile = 32;
-    for (int r0 = 0; r0 < rows; r0 += kTile)
-        for (int c0 = 0; c0 < cols; c0 += kTile)
-            for (int r = r0; r < std::min(rows, r0 + kTile); ++r)
-                for (int c = c0; c < std::min(cols, c0 + kTile); ++c)
-                    dst[static_cast<size_t>(c) * rows + r] = Load::load(src[static_cast<size_t>(r) * cols + c]);
-}
-
-// Runs fn(i) for i in [0, count) on `threads` threads, task i on thread i % threads.
-// Returns false when a task ran out of memory (an exception must not leave a thread).
+#else
+// On threads of our own (ctypes / ONNX Runtime route): fn(i) on thread i % threads.
 template <typename Fn>
 bool parallel_for(int count, int threads, Fn fn) {
     threads = std::max(1, std::min(threads, count));
@@ -219,6 +288,9 @@ bool parallel_for(int count, int threads, Fn fn) {
     for (auto& th : pool) th.join();
     return ok;
 }
+#endif
+
+template <typename T> std::unique_ptr<T[]> uninitialised(size_t n) { return std::unique_ptr<T[]>(new T[n]); }
 
 template <int DT>
 int run(const void* xv, const void* deltav, const void* Bsv, const void* Csv, const float* A,
@@ -230,39 +302,44 @@ int run(const void* xv, const void* deltav, const void* Bsv, const void* Csv, co
     const T* Cs = static_cast<const T*>(Csv);
     T* y = static_cast<T*>(yv);
     const int L = H * W;
-    const size_t LD = static_cast<size_t>(L) * D;
-    // Per direction, A transposed to (N, D) and Ds; shared read-only by the tasks.
-    std::vector<float> AT(static_cast<size_t>(4) * N * D), dskip(static_cast<size_t>(4) * D);
+    const int NC = N <= 8 ? 8 : 16;                         // states held per channel (zero-padded)
+    const int Dp = (D + kLanes - 1) / kLanes * kLanes;      // channels padded to whole vectors
+    const size_t LD = static_cast<size_t>(L) * D, LDp = static_cast<size_t>(L) * Dp;
+    // Per direction: A log2(e) as (NC, Dp), clamped to <= 0 (dt >= 0, so 2^(dt A2) <= 1), Ds
+    // and delta_bias as (Dp); zero-padded. Shared read-only by the tasks.
+    std::vector<float> A2(static_cast<size_t>(4) * NC * Dp, 0.0f), dskip(static_cast<size_t>(4) * Dp, 0.0f),
+        dbias(static_cast<size_t>(4) * Dp, 0.0f);
     for (int k = 0; k < 4; ++k)
         for (int d = 0; d < D; ++d) {
             const int c = k * D + d;
-            dskip[static_cast<size_t>(k) * D + d] = Ds[c];
+            dskip[static_cast<size_t>(k) * Dp + d] = Ds[c];
+            dbias[static_cast<size_t>(k) * Dp + d] = bias[c];
             for (int n = 0; n < N; ++n)
-                AT[(static_cast<size_t>(k) * N + n) * D + d] = A[static_cast<size_t>(c) * N + n];
+                A2[(static_cast<size_t>(k) * NC + n) * Dp + d] = std::min(A[static_cast<size_t>(c) * N + n], 0.0f) * kLog2e;
         }
-    std::vector<float> parts(static_cast<size_t>(B) * 4 * LD);   // (B, 4, L, D)
+    auto parts = uninitialised<float>(static_cast<size_t>(B) * 4 * LDp);   // (B, 4, L, Dp)
     const bool scanned = parallel_for(B * 4, threads, [&](int task) {
         const int b = task / 4, k = task % 4;
-        std::vector<float> u(LD), dt(LD), rows(LD), bc(static_cast<size_t>(2) * N * L),
-            s(static_cast<size_t>(N) * D);
-        transpose_in<IO<DT>>(x + static_cast<size_t>(b) * LD, u.data(), D, L);
-        const T* drows = delta + (static_cast<size_t>(b) * 4 + k) * LD;
-        std::vector<float> row(L);
-        for (int d = 0; d < D; ++d) {
-            for (int p = 0; p < L; ++p) row[p] = IO<DT>::load(drows[static_cast<size_t>(d) * L + p]);
-            softplus_row(row.data(), bias[k * D + d], rows.data() + static_cast<size_t>(d) * L, L);
-        }
-        transpose_in<IO<tinyvim::scan::kF32>>(rows.data(), dt.data(), D, L);
+        auto u = uninitialised<float>(LDp), dt = uninitialised<float>(LDp);
+        std::vector<float> bc(static_cast<size_t>(L) * 2 * NC, 0.0f);
+        transpose_in<IO<DT>>(x + static_cast<size_t>(b) * LD, u.get(), D, L, Dp);
+        transpose_in<IO<DT>>(delta + (static_cast<size_t>(b) * 4 + k) * LD, dt.get(), D, L, Dp);
+        softplus_rows(dt.get(), dbias.data() + static_cast<size_t>(k) * Dp, L, Dp);
         const size_t NL = static_cast<size_t>(N) * L;
         const T* bsrc = Bs + (static_cast<size_t>(b) * 4 + k) * NL;
         const T* csrc = Cs + (static_cast<size_t>(b) * 4 + k) * NL;
-        for (size_t i = 0; i < NL; ++i) {
-            bc[i] = IO<DT>::load(bsrc[i]);
-            bc[NL + i] = IO<DT>::load(csrc[i]);
-        }
-        scan_direction(u.data(), dt.data(), bc.data(), bc.data() + NL, AT.data() + static_cast<size_t>(k) * N * D,
-                       dskip.data() + static_cast<size_t>(k) * D, s.data(),
-                       parts.data() + static_cast<size_t>(task) * LD, k, D, H, W, N);
+        for (int n = 0; n < N; ++n)
+            for (int p = 0; p < L; ++p) {
+                bc[static_cast<size_t>(p) * 2 * NC + n] = IO<DT>::load(bsrc[static_cast<size_t>(n) * L + p]);
+                bc[static_cast<size_t>(p) * 2 * NC + NC + n] = IO<DT>::load(csrc[static_cast<size_t>(n) * L + p]);
+            }
+        const float* a2 = A2.data() + static_cast<size_t>(k) * NC * Dp;
+        const float* ds = dskip.data() + static_cast<size_t>(k) * Dp;
+        float* out = parts.get() + static_cast<size_t>(task) * LDp;
+        if (NC == 8)
+            scan_lanes8(u.get(), dt.get(), bc.data(), a2, ds, out, k, Dp, H, W);
+        else
+            scan_lanes16(u.get(), dt.get(), bc.data(), a2, ds, out, k, Dp, H, W);
     });
     if (!scanned) return kFastNoMemory;
     // Sum the directions and transpose back, in position blocks so that the work splits
@@ -271,12 +348,12 @@ int run(const void* xv, const void* deltav, const void* Bsv, const void* Csv, co
     const int blocks = (L + kBlock - 1) / kBlock;
     const bool summed = parallel_for(B * blocks, threads, [&](int task) {
         const int b = task / blocks, p0 = (task % blocks) * kBlock, p1 = std::min(L, p0 + kBlock);
-        std::vector<float> yT(static_cast<size_t>(p1 - p0) * D);
-        sum_directions(parts.data() + static_cast<size_t>(b) * 4 * LD, yT.data(), D, L, p0, p1);
+        auto yT = uninitialised<float>(static_cast<size_t>(p1 - p0) * Dp);
+        sum_directions(parts.get() + static_cast<size_t>(b) * 4 * LDp, yT.get(), Dp, L, p0, p1);
         T* yb = y + static_cast<size_t>(b) * LD;
         for (int d = 0; d < D; ++d)
             for (int p = p0; p < p1; ++p)
-                yb[static_cast<size_t>(d) * L + p] = IO<DT>::store(yT[static_cast<size_t>(p - p0) * D + d]);
+                yb[static_cast<size_t>(d) * L + p] = IO<DT>::store(yT[static_cast<size_t>(p - p0) * Dp + d]);
     });
     return summed ? kFastOk : kFastNoMemory;
 }
@@ -301,6 +378,14 @@ extern "C" {
 __attribute__((visibility("default"))) int tinyvim_cross_scan_fast_abi_version(void) { return 1; }
 
 __attribute__((visibility("default"))) const char* tinyvim_cross_scan_fast_isa(void) { return isa_name(); }
+
+__attribute__((visibility("default"))) const char* tinyvim_cross_scan_fast_threading(void) {
+#ifdef TINYVIM_SCAN_TBB
+    return "tbb";
+#else
+    return "threads";
+#endif
+}
 
 __attribute__((visibility("default"))) const char* tinyvim_cross_scan_fast_error_string(int code) {
     switch (code) {
