@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import json
 
+import numpy as np
+
 import pytest
 from click.testing import CliRunner
 
@@ -53,7 +55,7 @@ def test_flags_map_to_openvino_properties():
 def test_backend_is_registered_with_its_options():
     ov = get_backend("ov")
     assert set(ov.model_kinds) == {"onnx", "openvino"} and "bf16" in ov.precisions
-    assert {o.flag for o in ov.options} == {"--ov-precision", "--ov-device", "--ov-hint"}
+    assert {o.flag for o in ov.options} == {"--ov-precision", "--ov-device", "--ov-hint", "--ov-shapes"}
     # the registry put its options on the commands: nothing in the CLI names OpenVINO
     help_text = CliRunner().invoke(validate, ["--help"]).output
     assert "--ov-precision" in help_text and "--ov-hint" in help_text
@@ -109,6 +111,25 @@ def test_plugin_flavour_without_the_extension_is_one_line(onnx_s64, monkeypatch,
     with pytest.raises(TinyvimError, match=r"tinyvim::CrossSelectiveScan nodes, which need the tinyvim OpenVINO "
                                            r"extension .*build-plugin"):
         OvRunner(onnx_s64, plugin_nodes=True).activate()
+
+
+def test_dynamic_batch_is_compiled_per_input_shape_unless_asked_otherwise(plugin_dyn_onnx, openvino):
+    """--ov-shapes static (the default): a dynamic-batch model is compiled for each input shape it
+    is fed, once (OpenVINO's CPU kernels for a static graph are faster); dynamic: once for any
+    shape. Same numbers either way (validate's fp32 tolerance, 1e-4 abs; measured ~1e-6: the two
+    compilations may pick kernels that sum in another order). The plugin-flavour file also checks
+    that reshaping keeps the tinyvim op working."""
+    rng = np.random.default_rng(3)
+    x2 = rng.standard_normal((2, 3, SIZE, SIZE), dtype=np.float32)
+    logs: list[str] = []
+    with OvRunner(plugin_dyn_onnx, plugin_nodes=True, threads=2, log=logs.append) as static, \
+            OvRunner(plugin_dyn_onnx, plugin_nodes=True, threads=2, shapes="dynamic") as dynamic:
+        for x in (x2, x2[:1], x2):
+            a, b = static.infer({"images": x})["logits"], dynamic.infer({"images": x})["logits"]
+            assert a.shape == (len(x), 1000) and np.abs(a - b).max() <= 1e-4
+        assert static.compiled_shapes == [((2, 3, SIZE, SIZE),), ((1, 3, SIZE, SIZE),)]
+        assert dynamic.compiled_shapes == [None]
+    assert sum("compiling for input shape" in line for line in logs) == 2
 
 
 def test_ir_roundtrip_keeps_weights_metadata_and_numbers(onnx_s64, tmp_path):

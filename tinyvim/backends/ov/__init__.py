@@ -1,7 +1,7 @@
 """OpenVINO: a portable ONNX export or an OpenVINO IR, in an explicit precision."""
 from __future__ import annotations
 
-from tinyvim.backends.ov.loader import OV_HINTS, OV_PRECISIONS
+from tinyvim.backends.ov.loader import OV_HINTS, OV_PRECISIONS, OV_SHAPES
 from tinyvim.backends.ov.model_file import read_ir_info
 from tinyvim.backends.ov.runner import OvRunner
 from tinyvim.backends.spec import Backend, BackendOption, BenchmarkRow, RunnerRequest
@@ -24,6 +24,7 @@ def cpu_bf16_missing(cpuinfo: str = "/proc/cpuinfo") -> str | None:
 def _make(req: RunnerRequest) -> OvRunner:
     return OvRunner(req.model.path, device=req.option("ov_device"), precision=req.option("ov_precision"),
                     threads=req.threads, hint=req.option("ov_hint"), plugin_nodes=req.model.scan == PLUGIN_SCAN,
+                    shapes=req.option("ov_shapes"),
                     log=None if req.timed else req.log)
 
 
@@ -41,5 +42,8 @@ BACKENDS = (
                                    choices=tuple(OV_PRECISIONS)),
                      BackendOption("ov_device", "--ov-device", "OpenVINO device (CPU, GPU, AUTO) [default: CPU]."),
                      BackendOption("ov_hint", "--ov-hint", "OpenVINO performance hint [default: latency].",
-                                   choices=tuple(OV_HINTS)))),
+                                   choices=tuple(OV_HINTS)),
+                     BackendOption("ov_shapes", "--ov-shapes", "A model with a dynamic batch or size is compiled "
+                                   "for each input shape it is fed (static: faster) or once for any shape "
+                                   "[default: static].", choices=OV_SHAPES))),
 )

@@ -22,6 +22,10 @@ from tinyvim.plugins.ov_extension import extension_library
 #: the device must list, tinyvim's compute precision that picks the validation tolerance)
 OV_PRECISIONS = {"f32": ("f32", "FP32", "fp32"), "bf16": ("bf16", "BF16", "bf16"), "f16": ("f16", "FP16", "fp16")}
 OV_HINTS = {"latency": "LATENCY", "throughput": "THROUGHPUT"}
+#: how a model with a dynamic batch / image size is compiled: for each input shape it is fed
+#: (static: faster kernels) or once for any shape (dynamic); see backends/ov/runner.py
+OV_SHAPES = ("static", "dynamic")
+DEFAULT_SHAPES = "static"
 DEFAULT_PRECISION = "f32"
 
 
