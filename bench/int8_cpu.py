@@ -16,7 +16,9 @@ Plugin flavour (--plugin, on by default; --no-plugin leaves it out): the same ne
 --scan plugin (one CrossSelectiveScan node per SS2D: OpenVINO runs it through the tinyvim extension,
 ONNX Runtime through its custom op, both on our fast CPU scan) and quantized the same way, timed in
 the same interleaved loop as the portable files: `ort fp32 plugin`, `ov f32 plugin`, `ov int8
-plugin` (and `ov bf16 plugin`). Printed: each one's speed-up over torch, plugin/portable ratios side
+plugin` (and `ov bf16 plugin`). OpenVINO compiles each file for the batch timed (the runner's
+default, --ov-shapes static); `ov int8 plugin dyn` is the same file compiled once for any batch.
+Printed: each one's speed-up over torch, plugin/portable ratios side
 by side, and OpenVINO per-layer profiles (PERF_COUNT) giving the scan's share of the time (lowered
 scan nodes vs the one plugin node per SS2D) and the standalone FakeQuantize share, per flavour.
 
@@ -63,14 +65,17 @@ def scan_outputs(plugin_onnx: Path) -> set[str]:
 
 
 def ov_shares(ov, path: Path, plugin: bool, precision: str, x: np.ndarray, threads: int, scans: set[str],
-              iters: int = 5) -> dict:
+              iters: int = 5, static: bool = True) -> dict:
     """OpenVINO per-layer profile (PERF_COUNT) of `path`: total ms per inference, the shares of
     the scan (plugin node, or the nodes of its lowering) and of standalone FakeQuantize layers
     (those OpenVINO did not fuse into another layer), and those layers' ms per inference by name."""
     core = new_core(ov, path, plugin)
     config = {**compile_config("CPU", precision, threads, None), "PERF_COUNT": True}
-    request = core.compile_model(str(path), "CPU", config).create_infer_request()
-    totals: dict[str, float] = {"all": 0.0, "scan": 0.0, "fakequantize": 0.0}
+    model = core.read_model(str(path))
+    if static:     # compiled for the shape timed, as OvRunner does (--ov-shapes static)
+        model.reshape({0: list(x.shape)})
+    request = core.compile_model(model, "CPU", config).create_infer_request()
+    totals: dict[str, float] = {"all": 0.0, "scan": 0.0, "fakequantize": 0.0, "subgraph": 0.0}
     fq_layers: dict[str, float] = {}
     for _ in range(iters):
         request.infer({0: x})
@@ -84,8 +89,13 @@ def ov_shares(ov, path: Path, plugin: bool, precision: str, x: np.ndarray, threa
             elif layer.node_type == "FakeQuantize":
                 totals["fakequantize"] += ms
                 fq_layers[name] = fq_layers.get(name, 0.0) + ms / iters
+            elif layer.node_type == "Subgraph":
+                # the CPU plugin's fused element-wise chains (snippets): in a graph compiled for one
+                # shape, the standalone FakeQuantize layers end up inside these
+                totals["subgraph"] += ms
     return {"ms": totals["all"] / iters, "scan_share": totals["scan"] / max(totals["all"], 1e-9),
-            "fakequantize_share": totals["fakequantize"] / max(totals["all"], 1e-9), "fakequantize_layers": fq_layers}
+            "fakequantize_share": totals["fakequantize"] / max(totals["all"], 1e-9),
+            "subgraph_share": totals["subgraph"] / max(totals["all"], 1e-9), "fakequantize_layers": fq_layers}
 
 
 def main():
@@ -141,7 +151,11 @@ def main():
                 **({"ov bf16 plugin": OvRunner(plugin, precision="bf16", threads=args.threads, plugin_nodes=True,
                                                name="ov bf16 plugin")} if "bf16" in precisions else {}),
                 "ov int8 plugin": OvRunner(plugin_int8, precision="f32", threads=args.threads, plugin_nodes=True,
-                                           name="ov int8 plugin")})
+                                           name="ov int8 plugin"),
+                # the OpenVINO rows are compiled for the batch timed (--ov-shapes static); this one
+                # keeps the export's dynamic batch, to show what that costs
+                "ov int8 plugin dyn": OvRunner(plugin_int8, precision="f32", threads=args.threads, plugin_nodes=True,
+                                               shapes="dynamic", name="ov int8 plugin dyn")})
         other = {f"ort int8 w{15 - cpu_bits}": OrtRunner(files[f"int8 w{15 - cpu_bits}"], threads=args.threads),
                  f"ov int8 w{15 - cpu_bits}": OvRunner(files[f"int8 w{15 - cpu_bits}"], precision="f32",
                                                        threads=args.threads),
@@ -181,7 +195,8 @@ def main():
                     report["rows"][-1]["ov_profile"] = shares
                     print("  OpenVINO per-layer profile (PERF_COUNT, sum of layer times): " + "; ".join(
                         f"{k} {v['ms']:.1f} ms, scan {100 * v['scan_share']:.1f} %, FakeQuantize "
-                        f"{100 * v['fakequantize_share']:.1f} %" for k, v in shares.items()))
+                        f"{100 * v['fakequantize_share']:.1f} %, fused element-wise (Subgraph) "
+                        f"{100 * v['subgraph_share']:.1f} %" for k, v in shares.items()))
                 print("  fidelity vs torch (cosine worst sample / max|Δ| / top-1 / top-5):")
                 for k, f in fid.items():
                     print(f"    {k:14s} {f['cosine']:.6f}  {f['max_abs']:.2e}  {f['top1']:.3f}  {f['top5']:.3f}")
