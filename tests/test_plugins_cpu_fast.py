@@ -49,6 +49,20 @@ def test_fast_matches_float64_reference_and_twin(shape):
     assert _rel_err(y, twin) <= REL_F32
 
 
+@pytest.mark.parametrize("name", IO_NAMES)
+def test_a_nan_input_reaches_y_where_the_reference_has_it(name):
+    """A NaN anywhere in x/delta/Bs/Cs must reach the outputs it feeds (validate counts non-finite
+    outputs): exactly the float64 reference's NaN positions. The clamps inside the kernel's exp
+    and softplus are max() written so that a NaN passes through (a max that dropped it turned a
+    NaN delta into a finite dt: mutant tried, this test fails on it)."""
+    inp = _f32(random_scan_inputs(2, 5, 3, 4, 8, seed=1))
+    inp[name].reshape(-1)[7] = np.nan
+    with np.errstate(invalid="ignore"):
+        ref = cross_selective_scan_reference(**inp)
+    y = cross_selective_scan_fast(**inp)
+    assert np.isnan(ref).any() and np.array_equal(np.isnan(y), np.isnan(ref))
+
+
 def test_fast_result_does_not_depend_on_threads():
     """Every (batch, direction) writes its own buffer, summed in a fixed order: bit-identical.
     Big enough (1.6M state updates) that the kernel really starts several threads (it keeps

@@ -48,7 +48,6 @@ def load_library() -> ctypes.CDLL:
     lib.tinyvim_cross_scan_fast_error_string.restype = ctypes.c_char_p
     lib.tinyvim_cross_scan_fast_error_string.argtypes = [ctypes.c_int]
     lib.tinyvim_cross_scan_fast_isa.restype = ctypes.c_char_p
-    lib.tinyvim_cross_scan_fast_threading.restype = ctypes.c_char_p
     return lib
 
 
@@ -61,6 +60,9 @@ def threading(lib: ctypes.CDLL | None = None) -> str:
     """How a build of the kernel runs its tasks: 'threads' (threads of its own: this library) or
     'tbb' (the caller's TBB arena: the OpenVINO extension, which holds the same symbols)."""
     lib = lib or load_library()
+    if not hasattr(lib, "tinyvim_cross_scan_fast_threading"):
+        raise PluginError(f"{lib._name} predates tinyvim_cross_scan_fast_threading: rebuild it "
+                          "(tinyvim build-plugin --cpu-only)")
     lib.tinyvim_cross_scan_fast_threading.restype = ctypes.c_char_p
     return lib.tinyvim_cross_scan_fast_threading().decode()
 

@@ -115,7 +115,8 @@ constexpr int kLanes = 8;
 TV_INLINE v8f load8(const float* p) { v8f v; std::memcpy(&v, p, sizeof v); return v; }
 TV_INLINE void store8(float* p, const v8f& v) { std::memcpy(p, &v, sizeof v); }
 TV_INLINE v8f splat(float f) { return v8f{} + f; }
-TV_INLINE v8f vmax(const v8f& a, const v8f& b) { return a > b ? a : b; }
+// max(a, b) that keeps a NaN in `a`: a NaN input must reach y, as in the reference
+TV_INLINE v8f vmax(const v8f& a, const v8f& b) { return a < b ? b : a; }
 
 constexpr float kLog2e = 1.44269504088896341f;
 
