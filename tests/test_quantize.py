@@ -127,7 +127,7 @@ def test_int8_graph_is_tensorrt_style_qdq(tinyvim_onnx, int8_onnx):
         {k: v for k, v in before.items() if k != "precision"}
     meta = ExportMetadata.from_props(after, source="test")
     assert meta.precision == "int8" and meta.quantization == QuantizationInfo(
-        "int8", 7, "random", CALIB, 3, "minmax", int8_onnx.metadata.quantization.source_sha256)
+        "int8", 7, "random", CALIB, 3, "minmax", int8_onnx.metadata.quantization.source_sha256, "lean")
 
 
 def test_int8_matches_pytorch_on_onnx_runtime_and_openvino(int8_onnx):
@@ -431,7 +431,12 @@ def test_percentile_calibration_end_to_end(tinyvim_onnx, tmp_path):
 
 def test_quantization_metadata_is_typed_and_checked():
     info = QuantizationInfo("int8", 8, "images", 64, None, "minmax", "ab" * 32)
-    assert QuantizationInfo.from_text(info.to_text()) == info
+    assert QuantizationInfo.from_text(info.to_text()) == info and info.placement == "lean"
+    every = replace(info, placement="all")
+    assert QuantizationInfo.from_text(every.to_text()) == every
+    # a file quantized before --placement existed (no placement key) was quantized everywhere
+    old = "scheme=int8;weight_bits=8;calibration=images;samples=1;seed=;method=minmax;source_sha256="
+    assert QuantizationInfo.from_text(old).placement == "all"
     for bad in ("scheme=int4;weight_bits=8;calibration=images;samples=1;seed=;method=minmax;source_sha256=",
                 "scheme=fp8;weight_bits=7;calibration=images;samples=1;seed=;method=minmax;source_sha256=",
                 "scheme=int8;weight_bits=8;calibration=images;samples=0;seed=;method=minmax;source_sha256=",
@@ -440,7 +445,9 @@ def test_quantization_metadata_is_typed_and_checked():
                 "scheme=int8;weight_bits=8;calibration=images;samples=1;seed=;method=percentile-5;source_sha256=",
                 "scheme=int8;weight_bits=8;calibration=images;samples=1;seed=;method=percentile;source_sha256=",
                 "scheme=int8;weight_bits=8;calibration=images;samples=1;seed=;method=kl-div;source_sha256=",
-                "scheme=int8;weight_bits=8;calibration=images;samples=1;seed=;method=entropy-2;source_sha256="):
+                "scheme=int8;weight_bits=8;calibration=images;samples=1;seed=;method=entropy-2;source_sha256=",
+                "scheme=int8;weight_bits=8;calibration=images;samples=1;seed=;method=minmax;source_sha256=;"
+                "placement=some"):
         with pytest.raises(ValueError):
             QuantizationInfo.from_text(bad)
     pct = replace(info, method="percentile-99.9")

@@ -638,7 +638,9 @@ def _method(key: str, text: str) -> str:
     return text
 
 
-_QUANT_KEYS = ("scheme", "weight_bits", "calibration", "samples", "seed", "method", "source_sha256")
+_QUANT_KEYS = ("scheme", "weight_bits", "calibration", "samples", "seed", "method", "source_sha256", "placement")
+#: files quantized before `--placement` existed carry no placement key; they were quantized "all"
+_QUANT_KEYS_BEFORE_PLACEMENT = _QUANT_KEYS[:-1]
 
 
 @dataclass(frozen=True)
@@ -647,7 +649,8 @@ class QuantizationInfo:
     scheme int8 | fp8 (symmetric, per-tensor activations, per-channel weights); weight_bits 8,
     or 7 for CPUs without VNNI (see tinyvim.tools.quantize); the calibration set (images from
     a folder or seeded random images, how many, the seed); the range method (minmax or
-    percentile-P); the sha256 of the fp32 ONNX it was made from."""
+    percentile-P); the sha256 of the fp32 ONNX it was made from; where Q/DQ went (QDQ_PLACEMENTS:
+    lean leaves the scan's operands fp32, all quantizes every weighted layer)."""
     scheme: str
     weight_bits: int
     calibration: str
@@ -655,11 +658,12 @@ class QuantizationInfo:
     seed: int | None
     method: str = "minmax"
     source_sha256: str = ""
+    placement: str = "lean"
 
     def to_text(self) -> str:
         values = {"scheme": self.scheme, "weight_bits": str(self.weight_bits), "calibration": self.calibration,
                   "samples": str(self.samples), "seed": "" if self.seed is None else str(self.seed),
-                  "method": self.method, "source_sha256": self.source_sha256}
+                  "method": self.method, "source_sha256": self.source_sha256, "placement": self.placement}
         return ";".join(f"{k}={values[k]}" for k in _QUANT_KEYS)
 
     @classmethod
@@ -667,7 +671,10 @@ class QuantizationInfo:
         """Parse and check every field (ValueError naming the first bad one)."""
         pairs = [p.partition("=") for p in text.split(";")]
         values = {k: v for k, sep, v in pairs if sep}
-        if sorted(values) != sorted(_QUANT_KEYS) or len(pairs) != len(_QUANT_KEYS):
+        well_formed = len(pairs) == len(values)      # no bare words, no key given twice
+        if sorted(values) == sorted(_QUANT_KEYS_BEFORE_PLACEMENT):
+            values["placement"] = "all"
+        if not well_formed or sorted(values) != sorted(_QUANT_KEYS):
             raise ValueError(f"expected {';'.join(k + '=…' for k in _QUANT_KEYS)}, got {text[:200]!r}")
         scheme = _choice("scheme", values["scheme"], QUANTIZED_PRECISIONS)
         bits = _int("weight_bits", values["weight_bits"], 7, 8)
@@ -678,7 +685,8 @@ class QuantizationInfo:
                    samples=_int("samples", values["samples"], 1, MAX_CALIBRATION_SAMPLES),
                    seed=None if values["seed"] == "" else _int("seed", values["seed"], 0, MAX_SEED),
                    method=_method("method", values["method"]),
-                   source_sha256=_sha256("source_sha256", values["source_sha256"]))
+                   source_sha256=_sha256("source_sha256", values["source_sha256"]),
+                   placement=_choice("placement", values["placement"], QDQ_PLACEMENTS))
 
 
 @dataclass(frozen=True)

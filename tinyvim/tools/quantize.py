@@ -749,7 +749,7 @@ def quantize_onnx(model: str | os.PathLike, output: str | os.PathLike, calibrati
                            + (f" (+{len(problems) - 5} more)" if len(problems) > 5 else ""))
     quant = QuantizationInfo(scheme=dtype, weight_bits=7 if reduce_range else 8, calibration=calib.source,
                              samples=calib.samples, seed=calib.seed, method=method,
-                             source_sha256=file_sha256(model))
+                             source_sha256=file_sha256(model), placement=placement)
     new_meta = replace(meta, precision=dtype, quantization=quant)
     _set_metadata(qdq, proto, new_meta)
     with atomic_output(output, suffix=".onnx") as tmp:
