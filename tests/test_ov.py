@@ -129,6 +129,9 @@ def test_dynamic_batch_is_compiled_per_input_shape_unless_asked_otherwise(plugin
             assert a.shape == (len(x), 1000) and np.abs(a - b).max() <= 1e-4
         assert static.compiled_shapes == [((2, 3, SIZE, SIZE),), ((1, 3, SIZE, SIZE),)]
         assert dynamic.compiled_shapes == [None]
+        # only the dynamic batch is fixed per call: a size the file was not exported for is refused
+        with pytest.raises(TinyvimError, match=r"takes images of shape \[\?,3,64,64\], got 1x3x96x96"):
+            static.infer({"images": np.zeros((1, 3, 96, 96), np.float32)})
     assert sum("compiling for input shape" in line for line in logs) == 2
 
 

@@ -130,6 +130,14 @@ class OvRunner(BaseRunner):
             return self._requests[None]
         key = tuple(tuple(a.shape) for a in arrays)
         if key not in self._requests:
+            # only the model's dynamic dimensions may be fixed here: reshaping a static one would
+            # run the graph at a size it was not exported for (compiled for any shape, OpenVINO
+            # itself refuses such an input)
+            ov = import_openvino()
+            for port, shape in zip(self._model.inputs, key):
+                if not port.get_partial_shape().compatible(ov.PartialShape(list(shape))):
+                    raise TinyvimError(f"OpenVINO: {self.model} takes {port_name(port)} of shape "
+                                       f"{port.get_partial_shape()}, got {'x'.join(map(str, shape))}")
             if self.log:
                 self.log(f"OpenVINO: compiling for input shape {' '.join('x'.join(map(str, s)) for s in key)} "
                          "(the model's shape is dynamic; --ov-shapes dynamic compiles it once for any shape)")
