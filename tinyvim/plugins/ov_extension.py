@@ -34,9 +34,9 @@ def openvino_root() -> Path:
     return Path(list(spec.submodule_search_locations)[0])
 
 
-def openvino_dev_paths() -> tuple[Path, Path, Path, Path]:
-    """(include dir, cmake dir, libopenvino.so.*, libtbb.so.*) of the installed wheel, or a
-    one-line PluginError saying which part is missing."""
+def openvino_dev_paths() -> tuple[Path, Path, Path, Path | None]:
+    """(include dir, cmake dir, libopenvino.so.*, libtbb.so.* or None) of the installed wheel, or
+    a one-line PluginError saying which required part is missing."""
     root = openvino_root()
     include, cmake, libs = root / "include", root / "cmake", root / "libs"
     if not (include / "openvino" / "core" / "extension.hpp").is_file():
@@ -45,21 +45,20 @@ def openvino_dev_paths() -> tuple[Path, Path, Path, Path]:
     lib = sorted(libs.glob("libopenvino.so*")) if libs.is_dir() else []
     if not lib:
         raise PluginError(f"cannot build the OpenVINO extension: no libopenvino.so in {libs}")
-    # TBB: the CPU plugin's threading library, shipped in the wheel with its headers; the scan
-    # runs its tasks on the plugin's TBB workers (csrc/cross_scan_cpu_fast.cpp, TINYVIM_SCAN_TBB)
+    # TBB: the CPU plugin's threading library, shipped in the wheel with its headers; with it the
+    # scan runs its tasks on the plugin's TBB workers (csrc/cross_scan_cpu_fast.cpp,
+    # TINYVIM_SCAN_TBB), without it on threads of its own (same results, slower inside OpenVINO)
     tbb = sorted(libs.glob("libtbb.so.*"))
-    if not tbb or not (include / "tbb" / "parallel_for.h").is_file():
-        raise PluginError(f"cannot build the OpenVINO extension: no TBB (libtbb.so and its headers) in "
-                          f"{root}: the openvino wheel ships them (pip install -U openvino)")
-    return include, cmake, lib[0], tbb[0]
+    has_tbb = bool(tbb) and (include / "tbb" / "parallel_for.h").is_file()
+    return include, cmake, lib[0], tbb[0] if has_tbb else None
 
 
 def build_extension(out_dir: Path | None = None) -> Path:
     """Compile the extension (if not already cached) and return the .so path."""
     include, _, lib, tbb = openvino_dev_paths()
     # -isystem: OpenVINO's headers must not trip our -Werror; the rpath finds libopenvino in the wheel
-    flags = [*FAST_FLAGS, "-DTINYVIM_SCAN_TBB", "-isystem", str(include)]
-    libs = (f"-L{lib.parent}", f"-l:{lib.name}", f"-l:{tbb.name}", f"-Wl,-rpath,{lib.parent}")
+    flags = [*FAST_FLAGS, *(["-DTINYVIM_SCAN_TBB"] if tbb else []), "-isystem", str(include)]
+    libs = (f"-L{lib.parent}", f"-l:{lib.name}", *([f"-l:{tbb.name}"] if tbb else []), f"-Wl,-rpath,{lib.parent}")
     return compile_cached(LIB_STEM, SOURCES, flags, out_dir, what="the OpenVINO extension", libs=libs)
 
 

@@ -47,6 +47,11 @@ from tinyvim.lazy import lazy_import
 np = lazy_import("numpy")
 
 
+def _shape_text(shapes) -> str:
+    """((1, 3, 224, 224),) -> '1x3x224x224' (inputs separated by spaces)."""
+    return " ".join("x".join(map(str, s)) for s in shapes)
+
+
 class OvRunner(BaseRunner):
     """Runs an ONNX file or an OpenVINO IR with openvino.Core.compile_model."""
 
@@ -120,7 +125,7 @@ class OvRunner(BaseRunner):
                 model.reshape({i: list(s) for i, s in enumerate(shapes)})
             return self._core.compile_model(model, self.device, self.config).create_infer_request()
         except Exception as exc:  # noqa: BLE001 - OpenVINO raises RuntimeError subclasses with long texts
-            at = f" for input shape {' '.join('x'.join(map(str, s)) for s in shapes)}" if shapes else ""
+            at = f" for input shape {_shape_text(shapes)}" if shapes else ""
             raise TinyvimError(f"OpenVINO could not compile {self.model}{at}: {error_reason(exc)}") from None
 
     def _request_for(self, arrays: list) -> object:
@@ -137,9 +142,9 @@ class OvRunner(BaseRunner):
             for port, shape in zip(self._model.inputs, key):
                 if not port.get_partial_shape().compatible(ov.PartialShape(list(shape))):
                     raise TinyvimError(f"OpenVINO: {self.model} takes {port_name(port)} of shape "
-                                       f"{port.get_partial_shape()}, got {'x'.join(map(str, shape))}")
+                                       f"{port.get_partial_shape()}, got {_shape_text((shape,))}")
             if self.log:
-                self.log(f"OpenVINO: compiling for input shape {' '.join('x'.join(map(str, s)) for s in key)} "
+                self.log(f"OpenVINO: compiling for input shape {_shape_text(key)} "
                          "(the model's shape is dynamic; --ov-shapes dynamic compiles it once for any shape)")
             self._requests[key] = self._compile(self._model, key)
         return self._requests[key]

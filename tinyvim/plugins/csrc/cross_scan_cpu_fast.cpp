@@ -251,7 +251,7 @@ void transpose_in(const T* __restrict src, float* __restrict dst, int rows, int 
 // arena the caller runs in, i.e. the CPU plugin's own worker threads. Threads of our own
 // would be started per call and would compete for the cores with OpenVINO's idle workers,
 // which spin while the op runs (measured: the five scans of TinyViM-S at batch 8 took
-// 11-12 ms inside OpenVINO that way, 7 ms on its arena). `threads` is the arena's business.
+// 10-12 ms inside OpenVINO that way, ~7 ms on its arena). `threads` is the arena's business.
 template <typename Fn>
 bool parallel_for(int count, int /*threads*/, Fn fn) {
     std::atomic<bool> ok{true};
@@ -303,7 +303,7 @@ int run(const void* xv, const void* deltav, const void* Bsv, const void* Csv, co
     const T* Cs = static_cast<const T*>(Csv);
     T* y = static_cast<T*>(yv);
     const int L = H * W;
-    const int NC = N <= 8 ? 8 : 16;                         // states held per channel (zero-padded)
+    const int NC = tinyvim::scan::state_capacity(N);        // states held per channel (zero-padded)
     const int Dp = (D + kLanes - 1) / kLanes * kLanes;      // channels padded to whole vectors
     const size_t LD = static_cast<size_t>(L) * D, LDp = static_cast<size_t>(L) * Dp;
     // Per direction: A log2(e) as (NC, Dp), clamped to <= 0 (dt >= 0, so 2^(dt A2) <= 1), Ds
